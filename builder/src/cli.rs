@@ -1,0 +1,262 @@
+//! The builder's command line, shared by `cargo xtask bundle|keygen` and
+//! the `edgeferry-builder` binary.
+
+use std::io::IsTerminal;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use edgeferry_bundle::format::Arch;
+use edgeferry_bundle::sign::{self, Protection, SigningKey};
+
+use crate::build::{self, Progress, Silent};
+use crate::plan::{self, Origin, Request};
+
+const EXAMPLES: &str = "\
+Examples:
+  # A key pair for signing (password from EDGEFERRY_KEY_PASSWORD or a prompt)
+  cargo xtask keygen --out keys/
+
+  # A bundle from artifacts you already have (layout: docs/artifact-dir.md)
+  cargo xtask bundle --arch arm64 --kubeedge-version v1.23.1 \\
+      --from artifacts/ --key keys/edgeferry.key --out bundles/
+
+  # The built-in SAMPLE set (stand-ins for KubeEdge, for trying things out)
+  cargo xtask bundle --arch amd64 --kubeedge-version v1.23.1 --sample \\
+      --key keys/edgeferry.key --out bundles/
+
+  # What would go in, without reading anything
+  cargo xtask bundle --arch arm --kubeedge-version v1.22.0 --from artifacts/ --dry-run --json
+
+Exit codes: 0 success, 1 the build failed (the message says why; nothing is
+left in --out), 2 bad command line.";
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "edgeferry-builder",
+    version,
+    about = "Pack what KubeEdge edge nodes need into one signed bundle per arch",
+    after_help = EXAMPLES
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Build a signed bundle for one KubeEdge version and arch
+    #[command(after_help = EXAMPLES)]
+    Bundle(BundleArgs),
+    /// Write a minisign-compatible key pair (edgeferry.key, edgeferry.pub)
+    Keygen(KeygenArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct BundleArgs {
+    /// Target architecture (arm means 32-bit ARMv7)
+    #[arg(long, value_parser = parse_arch)]
+    pub arch: Arch,
+    /// KubeEdge release, e.g. v1.23.1 (v1.21.x, v1.22.x and v1.23.x are covered)
+    #[arg(long)]
+    pub kubeedge_version: String,
+    /// Local artifact directory (see docs/artifact-dir.md)
+    #[arg(long, conflicts_with = "sample", required_unless_present = "sample")]
+    pub from: Option<PathBuf>,
+    /// Use the built-in SAMPLE artifacts: stand-ins with the real names and layouts
+    #[arg(long)]
+    pub sample: bool,
+    /// minisign secret key (encrypted keys read EDGEFERRY_KEY_PASSWORD)
+    #[arg(long, required_unless_present = "dry_run")]
+    pub key: Option<PathBuf>,
+    /// Output directory for the bundle, its .minisig and SHA256SUMS
+    #[arg(long, default_value = "bundles")]
+    pub out: PathBuf,
+    /// The nodes' containerd sandbox image, if not the manifest's default
+    #[arg(long)]
+    pub pause_image: Option<String>,
+    /// An extra workload image to carry (repeatable)
+    #[arg(long = "image", value_name = "REF")]
+    pub images: Vec<String>,
+    /// zstd level (gzip'd layers do not recompress; 3 is fast and as small)
+    #[arg(long, default_value_t = 3, value_parser = clap::value_parser!(i32).range(1..=19))]
+    pub level: i32,
+    /// Bundle sequence number (default: SOURCE_DATE_EPOCH, or now)
+    #[arg(long)]
+    pub sequence: Option<u64>,
+    /// Print the plan and stop: nothing is read or written
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Machine-readable output on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct KeygenArgs {
+    /// Directory for edgeferry.key and edgeferry.pub
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Leave the secret key unencrypted (tests only)
+    #[arg(long)]
+    pub unencrypted: bool,
+}
+
+fn parse_arch(s: &str) -> Result<Arch, String> {
+    s.parse()
+}
+
+/// Runs a parsed command and turns an error into one line on stderr.
+pub fn main_with(cli: Cli) -> ExitCode {
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Bundle(args) => bundle(args),
+        Command::Keygen(args) => keygen(args),
+    }
+}
+
+fn bundle(args: BundleArgs) -> Result<()> {
+    let created_unix = match std::env::var("SOURCE_DATE_EPOCH") {
+        Ok(v) => v
+            .trim()
+            .parse()
+            .with_context(|| format!("SOURCE_DATE_EPOCH={v:?} is not a unix time"))?,
+        Err(_) => std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs(),
+    };
+    let request = Request {
+        kubeedge_version: args.kubeedge_version,
+        arch: args.arch,
+        origin: match args.from {
+            Some(dir) => Origin::Dir(dir),
+            None => Origin::Sample,
+        },
+        pause_image: args.pause_image,
+        extra_images: args.images,
+        out_dir: args.out,
+        level: args.level,
+        sequence: args.sequence,
+        created_unix,
+    };
+    let plan = plan::plan(&request)?;
+    if args.dry_run {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print_plan(&plan);
+        }
+        return Ok(());
+    }
+    let key_path = args.key.expect("clap requires --key without --dry-run");
+    let key = SigningKey::from_file(&key_path)?;
+    let packed = if !args.json && std::io::stderr().is_terminal() {
+        build::build(&plan, &key, &mut Bar::default())?
+    } else {
+        build::build(&plan, &key, &mut Silent)?
+    };
+    let summary = serde_json::json!({
+        "bundle": packed.bundle,
+        "signature": packed.signature,
+        "sha256sums": packed.sums,
+        "sha256": packed.sha256,
+        "size": packed.size,
+        "bundle_id": packed.manifest.bundle_id,
+        "kubeedge_version": packed.manifest.kubeedge_version,
+        "arch": packed.manifest.arch,
+        "sequence": packed.manifest.sequence,
+        "sample": packed.manifest.sample,
+        "entries": packed.manifest.entries.len(),
+        "images": packed.manifest.images.iter().map(|i| &i.reference).collect::<Vec<_>>(),
+    });
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        let label = if packed.manifest.sample { "SAMPLE bundle (stand-ins, not KubeEdge)" } else { "bundle" };
+        println!("{label} {}", packed.bundle.display());
+        println!("  id {}  sequence {}  {} bytes  sha256 {}", packed.manifest.bundle_id, packed.manifest.sequence, packed.size, packed.sha256);
+        println!("  signature {}", packed.signature.display());
+        println!("  checksums {}", packed.sums.display());
+        println!("check it with stock tools:");
+        println!("  (cd {} && sha256sum -c --ignore-missing SHA256SUMS)", plan.out_dir().display());
+        println!("  minisign -Vm {} -p <your .pub>", packed.bundle.display());
+    }
+    Ok(())
+}
+
+fn print_plan(plan: &plan::Plan) {
+    let origin = match &plan.origin {
+        Origin::Dir(d) => d.display().to_string(),
+        Origin::Sample => "built-in SAMPLE artifacts (stand-ins, not KubeEdge)".into(),
+    };
+    println!("bundle {} (sequence {}, created {})", plan.out_file.display(), plan.sequence, plan.created);
+    println!("from {origin}");
+    println!("release assets:");
+    for f in &plan.files {
+        let need = if f.required { "required" } else { "optional" };
+        println!("  files/{} ({need}, checked against {})", f.name, f.checksum);
+    }
+    println!("images for linux/{}:", plan.arch);
+    for i in &plan.images {
+        println!("  {} ({})", i.reference, i.role);
+    }
+}
+
+fn keygen(args: KeygenArgs) -> Result<()> {
+    let protection = if args.unencrypted {
+        Protection::Unencrypted
+    } else if let Ok(pw) = std::env::var(sign::PASSWORD_ENV) {
+        if pw.is_empty() {
+            anyhow::bail!("{} is empty: pick a password, or pass --unencrypted", sign::PASSWORD_ENV);
+        }
+        Protection::Password(pw)
+    } else if std::io::stdin().is_terminal() {
+        Protection::Prompt
+    } else {
+        anyhow::bail!(
+            "no password for the secret key: set {} or pass --unencrypted (stdin is not a terminal, so no prompt)",
+            sign::PASSWORD_ENV
+        )
+    };
+    let (secret, public) = sign::keygen(&args.out, protection)?;
+    println!("secret key {}", secret.display());
+    println!("public key {}", public.display());
+    Ok(())
+}
+
+#[derive(Default)]
+struct Bar(Option<indicatif::ProgressBar>);
+
+impl Progress for Bar {
+    fn start(&mut self, total_bytes: u64) {
+        let bar = indicatif::ProgressBar::new(total_bytes);
+        bar.set_style(
+            indicatif::ProgressStyle::with_template(
+                "packing [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        self.0 = Some(bar);
+    }
+    fn advance(&mut self, bytes: u64) {
+        if let Some(bar) = &self.0 {
+            bar.inc(bytes);
+        }
+    }
+    fn finish(&mut self) {
+        if let Some(bar) = self.0.take() {
+            bar.finish_and_clear();
+        }
+    }
+}

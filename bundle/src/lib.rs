@@ -1,0 +1,9 @@
+//! The edgeferry bundle format. This crate is its one owner: the builder
+//! writes bundles through [`pack`], the installer reads them through
+//! [`verify`], and both agree on [`format`]. See `docs/bundle-format.md`.
+
+pub mod atomic;
+pub mod format;
+pub mod hashing;
+pub mod pack;
+pub mod sign;

@@ -1,0 +1,57 @@
+//! `cargo xtask <task>`: the project's automation, in Rust, needing only
+//! cargo. `bundle` and `keygen` are the builder's own command line.
+
+mod ci;
+mod demo;
+mod bench;
+mod util;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "edgeferry's build, demo, test and benchmark tasks")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Build a signed bundle (see `cargo xtask bundle --help`)
+    Bundle(edgeferry_builder::cli::BundleArgs),
+    /// Write a minisign-compatible key pair
+    Keygen(edgeferry_builder::cli::KeygenArgs),
+    /// Run the main job end to end on the built-in sample
+    Demo,
+    /// Install what the tests need, then fmt, clippy and every test
+    Ci,
+    /// Measure against the reference tools: `bundle`
+    Bench {
+        /// Which benchmark
+        name: String,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Bundle(args) => edgeferry_builder::cli::run(edgeferry_builder::cli::Cli {
+            command: edgeferry_builder::cli::Command::Bundle(args),
+        }),
+        Task::Keygen(args) => edgeferry_builder::cli::run(edgeferry_builder::cli::Cli {
+            command: edgeferry_builder::cli::Command::Keygen(args),
+        }),
+        Task::Demo => demo::run(),
+        Task::Ci => ci::run(),
+        Task::Bench { name } => bench::run(&name),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            eprintln!("error: {err:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
