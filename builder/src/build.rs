@@ -65,7 +65,10 @@ pub fn build(plan: &Plan, key: &SigningKey, progress: &mut dyn Progress) -> Resu
                 Ok(Box::new(std::fs::File::open(&asset_path)?) as Box<dyn Read + Send>)
             })),
         });
-        entries.push(PackEntry::bytes(format!("files/{}", planned.checksum), checksum_bytes));
+        entries.push(PackEntry::bytes(
+            format!("files/{}", planned.checksum),
+            checksum_bytes,
+        ));
     }
 
     let catalog = oci::scan(&from.join("images"))?;
@@ -95,14 +98,9 @@ pub fn build(plan: &Plan, key: &SigningKey, progress: &mut dyn Progress) -> Resu
         mtime: plan.created_unix,
         ..PackOptions::default()
     };
-    let packed = pack::pack(
-        manifest,
-        entries,
-        key,
-        plan.out_dir(),
-        &options,
-        &mut |n| progress.advance(n),
-    )?;
+    let packed = pack::pack(manifest, entries, key, plan.out_dir(), &options, &mut |n| {
+        progress.advance(n)
+    })?;
     progress.finish();
     Ok(packed)
 }
@@ -122,7 +120,7 @@ impl Progress for Silent {
     fn finish(&mut self) {}
 }
 
-fn sample_spec(plan: &Plan) -> sample::SampleSpec {
+pub fn sample_spec(plan: &Plan) -> sample::SampleSpec {
     let by_role = |role: &str| {
         plan.images
             .iter()
@@ -160,7 +158,11 @@ pub fn check_release_asset(path: &Path, checksum_path: &Path) -> Result<CheckedA
             path.display()
         )
     })?;
-    let expected = text.split_whitespace().next().unwrap_or("").to_ascii_lowercase();
+    let expected = text
+        .split_whitespace()
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
     if expected.len() != 128 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
         bail!(
             "checksum file {} does not hold a SHA-512 hex digest: fetch it again from the KubeEdge release",
@@ -242,7 +244,10 @@ fn image_layout(resolved: &[ResolvedImage]) -> Result<(Vec<PackEntry>, Vec<Image
         let mut parts = image.platform.split('/');
         let (os, architecture, variant) = (parts.next(), parts.next(), parts.next());
         let mut annotations = BTreeMap::new();
-        annotations.insert("org.opencontainers.image.ref.name", image.reference.as_str());
+        annotations.insert(
+            "org.opencontainers.image.ref.name",
+            image.reference.as_str(),
+        );
         if let Some(index) = &image.index {
             annotations.insert(ANNOTATION_INDEX_DIGEST, index.digest.as_str());
         }

@@ -51,6 +51,18 @@ pub enum Command {
     Bundle(BundleArgs),
     /// Write a minisign-compatible key pair (edgeferry.key, edgeferry.pub)
     Keygen(KeygenArgs),
+    /// Write the built-in SAMPLE artifact directory (stand-ins, all arches) to look at or edit
+    Sample(SampleArgs),
+}
+
+#[derive(Args, Debug)]
+pub struct SampleArgs {
+    /// Directory to create; it must not exist yet
+    #[arg(long)]
+    pub out: PathBuf,
+    /// KubeEdge release the sample stands in for
+    #[arg(long, default_value = "v1.23.1")]
+    pub kubeedge_version: String,
 }
 
 #[derive(Args, Debug)]
@@ -122,6 +134,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Bundle(args) => bundle(args),
         Command::Keygen(args) => keygen(args),
+        Command::Sample(args) => sample_dir(args),
     }
 }
 
@@ -182,15 +195,51 @@ fn bundle(args: BundleArgs) -> Result<()> {
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
-        let label = if packed.manifest.sample { "SAMPLE bundle (stand-ins, not KubeEdge)" } else { "bundle" };
+        let label = if packed.manifest.sample {
+            "SAMPLE bundle (stand-ins, not KubeEdge)"
+        } else {
+            "bundle"
+        };
         println!("{label} {}", packed.bundle.display());
-        println!("  id {}  sequence {}  {} bytes  sha256 {}", packed.manifest.bundle_id, packed.manifest.sequence, packed.size, packed.sha256);
+        println!(
+            "  id {}  sequence {}  {} bytes  sha256 {}",
+            packed.manifest.bundle_id, packed.manifest.sequence, packed.size, packed.sha256
+        );
         println!("  signature {}", packed.signature.display());
         println!("  checksums {}", packed.sums.display());
         println!("check it with stock tools:");
-        println!("  (cd {} && sha256sum -c --ignore-missing SHA256SUMS)", plan.out_dir().display());
+        println!(
+            "  (cd {} && sha256sum -c --ignore-missing SHA256SUMS)",
+            plan.out_dir().display()
+        );
         println!("  minisign -Vm {} -p <your .pub>", packed.bundle.display());
     }
+    Ok(())
+}
+
+fn sample_dir(args: SampleArgs) -> Result<()> {
+    if args.out.exists() {
+        anyhow::bail!(
+            "{} already exists: pick a new directory for the sample",
+            args.out.display()
+        );
+    }
+    let plan = plan::plan(&Request {
+        kubeedge_version: args.kubeedge_version,
+        arch: Arch::Amd64,
+        origin: Origin::Sample,
+        pause_image: None,
+        extra_images: Vec::new(),
+        out_dir: PathBuf::from("."),
+        level: 3,
+        sequence: Some(0),
+        created_unix: 0,
+    })?;
+    crate::sample::write_sample_dir(&args.out, &build::sample_spec(&plan))?;
+    println!(
+        "SAMPLE artifacts (stand-ins, not KubeEdge) in {}",
+        args.out.display()
+    );
     Ok(())
 }
 
@@ -199,12 +248,20 @@ fn print_plan(plan: &plan::Plan) {
         Origin::Dir(d) => d.display().to_string(),
         Origin::Sample => "built-in SAMPLE artifacts (stand-ins, not KubeEdge)".into(),
     };
-    println!("bundle {} (sequence {}, created {})", plan.out_file.display(), plan.sequence, plan.created);
+    println!(
+        "bundle {} (sequence {}, created {})",
+        plan.out_file.display(),
+        plan.sequence,
+        plan.created
+    );
     println!("from {origin}");
     println!("release assets:");
     for f in &plan.files {
         let need = if f.required { "required" } else { "optional" };
-        println!("  files/{} ({need}, checked against {})", f.name, f.checksum);
+        println!(
+            "  files/{} ({need}, checked against {})",
+            f.name, f.checksum
+        );
     }
     println!("images for linux/{}:", plan.arch);
     for i in &plan.images {
@@ -217,7 +274,10 @@ fn keygen(args: KeygenArgs) -> Result<()> {
         Protection::Unencrypted
     } else if let Ok(pw) = std::env::var(sign::PASSWORD_ENV) {
         if pw.is_empty() {
-            anyhow::bail!("{} is empty: pick a password, or pass --unencrypted", sign::PASSWORD_ENV);
+            anyhow::bail!(
+                "{} is empty: pick a password, or pass --unencrypted",
+                sign::PASSWORD_ENV
+            );
         }
         Protection::Password(pw)
     } else if std::io::stdin().is_terminal() {

@@ -1,1 +1,4 @@
+//! One integration-test binary for the whole project, so the real
+//! binaries and the host-heavy fixtures are built and set up once.
 
+mod bundle;
