@@ -97,6 +97,9 @@ pub struct BundleArgs {
     /// Bundle sequence number (default: SOURCE_DATE_EPOCH, or now)
     #[arg(long)]
     pub sequence: Option<u64>,
+    /// Split into volumes for removable media: fat32 (4 GiB - 1 byte), exfat (one volume) or bytes
+    #[arg(long, value_parser = edgeferry_bundle::volumes::parse_volume_size, value_name = "fat32|exfat|BYTES")]
+    pub volume_size: Option<u64>,
     /// Print the plan and stop: nothing is read or written
     #[arg(long)]
     pub dry_run: bool,
@@ -178,7 +181,12 @@ fn bundle(args: BundleArgs) -> Result<()> {
     } else {
         build::build(&plan, &key, &mut Silent)?
     };
+    let volumes = match args.volume_size {
+        Some(size) => edgeferry_bundle::volumes::split(&packed, size, &key)?,
+        None => Vec::new(),
+    };
     let summary = serde_json::json!({
+        "volumes": volumes,
         "bundle": packed.bundle,
         "signature": packed.signature,
         "sha256sums": packed.sums,
@@ -201,6 +209,9 @@ fn bundle(args: BundleArgs) -> Result<()> {
             "bundle"
         };
         println!("{label} {}", packed.bundle.display());
+        for volume in &volumes {
+            println!("  volume {}", volume.display());
+        }
         println!(
             "  id {}  sequence {}  {} bytes  sha256 {}",
             packed.manifest.bundle_id, packed.manifest.sequence, packed.size, packed.sha256

@@ -225,7 +225,10 @@ pub fn check_entry_path(path: &str) -> Result<(), PathError> {
     {
         return Err(PathError::BadChar(path.into()));
     }
-    if path.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    if path
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         return Err(PathError::Traversal(path.into()));
     }
     let allowed = path == MANIFEST_PATH

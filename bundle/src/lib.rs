@@ -7,3 +7,5 @@ pub mod format;
 pub mod hashing;
 pub mod pack;
 pub mod sign;
+pub mod verify;
+pub mod volumes;

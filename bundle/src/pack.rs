@@ -89,7 +89,10 @@ pub fn pack(
     for entry in &entries {
         format::check_entry_path(&entry.path)?;
         if entry.path == format::MANIFEST_PATH || entry.path == format::SIGNATURE_PATH {
-            bail!("entry {} collides with the manifest or its signature", entry.path);
+            bail!(
+                "entry {} collides with the manifest or its signature",
+                entry.path
+            );
         }
         if !seen.insert(entry.path.as_str()) {
             bail!("entry {} is listed twice", entry.path);
@@ -105,8 +108,7 @@ pub fn pack(
         .collect();
     manifest.bundle_id = manifest.compute_id();
     let manifest_bytes = manifest.to_bytes();
-    let manifest_signature =
-        key.sign_bytes(&manifest_bytes, &format::trusted_comment(&manifest));
+    let manifest_signature = key.sign_bytes(&manifest_bytes, &format::trusted_comment(&manifest));
 
     std::fs::create_dir_all(out_dir)
         .with_context(|| format!("creating output directory {}", out_dir.display()))?;
@@ -120,7 +122,13 @@ pub fn pack(
     encoder.multithread(options.workers.max(1))?;
     encoder.include_checksum(true)?;
     let mut tar = tar::Builder::new(encoder);
-    append(&mut tar, format::MANIFEST_PATH, &manifest_bytes[..], manifest_bytes.len() as u64, options.mtime)?;
+    append(
+        &mut tar,
+        format::MANIFEST_PATH,
+        &manifest_bytes[..],
+        manifest_bytes.len() as u64,
+        options.mtime,
+    )?;
     append(
         &mut tar,
         format::SIGNATURE_PATH,
@@ -131,7 +139,9 @@ pub fn pack(
     for entry in entries {
         let reader: Box<dyn Read + Send> = match entry.source {
             Source::Bytes(data) => Box::new(io::Cursor::new(data)),
-            Source::Open(open) => open().with_context(|| format!("opening the source of {}", entry.path))?,
+            Source::Open(open) => {
+                open().with_context(|| format!("opening the source of {}", entry.path))?
+            }
         };
         let verified = VerifyingReader::new(reader, &entry.path, entry.size, &entry.sha256);
         let counted = ProgressReader {

@@ -58,7 +58,10 @@ impl SigningKey {
         // first 32 bytes of sk are the Ed25519 seed.
         let raw = secret.to_bytes();
         if raw.len() != 158 {
-            bail!("secret key {}: unexpected length, not a minisign Ed25519 key", path.display());
+            bail!(
+                "secret key {}: unexpected length, not a minisign Ed25519 key",
+                path.display()
+            );
         }
         let mut key_id = [0u8; 8];
         key_id.copy_from_slice(&raw[54..62]);
@@ -66,7 +69,10 @@ impl SigningKey {
         seed.copy_from_slice(&raw[62..94]);
         let key = ed25519_dalek::SigningKey::from_bytes(&seed);
         if key.verifying_key().as_bytes()[..] != raw[94..126] {
-            bail!("secret key {}: public half does not match, the file is corrupt", path.display());
+            bail!(
+                "secret key {}: public half does not match, the file is corrupt",
+                path.display()
+            );
         }
         Ok(SigningKey { key_id, key })
     }
@@ -126,19 +132,35 @@ pub enum SignatureError {
     Malformed(String),
     #[error("signed by unknown key {key_id}: pass its public key with --key, or rebuild with a trusted key")]
     UnknownKey { key_id: String },
-    #[error("signature by key {key_id} does not match the data: the bundle was altered or corrupted")]
+    #[error(
+        "signature by key {key_id} does not match the data: the bundle was altered or corrupted"
+    )]
     Mismatch { key_id: String },
 }
 
 impl TrustedKeys {
+    /// Reads minisign public key files. A file may hold several keys (a
+    /// trust file): each is a comment line followed by a key line.
     pub fn from_files(paths: &[PathBuf]) -> Result<TrustedKeys> {
         let mut keys = Vec::new();
         for path in paths {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading public key {}", path.display()))?;
-            keys.push(parse_public_key(&text).with_context(|| {
-                format!("public key {}: not a minisign public key", path.display())
-            })?);
+            let lines: Vec<&str> = text
+                .lines()
+                .map(str::trim)
+                .filter(|l| {
+                    !l.is_empty() && !l.starts_with("untrusted comment:") && !l.starts_with('#')
+                })
+                .collect();
+            if lines.is_empty() {
+                bail!("public key file {} holds no key", path.display());
+            }
+            for line in lines {
+                keys.push(parse_public_key(line).with_context(|| {
+                    format!("public key {}: not a minisign public key", path.display())
+                })?);
+            }
         }
         Ok(TrustedKeys { keys })
     }
@@ -174,6 +196,43 @@ impl TrustedKeys {
     }
 }
 
+/// A parsed signature matched to the trusted key that made it, ready to
+/// check a stream of data as it goes by.
+pub struct StreamCheck<'a> {
+    pub key_id: String,
+    key: &'a minisign_verify::PublicKey,
+    signature: minisign_verify::Signature,
+}
+
+impl<'a> StreamCheck<'a> {
+    pub fn trusted_comment(&self) -> &str {
+        self.signature.trusted_comment()
+    }
+
+    pub fn verifier(&self) -> Result<minisign_verify::StreamVerifier<'_>, SignatureError> {
+        self.key
+            .verify_stream(&self.signature)
+            .map_err(|e| SignatureError::Malformed(e.to_string()))
+    }
+}
+
+impl TrustedKeys {
+    /// Matches a signature to its key, to verify data streamed later.
+    pub fn stream_check(&self, signature_text: &str) -> Result<StreamCheck<'_>, SignatureError> {
+        let signature = minisign_verify::Signature::decode(signature_text)
+            .map_err(|e| SignatureError::Malformed(e.to_string()))?;
+        let key_id = signature_key_id(signature_text)?;
+        let Some((_, key)) = self.keys.iter().find(|(id, _)| *id == key_id) else {
+            return Err(SignatureError::UnknownKey { key_id });
+        };
+        Ok(StreamCheck {
+            key_id,
+            key,
+            signature,
+        })
+    }
+}
+
 fn parse_public_key(text: &str) -> Result<(String, minisign_verify::PublicKey)> {
     let line = text
         .lines()
@@ -184,8 +243,7 @@ fn parse_public_key(text: &str) -> Result<(String, minisign_verify::PublicKey)> 
     if raw.len() != 42 || &raw[..2] != b"Ed" {
         bail!("key line is not an Ed25519 minisign key");
     }
-    let key = minisign_verify::PublicKey::from_base64(line)
-        .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let key = minisign_verify::PublicKey::from_base64(line).map_err(|e| anyhow::anyhow!("{e}"))?;
     Ok((key_id_hex(&raw[2..10]), key))
 }
 
@@ -197,7 +255,9 @@ fn signature_key_id(signature_text: &str) -> Result<String, SignatureError> {
     let raw = unbase64(line.trim())
         .ok_or_else(|| SignatureError::Malformed("signature line is not base64".into()))?;
     if raw.len() != 74 {
-        return Err(SignatureError::Malformed("signature line has the wrong length".into()));
+        return Err(SignatureError::Malformed(
+            "signature line has the wrong length".into(),
+        ));
     }
     Ok(key_id_hex(&raw[2..10]))
 }
@@ -223,7 +283,10 @@ pub fn keygen(out: &Path, protection: Protection) -> Result<(PathBuf, PathBuf)> 
     let public_path = out.join("edgeferry.pub");
     for path in [&secret_path, &public_path] {
         if path.exists() {
-            bail!("{} already exists: move it away or pick another --out", path.display());
+            bail!(
+                "{} already exists: move it away or pick another --out",
+                path.display()
+            );
         }
     }
     let pair = match protection {
@@ -247,7 +310,11 @@ const B64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz012
 fn base64(data: &[u8]) -> String {
     let mut out = String::with_capacity(data.len().div_ceil(3) * 4);
     for chunk in data.chunks(3) {
-        let b = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let b = [
+            chunk[0],
+            *chunk.get(1).unwrap_or(&0),
+            *chunk.get(2).unwrap_or(&0),
+        ];
         let n = (u32::from(b[0]) << 16) | (u32::from(b[1]) << 8) | u32::from(b[2]);
         for i in 0..4 {
             if i <= chunk.len() {
@@ -307,12 +374,19 @@ mod tests {
         ));
         let other = tempfile::tempdir().unwrap();
         let (other_secret, _) = keygen(other.path(), Protection::Unencrypted).unwrap();
-        let foreign = SigningKey::from_file(&other_secret).unwrap().sign_bytes(b"data", "tc");
+        let foreign = SigningKey::from_file(&other_secret)
+            .unwrap()
+            .sign_bytes(b"data", "tc");
         assert!(matches!(
             trusted.verify(b"data", &foreign),
             Err(SignatureError::UnknownKey { .. })
         ));
-        assert_eq!(std::fs::read_to_string(dir.path().join("edgeferry.pub")).unwrap().lines().nth(1),
-            key.public_key_file().lines().nth(1));
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("edgeferry.pub"))
+                .unwrap()
+                .lines()
+                .nth(1),
+            key.public_key_file().lines().nth(1)
+        );
     }
 }

@@ -1,38 +1,330 @@
 //! `edgeferry`: the isolated side. Verifies bundles, loads them into a
 //! store, serves the store on the site LAN, and joins edge nodes.
 
+mod config;
+mod input;
+mod store;
+mod sys;
+
+use std::io::{IsTerminal, Read};
+use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use anyhow::{Context, Result};
+use clap::{Args, Parser, Subcommand};
+use edgeferry_bundle::sign::TrustedKeys;
+use edgeferry_bundle::verify::{self, CheckOnly, Class, Trust, VerifyError};
+
+use crate::config::Config;
 
 const EXAMPLES: &str = "\
 Examples:
-  edgeferry --version
-  edgeferry verify edgeferry-kubeedge-v1.23.1-linux-arm64.tar.zst --key edgeferry.pub
+  # Check a bundle (and its .minisig beside it) without writing anything
+  edgeferry verify /media/usb/edgeferry-kubeedge-v1.23.1-linux-arm64.tar.zst --key edgeferry.pub
 
-Exit codes: 0 success, 1 failure (one line on stderr says what and what to do),
-2 bad command line.";
+  # Verify and load in one pass; several bundles merge into one store
+  edgeferry load /media/usb/edgeferry-kubeedge-v1.23.1-linux-arm64.tar.zst --key edgeferry.pub --store /srv/edgeferry
+  edgeferry load /media/usb/ --key edgeferry.pub --store /srv/edgeferry     # a directory of volumes
+
+  edgeferry store list --store /srv/edgeferry
+
+Exit codes:
+  0  success
+  1  any other failure (I/O, a damaged store, a lock held by another load)
+  2  bad command line
+  3  signature: unsigned, unknown key, bad signature, swapped manifest, missing .minisig
+  4  integrity: corrupt, truncated, tampered or unsafe content, bad or missing volume
+  5  refused by policy: an older sequence (downgrade), not enough space";
 
 #[derive(Parser)]
 #[command(
     name = "edgeferry",
     version,
     about = "Put KubeEdge edge nodes on sites with no internet: verify, load, serve, join",
-    after_help = EXAMPLES
+    after_help = EXAMPLES,
+    arg_required_else_help = true
 )]
-#[command(arg_required_else_help = true)]
 struct Cli {
     #[command(subcommand)]
-    command: Option<Command>,
+    command: Command,
 }
 
 #[derive(Subcommand)]
-enum Command {}
+enum Command {
+    /// Check a bundle's signatures and every entry, in one pass; write nothing
+    #[command(after_help = EXAMPLES)]
+    Verify(VerifyArgs),
+    /// Verify a bundle and load it into a store, atomically
+    #[command(after_help = EXAMPLES)]
+    Load(LoadArgs),
+    /// Look at a store
+    #[command(subcommand)]
+    Store(StoreCommand),
+}
+
+#[derive(Args)]
+struct SourceArgs {
+    /// A bundle file, a volume list (*.volumes.json), a directory holding
+    /// one of them, or - for standard input (then --signature is needed)
+    bundle: PathBuf,
+    /// A trusted minisign public key (repeatable)
+    #[arg(long = "key", value_name = "PUB")]
+    keys: Vec<PathBuf>,
+    /// A file of trusted public keys, one minisign key per two lines
+    #[arg(long, env = "EDGEFERRY_TRUST_FILE")]
+    trust_file: Option<PathBuf>,
+    /// The bundle's whole-file signature, if not <bundle>.minisig
+    #[arg(long, value_name = "MINISIG")]
+    signature: Option<PathBuf>,
+    /// Accept an unsigned bundle or one from an unknown key (DANGEROUS)
+    #[arg(long)]
+    insecure_skip_signature: bool,
+    /// Machine-readable result on stdout
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct VerifyArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+}
+
+#[derive(Args)]
+struct LoadArgs {
+    #[command(flatten)]
+    source: SourceArgs,
+    /// The store directory (created on first load)
+    #[arg(long, env = "EDGEFERRY_STORE")]
+    store: PathBuf,
+    /// Load a bundle older than one already loaded from the same key
+    #[arg(long)]
+    allow_downgrade: bool,
+}
+
+#[derive(Subcommand)]
+enum StoreCommand {
+    /// Versions, arches, images, files and bundle ids in a store
+    List {
+        #[arg(long, env = "EDGEFERRY_STORE")]
+        store: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    match cli.command {
-        None => ExitCode::SUCCESS,
-        Some(command) => match command {},
+    let json = match &cli.command {
+        Command::Verify(a) => a.source.json,
+        Command::Load(a) => a.source.json,
+        Command::Store(StoreCommand::List { json, .. }) => *json,
+    };
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(err) => {
+            let class = classify(&err);
+            let message = format!("{err:#}");
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"ok": false, "class": class, "error": message})
+                );
+            }
+            eprintln!("error: {message}");
+            ExitCode::from(exit_code(class))
+        }
     }
+}
+
+fn classify(err: &anyhow::Error) -> Option<Class> {
+    err.chain().find_map(|cause| {
+        if let Some(v) = cause.downcast_ref::<VerifyError>() {
+            return Some(v.class());
+        }
+        cause.downcast_ref::<input::InputError>().map(|i| i.class)
+    })
+}
+
+fn exit_code(class: Option<Class>) -> u8 {
+    match class {
+        None | Some(Class::Io) => 1,
+        Some(Class::Signature) => 3,
+        Some(Class::Integrity) => 4,
+        Some(Class::Policy) => 5,
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    let config = Config::default();
+    match cli.command {
+        Command::Verify(args) => verify_cmd(&args.source),
+        Command::Load(args) => load_cmd(&args, &config),
+        Command::Store(StoreCommand::List { store, json }) => store_list(&store, json),
+    }
+}
+
+fn trusted_keys(source: &SourceArgs) -> Result<Option<TrustedKeys>> {
+    if source.insecure_skip_signature {
+        eprintln!("WARNING: --insecure-skip-signature: nobody vouches for this bundle; anyone could have made it");
+        return Ok(None);
+    }
+    let mut files = source.keys.clone();
+    files.extend(source.trust_file.clone());
+    if files.is_empty() {
+        anyhow::bail!("no trusted key: pass --key <edgeferry.pub> or --trust-file <file>");
+    }
+    Ok(Some(TrustedKeys::from_files(&files)?))
+}
+
+/// Opens the input and runs the single verifying pass into `sink`.
+fn verify_into(source: &SourceArgs, sink: &mut dyn verify::Sink) -> Result<verify::Outcome> {
+    let keys = trusted_keys(source)?;
+    let opened = input::open(&source.bundle, keys.as_ref(), source.signature.as_deref())?;
+    let reader: Box<dyn Read + Send> = if !source.json && std::io::stderr().is_terminal() {
+        let bar = indicatif::ProgressBar::new(opened.size.unwrap_or(0)).with_style(
+            indicatif::ProgressStyle::with_template(
+                "verifying [{bar:40}] {bytes}/{total_bytes} {bytes_per_sec} eta {eta}",
+            )
+            .expect("static template")
+            .progress_chars("=> "),
+        );
+        Box::new(bar.wrap_read(opened.reader))
+    } else {
+        opened.reader
+    };
+    let trust = match &keys {
+        Some(keys) => Trust::Keys(keys),
+        None => Trust::SkipSignature,
+    };
+    verify::verify(reader, trust, opened.file_signature.as_deref(), sink)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("{} refused", opened.label))
+}
+
+fn verify_cmd(source: &SourceArgs) -> Result<()> {
+    let outcome = verify_into(source, &mut CheckOnly)?;
+    let m = &outcome.manifest;
+    if source.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "ok": true,
+                "bundle_id": m.bundle_id,
+                "kubeedge_version": m.kubeedge_version,
+                "arch": m.arch,
+                "sequence": m.sequence,
+                "created": m.created,
+                "sample": m.sample,
+                "signer": outcome.signer.as_ref().map(|s| &s.key_id),
+                "entries": m.entries.len(),
+                "bytes": outcome.bytes_in,
+            }))?
+        );
+    } else {
+        let signer = outcome
+            .signer
+            .as_ref()
+            .map_or("NOBODY (signature skipped)".to_string(), |s| {
+                format!("key {}", s.key_id)
+            });
+        let sample = if m.sample {
+            " SAMPLE (stand-ins, not KubeEdge)"
+        } else {
+            ""
+        };
+        println!(
+            "ok: bundle {} KubeEdge {} linux/{} sequence {}{sample}, signed by {signer}; {} entries checked",
+            m.bundle_id,
+            m.kubeedge_version,
+            m.arch,
+            m.sequence,
+            m.entries.len()
+        );
+    }
+    Ok(())
+}
+
+fn load_cmd(args: &LoadArgs, config: &Config) -> Result<()> {
+    let mut loader = store::Loader::new(
+        &args.store,
+        config,
+        store::LoadOptions {
+            allow_downgrade: args.allow_downgrade,
+        },
+    )?;
+    let outcome = verify_into(&args.source, &mut loader)?;
+    let report = loader.commit(&outcome.manifest, outcome.signer.as_ref())?;
+    let m = &outcome.manifest;
+    if args.source.json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "ok": true,
+                "store": args.store,
+                "bundle_id": m.bundle_id,
+                "kubeedge_version": m.kubeedge_version,
+                "arch": m.arch,
+                "sequence": m.sequence,
+                "changed": report.changed,
+                "new_blobs": report.new_blobs,
+                "new_bytes": report.new_bytes,
+            }))?
+        );
+    } else if report.changed {
+        println!(
+            "loaded bundle {} (KubeEdge {} linux/{}) into {}: {} new blobs, {} bytes",
+            m.bundle_id,
+            m.kubeedge_version,
+            m.arch,
+            args.store.display(),
+            report.new_blobs,
+            report.new_bytes
+        );
+    } else {
+        println!(
+            "bundle {} is already in {}: nothing changed",
+            m.bundle_id,
+            args.store.display()
+        );
+    }
+    Ok(())
+}
+
+fn store_list(store_dir: &std::path::Path, json: bool) -> Result<()> {
+    if !store_dir.join(store::STATE_FILE).exists() {
+        anyhow::bail!(
+            "{} is not an edgeferry store: load a bundle into it first",
+            store_dir.display()
+        );
+    }
+    let state = store::State::read(store_dir)?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&state)?);
+        return Ok(());
+    }
+    println!("store {}", store_dir.display());
+    println!("bundles:");
+    for (id, b) in &state.bundles {
+        let signer = b.signer.as_deref().unwrap_or("unsigned");
+        let sample = if b.sample { "  SAMPLE" } else { "" };
+        println!(
+            "  {id}  KubeEdge {} linux/{}  sequence {}  key {signer}{sample}",
+            b.kubeedge_version, b.arch, b.sequence
+        );
+    }
+    println!("images:");
+    for (reference, image) in &state.images {
+        let platforms: Vec<&str> = image.platforms.keys().map(String::as_str).collect();
+        println!(
+            "  {reference}  {}  [{}]",
+            image.digest,
+            platforms.join(", ")
+        );
+    }
+    println!("files:");
+    for (name, file) in &state.files {
+        println!("  {name}  {} bytes  sha256 {}", file.size, file.sha256);
+    }
+    Ok(())
 }

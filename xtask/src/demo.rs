@@ -38,12 +38,17 @@ pub fn run() -> Result<()> {
                 images: Vec::new(),
                 level: 3,
                 sequence: None,
+                volume_size: None,
                 dry_run: false,
                 json: false,
             }),
         })?;
         let bundle = bundles.join(format!("edgeferry-kubeedge-v1.23.1-linux-{arch}.tar.zst"));
-        check_with_stock_tools(&bundle, &keys.join("edgeferry.pub"), &demo.join(format!("unpacked-{arch}")))?;
+        check_with_stock_tools(
+            &bundle,
+            &keys.join("edgeferry.pub"),
+            &demo.join(format!("unpacked-{arch}")),
+        )?;
     }
     println!("\ndemo ok: bundles in {}", bundles.display());
     Ok(())
@@ -52,14 +57,41 @@ pub fn run() -> Result<()> {
 /// What a user can do without our binary: every step is a stock tool.
 pub fn check_with_stock_tools(bundle: &Path, public_key: &Path, unpack_to: &Path) -> Result<()> {
     let dir = bundle.parent().context("bundle has a directory")?;
-    step("sha256sum -c", Command::new("sha256sum").args(["-c", "--ignore-missing", "SHA256SUMS"]).current_dir(dir))?;
-    step("minisign -V (whole bundle)", Command::new("minisign").arg("-Vm").arg(bundle).arg("-p").arg(public_key))?;
-    step("tar --zstd -tf", Command::new("tar").arg("--zstd").arg("-tf").arg(bundle).stdout(std::process::Stdio::null()))?;
+    step(
+        "sha256sum -c",
+        Command::new("sha256sum")
+            .args(["-c", "--ignore-missing", "SHA256SUMS"])
+            .current_dir(dir),
+    )?;
+    step(
+        "minisign -V (whole bundle)",
+        Command::new("minisign")
+            .arg("-Vm")
+            .arg(bundle)
+            .arg("-p")
+            .arg(public_key),
+    )?;
+    step(
+        "tar --zstd -tf",
+        Command::new("tar")
+            .arg("--zstd")
+            .arg("-tf")
+            .arg(bundle)
+            .stdout(std::process::Stdio::null()),
+    )?;
     if unpack_to.exists() {
         std::fs::remove_dir_all(unpack_to)?;
     }
     std::fs::create_dir_all(unpack_to)?;
-    step("tar --zstd -xf", Command::new("tar").arg("--zstd").arg("-xf").arg(bundle).arg("-C").arg(unpack_to))?;
+    step(
+        "tar --zstd -xf",
+        Command::new("tar")
+            .arg("--zstd")
+            .arg("-xf")
+            .arg(bundle)
+            .arg("-C")
+            .arg(unpack_to),
+    )?;
     step(
         "minisign -V (manifest)",
         Command::new("minisign")
@@ -72,22 +104,43 @@ pub fn check_with_stock_tools(bundle: &Path, public_key: &Path, unpack_to: &Path
     )?;
     let manifest: serde_json::Value =
         serde_json::from_slice(&std::fs::read(unpack_to.join("manifest.json"))?)?;
-    for image in manifest["images"].as_array().context("manifest lists images")? {
-        let reference = image["reference"].as_str().context("image has a reference")?;
+    for image in manifest["images"]
+        .as_array()
+        .context("manifest lists images")?
+    {
+        let reference = image["reference"]
+            .as_str()
+            .context("image has a reference")?;
         let out = Command::new("skopeo")
             .arg("inspect")
-            .arg(format!("oci:{}:{reference}", unpack_to.join("images").display()))
+            .arg(format!(
+                "oci:{}:{reference}",
+                unpack_to.join("images").display()
+            ))
             .output()?;
-        anyhow::ensure!(out.status.success(), "skopeo inspect {reference}: {}", String::from_utf8_lossy(&out.stderr).trim());
+        anyhow::ensure!(
+            out.status.success(),
+            "skopeo inspect {reference}: {}",
+            String::from_utf8_lossy(&out.stderr).trim()
+        );
         let inspected: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-        println!("  ok  skopeo inspect {reference}: {} {}", inspected["Os"].as_str().unwrap_or("?"), inspected["Architecture"].as_str().unwrap_or("?"));
+        println!(
+            "  ok  skopeo inspect {reference}: {} {}",
+            inspected["Os"].as_str().unwrap_or("?"),
+            inspected["Architecture"].as_str().unwrap_or("?")
+        );
     }
     Ok(())
 }
 
 fn step(what: &str, cmd: &mut Command) -> Result<()> {
     let out = cmd.output().with_context(|| format!("starting {what}"))?;
-    anyhow::ensure!(out.status.success(), "{what} failed: {}{}", String::from_utf8_lossy(&out.stdout).trim(), String::from_utf8_lossy(&out.stderr).trim());
+    anyhow::ensure!(
+        out.status.success(),
+        "{what} failed: {}{}",
+        String::from_utf8_lossy(&out.stdout).trim(),
+        String::from_utf8_lossy(&out.stderr).trim()
+    );
     println!("  ok  {what}");
     Ok(())
 }

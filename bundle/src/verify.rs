@@ -1,0 +1,729 @@
+//! Reading a bundle without trusting it: the manifest's signature is
+//! checked before the manifest is parsed, and every later entry is checked
+//! against the manifest while it streams, in one pass. The tar headers are
+//! parsed here, strictly, rather than by a general tar library: the format
+//! allows only plain ustar regular files, and anything a lenient parser
+//! would quietly accept (PAX headers, links, prefixes) is refused.
+
+use std::collections::HashMap;
+use std::io::{self, Read, Write};
+
+use sha2::{Digest, Sha256};
+
+use crate::format::{self, Entry, Manifest};
+use crate::hashing::hex;
+use crate::sign::{SignatureError, TrustedKeys, Verified};
+
+/// Why a bundle was refused. `class()` groups them for exit codes.
+#[derive(Debug, thiserror::Error)]
+pub enum VerifyError {
+    #[error("bundle is unsigned: {MANIFEST_SIG} is missing; refuse it, or pass --insecure-skip-signature if you built it yourself", MANIFEST_SIG = format::SIGNATURE_PATH)]
+    Unsigned,
+    #[error("bundle signature file (<bundle>.minisig) is missing: copy it along with the bundle")]
+    MissingFileSignature,
+    #[error("signature: {0}")]
+    Signature(#[from] SignatureError),
+    #[error("the signed comment says {signed:?} but the manifest says {manifest:?}: the manifest was swapped")]
+    CommentMismatch { signed: String, manifest: String },
+    #[error("manifest: {0}")]
+    Manifest(String),
+    #[error("entry {path}: {detail}")]
+    Entry { path: String, detail: String },
+    #[error("entry {path}: expected sha256 {expected}, got {actual}: the bundle is corrupt, copy it again")]
+    Hash {
+        path: String,
+        expected: String,
+        actual: String,
+    },
+    #[error("entry {path}: expected {expected} bytes, the tar header says {actual}: the bundle was altered")]
+    Size {
+        path: String,
+        expected: u64,
+        actual: u64,
+    },
+    #[error("bundle is truncated ({0}): copy it again")]
+    Truncated(String),
+    #[error("bundle has data after its end ({0}): it was altered or two files were joined")]
+    Trailing(String),
+    #[error("bundle is not a valid zstd stream ({0}): it is corrupt, copy it again")]
+    Decompress(String),
+    #[error("writing entry {path}: {source}")]
+    Sink {
+        path: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("{0}")]
+    Refused(String),
+}
+
+/// Failure classes, for exit codes and `--json`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Class {
+    /// Unsigned, unknown key, bad signature, swapped manifest.
+    Signature,
+    /// Corrupt, truncated, tampered or unsafe content.
+    Integrity,
+    /// Refused by policy (the caller's `Refused`).
+    Policy,
+    /// Writing what was read failed.
+    Io,
+}
+
+impl VerifyError {
+    pub fn class(&self) -> Class {
+        match self {
+            VerifyError::Unsigned
+            | VerifyError::MissingFileSignature
+            | VerifyError::Signature(_)
+            | VerifyError::CommentMismatch { .. } => Class::Signature,
+            VerifyError::Sink { .. } => Class::Io,
+            VerifyError::Refused(_) => Class::Policy,
+            _ => Class::Integrity,
+        }
+    }
+}
+
+/// What to trust.
+pub enum Trust<'a> {
+    Keys(&'a TrustedKeys),
+    /// `--insecure-skip-signature`: structure and hashes are still checked
+    /// against the manifest, but nothing says who made it.
+    SkipSignature,
+}
+
+/// Receives verified content. Bytes handed to `write` are not yet known
+/// good: an entry is good only once `end_entry` is called for it, and the
+/// whole bundle only when `verify` returns `Ok`. Implementations stage
+/// everything and publish nothing before that.
+pub trait Sink {
+    /// Called once the manifest is verified and parsed, before any entry.
+    /// Returning an error refuses the bundle (anti-rollback, space checks).
+    fn manifest(&mut self, manifest: &Manifest, signer: Option<&Verified>) -> Result<(), String>;
+    /// Where this entry's bytes should go; `None` to only verify them.
+    fn begin_entry(&mut self, entry: &Entry) -> io::Result<Option<Box<dyn Write + '_>>>;
+    fn end_entry(&mut self, entry: &Entry) -> io::Result<()>;
+}
+
+/// A sink that keeps nothing: `edgeferry verify`.
+pub struct CheckOnly;
+
+impl Sink for CheckOnly {
+    fn manifest(&mut self, _: &Manifest, _: Option<&Verified>) -> Result<(), String> {
+        Ok(())
+    }
+    fn begin_entry(&mut self, _: &Entry) -> io::Result<Option<Box<dyn Write + '_>>> {
+        Ok(None)
+    }
+    fn end_entry(&mut self, _: &Entry) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    pub manifest: Manifest,
+    pub signer: Option<Verified>,
+    /// Compressed bytes read.
+    pub bytes_in: u64,
+}
+
+/// Verifies a compressed bundle stream, handing content to `sink`.
+///
+/// With `Trust::Keys`, `file_signature` (the text of `<bundle>.minisig`) is
+/// required: it is checked over the compressed bytes in the same pass, so
+/// even a flip that decodes to the same content (a zstd header bit) is caught.
+pub fn verify(
+    input: impl Read,
+    trust: Trust<'_>,
+    file_signature: Option<&str>,
+    sink: &mut dyn Sink,
+) -> Result<Outcome, VerifyError> {
+    let file_check = match (&trust, file_signature) {
+        (Trust::Keys(keys), Some(text)) => Some(keys.stream_check(text)?),
+        (Trust::Keys(_), None) => return Err(VerifyError::MissingFileSignature),
+        (Trust::SkipSignature, _) => None,
+    };
+    let mut file_verifier = match &file_check {
+        Some(check) => Some(check.verifier()?),
+        None => None,
+    };
+    let counted = CountingReader {
+        inner: input,
+        count: 0,
+        verifier: file_verifier.as_mut(),
+    };
+    let decoder = zstd::stream::read::Decoder::new(counted)
+        .map_err(|e| VerifyError::Decompress(e.to_string()))?
+        .single_frame();
+    let mut tar = TarReader {
+        inner: decoder,
+        position: 0,
+    };
+
+    let first = tar
+        .next_header()?
+        .ok_or_else(|| VerifyError::Truncated("no entries".into()))?;
+    if first.path != format::MANIFEST_PATH {
+        return Err(VerifyError::Manifest(format!(
+            "the first entry is {:?}, not {}: this is not an edgeferry bundle",
+            first.path,
+            format::MANIFEST_PATH
+        )));
+    }
+    if first.size > format::MAX_MANIFEST_BYTES {
+        return Err(VerifyError::Manifest(format!(
+            "it is {} bytes, more than the {} allowed",
+            first.size,
+            format::MAX_MANIFEST_BYTES
+        )));
+    }
+    let manifest_bytes = tar.read_body(&first)?;
+
+    let second = tar
+        .next_header()?
+        .ok_or_else(|| VerifyError::Truncated("nothing after the manifest".into()))?;
+    let (signer, pending) = if second.path == format::SIGNATURE_PATH {
+        if second.size > format::MAX_SIGNATURE_BYTES {
+            return Err(VerifyError::Manifest(
+                "its signature is implausibly large".into(),
+            ));
+        }
+        let signature = tar.read_body(&second)?;
+        let signer = match &trust {
+            Trust::Keys(keys) => {
+                let text = std::str::from_utf8(&signature)
+                    .map_err(|_| SignatureError::Malformed("not UTF-8".into()))?;
+                Some(keys.verify(&manifest_bytes, text)?)
+            }
+            Trust::SkipSignature => None,
+        };
+        (signer, None)
+    } else {
+        if matches!(trust, Trust::Keys(_)) {
+            return Err(VerifyError::Unsigned);
+        }
+        (None, Some(second))
+    };
+
+    // Only now is the manifest parsed.
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
+        .map_err(|e| VerifyError::Manifest(format!("not a version-1 manifest: {e}")))?;
+    check_manifest(&manifest)?;
+    if let Some(signer) = &signer {
+        let expected = format::trusted_comment(&manifest);
+        if signer.trusted_comment != expected {
+            return Err(VerifyError::CommentMismatch {
+                signed: signer.trusted_comment.clone(),
+                manifest: expected,
+            });
+        }
+    }
+    sink.manifest(&manifest, signer.as_ref())
+        .map_err(VerifyError::Refused)?;
+
+    let mut next = pending;
+    for expected in &manifest.entries {
+        let header = match next.take() {
+            Some(h) => h,
+            None => tar.next_header()?.ok_or_else(|| {
+                VerifyError::Truncated(format!("entry {} is missing", expected.path))
+            })?,
+        };
+        if header.path != expected.path {
+            let detail = if manifest.entries.iter().any(|e| e.path == header.path) {
+                format!(
+                    "appears where {} should be: entries are out of order or duplicated",
+                    expected.path
+                )
+            } else {
+                "is not listed in the signed manifest".to_string()
+            };
+            return Err(VerifyError::Entry {
+                path: header.path,
+                detail,
+            });
+        }
+        if header.size != expected.size {
+            return Err(VerifyError::Size {
+                path: header.path,
+                expected: expected.size,
+                actual: header.size,
+            });
+        }
+        let mut writer = sink
+            .begin_entry(expected)
+            .map_err(|source| VerifyError::Sink {
+                path: expected.path.clone(),
+                source,
+            })?;
+        let actual = tar.stream_body(&header, writer.as_deref_mut())?;
+        drop(writer);
+        if actual != expected.sha256 {
+            return Err(VerifyError::Hash {
+                path: expected.path.clone(),
+                expected: expected.sha256.clone(),
+                actual,
+            });
+        }
+        sink.end_entry(expected)
+            .map_err(|source| VerifyError::Sink {
+                path: expected.path.clone(),
+                source,
+            })?;
+    }
+    if let Some(extra) = next.take() {
+        return Err(VerifyError::Entry {
+            path: extra.path,
+            detail: "is not listed in the signed manifest".into(),
+        });
+    }
+    if let Some(extra) = tar.next_header()? {
+        let detail = if manifest.entries.iter().any(|e| e.path == extra.path) {
+            "appears twice".to_string()
+        } else {
+            "is not listed in the signed manifest".to_string()
+        };
+        return Err(VerifyError::Entry {
+            path: extra.path,
+            detail,
+        });
+    }
+    let bytes_in = tar.finish()?;
+    if let (Some(check), Some(verifier)) = (&file_check, file_verifier.as_mut()) {
+        verifier.finalize().map_err(|_| {
+            VerifyError::Signature(SignatureError::Mismatch {
+                key_id: check.key_id.clone(),
+            })
+        })?;
+        let id = check
+            .trusted_comment()
+            .split(' ')
+            .find_map(|t| t.strip_prefix("id="));
+        if id != Some(manifest.bundle_id.as_str()) {
+            return Err(VerifyError::CommentMismatch {
+                signed: check.trusted_comment().to_string(),
+                manifest: format!("id={}", manifest.bundle_id),
+            });
+        }
+    }
+    Ok(Outcome {
+        manifest,
+        signer,
+        bytes_in,
+    })
+}
+
+fn check_manifest(manifest: &Manifest) -> Result<(), VerifyError> {
+    if manifest.format_version != format::FORMAT_VERSION {
+        return Err(VerifyError::Manifest(format!(
+            "format version {} is not {}: use an edgeferry that reads it",
+            manifest.format_version,
+            format::FORMAT_VERSION
+        )));
+    }
+    if manifest.bundle_id != manifest.compute_id() {
+        return Err(VerifyError::Manifest(
+            "its bundle id does not match its content".into(),
+        ));
+    }
+    let mut seen = HashMap::new();
+    for entry in &manifest.entries {
+        format::check_entry_path(&entry.path).map_err(|e| VerifyError::Entry {
+            path: entry.path.clone(),
+            detail: format!("unsafe path in the manifest: {e}"),
+        })?;
+        if entry.path == format::MANIFEST_PATH || entry.path == format::SIGNATURE_PATH {
+            return Err(VerifyError::Entry {
+                path: entry.path.clone(),
+                detail: "listed as an ordinary entry".into(),
+            });
+        }
+        if seen.insert(entry.path.as_str(), ()).is_some() {
+            return Err(VerifyError::Entry {
+                path: entry.path.clone(),
+                detail: "listed twice in the manifest".into(),
+            });
+        }
+        if entry.sha256.len() != 64
+            || !entry
+                .sha256
+                .bytes()
+                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+        {
+            return Err(VerifyError::Entry {
+                path: entry.path.clone(),
+                detail: "its sha256 in the manifest is not 64 lowercase hex digits".into(),
+            });
+        }
+        // A blob's name is its digest; a mismatch would let one blob pose
+        // as another in the store.
+        if let Some(name) = entry.path.strip_prefix("images/blobs/sha256/") {
+            if name != entry.sha256 {
+                return Err(VerifyError::Entry {
+                    path: entry.path.clone(),
+                    detail: format!("blob is named {name} but its sha256 is {}", entry.sha256),
+                });
+            }
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+struct Header {
+    path: String,
+    size: u64,
+}
+
+struct TarReader<R> {
+    inner: R,
+    /// Decompressed bytes consumed so far, for messages.
+    position: u64,
+}
+
+impl<R: Read> TarReader<R> {
+    fn read_exact(&mut self, buf: &mut [u8], what: &str) -> Result<(), VerifyError> {
+        let mut filled = 0;
+        while filled < buf.len() {
+            match self.inner.read(&mut buf[filled..]) {
+                Ok(0) => {
+                    return Err(VerifyError::Truncated(format!(
+                        "ended inside {what} at byte {}",
+                        self.position + filled as u64
+                    )))
+                }
+                Ok(n) => filled += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(decode_error(e, self.position + filled as u64)),
+            }
+        }
+        self.position += buf.len() as u64;
+        Ok(())
+    }
+
+    /// The next header, or `None` at the end-of-archive zero block.
+    fn next_header(&mut self) -> Result<Option<Header>, VerifyError> {
+        let mut block = [0u8; 512];
+        self.read_exact(&mut block, "a tar header")?;
+        if block.iter().all(|&b| b == 0) {
+            return Ok(None);
+        }
+        parse_header(&block).map(Some)
+    }
+
+    fn read_body(&mut self, header: &Header) -> Result<Vec<u8>, VerifyError> {
+        let mut body = vec![0u8; header.size as usize];
+        self.read_exact(&mut body, &format!("entry {}", header.path))?;
+        self.skip_padding(header)?;
+        Ok(body)
+    }
+
+    /// Streams the body through sha256 (and `out`), returning the hex digest.
+    fn stream_body(
+        &mut self,
+        header: &Header,
+        mut out: Option<&mut (dyn Write + '_)>,
+    ) -> Result<String, VerifyError> {
+        let mut hasher = Sha256::new();
+        let mut left = header.size;
+        let mut buf = vec![0u8; 256 * 1024];
+        while left > 0 {
+            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
+            self.read_exact(&mut buf[..want], &format!("entry {}", header.path))?;
+            hasher.update(&buf[..want]);
+            if let Some(out) = out.as_deref_mut() {
+                out.write_all(&buf[..want])
+                    .map_err(|source| VerifyError::Sink {
+                        path: header.path.clone(),
+                        source,
+                    })?;
+            }
+            left -= want as u64;
+        }
+        self.skip_padding(header)?;
+        Ok(hex(&hasher.finalize()))
+    }
+
+    fn skip_padding(&mut self, header: &Header) -> Result<(), VerifyError> {
+        let padding = (512 - header.size % 512) % 512;
+        let mut pad = [0u8; 512];
+        self.read_exact(&mut pad[..padding as usize], "padding")?;
+        if pad[..padding as usize].iter().any(|&b| b != 0) {
+            return Err(VerifyError::Entry {
+                path: header.path.clone(),
+                detail: "has non-zero padding: the bundle was altered".into(),
+            });
+        }
+        Ok(())
+    }
+
+    /// After the first zero block: only zero blocks may follow, then the
+    /// zstd frame must end and so must the input.
+    fn finish(mut self) -> Result<u64, VerifyError>
+    where
+        R: ZstdEnd,
+    {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match self.inner.read(&mut buf) {
+                Ok(0) => break,
+                Ok(n) => {
+                    if buf[..n].iter().any(|&b| b != 0) {
+                        return Err(VerifyError::Trailing(format!(
+                            "non-zero bytes after the end of the tar archive at byte {}",
+                            self.position
+                        )));
+                    }
+                    self.position += n as u64;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(decode_error(e, self.position)),
+            }
+        }
+        self.inner.end_of_input()
+    }
+}
+
+/// Access to what lies behind the decompressor.
+trait ZstdEnd {
+    /// Checks nothing follows the zstd frame; returns compressed bytes read.
+    fn end_of_input(self) -> Result<u64, VerifyError>;
+}
+
+impl<R: Read> ZstdEnd
+    for zstd::stream::read::Decoder<'static, io::BufReader<CountingReader<'_, '_, R>>>
+{
+    fn end_of_input(self) -> Result<u64, VerifyError> {
+        let mut rest = self.finish();
+        let mut probe = [0u8; 1];
+        match rest.read(&mut probe) {
+            Ok(0) => Ok(rest.get_ref().count),
+            Ok(_) => Err(VerifyError::Trailing("bytes after the zstd frame".into())),
+            Err(e) => Err(VerifyError::Truncated(e.to_string())),
+        }
+    }
+}
+
+fn decode_error(e: io::Error, at: u64) -> VerifyError {
+    match e.kind() {
+        io::ErrorKind::UnexpectedEof => VerifyError::Truncated(format!("at byte {at}")),
+        _ => VerifyError::Decompress(format!("{e} near byte {at}")),
+    }
+}
+
+fn parse_header(block: &[u8; 512]) -> Result<Header, VerifyError> {
+    let raw_name = field_str(&block[0..100]);
+    let name_for_errors = || {
+        if raw_name.is_empty() {
+            "<unnamed>".to_string()
+        } else {
+            raw_name.escape_debug().to_string()
+        }
+    };
+    let bad = |detail: String| VerifyError::Entry {
+        path: name_for_errors(),
+        detail,
+    };
+    let stored_sum = parse_octal(&block[148..156])
+        .ok_or_else(|| bad("header checksum is not a number".into()))?;
+    let actual_sum: u64 = block
+        .iter()
+        .enumerate()
+        .map(|(i, &b)| {
+            if (148..156).contains(&i) {
+                u64::from(b' ')
+            } else {
+                u64::from(b)
+            }
+        })
+        .sum();
+    if stored_sum != actual_sum {
+        return Err(bad(
+            "tar header checksum does not match: the bundle is corrupt".into(),
+        ));
+    }
+    if &block[257..263] != b"ustar\0" || &block[263..265] != b"00" {
+        return Err(bad("is not a POSIX ustar header".into()));
+    }
+    let kind = match block[156] {
+        b'0' | 0 => None,
+        b'1' => Some("a hard link"),
+        b'2' => Some("a symlink"),
+        b'3' | b'4' => Some("a device"),
+        b'5' => Some("a directory"),
+        b'6' => Some("a FIFO"),
+        b'x' | b'g' => Some("a PAX extended header"),
+        b'L' | b'K' => Some("a GNU long-name header"),
+        _ => Some("of an unknown tar type"),
+    };
+    if let Some(kind) = kind {
+        return Err(bad(format!(
+            "is {kind}: bundles hold only regular files, refusing it"
+        )));
+    }
+    if block[345..500].iter().any(|&b| b != 0) {
+        return Err(bad(
+            "uses the ustar prefix field, which bundles never do".into()
+        ));
+    }
+    if block[0..100]
+        .iter()
+        .skip_while(|&&b| b != 0)
+        .any(|&b| b != 0)
+    {
+        return Err(bad("has bytes after the end of its name".into()));
+    }
+    let path = raw_name.to_string();
+    format::check_entry_path(&path).map_err(|e| VerifyError::Entry {
+        path: name_for_errors(),
+        detail: format!("unsafe path, refusing it: {e}"),
+    })?;
+    let size =
+        parse_size(&block[124..136]).ok_or_else(|| bad("size field is not a number".into()))?;
+    Ok(Header { path, size })
+}
+
+fn field_str(field: &[u8]) -> &str {
+    let end = field.iter().position(|&b| b == 0).unwrap_or(field.len());
+    std::str::from_utf8(&field[..end]).unwrap_or("\u{fffd}")
+}
+
+fn parse_octal(field: &[u8]) -> Option<u64> {
+    let text = std::str::from_utf8(field).ok()?;
+    let text = text.trim_matches(|c| c == ' ' || c == '\0');
+    if text.is_empty() {
+        return Some(0);
+    }
+    u64::from_str_radix(text, 8).ok()
+}
+
+/// Octal, or GNU base-256 for entries of 8 GiB and more.
+fn parse_size(field: &[u8]) -> Option<u64> {
+    if field[0] & 0x80 != 0 {
+        if field[0] != 0x80 || field[1..4].iter().any(|&b| b != 0) {
+            return None;
+        }
+        return Some(
+            field[4..]
+                .iter()
+                .fold(0u64, |acc, &b| (acc << 8) | u64::from(b)),
+        );
+    }
+    parse_octal(field)
+}
+
+/// Counts the compressed bytes and feeds them to the whole-file signature.
+struct CountingReader<'v, 'k, R> {
+    inner: R,
+    count: u64,
+    verifier: Option<&'v mut minisign_verify::StreamVerifier<'k>>,
+}
+
+impl<R: Read> Read for CountingReader<'_, '_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.count += n as u64;
+        if let Some(verifier) = self.verifier.as_deref_mut() {
+            verifier.update(&buf[..n]);
+        }
+        Ok(n)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::{Arch, Manifest};
+    use crate::pack::{pack, PackEntry, PackOptions};
+    use crate::sign::{keygen, Protection, SigningKey};
+
+    fn sample(dir: &std::path::Path) -> (std::path::PathBuf, String, TrustedKeys) {
+        let (secret, public) = keygen(&dir.join("keys"), Protection::Unencrypted).unwrap();
+        let key = SigningKey::from_file(&secret).unwrap();
+        let manifest = Manifest {
+            format_version: 1,
+            bundle_id: String::new(),
+            kubeedge_version: "v1.23.1".into(),
+            arch: Arch::Arm64,
+            sequence: 7,
+            created: "2025-01-01T00:00:00Z".into(),
+            builder: "test".into(),
+            sample: true,
+            files: vec![],
+            images: vec![],
+            entries: vec![],
+        };
+        let entries = vec![
+            PackEntry::bytes("files/a", b"hello".to_vec()),
+            PackEntry::bytes("files/b", vec![7u8; 1000]),
+        ];
+        let packed = pack(
+            manifest,
+            entries,
+            &key,
+            &dir.join("out"),
+            &PackOptions::default(),
+            &mut |_| {},
+        )
+        .unwrap();
+        let signature = std::fs::read_to_string(&packed.signature).unwrap();
+        (
+            packed.bundle,
+            signature,
+            TrustedKeys::from_files(&[public]).unwrap(),
+        )
+    }
+
+    struct Collect(Vec<(String, Vec<u8>)>);
+    impl Sink for Collect {
+        fn manifest(&mut self, _: &Manifest, _: Option<&Verified>) -> Result<(), String> {
+            Ok(())
+        }
+        fn begin_entry(&mut self, entry: &Entry) -> io::Result<Option<Box<dyn Write + '_>>> {
+            self.0.push((entry.path.clone(), Vec::new()));
+            Ok(Some(Box::new(&mut self.0.last_mut().unwrap().1)))
+        }
+        fn end_entry(&mut self, _: &Entry) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn round_trip_and_every_flipped_byte_is_caught() {
+        let dir = tempfile::tempdir().unwrap();
+        let (bundle, sig, keys) = sample(dir.path());
+        let sig = Some(sig.as_str());
+        let bytes = std::fs::read(&bundle).unwrap();
+        let mut collect = Collect(Vec::new());
+        let outcome = verify(&bytes[..], Trust::Keys(&keys), sig, &mut collect).unwrap();
+        assert_eq!(outcome.manifest.sequence, 7);
+        assert_eq!(collect.0[0], ("files/a".to_string(), b"hello".to_vec()));
+        assert_eq!(outcome.bytes_in, bytes.len() as u64);
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 0x20;
+            assert!(
+                verify(&bad[..], Trust::Keys(&keys), sig, &mut CheckOnly).is_err(),
+                "flip at {i} accepted"
+            );
+        }
+        for cut in [0, 1, bytes.len() / 2, bytes.len() - 1] {
+            assert!(
+                verify(&bytes[..cut], Trust::Keys(&keys), sig, &mut CheckOnly).is_err(),
+                "cut at {cut} accepted"
+            );
+        }
+        assert!(matches!(
+            verify(&bytes[..], Trust::Keys(&keys), None, &mut CheckOnly),
+            Err(VerifyError::MissingFileSignature)
+        ));
+        let mut longer = bytes.clone();
+        longer.push(0);
+        assert!(matches!(
+            verify(&longer[..], Trust::Keys(&keys), sig, &mut CheckOnly),
+            Err(VerifyError::Trailing(_))
+        ));
+    }
+}

@@ -1,0 +1,633 @@
+//! The content-addressed store the mirror serves from.
+//!
+//! ```text
+//! <store>/
+//!   oci-layout, index.json   an OCI layout: one entry per image reference
+//!   blobs/sha256/<hex>       every blob and every release file, once
+//!   files/<asset>            hard links to the blobs of the release files
+//!   SHA256SUMS               for files/
+//!   state.json               what the store holds and what it has seen
+//! ```
+//!
+//! A load never changes the store in place. It builds the next store in a
+//! sibling work directory (new blobs streamed in as they are verified,
+//! existing ones hard-linked), then swaps the two directories with one
+//! `renameat2(RENAME_EXCHANGE)`. Killed before the swap, the store is
+//! byte-identical to before; after it, it is complete.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::io::{self, BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+use edgeferry_bundle::format::{self, Entry, Manifest};
+use edgeferry_bundle::sign::Verified;
+use edgeferry_bundle::verify::Sink;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::sys;
+
+pub const STATE_FILE: &str = "state.json";
+pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+const REF_ANNOTATION: &str = "org.opencontainers.image.ref.name";
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct State {
+    pub format_version: u32,
+    /// Every bundle loaded, by id.
+    pub bundles: BTreeMap<String, BundleRecord>,
+    /// Highest sequence loaded, keyed `<signer key id>/<arch>`.
+    pub sequences: BTreeMap<String, u64>,
+    /// Release assets by file name.
+    pub files: BTreeMap<String, FileRecord>,
+    /// Images by full upstream reference.
+    pub images: BTreeMap<String, ImageRecord>,
+    /// Every manifest and index the registry may serve, by digest.
+    pub manifests: BTreeMap<String, ManifestRecord>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BundleRecord {
+    pub kubeedge_version: String,
+    pub arch: format::Arch,
+    pub sequence: u64,
+    pub created: String,
+    pub builder: String,
+    pub sample: bool,
+    /// minisign key id; `None` if loaded with --insecure-skip-signature.
+    pub signer: Option<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileRecord {
+    pub sha256: String,
+    pub size: u64,
+    pub bundle_id: String,
+}
+
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ImageRecord {
+    /// What the tag resolves to: the upstream index when the store has
+    /// every platform it lists, else an index of the platforms present.
+    pub digest: String,
+    pub media_type: String,
+    /// Platform (`linux/arm64`) to its manifest digest.
+    pub platforms: BTreeMap<String, String>,
+    /// Upstream multi-arch indexes seen for this reference, kept byte-exact
+    /// so pulls by those digests keep working.
+    pub upstream_indexes: BTreeSet<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestRecord {
+    pub media_type: String,
+    pub size: u64,
+}
+
+impl State {
+    pub fn read(store: &Path) -> Result<State> {
+        let path = store.join(STATE_FILE);
+        match fs::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).with_context(|| {
+                format!(
+                    "{} is damaged: restore the store from a backup or load it anew",
+                    path.display()
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                if store.exists() && fs::read_dir(store)?.next().is_some() {
+                    bail!(
+                        "{} is not an edgeferry store (no {STATE_FILE}) and not empty: pick another --store",
+                        store.display()
+                    );
+                }
+                Ok(State {
+                    format_version: 1,
+                    ..State::default()
+                })
+            }
+            Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+        }
+    }
+
+    fn to_bytes(&self) -> Vec<u8> {
+        let mut bytes = serde_json::to_vec_pretty(self).expect("state serialises");
+        bytes.push(b'\n');
+        bytes
+    }
+}
+
+pub fn blob_path(store: &Path, digest_or_hex: &str) -> PathBuf {
+    let hex = digest_or_hex
+        .strip_prefix("sha256:")
+        .unwrap_or(digest_or_hex);
+    store.join("blobs/sha256").join(hex)
+}
+
+/// Options for one load.
+pub struct LoadOptions {
+    pub allow_downgrade: bool,
+}
+
+/// A load in progress: the [`Sink`] that stages verified entries, then
+/// [`Loader::commit`] to publish them.
+pub struct Loader<'a> {
+    store: PathBuf,
+    parent: PathBuf,
+    config: &'a Config,
+    options: LoadOptions,
+    state: State,
+    _lock: sys::Lock,
+    work: Option<WorkDir>,
+    /// Small entries needed after verification (the bundle's index.json).
+    captured: BTreeMap<String, Vec<u8>>,
+    open: Option<(PathBuf, PathBuf)>,
+}
+
+/// The sibling directory a load builds in; removed unless committed.
+struct WorkDir {
+    path: PathBuf,
+    committed: bool,
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !self.committed {
+            let _ = fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+/// What a commit did.
+#[derive(Debug, Serialize)]
+pub struct LoadReport {
+    pub bundle_id: String,
+    pub changed: bool,
+    pub new_blobs: usize,
+    pub new_bytes: u64,
+}
+
+impl<'a> Loader<'a> {
+    pub fn new(store: &Path, config: &'a Config, options: LoadOptions) -> Result<Loader<'a>> {
+        let store = absolute(store)?;
+        let parent = store
+            .parent()
+            .context("the store cannot be the root directory")?
+            .to_path_buf();
+        fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
+        let lock = sys::lock_dir(&parent).map_err(|e| {
+            anyhow::anyhow!(
+                "another load holds the lock on {} ({e}): wait for it to finish",
+                parent.display()
+            )
+        })?;
+        let _ = lock.held_on();
+        let state = State::read(&store)?;
+        let loader = Loader {
+            store,
+            parent,
+            config,
+            options,
+            state,
+            _lock: lock,
+            work: None,
+            captured: BTreeMap::new(),
+            open: None,
+        };
+        loader.remove_stale_work_dirs();
+        Ok(loader)
+    }
+
+    fn work_prefix(&self) -> String {
+        let name = self
+            .store
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        format!(".{name}.load-")
+    }
+
+    /// Work directories of loads that were killed; safe to remove under the lock.
+    fn remove_stale_work_dirs(&self) {
+        let prefix = self.work_prefix();
+        if let Ok(read) = fs::read_dir(&self.parent) {
+            for entry in read.flatten() {
+                if entry.file_name().to_string_lossy().starts_with(&prefix) {
+                    let _ = fs::remove_dir_all(entry.path());
+                }
+            }
+        }
+    }
+
+    fn work_path(&self) -> &Path {
+        &self
+            .work
+            .as_ref()
+            .expect("work dir exists after the manifest")
+            .path
+    }
+
+    fn have_blob(&self, hex: &str) -> bool {
+        blob_path(&self.store, hex).exists()
+            || self
+                .work
+                .as_ref()
+                .is_some_and(|w| blob_path(&w.path, hex).exists())
+    }
+
+    /// Publishes what was staged. Returns without touching the store when the
+    /// bundle adds nothing (loading the same bundle twice).
+    pub fn commit(mut self, manifest: &Manifest, signer: Option<&Verified>) -> Result<LoadReport> {
+        let mut next = self.state.clone();
+        let signer_id = signer.map(|s| s.key_id.clone());
+        next.bundles.insert(
+            manifest.bundle_id.clone(),
+            BundleRecord {
+                kubeedge_version: manifest.kubeedge_version.clone(),
+                arch: manifest.arch,
+                sequence: manifest.sequence,
+                created: manifest.created.clone(),
+                builder: manifest.builder.clone(),
+                sample: manifest.sample,
+                signer: signer_id.clone(),
+            },
+        );
+        if let Some(key_id) = &signer_id {
+            let key = format!("{key_id}/{}", manifest.arch);
+            let seen = next.sequences.entry(key).or_insert(0);
+            *seen = (*seen).max(manifest.sequence);
+        }
+        let sizes: BTreeMap<&str, u64> = manifest
+            .entries
+            .iter()
+            .map(|e| (e.sha256.as_str(), e.size))
+            .collect();
+        let by_path: BTreeMap<&str, &Entry> = manifest
+            .entries
+            .iter()
+            .map(|e| (e.path.as_str(), e))
+            .collect();
+        for file in &manifest.files {
+            let names = std::iter::once(file.path.as_str()).chain(file.checksum_path.as_deref());
+            for path in names {
+                let entry = by_path
+                    .get(path)
+                    .with_context(|| format!("manifest lists {path} but has no entry for it"))?;
+                let name = path.strip_prefix("files/").unwrap_or(path).to_string();
+                if let Some(existing) = next.files.get(&name) {
+                    if existing.sha256 != entry.sha256 {
+                        bail!(
+                            "files/{name} in this bundle (sha256 {}) differs from the one in the store from bundle {} (sha256 {}): refusing to replace a release asset",
+                            entry.sha256,
+                            existing.bundle_id,
+                            existing.sha256
+                        );
+                    }
+                    continue;
+                }
+                next.files.insert(
+                    name,
+                    FileRecord {
+                        sha256: entry.sha256.clone(),
+                        size: entry.size,
+                        bundle_id: manifest.bundle_id.clone(),
+                    },
+                );
+            }
+        }
+        for image in &manifest.images {
+            let size_of = |digest: &str| {
+                format::sha256_hex_of_digest(digest)
+                    .and_then(|hex| sizes.get(hex).copied())
+                    .with_context(|| {
+                        format!(
+                            "image {} names {digest}, which the bundle does not carry",
+                            image.reference
+                        )
+                    })
+            };
+            next.manifests.insert(
+                image.manifest_digest.clone(),
+                ManifestRecord {
+                    media_type: image.manifest_media_type.clone(),
+                    size: size_of(&image.manifest_digest)?,
+                },
+            );
+            let record = next.images.entry(image.reference.clone()).or_default();
+            record
+                .platforms
+                .insert(image.platform.clone(), image.manifest_digest.clone());
+            if let (Some(digest), Some(media_type)) = (&image.index_digest, &image.index_media_type)
+            {
+                next.manifests.insert(
+                    digest.clone(),
+                    ManifestRecord {
+                        media_type: media_type.clone(),
+                        size: size_of(digest)?,
+                    },
+                );
+                record.upstream_indexes.insert(digest.clone());
+            }
+        }
+        // Tags: the upstream index when it is complete here, else a merged one.
+        let mut synthesized = Vec::new();
+        let references: Vec<String> = next.images.keys().cloned().collect();
+        for reference in references {
+            let record = next.images.get(&reference).cloned().expect("listed");
+            let (digest, media_type, bytes) = self.tag_target(&record, &next)?;
+            if let Some(bytes) = bytes {
+                next.manifests.insert(
+                    digest.clone(),
+                    ManifestRecord {
+                        media_type: media_type.clone(),
+                        size: bytes.len() as u64,
+                    },
+                );
+                synthesized.push((digest.clone(), bytes));
+            }
+            let record = next.images.get_mut(&reference).expect("listed");
+            record.digest = digest;
+            record.media_type = media_type;
+        }
+
+        if next == self.state {
+            return Ok(LoadReport {
+                bundle_id: manifest.bundle_id.clone(),
+                changed: false,
+                new_blobs: 0,
+                new_bytes: 0,
+            });
+        }
+        let work = self.work_path().to_path_buf();
+        let (mut new_blobs, mut new_bytes) = (0, 0);
+        for entry in fs::read_dir(work.join("blobs/sha256"))? {
+            new_blobs += 1;
+            new_bytes += entry?.metadata()?.len();
+        }
+        for (digest, bytes) in &synthesized {
+            let path = blob_path(&work, digest);
+            if !path.exists() && !blob_path(&self.store, digest).exists() {
+                write_synced(&path, bytes)?;
+            }
+        }
+        // Everything the current store has, linked (not copied) into the next.
+        if self.store.join("blobs/sha256").exists() {
+            for entry in fs::read_dir(self.store.join("blobs/sha256"))? {
+                let entry = entry?;
+                let target = work.join("blobs/sha256").join(entry.file_name());
+                if !target.exists() {
+                    fs::hard_link(entry.path(), &target).with_context(|| {
+                        format!("linking {} into the next store", entry.path().display())
+                    })?;
+                }
+            }
+        }
+        fs::create_dir_all(work.join("files"))?;
+        let mut sums = String::new();
+        for (name, file) in &next.files {
+            fs::hard_link(
+                blob_path(&work, &file.sha256),
+                work.join("files").join(name),
+            )
+            .with_context(|| format!("linking files/{name}"))?;
+            sums.push_str(&format!("{}  files/{name}\n", file.sha256));
+        }
+        write_synced(&work.join("SHA256SUMS"), sums.as_bytes())?;
+        write_synced(
+            &work.join("oci-layout"),
+            br#"{"imageLayoutVersion":"1.0.0"}"#,
+        )?;
+        write_synced(&work.join("index.json"), &layout_index(&next))?;
+        write_synced(&work.join(STATE_FILE), &next.to_bytes())?;
+        for dir in ["blobs/sha256", "blobs", "files", ""] {
+            edgeferry_bundle::atomic::sync_dir(&work.join(dir))?;
+        }
+
+        // The one step that changes the store.
+        if self.store.exists() {
+            sys::exchange(&work, &self.store)
+                .with_context(|| format!("swapping the new store into {}", self.store.display()))?;
+            // `work` now holds the previous store; the Drop guard removes it.
+        } else {
+            fs::rename(&work, &self.store)
+                .with_context(|| format!("moving the new store to {}", self.store.display()))?;
+            self.work.as_mut().expect("work dir").committed = true;
+        }
+        edgeferry_bundle::atomic::sync_dir(&self.parent)?;
+        Ok(LoadReport {
+            bundle_id: manifest.bundle_id.clone(),
+            changed: true,
+            new_blobs,
+            new_bytes,
+        })
+    }
+
+    /// The digest a tag resolves to, and the bytes of an index to write if
+    /// it has to be made.
+    fn tag_target(
+        &self,
+        record: &ImageRecord,
+        next: &State,
+    ) -> Result<(String, String, Option<Vec<u8>>)> {
+        if record.upstream_indexes.len() == 1 {
+            let digest = record.upstream_indexes.iter().next().expect("one");
+            let listed = self.upstream_platform_manifests(digest)?;
+            if listed.iter().all(|d| self.have_blob(d)) {
+                let media_type = next.manifests[digest].media_type.clone();
+                return Ok((digest.clone(), media_type, None));
+            }
+        }
+        let mut manifests = Vec::new();
+        for (platform, digest) in &record.platforms {
+            let mut parts = platform.split('/');
+            let os = parts.next().unwrap_or_default();
+            let architecture = parts.next().unwrap_or_default();
+            let variant = parts.next();
+            let mut platform = serde_json::json!({"architecture": architecture, "os": os});
+            if let Some(variant) = variant {
+                platform["variant"] = variant.into();
+            }
+            let info = &next.manifests[digest];
+            manifests.push(serde_json::json!({
+                "mediaType": info.media_type,
+                "digest": digest,
+                "size": info.size,
+                "platform": platform,
+            }));
+        }
+        let index = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_OCI_INDEX,
+            "manifests": manifests,
+            "annotations": {"io.edgeferry.merged": "platforms present in this store"},
+        });
+        let bytes = serde_json::to_vec(&index)?;
+        let digest = format!("sha256:{}", edgeferry_bundle::hashing::sha256_hex(&bytes));
+        Ok((digest, MEDIA_OCI_INDEX.to_string(), Some(bytes)))
+    }
+
+    /// Digests of the platform manifests an upstream index lists (attestations
+    /// aside). The index was verified against its digest when it was loaded.
+    fn upstream_platform_manifests(&self, digest: &str) -> Result<Vec<String>> {
+        let path = [&self.store, self.work_path()]
+            .iter()
+            .map(|root| blob_path(root, digest))
+            .find(|p| p.exists())
+            .with_context(|| format!("upstream index {digest} is missing from the store"))?;
+        let index: serde_json::Value = serde_json::from_slice(&fs::read(&path)?)
+            .with_context(|| format!("upstream index {digest} is not JSON"))?;
+        Ok(index["manifests"]
+            .as_array()
+            .map(|list| {
+                list.iter()
+                    .filter(|m| m["platform"]["os"] != "unknown")
+                    .filter_map(|m| m["digest"].as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default())
+    }
+}
+
+impl Sink for Loader<'_> {
+    fn manifest(&mut self, manifest: &Manifest, signer: Option<&Verified>) -> Result<(), String> {
+        if let Some(signer) = signer {
+            let key = format!("{}/{}", signer.key_id, manifest.arch);
+            if let Some(&seen) = self.state.sequences.get(&key) {
+                if manifest.sequence < seen && !self.options.allow_downgrade {
+                    return Err(format!(
+                        "bundle {} has sequence {} but the store has loaded sequence {seen} from key {} for {}: refusing a downgrade (pass --allow-downgrade if you mean it)",
+                        manifest.bundle_id, manifest.sequence, signer.key_id, manifest.arch
+                    ));
+                }
+            }
+        }
+        let needed: u64 = manifest
+            .entries
+            .iter()
+            .filter(|e| !blob_path(&self.store, &e.sha256).exists())
+            .map(|e| e.size)
+            .sum::<u64>()
+            + self.config.load_space_margin_bytes;
+        let available = sys::available_bytes(&self.parent)
+            .map_err(|e| format!("checking free space in {}: {e}", self.parent.display()))?;
+        if available < needed {
+            return Err(format!(
+                "not enough space in {}: the load needs {} MiB, {} MiB are free: free some space or pick another --store",
+                self.parent.display(),
+                needed.div_ceil(1 << 20),
+                available >> 20
+            ));
+        }
+        let path = self.parent.join(format!(
+            "{}{}-{}",
+            self.work_prefix(),
+            std::process::id(),
+            manifest.bundle_id
+        ));
+        fs::create_dir_all(path.join("blobs/sha256"))
+            .map_err(|e| format!("creating {}: {e}", path.display()))?;
+        self.work = Some(WorkDir {
+            path,
+            committed: false,
+        });
+        Ok(())
+    }
+
+    fn begin_entry(&mut self, entry: &Entry) -> io::Result<Option<Box<dyn Write + '_>>> {
+        if entry.path == "images/index.json" || entry.path == "images/oci-layout" {
+            let buffer = self.captured.entry(entry.path.clone()).or_default();
+            return Ok(Some(Box::new(buffer)));
+        }
+        if self.have_blob(&entry.sha256) {
+            return Ok(None);
+        }
+        let target = blob_path(self.work_path(), &entry.sha256);
+        let partial = target.with_extension("partial");
+        let file = fs::File::create(&partial)?;
+        self.open = Some((partial.clone(), target));
+        Ok(Some(Box::new(SyncOnDrop(Some(BufWriter::with_capacity(
+            1 << 20,
+            file,
+        ))))))
+    }
+
+    fn end_entry(&mut self, _entry: &Entry) -> io::Result<()> {
+        if let Some((partial, target)) = self.open.take() {
+            fs::rename(partial, target)?;
+        }
+        Ok(())
+    }
+}
+
+/// Flushes and fsyncs when the verifier is done writing an entry, so the
+/// swap publishes only data that is on disk.
+struct SyncOnDrop(Option<BufWriter<fs::File>>);
+
+impl Write for SyncOnDrop {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.as_mut().expect("open").write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.as_mut().expect("open").flush()
+    }
+}
+
+impl Drop for SyncOnDrop {
+    fn drop(&mut self) {
+        if let Some(writer) = self.0.take() {
+            if let Ok(file) = writer.into_inner() {
+                let _ = file.sync_data();
+            }
+        }
+    }
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    let mut file =
+        fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    file.write_all(bytes)?;
+    file.sync_all()?;
+    Ok(())
+}
+
+/// The store's own `index.json`: one descriptor per image reference, so
+/// `skopeo inspect oci:<store>:<reference>` works on the store itself.
+fn layout_index(state: &State) -> Vec<u8> {
+    let manifests: Vec<serde_json::Value> = state
+        .images
+        .iter()
+        .map(|(reference, image)| {
+            serde_json::json!({
+                "mediaType": image.media_type,
+                "digest": image.digest,
+                "size": state.manifests[&image.digest].size,
+                "annotations": {REF_ANNOTATION: reference},
+            })
+        })
+        .collect();
+    let mut bytes = serde_json::to_vec_pretty(&serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": MEDIA_OCI_INDEX,
+        "manifests": manifests,
+    }))
+    .expect("index serialises");
+    bytes.push(b'\n');
+    bytes
+}
+
+fn absolute(path: &Path) -> Result<PathBuf> {
+    let path = if path.is_absolute() {
+        path.to_path_buf()
+    } else {
+        std::env::current_dir()?.join(path)
+    };
+    // Normalise `.` and trailing slashes so the parent is the real parent.
+    Ok(path.components().collect())
+}

@@ -1,0 +1,68 @@
+//! The three Linux calls std lacks, each behind a safe function.
+
+use std::ffi::CString;
+use std::fs::File;
+use std::io;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::io::AsRawFd;
+use std::path::Path;
+
+fn cstring(path: &Path) -> io::Result<CString> {
+    CString::new(path.as_os_str().as_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "path has a NUL byte"))
+}
+
+/// Atomically swaps two directory entries: the store changes in one step.
+pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
+    let (a, b) = (cstring(a)?, cstring(b)?);
+    // SAFETY: both are valid NUL-terminated paths; AT_FDCWD resolves them
+    // relative to the working directory like rename(2).
+    let rc = unsafe {
+        libc::renameat2(
+            libc::AT_FDCWD,
+            a.as_ptr(),
+            libc::AT_FDCWD,
+            b.as_ptr(),
+            libc::RENAME_EXCHANGE,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// An exclusive advisory lock, released when the file is dropped.
+pub struct Lock(File);
+
+/// Locks `dir` itself (no lock file is created, so nothing is written).
+pub fn lock_dir(dir: &Path) -> io::Result<Lock> {
+    let file = File::open(dir)?;
+    // SAFETY: a valid open descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        Ok(Lock(file))
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+impl Lock {
+    pub fn held_on(&self) -> &File {
+        &self.0
+    }
+}
+
+/// Bytes available to an unprivileged writer on the filesystem of `path`.
+pub fn available_bytes(path: &Path) -> io::Result<u64> {
+    let c = cstring(path)?;
+    // SAFETY: statvfs fills the zeroed struct; c is a valid path.
+    let mut stat: libc::statvfs = unsafe { std::mem::zeroed() };
+    let rc = unsafe { libc::statvfs(c.as_ptr(), &mut stat) };
+    if rc == 0 {
+        Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
