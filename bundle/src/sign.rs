@@ -128,7 +128,7 @@ pub struct Verified {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SignatureError {
-    #[error("signature is malformed: {0}")]
+    #[error("signature is malformed ({0}): copy the .minisig again")]
     Malformed(String),
     #[error("signed by unknown key {key_id}: pass its public key with --key, or rebuild with a trusted key")]
     UnknownKey { key_id: String },

@@ -21,7 +21,7 @@ pub enum VerifyError {
     Unsigned,
     #[error("bundle signature file (<bundle>.minisig) is missing: copy it along with the bundle")]
     MissingFileSignature,
-    #[error("signature: {0}")]
+    #[error(transparent)]
     Signature(#[from] SignatureError),
     #[error("the signed comment says {signed:?} but the manifest says {manifest:?}: the manifest was swapped")]
     CommentMismatch { signed: String, manifest: String },

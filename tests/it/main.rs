@@ -2,3 +2,4 @@
 //! binaries and the host-heavy fixtures are built and set up once.
 
 mod bundle;
+mod load;

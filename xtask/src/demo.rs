@@ -50,7 +50,36 @@ pub fn run() -> Result<()> {
             &demo.join(format!("unpacked-{arch}")),
         )?;
     }
-    println!("\ndemo ok: bundles in {}", bundles.display());
+    let store = demo.join("store");
+    if store.exists() {
+        std::fs::remove_dir_all(&store)?;
+    }
+    let edgeferry = crate::util::built_binary("edgeferry")?;
+    for arch in ["amd64", "arm64"] {
+        println!(
+            "\n== edgeferry load (linux/{arch}) into {}",
+            store.display()
+        );
+        crate::util::run(
+            Command::new(&edgeferry)
+                .arg("load")
+                .arg(bundles.join(format!("edgeferry-kubeedge-v1.23.1-linux-{arch}.tar.zst")))
+                .arg("--key")
+                .arg(keys.join("edgeferry.pub"))
+                .arg("--store")
+                .arg(&store),
+        )?;
+    }
+    crate::util::run(
+        Command::new(&edgeferry)
+            .args(["store", "list", "--store"])
+            .arg(&store),
+    )?;
+    println!(
+        "\ndemo ok: bundles in {}, store in {}",
+        bundles.display(),
+        store.display()
+    );
     Ok(())
 }
 

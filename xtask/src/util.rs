@@ -42,7 +42,10 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
     }
     eprintln!("xtask: installing Debian packages: {}", missing.join(" "));
     if !have("apt-get") {
-        bail!("missing {}: install them (no apt-get here)", missing.join(", "));
+        bail!(
+            "missing {}: install them (no apt-get here)",
+            missing.join(", ")
+        );
     }
     run(Command::new("apt-get").args(["update", "-qq"]))?;
     run(Command::new("apt-get")
@@ -52,9 +55,7 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
 }
 
 pub fn run(cmd: &mut Command) -> Result<()> {
-    let status = cmd
-        .status()
-        .with_context(|| format!("starting {cmd:?}"))?;
+    let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
         bail!("{cmd:?} failed with {status}");
     }
@@ -77,4 +78,16 @@ pub fn cargo() -> Command {
     let mut cmd = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
     cmd.current_dir(workspace_root());
     cmd
+}
+
+/// Builds a workspace binary (same profile as xtask) and returns its path.
+pub fn built_binary(name: &str) -> Result<PathBuf> {
+    run(cargo().args(["build", "--quiet", "--bin", name]))?;
+    let path = workspace_root().join("target/debug").join(name);
+    anyhow::ensure!(
+        path.exists(),
+        "built {name} but {} is missing",
+        path.display()
+    );
+    Ok(path)
 }
