@@ -64,8 +64,8 @@ pub fn for_version(version: &str) -> Result<VersionManifest> {
             supported_minors().join(", ")
         );
     };
-    let manifest: VersionManifest = serde_norway::from_str(text)
-        .with_context(|| format!("parsing manifests/{minor}.yaml"))?;
+    let manifest: VersionManifest =
+        serde_norway::from_str(text).with_context(|| format!("parsing manifests/{minor}.yaml"))?;
     if manifest.minor != minor {
         bail!("manifests/{minor}.yaml says it is for {}", manifest.minor);
     }

@@ -83,7 +83,10 @@ pub fn plan(request: &Request) -> Result<Plan> {
     let mut add = |reference: &str, role: &str| -> Result<()> {
         let reference = normalize_reference(&manifests::expand(reference, version, arch))
             .map_err(|e| anyhow::anyhow!("image reference {reference:?}: {e}"))?;
-        if !images.iter().any(|i: &PlannedImage| i.reference == reference) {
+        if !images
+            .iter()
+            .any(|i: &PlannedImage| i.reference == reference)
+        {
             images.push(PlannedImage {
                 reference,
                 role: role.to_string(),
