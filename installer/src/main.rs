@@ -3,6 +3,7 @@
 
 mod config;
 mod input;
+mod mirror;
 mod store;
 mod sys;
 
@@ -60,6 +61,40 @@ enum Command {
     /// Look at a store
     #[command(subcommand)]
     Store(StoreCommand),
+    /// Serve a store on the LAN: release files and a read-only OCI registry
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
+}
+
+const SERVE_EXAMPLES: &str = "\
+Examples:
+  edgeferry serve --store /srv/edgeferry --listen 10.0.0.5:5000
+  edgeferry serve --store /srv/edgeferry --listen 0.0.0.0:5000 --advertise 10.0.0.5:5000 --access-log /var/log/edgeferry.jsonl
+
+On start it prints the containerd hosts.toml files and keadm flags nodes need.
+Access log: one JSON line per request (client, method, path, status, bytes,
+duration_ms) on stdout, or appended to --access-log. Stops on SIGINT/SIGTERM,
+letting transfers in flight finish.";
+
+#[derive(Args)]
+struct ServeArgs {
+    #[arg(long, env = "EDGEFERRY_STORE")]
+    store: PathBuf,
+    /// Address and port to listen on
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    listen: std::net::SocketAddr,
+    /// host:port the nodes reach this mirror at, for the printed settings
+    #[arg(long)]
+    advertise: Option<String>,
+    /// Append the JSON-lines access log here instead of stdout
+    #[arg(long)]
+    access_log: Option<PathBuf>,
+    /// Connections served at once
+    #[arg(long)]
+    max_connections: Option<usize>,
+    /// Seconds without a byte moving before a connection is closed
+    #[arg(long)]
+    idle_timeout: Option<u64>,
 }
 
 #[derive(Args)]
@@ -119,6 +154,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => a.source.json,
         Command::Load(a) => a.source.json,
         Command::Store(StoreCommand::List { json, .. }) => *json,
+        Command::Serve(_) => false,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -161,6 +197,24 @@ fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => verify_cmd(&args.source),
         Command::Load(args) => load_cmd(&args, &config),
         Command::Store(StoreCommand::List { store, json }) => store_list(&store, json),
+        Command::Serve(args) => {
+            let mut config = config;
+            if let Some(n) = args.max_connections {
+                config.max_connections = n.max(1);
+            }
+            if let Some(secs) = args.idle_timeout {
+                config.idle_timeout = std::time::Duration::from_secs(secs.max(1));
+            }
+            mirror::serve(
+                mirror::ServeOptions {
+                    store: args.store,
+                    listen: args.listen,
+                    advertise: args.advertise,
+                    access_log: args.access_log,
+                },
+                &config,
+            )
+        }
     }
 }
 
