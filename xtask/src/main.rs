@@ -1,9 +1,10 @@
 //! `cargo xtask <task>`: the project's automation, in Rust, needing only
 //! cargo. `bundle` and `keygen` are the builder's own command line.
 
+mod bench;
+mod bench_input;
 mod ci;
 mod demo;
-mod bench;
 mod util;
 
 use std::process::ExitCode;
@@ -11,7 +12,10 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "cargo xtask", about = "edgeferry's build, demo, test and benchmark tasks")]
+#[command(
+    name = "cargo xtask",
+    about = "edgeferry's build, demo, test and benchmark tasks"
+)]
 struct Cli {
     #[command(subcommand)]
     task: Task,
