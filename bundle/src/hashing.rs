@@ -2,7 +2,6 @@
 
 use std::io::{self, Read, Write};
 
-use blake2::Blake2b512;
 use sha2::{Digest, Sha256};
 
 pub fn hex(bytes: &[u8]) -> String {
@@ -17,6 +16,11 @@ pub fn hex(bytes: &[u8]) -> String {
 
 pub fn sha256_hex(data: &[u8]) -> String {
     hex(&Sha256::digest(data))
+}
+
+/// BLAKE2b-512, minisign's prehash.
+pub fn blake2b(data: &[u8]) -> [u8; 64] {
+    *blake2b_simd::blake2b(data).as_array()
 }
 
 /// Streams a reader to its end and returns (sha256 hex, length).
@@ -39,7 +43,7 @@ pub fn sha256_reader(mut reader: impl Read) -> io::Result<(String, u64)> {
 pub struct HashingWriter<W> {
     inner: W,
     sha256: Sha256,
-    blake2b: Blake2b512,
+    blake2b: blake2b_simd::State,
     written: u64,
 }
 
@@ -54,7 +58,7 @@ impl<W: Write> HashingWriter<W> {
         HashingWriter {
             inner,
             sha256: Sha256::new(),
-            blake2b: Blake2b512::new(),
+            blake2b: blake2b_simd::State::new(),
             written: 0,
         }
     }
@@ -62,7 +66,7 @@ impl<W: Write> HashingWriter<W> {
     pub fn finish(self) -> (W, WriterDigests) {
         let digests = WriterDigests {
             sha256: hex(&self.sha256.finalize()),
-            blake2b: self.blake2b.finalize().into(),
+            blake2b: *self.blake2b.finalize().as_array(),
             size: self.written,
         };
         (self.inner, digests)

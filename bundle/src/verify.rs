@@ -135,7 +135,7 @@ pub struct Outcome {
 /// required: it is checked over the compressed bytes in the same pass, so
 /// even a flip that decodes to the same content (a zstd header bit) is caught.
 pub fn verify(
-    input: impl Read,
+    input: impl Read + Send,
     trust: Trust<'_>,
     file_signature: Option<&str>,
     sink: &mut dyn Sink,
@@ -145,20 +145,173 @@ pub fn verify(
         (Trust::Keys(_), None) => return Err(VerifyError::MissingFileSignature),
         (Trust::SkipSignature, _) => None,
     };
-    let mut file_verifier = match &file_check {
-        Some(check) => Some(check.verifier()?),
-        None => None,
+    let hash_file = file_check.is_some();
+    // Three threads, one pass: one reads the compressed bytes and hashes them
+    // for the whole-file signature, one decompresses, and the caller's
+    // thread checks every entry and writes. Each chunk is touched once by
+    // each stage, and on two cores no stage waits for another's hashing.
+    let (manifest, signer, bytes_in, prehash) = std::thread::scope(|scope| {
+        let (compressed_tx, compressed_rx) = std::sync::mpsc::sync_channel(READ_AHEAD_CHUNKS);
+        let (plain_tx, plain_rx) = std::sync::mpsc::sync_channel(READ_AHEAD_CHUNKS);
+        let reader = scope.spawn(move || read_and_hash(input, hash_file, compressed_tx));
+        scope.spawn(move || decompress(ChannelReader::new(compressed_rx), plain_tx));
+        let checked = verify_stream(ChannelReader::new(plain_rx), &trust, sink);
+        let (bytes_in, prehash) = reader.join().expect("reader thread does not panic");
+        checked.map(|(manifest, signer)| (manifest, signer, bytes_in, prehash))
+    })?;
+    if let (Some(check), Some(prehash)) = (&file_check, prehash) {
+        check.verify_prehashed(&prehash)?;
+        let id = check
+            .trusted_comment()
+            .split(' ')
+            .find_map(|t| t.strip_prefix("id="));
+        if id != Some(manifest.bundle_id.as_str()) {
+            return Err(VerifyError::CommentMismatch {
+                signed: check.trusted_comment().to_string(),
+                manifest: format!("id={}", manifest.bundle_id),
+            });
+        }
+    }
+    Ok(Outcome {
+        manifest,
+        signer,
+        bytes_in,
+    })
+}
+
+/// Chunks in flight between the reader and the decoder: bounds memory.
+const READ_AHEAD_CHUNKS: usize = 4;
+const READ_CHUNK: usize = 1 << 20;
+
+/// Reads the input in chunks for the decoder, hashing them (BLAKE2b-512,
+/// minisign's prehash) when `hash` is set. Returns the byte count and hash.
+fn read_and_hash(
+    mut input: impl Read,
+    hash: bool,
+    chunks: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>,
+) -> (u64, Option<[u8; 64]>) {
+    let mut count = 0u64;
+    let mut hasher = hash.then(blake2b_simd::State::new);
+    loop {
+        // One read per chunk: a pipe hands over what it has, and the next
+        // stage should not wait for more than that.
+        let mut buf = vec![0u8; READ_CHUNK];
+        let n = match input.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(e) => {
+                let _ = chunks.send(Err(e));
+                break;
+            }
+        };
+        buf.truncate(n);
+        count += n as u64;
+        if let Some(h) = hasher.as_mut() {
+            h.update(&buf);
+        }
+        // The decoder hung up: it has its answer, stop reading.
+        if chunks.send(Ok(buf)).is_err() {
+            break;
+        }
+    }
+    (count, hasher.map(|h| *h.finalize().as_array()))
+}
+
+/// Marks the decompressor's "bytes after the zstd frame" error.
+#[derive(Debug)]
+struct TrailingAfterFrame;
+
+impl std::fmt::Display for TrailingAfterFrame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("bytes after the zstd frame")
+    }
+}
+
+impl std::error::Error for TrailingAfterFrame {}
+
+/// The middle stage: one zstd frame in, plain chunks out; then the input
+/// must end. Errors travel down the channel to the checking stage.
+fn decompress(input: ChannelReader, output: std::sync::mpsc::SyncSender<io::Result<Vec<u8>>>) {
+    let mut decoder = match zstd::stream::read::Decoder::new(input) {
+        Ok(d) => d.single_frame(),
+        Err(e) => {
+            let _ = output.send(Err(e));
+            return;
+        }
     };
-    let counted = CountingReader {
-        inner: input,
-        count: 0,
-        verifier: file_verifier.as_mut(),
-    };
-    let decoder = zstd::stream::read::Decoder::new(counted)
-        .map_err(|e| VerifyError::Decompress(e.to_string()))?
-        .single_frame();
+    loop {
+        let mut buf = vec![0u8; READ_CHUNK];
+        match decoder.read(&mut buf) {
+            Ok(0) => {
+                let mut rest = decoder.finish();
+                let mut probe = [0u8; 1];
+                let end = match rest.read(&mut probe) {
+                    Ok(0) => return,
+                    Ok(_) => io::Error::new(io::ErrorKind::InvalidData, TrailingAfterFrame),
+                    Err(e) => e,
+                };
+                let _ = output.send(Err(end));
+                return;
+            }
+            Ok(n) => {
+                buf.truncate(n);
+                if output.send(Ok(buf)).is_err() {
+                    return;
+                }
+            }
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => {
+                let _ = output.send(Err(e));
+                return;
+            }
+        }
+    }
+}
+
+/// A stage's view of the previous stage's chunks.
+struct ChannelReader {
+    receiver: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>,
+    current: Vec<u8>,
+    position: usize,
+}
+
+impl ChannelReader {
+    fn new(receiver: std::sync::mpsc::Receiver<io::Result<Vec<u8>>>) -> Self {
+        ChannelReader {
+            receiver,
+            current: Vec::new(),
+            position: 0,
+        }
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        while self.position == self.current.len() {
+            match self.receiver.recv() {
+                Ok(Ok(chunk)) => {
+                    self.current = chunk;
+                    self.position = 0;
+                }
+                Ok(Err(e)) => return Err(e),
+                Err(_) => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.current.len() - self.position);
+        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
+        self.position += n;
+        Ok(n)
+    }
+}
+
+fn verify_stream(
+    input: ChannelReader,
+    trust: &Trust<'_>,
+    sink: &mut dyn Sink,
+) -> Result<(Manifest, Option<Verified>), VerifyError> {
     let mut tar = TarReader {
-        inner: decoder,
+        inner: input,
         position: 0,
     };
 
@@ -191,7 +344,7 @@ pub fn verify(
             ));
         }
         let signature = tar.read_body(&second)?;
-        let signer = match &trust {
+        let signer = match trust {
             Trust::Keys(keys) => {
                 let text = std::str::from_utf8(&signature)
                     .map_err(|_| SignatureError::Malformed("not UTF-8".into()))?;
@@ -290,29 +443,8 @@ pub fn verify(
             detail,
         });
     }
-    let bytes_in = tar.finish()?;
-    if let (Some(check), Some(verifier)) = (&file_check, file_verifier.as_mut()) {
-        verifier.finalize().map_err(|_| {
-            VerifyError::Signature(SignatureError::Mismatch {
-                key_id: check.key_id.clone(),
-            })
-        })?;
-        let id = check
-            .trusted_comment()
-            .split(' ')
-            .find_map(|t| t.strip_prefix("id="));
-        if id != Some(manifest.bundle_id.as_str()) {
-            return Err(VerifyError::CommentMismatch {
-                signed: check.trusted_comment().to_string(),
-                manifest: format!("id={}", manifest.bundle_id),
-            });
-        }
-    }
-    Ok(Outcome {
-        manifest,
-        signer,
-        bytes_in,
-    })
+    tar.finish()?;
+    Ok((manifest, signer))
 }
 
 fn check_manifest(manifest: &Manifest) -> Result<(), VerifyError> {
@@ -461,10 +593,7 @@ impl<R: Read> TarReader<R> {
 
     /// After the first zero block: only zero blocks may follow, then the
     /// zstd frame must end and so must the input.
-    fn finish(mut self) -> Result<u64, VerifyError>
-    where
-        R: ZstdEnd,
-    {
+    fn finish(mut self) -> Result<(), VerifyError> {
         let mut buf = vec![0u8; 64 * 1024];
         loop {
             match self.inner.read(&mut buf) {
@@ -482,31 +611,16 @@ impl<R: Read> TarReader<R> {
                 Err(e) => return Err(decode_error(e, self.position)),
             }
         }
-        self.inner.end_of_input()
-    }
-}
-
-/// Access to what lies behind the decompressor.
-trait ZstdEnd {
-    /// Checks nothing follows the zstd frame; returns compressed bytes read.
-    fn end_of_input(self) -> Result<u64, VerifyError>;
-}
-
-impl<R: Read> ZstdEnd
-    for zstd::stream::read::Decoder<'static, io::BufReader<CountingReader<'_, '_, R>>>
-{
-    fn end_of_input(self) -> Result<u64, VerifyError> {
-        let mut rest = self.finish();
-        let mut probe = [0u8; 1];
-        match rest.read(&mut probe) {
-            Ok(0) => Ok(rest.get_ref().count),
-            Ok(_) => Err(VerifyError::Trailing("bytes after the zstd frame".into())),
-            Err(e) => Err(VerifyError::Truncated(e.to_string())),
-        }
+        Ok(())
     }
 }
 
 fn decode_error(e: io::Error, at: u64) -> VerifyError {
+    if e.get_ref()
+        .is_some_and(|inner| inner.is::<TrailingAfterFrame>())
+    {
+        return VerifyError::Trailing(e.to_string());
+    }
     match e.kind() {
         io::ErrorKind::UnexpectedEof => VerifyError::Truncated(format!("at byte {at}")),
         _ => VerifyError::Decompress(format!("{e} near byte {at}")),
@@ -612,24 +726,6 @@ fn parse_size(field: &[u8]) -> Option<u64> {
         );
     }
     parse_octal(field)
-}
-
-/// Counts the compressed bytes and feeds them to the whole-file signature.
-struct CountingReader<'v, 'k, R> {
-    inner: R,
-    count: u64,
-    verifier: Option<&'v mut minisign_verify::StreamVerifier<'k>>,
-}
-
-impl<R: Read> Read for CountingReader<'_, '_, R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let n = self.inner.read(buf)?;
-        self.count += n as u64;
-        if let Some(verifier) = self.verifier.as_deref_mut() {
-            verifier.update(&buf[..n]);
-        }
-        Ok(n)
-    }
 }
 
 #[cfg(test)]

@@ -135,6 +135,10 @@ struct LoadArgs {
     /// Load a bundle older than one already loaded from the same key
     #[arg(long)]
     allow_downgrade: bool,
+    /// Do not wait for the data to reach the disk before publishing it
+    /// (faster; a power cut right after can corrupt the store)
+    #[arg(long)]
+    no_sync: bool,
 }
 
 #[derive(Subcommand)]
@@ -305,6 +309,7 @@ fn load_cmd(args: &LoadArgs, config: &Config) -> Result<()> {
         config,
         store::LoadOptions {
             allow_downgrade: args.allow_downgrade,
+            no_sync: args.no_sync,
         },
     )?;
     let outcome = verify_into(&args.source, &mut loader)?;

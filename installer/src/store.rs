@@ -134,6 +134,9 @@ pub fn blob_path(store: &Path, digest_or_hex: &str) -> PathBuf {
 /// Options for one load.
 pub struct LoadOptions {
     pub allow_downgrade: bool,
+    /// Skip the flush to disk before the swap. A power cut soon after can
+    /// then leave a store whose files are not what its state says.
+    pub no_sync: bool,
 }
 
 /// A load in progress: the [`Sink`] that stages verified entries, then
@@ -374,7 +377,7 @@ impl<'a> Loader<'a> {
         for (digest, bytes) in &synthesized {
             let path = blob_path(&work, digest);
             if !path.exists() && !blob_path(&self.store, digest).exists() {
-                write_synced(&path, bytes)?;
+                write_small(&path, bytes)?;
             }
         }
         // Everything the current store has, linked (not copied) into the next.
@@ -399,15 +402,16 @@ impl<'a> Loader<'a> {
             .with_context(|| format!("linking files/{name}"))?;
             sums.push_str(&format!("{}  files/{name}\n", file.sha256));
         }
-        write_synced(&work.join("SHA256SUMS"), sums.as_bytes())?;
-        write_synced(
+        write_small(&work.join("SHA256SUMS"), sums.as_bytes())?;
+        write_small(
             &work.join("oci-layout"),
             br#"{"imageLayoutVersion":"1.0.0"}"#,
         )?;
-        write_synced(&work.join("index.json"), &layout_index(&next))?;
-        write_synced(&work.join(STATE_FILE), &next.to_bytes())?;
-        for dir in ["blobs/sha256", "blobs", "files", ""] {
-            edgeferry_bundle::atomic::sync_dir(&work.join(dir))?;
+        write_small(&work.join("index.json"), &layout_index(&next))?;
+        write_small(&work.join(STATE_FILE), &next.to_bytes())?;
+        // Everything staged reaches the disk before the swap publishes it.
+        if !self.options.no_sync {
+            sys::syncfs(&work).with_context(|| format!("syncing {}", work.display()))?;
         }
 
         // The one step that changes the store.
@@ -552,10 +556,10 @@ impl Sink for Loader<'_> {
         let partial = target.with_extension("partial");
         let file = fs::File::create(&partial)?;
         self.open = Some((partial.clone(), target));
-        Ok(Some(Box::new(SyncOnDrop(Some(BufWriter::with_capacity(
-            1 << 20,
-            file,
-        ))))))
+        Ok(Some(Box::new(BlobWriter {
+            writer: Some(BufWriter::with_capacity(1 << 20, file)),
+            start_writeback: !self.options.no_sync,
+        })))
     }
 
     fn end_entry(&mut self, _entry: &Entry) -> io::Result<()> {
@@ -566,30 +570,36 @@ impl Sink for Loader<'_> {
     }
 }
 
-/// Flushes and fsyncs when the verifier is done writing an entry, so the
-/// swap publishes only data that is on disk.
-struct SyncOnDrop(Option<BufWriter<fs::File>>);
+/// Flushes a staged blob and starts its writeback when the verifier is done
+/// with it.
+struct BlobWriter {
+    writer: Option<BufWriter<fs::File>>,
+    start_writeback: bool,
+}
 
-impl Write for SyncOnDrop {
+impl Write for BlobWriter {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.as_mut().expect("open").write(buf)
+        self.writer.as_mut().expect("open").write(buf)
     }
     fn flush(&mut self) -> io::Result<()> {
-        self.0.as_mut().expect("open").flush()
+        self.writer.as_mut().expect("open").flush()
     }
 }
 
-impl Drop for SyncOnDrop {
+impl Drop for BlobWriter {
     fn drop(&mut self) {
-        if let Some(writer) = self.0.take() {
+        if let Some(writer) = self.writer.take() {
             if let Ok(file) = writer.into_inner() {
-                let _ = file.sync_data();
+                if self.start_writeback {
+                    sys::start_writeback(&file);
+                }
             }
         }
     }
 }
 
-fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+/// Small files of the next store; `commit` syncs the filesystem once after.
+fn write_small(path: &Path, bytes: &[u8]) -> Result<()> {
     let mut file =
         fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     file.write_all(bytes)?;

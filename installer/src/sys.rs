@@ -1,4 +1,4 @@
-//! The three Linux calls std lacks, each behind a safe function.
+//! The Linux calls std lacks, each behind a safe function.
 
 use std::ffi::CString;
 use std::fs::File;
@@ -64,5 +64,29 @@ pub fn available_bytes(path: &Path) -> io::Result<u64> {
         Ok(stat.f_bavail as u64 * stat.f_frsize as u64)
     } else {
         Err(io::Error::last_os_error())
+    }
+}
+
+/// Flushes everything dirty on the filesystem holding `dir`, in one call:
+/// cheaper than fsync per file, and the kernel has been writing back while
+/// we streamed, so little is left to wait for.
+pub fn syncfs(dir: &Path) -> io::Result<()> {
+    let file = File::open(dir)?;
+    // SAFETY: a valid open descriptor.
+    let rc = unsafe { libc::syncfs(file.as_raw_fd()) };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
+/// Asks the kernel to start writing `file` back now, without waiting, so
+/// the disk works while we decompress the next entry and the final
+/// `syncfs` has little left to do.
+pub fn start_writeback(file: &File) {
+    // SAFETY: a valid open descriptor; offset 0, length 0 means the whole file.
+    unsafe {
+        libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
