@@ -3,3 +3,4 @@
 
 mod bundle;
 mod load;
+mod serve;

@@ -199,3 +199,266 @@ impl Rng {
         self.next_u64() % n
     }
 }
+
+/// A child process killed (by its pid) and reaped when dropped, so a
+/// failing test never leaves it running.
+pub struct Reaped(pub std::process::Child);
+
+impl Reaped {
+    pub fn spawn(cmd: &mut Command) -> Reaped {
+        Reaped(
+            cmd.spawn()
+                .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}")),
+        )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
+    }
+
+    /// Waits up to `timeout` for the process to exit on its own.
+    pub fn wait_timeout(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let deadline = std::time::Instant::now() + timeout;
+        loop {
+            if let Some(status) = self.0.try_wait().expect("polling a child") {
+                return Some(status);
+            }
+            if std::time::Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+    }
+
+    /// SIGKILL and reap.
+    pub fn kill(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+        }
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for Reaped {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Polls `done` until it holds, panicking with `what` after `timeout`.
+pub fn wait_for(what: &str, timeout: std::time::Duration, done: impl FnMut() -> bool) {
+    assert!(
+        eventually(timeout, done),
+        "timed out after {timeout:?} waiting for {what}"
+    );
+}
+
+/// Polls `done` until it holds (true) or `timeout` passes (false), for
+/// callers that explain the failure themselves.
+pub fn eventually(timeout: std::time::Duration, mut done: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + timeout;
+    loop {
+        if done() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// A running `edgeferry serve` on 127.0.0.1 with a port the OS picked;
+/// killed and reaped on drop.
+pub struct Served {
+    pub process: Reaped,
+    /// `127.0.0.1:<port>`, parsed from the start-up line.
+    pub addr: String,
+    /// What it printed on stderr up to the end of the start-up banner.
+    pub banner: String,
+    stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    stderr: std::sync::Arc<std::sync::Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Served {
+    /// `edgeferry serve --store <store> --listen 127.0.0.1:0`, access log on stdout.
+    pub fn start(store: &Path) -> Served {
+        Served::start_with(store, std::iter::empty::<&std::ffi::OsStr>())
+    }
+
+    /// As [`Served::start`], with more arguments (e.g. `--access-log FILE`).
+    /// Returns once the banner is printed, so the port is listening.
+    pub fn start_with<I, S>(store: &Path, extra: I) -> Served
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        use std::io::{BufRead, Read};
+        use std::sync::{Arc, Mutex};
+        let mut cmd = edgeferry();
+        cmd.arg("serve")
+            .arg("--store")
+            .arg(store)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped());
+        let mut process = Reaped::spawn(&mut cmd);
+        let mut out = process.0.stdout.take().expect("piped stdout");
+        let err = process.0.stderr.take().expect("piped stderr");
+        let stdout = Arc::new(Mutex::new(Vec::new()));
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut readers = Vec::new();
+        {
+            let stdout = Arc::clone(&stdout);
+            readers.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 8192];
+                while let Ok(n) = out.read(&mut buf) {
+                    if n == 0 {
+                        break;
+                    }
+                    stdout.lock().unwrap().extend_from_slice(&buf[..n]);
+                }
+            }));
+        }
+        let (lines_tx, lines) = std::sync::mpsc::channel::<String>();
+        {
+            let stderr = Arc::clone(&stderr);
+            readers.push(std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(err);
+                let mut line = Vec::new();
+                loop {
+                    line.clear();
+                    match reader.read_until(b'\n', &mut line) {
+                        Ok(0) | Err(_) => break,
+                        Ok(_) => {
+                            let text = String::from_utf8_lossy(&line).into_owned();
+                            stderr.lock().unwrap().push_str(&text);
+                            let _ = lines_tx.send(text);
+                        }
+                    }
+                }
+            }));
+        }
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        let mut banner = String::new();
+        let mut addr = None;
+        loop {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            match lines.recv_timeout(left) {
+                Ok(line) => {
+                    banner.push_str(&line);
+                    if let Some(rest) = line.strip_prefix("edgeferry mirror: serving ") {
+                        let after = rest
+                            .split_once(" on http://")
+                            .map(|(_, a)| a)
+                            .unwrap_or_else(|| panic!("no address in {line:?}"));
+                        let found = after.split_once(' ').map_or(after, |(a, _)| a).trim();
+                        addr = Some(found.to_string());
+                    }
+                    if line.starts_with("release files:") {
+                        break;
+                    }
+                }
+                Err(e) => {
+                    let status = process.0.try_wait().ok().flatten();
+                    panic!(
+                        "edgeferry serve was not ready ({e}; exit {status:?})\nstderr: {}",
+                        stderr.lock().unwrap()
+                    );
+                }
+            }
+        }
+        let addr = addr.unwrap_or_else(|| panic!("no start-up line in:\n{banner}"));
+        assert!(
+            addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
+            "listening on {addr}, wanted 127.0.0.1:<port>"
+        );
+        Served {
+            process,
+            addr,
+            banner,
+            stdout,
+            stderr,
+            readers,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.addr)
+    }
+
+    /// Everything on stdout so far: the access log unless `--access-log`.
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.stdout.lock().unwrap()).into_owned()
+    }
+
+    /// Everything on stderr so far, banner included.
+    pub fn stderr(&self) -> String {
+        self.stderr.lock().unwrap().clone()
+    }
+
+    /// SIGTERM, then waits up to `timeout`: the exit status and how long it
+    /// took. Once it has exited, [`Served::stdout`] and [`Served::stderr`]
+    /// hold everything it wrote.
+    pub fn terminate(
+        &mut self,
+        timeout: std::time::Duration,
+    ) -> (Option<std::process::ExitStatus>, std::time::Duration) {
+        let started = std::time::Instant::now();
+        run_ok(
+            Command::new("sh")
+                .arg("-c")
+                .arg(format!("kill -TERM {}", self.process.pid())),
+        );
+        let status = self.process.wait_timeout(timeout);
+        let took = started.elapsed();
+        if status.is_some() {
+            for reader in self.readers.drain(..) {
+                let _ = reader.join();
+            }
+        }
+        (status, took)
+    }
+}
+
+/// Access-log JSON lines, each parsed (panics on a line that is not JSON).
+pub fn access_log(text: &str) -> Vec<serde_json::Value> {
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("access log line {l:?}: {e}")))
+        .collect()
+}
+
+/// The containerd `hosts.toml` files `edgeferry serve` printed in its
+/// banner: (directory under `certs.d`, content).
+pub fn printed_hosts_files(banner: &str) -> Vec<(String, String)> {
+    let mut files: Vec<(String, String)> = Vec::new();
+    let mut current: Option<(String, String)> = None;
+    for line in banner.lines() {
+        if let Some(rest) = line.strip_prefix("--- /etc/containerd/certs.d/") {
+            files.extend(current.take());
+            let dir = rest
+                .strip_suffix("/hosts.toml")
+                .unwrap_or_else(|| panic!("unexpected hosts.toml header {line:?}"));
+            current = Some((dir.to_string(), String::new()));
+        } else if line.starts_with("keadm join flags") || line.starts_with("release files:") {
+            files.extend(current.take());
+        } else if let Some((_, content)) = current.as_mut() {
+            content.push_str(line);
+            content.push('\n');
+        }
+    }
+    files.extend(current.take());
+    for (_, content) in &mut files {
+        let trimmed = content.trim_end().len();
+        content.truncate(trimmed);
+        content.push('\n');
+    }
+    files
+}

@@ -19,6 +19,9 @@ pub struct Stored<'a> {
     pub digest: &'a str,
     pub content_type: &'a str,
     pub registry: bool,
+    /// Addressed by its digest, so its bytes can never change: caches may
+    /// keep it forever. A tag or a file name can point elsewhere after a load.
+    pub immutable: bool,
 }
 
 /// Builds the response for GET or HEAD of `stored`, honouring Range and
@@ -36,8 +39,14 @@ pub async fn serve(
         .header(header::ETAG, &etag)
         .header(header::ACCEPT_RANGES, "bytes")
         .header(header::CONTENT_TYPE, stored.content_type)
-        // Content-addressed: the bytes behind a digest never change.
-        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
+        .header(
+            header::CACHE_CONTROL,
+            if stored.immutable {
+                "public, max-age=31536000, immutable"
+            } else {
+                "no-cache"
+            },
+        );
     if stored.registry {
         builder = builder.header("Docker-Content-Digest", stored.digest);
     }

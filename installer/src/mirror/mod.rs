@@ -413,6 +413,15 @@ async fn route(
             let digest = format!("sha256:{}", edgeferry_bundle::hashing::sha256_hex(&bytes));
             serve_file(method, headers, &file, &digest, "text/plain").await
         }
+        "/files/" | "/files" => {
+            let listing: String = snapshot
+                .state
+                .files
+                .keys()
+                .map(|name| format!("{name}\n"))
+                .collect();
+            text(method, &listing, "text/plain")
+        }
         _ => match path.strip_prefix("/files/") {
             Some(name) if snapshot.state.files.contains_key(name) => {
                 let record = &snapshot.state.files[name];
@@ -443,6 +452,7 @@ async fn serve_file(
         digest,
         content_type,
         registry: false,
+        immutable: false,
     };
     body::serve(method, headers, stored)
         .await

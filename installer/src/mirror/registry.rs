@@ -159,8 +159,10 @@ pub async fn handle(
             .map(|r| Repos::catalog_name(r))
             .collect();
         names.sort();
-        let names = paginate(names, &params);
-        return json(method, &serde_json::json!({"repositories": names}));
+        let (names, next) = paginate(names, &params);
+        let mut response = json(method, &serde_json::json!({"repositories": names}));
+        link_next(&mut response, "/v2/_catalog", next, &params);
+        return response;
     }
     let rest = rest.trim_start_matches('/');
     if let Some(name) = rest.strip_suffix("/tags/list") {
@@ -175,8 +177,15 @@ pub async fn handle(
             .keys()
             .map(String::as_str)
             .collect();
-        let tags = paginate(tags, &params);
-        return json(method, &serde_json::json!({"name": name, "tags": tags}));
+        let (tags, next) = paginate(tags, &params);
+        let mut response = json(method, &serde_json::json!({"name": name, "tags": tags}));
+        link_next(
+            &mut response,
+            &format!("/v2/{name}/tags/list"),
+            next,
+            &params,
+        );
+        return response;
     }
     if let Some((name, reference)) = rest.rsplit_once("/manifests/") {
         return manifest(snapshot, method, headers, name, reference, ns).await;
@@ -202,6 +211,7 @@ pub async fn handle(
             digest,
             content_type: "application/octet-stream",
             registry: true,
+            immutable: true,
         };
         return match body::serve(method, headers, stored).await {
             Some(response) => response,
@@ -234,7 +244,8 @@ async fn manifest(
             &format!("repository {name} is not in this mirror"),
         );
     };
-    let digest = if reference.starts_with("sha256:") {
+    let by_digest = reference.starts_with("sha256:");
+    let digest = if by_digest {
         if !snapshot.repos.digests[&repo].contains(reference) {
             return error(
                 StatusCode::NOT_FOUND,
@@ -268,6 +279,7 @@ async fn manifest(
         digest: &digest,
         content_type: &record.media_type,
         registry: true,
+        immutable: by_digest,
     };
     match body::serve(method, headers, stored).await {
         Some(response) => response,
@@ -302,15 +314,43 @@ fn parse_query(query: Option<&str>) -> BTreeMap<String, String> {
         .collect()
 }
 
-/// `n` and `last`, as the spec's pagination.
-fn paginate<'a>(sorted: Vec<&'a str>, params: &BTreeMap<String, String>) -> Vec<&'a str> {
+/// `n` and `last`, as the spec's pagination. Also returns the last item
+/// when the list was cut short, for the `Link` to the next page.
+fn paginate<'a>(
+    sorted: Vec<&'a str>,
+    params: &BTreeMap<String, String>,
+) -> (Vec<&'a str>, Option<&'a str>) {
     let after: Vec<&str> = match params.get("last") {
         Some(last) => sorted.into_iter().filter(|n| *n > last.as_str()).collect(),
         None => sorted,
     };
     match params.get("n").and_then(|n| n.parse::<usize>().ok()) {
-        Some(n) => after.into_iter().take(n).collect(),
-        None => after,
+        Some(n) if n < after.len() => {
+            let page: Vec<&str> = after.into_iter().take(n).collect();
+            let last = page.last().copied();
+            (page, last)
+        }
+        _ => (after, None),
+    }
+}
+
+/// The spec's `Link: <…?n=&last=>; rel="next"`, so clients know there is more.
+fn link_next(
+    response: &mut Response<Body>,
+    path: &str,
+    last: Option<&str>,
+    params: &BTreeMap<String, String>,
+) {
+    let (Some(last), Some(n)) = (last, params.get("n")) else {
+        return;
+    };
+    let mut link = format!("<{path}?n={n}&last={last}");
+    if let Some(ns) = params.get("ns") {
+        link.push_str(&format!("&ns={ns}"));
+    }
+    link.push_str(">; rel=\"next\"");
+    if let Ok(value) = link.parse() {
+        response.headers_mut().insert(header::LINK, value);
     }
 }
 
