@@ -284,6 +284,10 @@ impl<'a> Loader<'a> {
                     .get(path)
                     .with_context(|| format!("manifest lists {path} but has no entry for it"))?;
                 let name = path.strip_prefix("files/").unwrap_or(path).to_string();
+                // The mirror serves files/ flat, as KubeEdge publishes them.
+                if name.contains('/') {
+                    bail!("bundle lists release file {path} in a subdirectory of files/: rebuild it with a current edgeferry-builder");
+                }
                 if let Some(existing) = next.files.get(&name) {
                     if existing.sha256 != entry.sha256 {
                         bail!(
