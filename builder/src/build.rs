@@ -14,6 +14,7 @@ use edgeferry_bundle::sign::SigningKey;
 use serde::Serialize;
 use sha2::{Digest, Sha256, Sha512};
 
+use crate::fetch;
 use crate::oci::{self, Blob, ResolvedImage};
 use crate::plan::{Origin, Plan};
 use crate::sample;
@@ -24,6 +25,7 @@ pub const BUILDER: &str = concat!("edgeferry-builder ", env!("CARGO_PKG_VERSION"
 pub fn build(plan: &Plan, key: &SigningKey, progress: &mut dyn Progress) -> Result<Packed> {
     // The sample directory lives exactly as long as the build needs it.
     let sample_dir;
+    let mut fetched = None;
     let from: PathBuf = match &plan.origin {
         Origin::Dir(dir) => dir.clone(),
         Origin::Sample => {
@@ -31,12 +33,26 @@ pub fn build(plan: &Plan, key: &SigningKey, progress: &mut dyn Progress) -> Resu
             sample::write_sample_dir(sample_dir.path(), &sample_spec(plan))?;
             sample_dir.path().to_path_buf()
         }
+        Origin::Online(online) => {
+            fetched = Some(fetch::fetch(plan, online, progress.show_downloads())?);
+            online.cache.clone()
+        }
     };
     let mut entries = Vec::new();
     let mut files = Vec::new();
     for planned in &plan.files {
-        let path = from.join("files").join(&planned.name);
-        let checksum_path = from.join("files").join(&planned.checksum);
+        let (path, checksum_path) = match &fetched {
+            // The fetcher checked what the release has; an optional asset
+            // it lacks is simply not there.
+            Some(fetched) => match fetched.files.get(&planned.name) {
+                Some(f) => (f.path.clone(), f.checksum_path.clone()),
+                None => continue,
+            },
+            None => (
+                from.join("files").join(&planned.name),
+                from.join("files").join(&planned.checksum),
+            ),
+        };
         if !path.exists() {
             if planned.required {
                 bail!(
@@ -71,11 +87,17 @@ pub fn build(plan: &Plan, key: &SigningKey, progress: &mut dyn Progress) -> Resu
         ));
     }
 
-    let catalog = oci::scan(&from.join("images"))?;
-    let mut resolved = Vec::new();
-    for planned in &plan.images {
-        resolved.push(catalog.resolve(&planned.reference, plan.arch)?);
-    }
+    let resolved = match fetched {
+        Some(fetched) => fetched.images,
+        None => {
+            let catalog = oci::scan(&from.join("images"))?;
+            let mut resolved = Vec::new();
+            for planned in &plan.images {
+                resolved.push(catalog.resolve(&planned.reference, plan.arch)?);
+            }
+            resolved
+        }
+    };
     let (layout_entries, images) = image_layout(&resolved)?;
     entries.extend(layout_entries);
 
@@ -109,6 +131,10 @@ pub trait Progress {
     fn start(&mut self, total_bytes: u64);
     fn advance(&mut self, bytes: u64);
     fn finish(&mut self);
+    /// Whether the online origin draws a progress bar per download.
+    fn show_downloads(&self) -> bool {
+        false
+    }
 }
 
 /// No progress display (tests, `--json`, non-terminals).

@@ -18,6 +18,16 @@ Examples:
   # A key pair for signing (password from EDGEFERRY_KEY_PASSWORD or a prompt)
   cargo xtask keygen --out keys/
 
+  # Online: fetch the release assets and images by itself (cached in ~/.cache/edgeferry)
+  cargo xtask bundle --arch arm64 --kubeedge-version v1.23.1 \\
+      --key keys/edgeferry.key --out bundles/
+
+  # Online through local mirrors, with credentials from a docker config.json
+  cargo xtask bundle --arch arm64 --kubeedge-version v1.23.1 \\
+      --registry-mirror docker.io=http://mirror.lan:5000 \\
+      --release-base-url http://files.lan/kubeedge --docker-config ~/.docker/config.json \\
+      --key keys/edgeferry.key --out bundles/
+
   # A bundle from artifacts you already have (layout: docs/artifact-dir.md)
   cargo xtask bundle --arch arm64 --kubeedge-version v1.23.1 \\
       --from artifacts/ --key keys/edgeferry.key --out bundles/
@@ -28,6 +38,9 @@ Examples:
 
   # What would go in, without reading anything
   cargo xtask bundle --arch arm --kubeedge-version v1.22.0 --from artifacts/ --dry-run --json
+
+  # What would be downloaded, with sizes (asks the servers, writes nothing)
+  cargo xtask bundle --arch arm64 --kubeedge-version v1.23.1 --dry-run
 
 Exit codes: 0 success, 1 the build failed (the message says why; nothing is
 left in --out), 2 bad command line.";
@@ -73,12 +86,16 @@ pub struct BundleArgs {
     /// KubeEdge release, e.g. v1.23.1 (v1.21.x, v1.22.x and v1.23.x are covered)
     #[arg(long)]
     pub kubeedge_version: String,
-    /// Local artifact directory (see docs/artifact-dir.md)
-    #[arg(long, conflicts_with = "sample", required_unless_present = "sample")]
+    /// Local artifact directory (see docs/artifact-dir.md); without it (and
+    /// without --sample) everything is fetched online
+    #[arg(long, conflicts_with = "sample")]
     pub from: Option<PathBuf>,
     /// Use the built-in SAMPLE artifacts: stand-ins with the real names and layouts
     #[arg(long)]
     pub sample: bool,
+    /// Where and how to fetch when neither --from nor --sample is given
+    #[command(flatten)]
+    pub online: Box<OnlineArgs>,
     /// minisign secret key (encrypted keys read EDGEFERRY_KEY_PASSWORD)
     #[arg(long, required_unless_present = "dry_run")]
     pub key: Option<PathBuf>,
@@ -100,12 +117,34 @@ pub struct BundleArgs {
     /// Split into volumes for removable media: fat32 (4 GiB - 1 byte), exfat (one volume) or bytes
     #[arg(long, value_parser = edgeferry_bundle::volumes::parse_volume_size, value_name = "fat32|exfat|BYTES")]
     pub volume_size: Option<u64>,
-    /// Print the plan and stop: nothing is read or written
+    /// Print the plan and stop: nothing is written (online, the servers are
+    /// asked for sizes)
     #[arg(long)]
     pub dry_run: bool,
     /// Machine-readable output on stdout
     #[arg(long)]
     pub json: bool,
+}
+
+/// The online origin's options (boxed in [`BundleArgs`] to keep it small).
+#[derive(Args, Debug, Default)]
+pub struct OnlineArgs {
+    /// Online: fetch release assets from URL/<version>/<asset>
+    /// [default: https://github.com/kubeedge/kubeedge/releases/download]
+    #[arg(long, value_name = "URL", conflicts_with_all = ["from", "sample"])]
+    pub release_base_url: Option<String>,
+    /// Online: pull images of REGISTRY from URL instead, e.g.
+    /// docker.io=http://127.0.0.1:5000 (repeatable)
+    #[arg(long = "registry-mirror", value_name = "REGISTRY=URL", value_parser = crate::fetch::parse_mirror, conflicts_with_all = ["from", "sample"])]
+    pub registry_mirrors: Vec<crate::fetch::Mirror>,
+    /// Online: download cache, content-addressed and shared by all builds
+    /// [default: $XDG_CACHE_HOME/edgeferry or ~/.cache/edgeferry]
+    #[arg(long, value_name = "DIR", conflicts_with_all = ["from", "sample"])]
+    pub cache: Option<PathBuf>,
+    /// Online: docker config.json (or its directory) with registry credentials
+    /// [default: $DOCKER_CONFIG/config.json or ~/.docker/config.json]
+    #[arg(long, value_name = "PATH", conflicts_with_all = ["from", "sample"])]
+    pub docker_config: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]
@@ -154,9 +193,23 @@ fn bundle(args: BundleArgs) -> Result<()> {
     let request = Request {
         kubeedge_version: args.kubeedge_version,
         arch: args.arch,
-        origin: match args.from {
-            Some(dir) => Origin::Dir(dir),
-            None => Origin::Sample,
+        origin: match (args.from, args.sample) {
+            (Some(dir), _) => Origin::Dir(dir),
+            (None, true) => Origin::Sample,
+            (None, false) => Origin::Online(crate::fetch::Online {
+                release_base_url: args
+                    .online
+                    .release_base_url
+                    .unwrap_or_else(|| crate::fetch::DEFAULT_RELEASE_BASE_URL.to_string())
+                    .trim_end_matches('/')
+                    .to_string(),
+                registry_mirrors: args.online.registry_mirrors,
+                cache: match args.online.cache {
+                    Some(dir) => dir,
+                    None => default_cache_dir()?,
+                },
+                docker_config: docker_config_path(args.online.docker_config)?,
+            }),
         },
         pause_image: args.pause_image,
         extra_images: args.images,
@@ -167,10 +220,21 @@ fn bundle(args: BundleArgs) -> Result<()> {
     };
     let plan = plan::plan(&request)?;
     if args.dry_run {
+        let survey = match &plan.origin {
+            Origin::Online(online) => Some(crate::fetch::survey(&plan, online)?),
+            _ => None,
+        };
         if args.json {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
+            let mut value = serde_json::to_value(&plan)?;
+            if let Some(survey) = &survey {
+                value["fetch"] = serde_json::to_value(survey)?;
+            }
+            println!("{}", serde_json::to_string_pretty(&value)?);
         } else {
             print_plan(&plan);
+            if let Some(survey) = &survey {
+                print_survey(survey);
+            }
         }
         return Ok(());
     }
@@ -254,10 +318,107 @@ fn sample_dir(args: SampleArgs) -> Result<()> {
     Ok(())
 }
 
+/// `$XDG_CACHE_HOME/edgeferry`, or `~/.cache/edgeferry`.
+fn default_cache_dir() -> Result<PathBuf> {
+    let env = |name: &str| {
+        std::env::var_os(name)
+            .map(PathBuf::from)
+            .filter(|p| p.is_absolute())
+    };
+    if let Some(xdg) = env("XDG_CACHE_HOME") {
+        return Ok(xdg.join("edgeferry"));
+    }
+    match env("HOME") {
+        Some(home) => Ok(home.join(".cache").join("edgeferry")),
+        None => anyhow::bail!(
+            "no cache directory: neither XDG_CACHE_HOME nor HOME is set, pass --cache DIR"
+        ),
+    }
+}
+
+/// The docker `config.json` to take credentials from: `--docker-config`
+/// (a file, or a directory holding one; it must exist), else
+/// `$DOCKER_CONFIG/config.json`, else `~/.docker/config.json` (if there).
+fn docker_config_path(given: Option<PathBuf>) -> Result<Option<PathBuf>> {
+    let in_dir = |p: PathBuf| if p.is_dir() { p.join("config.json") } else { p };
+    if let Some(given) = given {
+        let path = in_dir(given);
+        if !path.is_file() {
+            anyhow::bail!(
+                "--docker-config {}: no such file: give a docker config.json or the directory holding one",
+                path.display()
+            );
+        }
+        return Ok(Some(path));
+    }
+    let default = match std::env::var_os("DOCKER_CONFIG") {
+        Some(dir) => Some(PathBuf::from(dir).join("config.json")),
+        None => std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".docker/config.json")),
+    };
+    Ok(default.filter(|p| p.is_file()))
+}
+
+fn print_survey(survey: &crate::fetch::Survey) {
+    use indicatif::HumanBytes;
+    let state = |cached: bool| if cached { " (cached)" } else { "" };
+    println!("would fetch:");
+    for f in &survey.files {
+        match (f.found, f.size) {
+            (false, _) => println!("  {} (optional, not in the release)", f.url),
+            (true, Some(size)) => println!("  {} {}{}", f.url, HumanBytes(size), state(f.cached)),
+            (true, None) => println!("  {} (size unknown){}", f.url, state(f.cached)),
+        }
+    }
+    for image in &survey.images {
+        let total: u64 = image.blobs.iter().map(|b| b.size).sum();
+        let cached: u64 = image
+            .blobs
+            .iter()
+            .filter(|b| b.cached)
+            .map(|b| b.size)
+            .sum();
+        println!(
+            "  {} {} from {}: {} blobs, {} ({} cached)",
+            image.reference,
+            image.platform,
+            image.endpoint,
+            image.blobs.len(),
+            HumanBytes(total),
+            HumanBytes(cached)
+        );
+    }
+    let unknown = match survey.unknown_sizes {
+        0 => String::new(),
+        n => format!(" and {n} release assets of unknown size"),
+    };
+    println!(
+        "to download: {}{unknown}",
+        HumanBytes(survey.download_bytes)
+    );
+}
+
 fn print_plan(plan: &plan::Plan) {
     let origin = match &plan.origin {
         Origin::Dir(d) => d.display().to_string(),
         Origin::Sample => "built-in SAMPLE artifacts (stand-ins, not KubeEdge)".into(),
+        Origin::Online(online) => {
+            let mirrors: Vec<String> = online
+                .registry_mirrors
+                .iter()
+                .map(|m| format!("{}={}", m.registry, m.url))
+                .collect();
+            format!(
+                "online: release assets from {}/{}/, images from their registries{}; cache {}",
+                online.release_base_url,
+                plan.kubeedge_version,
+                if mirrors.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (mirrors {})", mirrors.join(", "))
+                },
+                online.cache.display()
+            )
+        }
     };
     println!(
         "bundle {} (sequence {}, created {})",
@@ -329,5 +490,8 @@ impl Progress for Bar {
         if let Some(bar) = self.0.take() {
             bar.finish_and_clear();
         }
+    }
+    fn show_downloads(&self) -> bool {
+        true
     }
 }

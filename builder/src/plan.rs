@@ -18,6 +18,8 @@ pub enum Origin {
     Dir(PathBuf),
     /// The built-in sample set, generated on the fly: stand-ins, not KubeEdge.
     Sample,
+    /// Fetched from the KubeEdge release and the image registries.
+    Online(crate::fetch::Online),
 }
 
 /// What the operator asked for.

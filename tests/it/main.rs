@@ -2,5 +2,6 @@
 //! binaries and the host-heavy fixtures are built and set up once.
 
 mod bundle;
+mod fetch;
 mod load;
 mod serve;

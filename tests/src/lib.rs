@@ -462,3 +462,4 @@ pub fn printed_hosts_files(banner: &str) -> Vec<(String, String)> {
     }
     files
 }
+pub mod fetch_fixtures;

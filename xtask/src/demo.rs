@@ -32,6 +32,7 @@ pub fn run() -> Result<()> {
                 kubeedge_version: "v1.23.1".into(),
                 from: None,
                 sample: true,
+                online: Default::default(),
                 key: Some(keys.join("edgeferry.key")),
                 out: bundles.clone(),
                 pause_image: None,
@@ -75,6 +76,7 @@ pub fn run() -> Result<()> {
             .args(["store", "list", "--store"])
             .arg(&store),
     )?;
+    serve_and_pull(&edgeferry, &store, &demo)?;
     println!(
         "\ndemo ok: bundles in {}, store in {}",
         bundles.display(),
@@ -172,4 +174,73 @@ fn step(what: &str, cmd: &mut Command) -> Result<()> {
     );
     println!("  ok  {what}");
     Ok(())
+}
+
+/// Serves the store on loopback and pulls from it as a node would: an image
+/// with skopeo under its upstream name, and a release file with curl.
+fn serve_and_pull(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
+    use std::io::{BufRead, BufReader};
+    println!("\n== edgeferry serve, and a pull through it");
+    let mut server = Command::new(edgeferry)
+        .args(["serve", "--listen", "127.0.0.1:0", "--access-log"])
+        .arg(demo.join("access.log"))
+        .arg("--store")
+        .arg(store)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting edgeferry serve")?;
+    let result = (|| -> Result<()> {
+        let stderr = server.stderr.take().context("server stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let address = loop {
+            let line = lines
+                .next()
+                .context("the server exited before it was listening")??;
+            println!("  | {line}");
+            if let Some(rest) = line.split(" on http://").nth(1) {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+        };
+        // Show the banner (hosts.toml and keadm flags) as an operator sees it.
+        for line in lines.by_ref() {
+            let line = line?;
+            println!("  | {line}");
+            if line.starts_with("release files:") {
+                break;
+            }
+        }
+        let pulled = demo.join("pulled");
+        if pulled.exists() {
+            std::fs::remove_dir_all(&pulled)?;
+        }
+        let reference = "kubeedge/installation-package:v1.23.1";
+        crate::util::run(
+            Command::new("skopeo")
+                .args(["copy", "--quiet", "--src-tls-verify=false"])
+                .arg(format!("docker://{address}/{reference}"))
+                .arg(format!("oci:{}:{reference}", pulled.display())),
+        )?;
+        println!(
+            "  ok  skopeo copy docker://{address}/{reference} -> {}",
+            pulled.display()
+        );
+        let sums = crate::util::output(
+            Command::new("curl")
+                .args(["-fsS"])
+                .arg(format!("http://{address}/SHA256SUMS")),
+        )?;
+        println!(
+            "  ok  curl http://{address}/SHA256SUMS ({} files listed)",
+            sums.lines().count()
+        );
+        Ok(())
+    })();
+    // SIGTERM: the server finishes in-flight transfers and exits.
+    let _ = Command::new("kill").arg(server.id().to_string()).status();
+    let _ = server.wait();
+    result
 }

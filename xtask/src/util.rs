@@ -12,6 +12,9 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("zstd", "zstd"),
     ("busybox", "busybox-static"),
     ("sha256sum", "coreutils"),
+    ("curl", "curl"),
+    ("docker-registry", "docker-registry"),
+    ("htpasswd", "apache2-utils"),
 ];
 
 pub fn workspace_root() -> PathBuf {

@@ -23,6 +23,11 @@ use std::sync::Arc;
 use edgeferry_bundle::format::Arch;
 
 pub use reference::normalize_reference;
+pub(crate) use source::{
+    available_platforms, canonical_platform, doc_kind, pick_platform, platform_rank,
+    platform_string, ConfigDoc, Descriptor, DocKind, ManifestDoc, MEDIA_DOCKER_CONFIG,
+    MEDIA_DOCKER_LAYER_GZIP,
+};
 pub use source::{scan, ImageCatalog};
 
 pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";

@@ -25,9 +25,10 @@ const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 /// BuildKit marks provenance/SBOM manifests in an index this way.
 const ANNOTATION_DOCKER_REFERENCE_TYPE: &str = "vnd.docker.reference.type";
-const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
+pub(crate) const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
 const MEDIA_DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
-const MEDIA_DOCKER_LAYER_GZIP: &str = "application/vnd.docker.image.rootfs.diff.tar.gzip";
+pub(crate) const MEDIA_DOCKER_LAYER_GZIP: &str =
+    "application/vnd.docker.image.rootfs.diff.tar.gzip";
 /// Bounds symlink chains inside a tar so a loop cannot hang the scan.
 const MAX_LINK_HOPS: usize = 16;
 
@@ -129,13 +130,13 @@ impl Store {
 /// ignored: the bytes we serve are the upstream ones, never re-serialized.
 #[derive(Clone, Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Descriptor {
+pub(crate) struct Descriptor {
     #[serde(default)]
-    media_type: Option<String>,
-    digest: String,
-    size: u64,
+    pub(crate) media_type: Option<String>,
+    pub(crate) digest: String,
+    pub(crate) size: u64,
     #[serde(default)]
-    platform: Option<Platform>,
+    pub(crate) platform: Option<Platform>,
     #[serde(default)]
     annotations: Option<BTreeMap<String, String>>,
 }
@@ -147,7 +148,7 @@ impl Descriptor {
 }
 
 #[derive(Clone, Debug, Deserialize)]
-struct Platform {
+pub(crate) struct Platform {
     #[serde(default)]
     architecture: String,
     #[serde(default)]
@@ -159,27 +160,27 @@ struct Platform {
 /// An image index or an image manifest; which one is decided by media type.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct ManifestDoc {
+pub(crate) struct ManifestDoc {
     #[serde(default)]
     schema_version: Option<u32>,
     #[serde(default)]
-    media_type: Option<String>,
+    pub(crate) media_type: Option<String>,
     #[serde(default)]
-    manifests: Option<Vec<Descriptor>>,
+    pub(crate) manifests: Option<Vec<Descriptor>>,
     #[serde(default)]
-    config: Option<Descriptor>,
+    pub(crate) config: Option<Descriptor>,
     #[serde(default)]
-    layers: Option<Vec<Descriptor>>,
+    pub(crate) layers: Option<Vec<Descriptor>>,
 }
 
 #[derive(Debug, Deserialize)]
-struct ConfigDoc {
+pub(crate) struct ConfigDoc {
     #[serde(default)]
-    architecture: String,
+    pub(crate) architecture: String,
     #[serde(default)]
-    os: String,
+    pub(crate) os: String,
     #[serde(default)]
-    variant: Option<String>,
+    pub(crate) variant: Option<String>,
 }
 
 /// The top-level `index.json` of a layout.
@@ -226,12 +227,15 @@ struct SynthDescriptor<'a> {
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum DocKind {
+pub(crate) enum DocKind {
     Index,
     Manifest,
 }
 
-fn doc_kind(descriptor_media_type: Option<&str>, doc: &ManifestDoc) -> Result<DocKind, String> {
+pub(crate) fn doc_kind(
+    descriptor_media_type: Option<&str>,
+    doc: &ManifestDoc,
+) -> Result<DocKind, String> {
     let media_type = descriptor_media_type
         .filter(|m| !m.is_empty())
         .or(doc.media_type.as_deref().filter(|m| !m.is_empty()));
@@ -270,14 +274,14 @@ fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 /// `os/arch[/variant]`, as `docker` and `skopeo` print platforms.
-fn platform_string(os: &str, architecture: &str, variant: Option<&str>) -> String {
+pub(crate) fn platform_string(os: &str, architecture: &str, variant: Option<&str>) -> String {
     match variant.filter(|v| !v.is_empty()) {
         Some(variant) => format!("{os}/{architecture}/{variant}"),
         None => format!("{os}/{architecture}"),
     }
 }
 
-fn canonical_platform(arch: Arch) -> String {
+pub(crate) fn canonical_platform(arch: Arch) -> String {
     let (architecture, variant) = arch.oci_platform();
     platform_string("linux", architecture, variant)
 }
@@ -285,7 +289,12 @@ fn canonical_platform(arch: Arch) -> String {
 /// How well a platform suits `arch`: `Some(0)` exactly, `Some(1)` acceptably,
 /// `None` not at all. An arm image without a variant is taken only when no
 /// v7 one exists, since it may be built for an older or newer ARM.
-fn platform_rank(os: &str, architecture: &str, variant: Option<&str>, arch: Arch) -> Option<u8> {
+pub(crate) fn platform_rank(
+    os: &str,
+    architecture: &str,
+    variant: Option<&str>,
+    arch: Arch,
+) -> Option<u8> {
     let (want_arch, _) = arch.oci_platform();
     if os != "linux" || architecture != want_arch {
         return None;
@@ -856,7 +865,7 @@ fn is_attestation(desc: &Descriptor) -> bool {
             .is_some_and(|p| p.os == "unknown" && p.architecture == "unknown")
 }
 
-fn pick_platform(entries: &[Descriptor], arch: Arch) -> Option<&Descriptor> {
+pub(crate) fn pick_platform(entries: &[Descriptor], arch: Arch) -> Option<&Descriptor> {
     entries
         .iter()
         .filter(|d| !is_attestation(d))
@@ -869,7 +878,7 @@ fn pick_platform(entries: &[Descriptor], arch: Arch) -> Option<&Descriptor> {
         .map(|(_, d)| d)
 }
 
-fn available_platforms(entries: &[Descriptor]) -> String {
+pub(crate) fn available_platforms(entries: &[Descriptor]) -> String {
     let mut seen: Vec<String> = Vec::new();
     for desc in entries.iter().filter(|d| !is_attestation(d)) {
         let platform = match &desc.platform {
