@@ -5,6 +5,9 @@
 //! `tar | zstd -3 -T0 && sha256sum`. Wall clock, best of 3 after a warm-up
 //! of each, so both read from a hot page cache; peak RSS by
 //! `/usr/bin/time -f %M`. Missed targets are reported, not fatal.
+//!
+//! `verify` and `mirror` live in `bench_verify` and `bench_mirror`; the
+//! helpers they share are here.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -37,15 +40,71 @@ const MIB: f64 = 1024.0 * 1024.0;
 pub fn run(name: &str) -> Result<()> {
     match name {
         "bundle" => bundle(),
-        other => bail!("unknown benchmark {other:?}: try `bundle`"),
+        "verify" => crate::bench_verify::run(),
+        "mirror" => crate::bench_mirror::run(),
+        other => bail!("unknown benchmark {other:?}: try `bundle`, `verify` or `mirror`"),
     }
 }
 
 /// One measured run.
-struct Sample {
-    seconds: f64,
-    rss_kib: u64,
-    stdout: String,
+pub(crate) struct Sample {
+    pub seconds: f64,
+    pub rss_kib: u64,
+    /// User + system CPU time of the command and its children.
+    pub cpu_seconds: f64,
+    pub stdout: String,
+}
+
+/// Builds one binary of the workspace with the release profile.
+pub(crate) fn release_binary(package: &str, bin: &str) -> Result<PathBuf> {
+    println!("\nbench: building the release {bin}");
+    sh(cargo().args(["build", "--release", "-p", package, "--bin", bin]))?;
+    let path = workspace_root().join("target/release").join(bin);
+    anyhow::ensure!(
+        path.exists(),
+        "built {bin} but {} is missing",
+        path.display()
+    );
+    Ok(path)
+}
+
+/// The bench's unencrypted key pair in `keys`, made once: (secret, public).
+pub(crate) fn ensure_keys(builder: &Path, keys: &Path) -> Result<(PathBuf, PathBuf)> {
+    let key = keys.join("edgeferry.key");
+    if !key.exists() {
+        sh(Command::new(builder)
+            .arg("keygen")
+            .arg("--out")
+            .arg(keys)
+            .arg("--unencrypted")
+            .stdout(Stdio::null()))?;
+    }
+    Ok((key, keys.join("edgeferry.pub")))
+}
+
+/// nproc, CPU model and kernel, for the record.
+pub(crate) fn machine_facts() -> String {
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let model = fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|text| {
+            text.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_string())
+        })
+        .unwrap_or_else(|| "unknown CPU".into());
+    let kernel = fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|k| k.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into());
+    format!("{cpus} CPUs ({model}), Linux {kernel}")
+}
+
+/// `args` as one shell command line.
+pub(crate) fn shell_line(args: &[String]) -> String {
+    args.iter().map(|a| quote(a)).collect::<Vec<_>>().join(" ")
 }
 
 fn bundle() -> Result<()> {
@@ -54,26 +113,8 @@ fn bundle() -> Result<()> {
     let bench = root.join("target/bench");
     let input = bench_input::ensure(&bench.join("bundle-input"))?;
 
-    println!("\nbench: building the release builder");
-    sh(cargo().args([
-        "build",
-        "--release",
-        "-p",
-        "edgeferry-builder",
-        "--bin",
-        "edgeferry-builder",
-    ]))?;
-    let builder = root.join("target/release/edgeferry-builder");
-    let keys = bench.join("keys");
-    let key = keys.join("edgeferry.key");
-    if !key.exists() {
-        sh(Command::new(&builder)
-            .arg("keygen")
-            .arg("--out")
-            .arg(&keys)
-            .arg("--unencrypted")
-            .stdout(Stdio::null()))?;
-    }
+    let builder = release_binary("edgeferry-builder", "edgeferry-builder")?;
+    let (key, _) = ensure_keys(&builder, &bench.join("keys"))?;
 
     let out_dir = bench.join("out");
     let ref_dir = bench.join("ref");
@@ -304,14 +345,19 @@ fn bundle() -> Result<()> {
     Ok(())
 }
 
-/// Runs `args` under `/usr/bin/time -f %M` and returns wall clock, peak
-/// RSS and stdout. A failing command is an error.
+/// `sync`, then [`timed`].
 fn measure(args: &[String], env: &[(&str, &str)], rss_file: &Path) -> Result<Sample> {
     // Outside the timed part: earlier runs' dirty pages go to disk first.
     sh(&mut Command::new("sync"))?;
+    timed(args, env, rss_file)
+}
+
+/// Runs `args` under `/usr/bin/time -f '%M %U %S'` and returns wall clock,
+/// peak RSS, CPU time and stdout. A failing command is an error.
+pub(crate) fn timed(args: &[String], env: &[(&str, &str)], rss_file: &Path) -> Result<Sample> {
     let mut cmd = Command::new("/usr/bin/time");
     cmd.arg("-f")
-        .arg("%M")
+        .arg("%M %U %S")
         .arg("-o")
         .arg(rss_file)
         .args(args)
@@ -334,27 +380,40 @@ fn measure(args: &[String], env: &[(&str, &str)], rss_file: &Path) -> Result<Sam
     }
     let rss_text =
         fs::read_to_string(rss_file).with_context(|| format!("reading {}", rss_file.display()))?;
-    let rss_kib = rss_text
+    let fields: Vec<&str> = rss_text
         .lines()
         .last()
-        .and_then(|l| l.trim().parse().ok())
-        .with_context(|| format!("/usr/bin/time wrote {rss_text:?}, not a size"))?;
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    let (rss_kib, user, system) = match fields[..] {
+        [rss, user, system] => (
+            rss.parse::<u64>().ok(),
+            user.parse::<f64>().ok(),
+            system.parse::<f64>().ok(),
+        ),
+        _ => (None, None, None),
+    };
+    let (Some(rss_kib), Some(user), Some(system)) = (rss_kib, user, system) else {
+        bail!("/usr/bin/time wrote {rss_text:?}, not a size and two times");
+    };
     Ok(Sample {
         seconds: elapsed.as_secs_f64(),
         rss_kib,
+        cpu_seconds: user + system,
         stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
     })
 }
 
 /// The 1-minute load average, as `/proc/loadavg` has it.
-fn load_average() -> String {
+pub(crate) fn load_average() -> String {
     fs::read_to_string("/proc/loadavg")
         .ok()
         .and_then(|s| s.split_whitespace().next().map(str::to_string))
         .unwrap_or_else(|| "unknown".into())
 }
 
-fn seconds_list(samples: &[Sample]) -> String {
+pub(crate) fn seconds_list(samples: &[Sample]) -> String {
     samples
         .iter()
         .map(|s| format!("{:.3} s", s.seconds))
@@ -363,7 +422,7 @@ fn seconds_list(samples: &[Sample]) -> String {
 }
 
 /// Quotes `s` for a POSIX shell when it needs it.
-fn quote(s: &str) -> String {
+pub(crate) fn quote(s: &str) -> String {
     let plain = !s.is_empty()
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_./=:,+@%".contains(&b));

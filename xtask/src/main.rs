@@ -3,6 +3,8 @@
 
 mod bench;
 mod bench_input;
+mod bench_mirror;
+mod bench_verify;
 mod ci;
 mod demo;
 mod util;
@@ -31,7 +33,7 @@ enum Task {
     Demo,
     /// Install what the tests need, then fmt, clippy and every test
     Ci,
-    /// Measure against the reference tools: `bundle`
+    /// Measure against the reference tools: `bundle`, `verify` or `mirror`
     Bench {
         /// Which benchmark
         name: String,

@@ -1,0 +1,1261 @@
+//! `cargo xtask bench mirror`: `edgeferry serve` under load on loopback,
+//! against nginx (sendfile on, the same files) and Debian's
+//! `docker-registry` (the same image, pushed with skopeo), in one run.
+//!
+//! The store is the built-in sample plus `docker.io/library/bench:1`, an
+//! image with one 64 MiB layer of random bytes (a stored-gzip tar, so
+//! skopeo copies it as it is). Against each server in turn: 64 client
+//! threads GET the layer blob over and over on keep-alive connections for
+//! 20 s (`EDGEFERRY_BENCH_SECONDS` overrides, for trying things out),
+//! reading and discarding the body, while 2 threads GET the tag's manifest
+//! once every 10 ms each and record the latency (at nice -10 when run as
+//! root, so they are not queued behind the 64 pullers for a CPU and time
+//! the server rather than the load generator). Before the load, 200
+//! sequential manifest GETs give the unloaded latency; after it, 500 idle
+//! connections are opened and held, and a fresh client's `GET /v2/` is
+//! timed. The load generator shares the machine's CPUs with the server.
+//!
+//! Targets (the issue's): throughput ≥ 0.8× nginx and ≥ 1.0×
+//! docker-registry; manifest p99 ≤ 20 ms under the load; peak RSS ≤ 100
+//! MiB; with 500 idle connections a fresh client is served within 1 s.
+//! Missed targets are reported, not fatal. Every server is stopped by pid
+//! when this returns, on error too.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use flate2::write::GzEncoder;
+use flate2::Compression;
+use sha2::{Digest, Sha256};
+
+use crate::bench::{ensure_keys, load_average, machine_facts, release_binary, shell_line};
+use crate::bench_input::KUBEEDGE_VERSION;
+use crate::util::{ensure_packages, run as sh, workspace_root};
+
+const PACKAGES: &[(&str, &str)] = &[
+    ("nginx", "nginx"),
+    ("docker-registry", "docker-registry"),
+    ("skopeo", "skopeo"),
+];
+
+const CLIENTS: usize = 64;
+const MANIFEST_THREADS: usize = 2;
+/// Between one manifest GET and the next, per manifest thread.
+const MANIFEST_PAUSE: Duration = Duration::from_millis(10);
+const DEFAULT_SECONDS: u64 = 20;
+/// Sequential manifest GETs before the load, for the unloaded latency.
+const UNLOADED_GETS: usize = 200;
+const IDLE_CONNECTIONS: usize = 500;
+/// Random bytes in the bench layer (plus tar and gzip framing).
+const PAYLOAD: usize = 64 << 20;
+const CLIENT_BUFFER: usize = 256 << 10;
+
+const TARGET_VS_NGINX: f64 = 0.8;
+const TARGET_VS_REGISTRY: f64 = 1.0;
+const TARGET_P99_MS: f64 = 20.0;
+const TARGET_RSS_MIB: f64 = 100.0;
+const TARGET_FRESH_S: f64 = 1.0;
+
+const REFERENCE: &str = "docker.io/library/bench:1";
+const REPO: &str = "library/bench";
+const TAG: &str = "1";
+const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
+/// Bump when the generated input changes.
+const SPEC: &str = "edgeferry bench mirror-input v1";
+const SOURCE_DATE_EPOCH: &str = "1767225600";
+const MIB: f64 = 1024.0 * 1024.0;
+
+pub fn run() -> Result<()> {
+    ensure_packages(PACKAGES)?;
+    let seconds = match std::env::var("EDGEFERRY_BENCH_SECONDS") {
+        Ok(s) => s
+            .parse::<u64>()
+            .context("EDGEFERRY_BENCH_SECONDS is a whole number of seconds")?
+            .max(1),
+        Err(_) => DEFAULT_SECONDS,
+    };
+    let duration = Duration::from_secs(seconds);
+    let root = workspace_root();
+    let bench = root.join("target/bench");
+    let builder = release_binary("edgeferry-builder", "edgeferry-builder")?;
+    let edgeferry = release_binary("edgeferry", "edgeferry")?;
+    let (key, public) = ensure_keys(&builder, &bench.join("keys"))?;
+
+    // Artifacts -> bundle -> store, the way a site gets one.
+    let input = bench.join("mirror-input");
+    let layer = ensure_input(&builder, &input)?;
+    let bundles = bench.join("mirror-bundle");
+    let store = bench.join("mirror-store");
+    for dir in [&bundles, &store] {
+        if dir.exists() {
+            fs::remove_dir_all(dir).with_context(|| format!("removing {}", dir.display()))?;
+        }
+    }
+    println!(
+        "\nbench: bundling the sample plus {REFERENCE} and loading it into {}",
+        store.display()
+    );
+    sh(Command::new(&builder)
+        .env("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
+        .arg("bundle")
+        .args(["--arch", "amd64", "--kubeedge-version", KUBEEDGE_VERSION])
+        .arg("--from")
+        .arg(&input)
+        .args(["--image", "bench:1", "--key"])
+        .arg(&key)
+        .arg("--out")
+        .arg(&bundles)
+        .stdout(Stdio::null()))?;
+    sh(Command::new(&edgeferry)
+        .arg("load")
+        .arg(bundles.join(format!(
+            "edgeferry-kubeedge-{KUBEEDGE_VERSION}-linux-amd64.tar.zst"
+        )))
+        .arg("--key")
+        .arg(&public)
+        .arg("--store")
+        .arg(&store))?;
+    let blob_file = store.join("blobs/sha256").join(&layer.hex);
+    let blob_size = fs::metadata(&blob_file)
+        .with_context(|| {
+            format!(
+                "the bench layer is not in the store at {}",
+                blob_file.display()
+            )
+        })?
+        .len();
+    anyhow::ensure!(
+        blob_size == layer.size,
+        "stored layer has {blob_size} bytes, not {}",
+        layer.size
+    );
+    let blob_path = format!("/v2/{REPO}/blobs/sha256:{}", layer.hex);
+    let manifest_path = format!("/v2/{REPO}/manifests/{TAG}");
+
+    let [our_port, nginx_port, registry_port] = free_ports()?;
+    let mut commands = Vec::new();
+
+    // Ours.
+    let ours_args: Vec<String> = vec![
+        edgeferry.display().to_string(),
+        "serve".into(),
+        "--store".into(),
+        store.display().to_string(),
+        "--listen".into(),
+        format!("127.0.0.1:{our_port}"),
+        "--access-log".into(),
+        "/dev/null".into(),
+    ];
+    commands.push(shell_line(&ours_args));
+    let ours = Server::start(
+        "edgeferry",
+        &ours_args,
+        our_port,
+        &bench.join("mirror-serve.log"),
+    )?;
+    let tag = Client::new(ours.addr, 64 << 10).get_once(&manifest_path, Some(ACCEPT_MANIFESTS))?;
+    anyhow::ensure!(
+        tag.status == 200,
+        "our mirror answered {} for {manifest_path}",
+        tag.status
+    );
+    let manifest_digest = format!("sha256:{}", sha256_hex(&tag.body));
+    let manifest_type = tag
+        .header("content-type")
+        .context("our manifest response has a Content-Type")?
+        .to_string();
+
+    // nginx: the same files, by the same paths.
+    let nginx_dir = bench.join("nginx");
+    if nginx_dir.exists() {
+        fs::remove_dir_all(&nginx_dir)?;
+    }
+    fs::create_dir_all(&nginx_dir)?;
+    let nginx_conf = nginx_dir.join("nginx.conf");
+    fs::write(
+        &nginx_conf,
+        nginx_config(
+            &nginx_dir,
+            &store,
+            nginx_port,
+            &manifest_digest,
+            &manifest_type,
+        ),
+    )?;
+    let nginx_args: Vec<String> = vec![
+        "nginx".into(),
+        "-p".into(),
+        nginx_dir.display().to_string(),
+        "-e".into(),
+        nginx_dir.join("error.log").display().to_string(),
+        "-c".into(),
+        nginx_conf.display().to_string(),
+    ];
+    commands.push(shell_line(&nginx_args));
+    let nginx = Server::start(
+        "nginx",
+        &nginx_args,
+        nginx_port,
+        &nginx_dir.join("stdout.log"),
+    )?;
+
+    // docker-registry, filled by skopeo from our mirror.
+    let registry_dir = bench.join("registry");
+    if registry_dir.exists() {
+        fs::remove_dir_all(&registry_dir)?;
+    }
+    fs::create_dir_all(registry_dir.join("data"))?;
+    let registry_conf = registry_dir.join("config.yml");
+    fs::write(
+        &registry_conf,
+        registry_config(&registry_dir.join("data"), registry_port),
+    )?;
+    let registry_args: Vec<String> = vec![
+        "/usr/bin/docker-registry".into(),
+        "serve".into(),
+        registry_conf.display().to_string(),
+    ];
+    commands.push(shell_line(&registry_args));
+    let registry = Server::start(
+        "docker-registry",
+        &registry_args,
+        registry_port,
+        &registry_dir.join("registry.log"),
+    )?;
+    let skopeo_args: Vec<String> = vec![
+        "skopeo".into(),
+        "copy".into(),
+        "--all".into(),
+        "--preserve-digests".into(),
+        "--src-tls-verify=false".into(),
+        "--dest-tls-verify=false".into(),
+        format!("docker://127.0.0.1:{our_port}/{REPO}:{TAG}"),
+        format!("docker://127.0.0.1:{registry_port}/{REPO}:{TAG}"),
+    ];
+    commands.push(shell_line(&skopeo_args));
+    println!("\nbench: {}", shell_line(&skopeo_args));
+    sh(Command::new(&skopeo_args[0])
+        .args(&skopeo_args[1..])
+        .stdout(Stdio::null()))?;
+
+    let servers = [&ours, &nginx, &registry];
+    // Untimed: every server serves the same bytes (and the page cache is hot).
+    println!("\nbench: checking each server serves the same manifest and layer");
+    for server in servers {
+        let mut client = Client::new(server.addr, CLIENT_BUFFER);
+        let manifest = client.get_once(&manifest_path, Some(ACCEPT_MANIFESTS))?;
+        let digest = format!("sha256:{}", sha256_hex(&manifest.body));
+        anyhow::ensure!(
+            manifest.status == 200 && digest == manifest_digest,
+            "{} serves {manifest_path} as {} {digest}, ours is {manifest_digest}",
+            server.name,
+            manifest.status
+        );
+        let blob = client.get_once(&blob_path, None)?;
+        anyhow::ensure!(
+            blob.status == 200 && sha256_hex(&blob.body) == layer.hex,
+            "{} serves {blob_path} as {} with {} bytes that do not hash to it",
+            server.name,
+            blob.status,
+            blob.body.len()
+        );
+    }
+
+    let load_before = load_average();
+    let mut results = Vec::new();
+    for server in servers {
+        println!(
+            "\nbench: {} clients x GET {} ({:.1} MiB) for {seconds} s + {MANIFEST_THREADS} manifest pollers against {} on {}",
+            CLIENTS,
+            blob_path,
+            blob_size as f64 / MIB,
+            server.name,
+            server.addr
+        );
+        let unloaded = unloaded_latencies(server.addr, &manifest_path, UNLOADED_GETS)?;
+        let cpu_before = tree_cpu_seconds(server.pid());
+        let self_before = cpu_seconds(std::process::id());
+        let result = load(server.addr, &blob_path, &manifest_path, duration);
+        let cpu = tree_cpu_seconds(server.pid()) - cpu_before;
+        let client_cpu = cpu_seconds(std::process::id()) - self_before;
+        let fresh = idle_test(server.addr)?;
+        let line = Row {
+            name: server.name,
+            result,
+            unloaded,
+            server_cpu: cpu,
+            client_cpu,
+            hwm_kib: tree_hwm_kib(server.pid()),
+            fresh,
+            load: load_average(),
+        };
+        println!("{}", line.describe(duration));
+        results.push(line);
+    }
+    let ours_hwm_mib = tree_hwm_kib(ours.pid()) as f64 / 1024.0;
+    let load_after = load_average();
+    drop(registry);
+    drop(nginx);
+    drop(ours);
+
+    let versions = [
+        version(
+            "edgeferry",
+            &[&edgeferry.display().to_string(), "--version"],
+        ),
+        version("nginx", &["nginx", "-v"]),
+        version(
+            "docker-registry",
+            &["/usr/bin/docker-registry", "--version"],
+        ),
+        version("skopeo", &["skopeo", "--version"]),
+    ];
+
+    // The table.
+    let row = |name: &str| results.iter().find(|r| r.name == name).expect("measured");
+    let (r_ours, r_nginx, r_registry) = (row("edgeferry"), row("nginx"), row("docker-registry"));
+    let verdict = |ok: bool| if ok { "PASS" } else { "FAIL" };
+    let mut missed = Vec::new();
+    let mut table = String::new();
+    writeln!(
+        table,
+        "\nbench mirror: loopback; {CLIENTS} clients pulling a {:.1} MiB blob for {seconds} s (keep-alive, body read and discarded) + {MANIFEST_THREADS} threads GETting the manifest every {} ms; {}",
+        blob_size as f64 / MIB,
+        MANIFEST_PAUSE.as_millis(),
+        machine_facts()
+    )?;
+    writeln!(
+        table,
+        "  {:<16} {:>9} {:>6} {:>6} {:>18} {:>8} {:>16} {:>9} {:>10} {:>10} {:>10}",
+        "server",
+        "MiB/s",
+        "blobs",
+        "errors",
+        "manifest p50/p99",
+        "requests",
+        "unloaded p50/p99",
+        "srv CPU s",
+        "load CPU s",
+        "peak RSS",
+        "fresh /v2/"
+    )?;
+    for r in &results {
+        writeln!(
+            table,
+            "  {:<16} {:>9.1} {:>6} {:>6} {:>7.2}/{:>7.2} ms {:>8} {:>6.2}/{:>6.2} ms {:>9.1} {:>10.1} {:>6.1} MiB {:>7.1} ms",
+            r.name,
+            r.result.throughput(duration) / MIB,
+            r.result.blobs,
+            r.result.blob_errors + r.result.manifest_errors,
+            percentile(&r.result.latencies_ms, 0.50),
+            percentile(&r.result.latencies_ms, 0.99),
+            r.result.latencies_ms.len(),
+            percentile(&r.unloaded, 0.50),
+            percentile(&r.unloaded, 0.99),
+            r.server_cpu,
+            r.client_cpu,
+            r.hwm_kib as f64 / 1024.0,
+            r.fresh.seconds * 1000.0,
+        )?;
+    }
+    writeln!(table, "  {:<48} {:>11}  {:>8}", "target", "value", "limit")?;
+    let vs_nginx = r_ours.result.throughput(duration) / r_nginx.result.throughput(duration);
+    let vs_registry = r_ours.result.throughput(duration) / r_registry.result.throughput(duration);
+    let p99 = percentile(&r_ours.result.latencies_ms, 0.99);
+    let mut target = |name: &str, value: String, limit: String, ok: bool| -> Result<()> {
+        if !ok {
+            missed.push(format!("{name} {value}"));
+        }
+        writeln!(
+            table,
+            "  {name:<48} {value:>11}  {limit:>8}  {}",
+            verdict(ok)
+        )?;
+        Ok(())
+    };
+    target(
+        "throughput edgeferry / nginx",
+        format!("{vs_nginx:.3}"),
+        format!(">= {TARGET_VS_NGINX:.1}"),
+        vs_nginx >= TARGET_VS_NGINX,
+    )?;
+    target(
+        "throughput edgeferry / docker-registry",
+        format!("{vs_registry:.3}"),
+        format!(">= {TARGET_VS_REGISTRY:.1}"),
+        vs_registry >= TARGET_VS_REGISTRY,
+    )?;
+    target(
+        "edgeferry manifest p99 under the load",
+        format!("{p99:.2} ms"),
+        format!("<= {TARGET_P99_MS:.0}"),
+        p99 <= TARGET_P99_MS && r_ours.result.manifest_errors == 0,
+    )?;
+    target(
+        "edgeferry peak RSS (VmHWM, whole run)",
+        format!("{ours_hwm_mib:.1} MiB"),
+        format!("<= {TARGET_RSS_MIB:.0}"),
+        ours_hwm_mib <= TARGET_RSS_MIB,
+    )?;
+    target(
+        &format!("edgeferry fresh GET /v2/ with {IDLE_CONNECTIONS} idle conns"),
+        format!("{:.1} ms", r_ours.fresh.seconds * 1000.0),
+        format!("< {TARGET_FRESH_S:.0} s"),
+        r_ours.fresh.seconds < TARGET_FRESH_S && r_ours.fresh.status == 200,
+    )?;
+    target(
+        "edgeferry errors under the load",
+        format!(
+            "{}",
+            r_ours.result.blob_errors + r_ours.result.manifest_errors
+        ),
+        "0".into(),
+        r_ours.result.blob_errors + r_ours.result.manifest_errors == 0,
+    )?;
+    for r in &results {
+        if let Some(e) = r.result.first_error.as_deref() {
+            writeln!(table, "  first error against {}: {e}", r.name)?;
+        }
+        writeln!(
+            table,
+            "  {}: {}/{} idle connections still open after the fresh GET; fresh GET status {}",
+            r.name, r.fresh.still_open, IDLE_CONNECTIONS, r.fresh.status
+        )?;
+    }
+    writeln!(
+        table,
+        "  columns: MiB/s = body bytes received by all clients / {seconds} s; blobs = complete blob GETs; requests = manifest GETs timed under the load (by threads at nice -10: {}); unloaded = {UNLOADED_GETS} sequential manifest GETs before the load; srv CPU s = the server's user+system CPU over the load (nginx: master + workers); load CPU s = the load generator's; peak RSS = VmHWM (nginx: summed over its processes); fresh /v2/ = connect + GET /v2/ with {IDLE_CONNECTIONS} idle connections open",
+        if r_ours.result.raised_priority { "yes" } else { "no, not root" }
+    )?;
+    writeln!(
+        table,
+        "  load average before / after: {load_before} / {load_after} (the load generator shares the {} CPUs with the server)",
+        std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    )?;
+    writeln!(
+        table,
+        "produced by: cargo xtask bench mirror (in {})",
+        root.display()
+    )?;
+    for c in &commands {
+        writeln!(table, "  {c}")?;
+    }
+    writeln!(table, "  nginx config: {}", nginx_conf.display())?;
+    writeln!(table, "  registry config: {}", registry_conf.display())?;
+    writeln!(table, "  versions: {}", versions.join("; "))?;
+    if missed.is_empty() {
+        writeln!(table, "bench mirror: every target met")?;
+    } else {
+        writeln!(table, "bench mirror: MISSED TARGETS: {}", missed.join("; "))?;
+    }
+    print!("{table}");
+    Ok(())
+}
+
+/// One server's line of the table.
+struct Row {
+    name: &'static str,
+    result: LoadResult,
+    /// Manifest latencies before the load, sorted, ms.
+    unloaded: Vec<f64>,
+    server_cpu: f64,
+    client_cpu: f64,
+    hwm_kib: u64,
+    fresh: Fresh,
+    load: String,
+}
+
+impl Row {
+    fn describe(&self, duration: Duration) -> String {
+        format!(
+            "  {}: {:.1} MiB/s, {} blobs, {} errors, manifest p50 {:.2} ms p99 {:.2} ms ({} requests; unloaded p50 {:.2} ms p99 {:.2} ms), server CPU {:.1} s, load generator CPU {:.1} s, peak RSS {:.1} MiB, fresh GET /v2/ with {IDLE_CONNECTIONS} idle: {:.1} ms; load average {}",
+            self.name,
+            self.result.throughput(duration) / MIB,
+            self.result.blobs,
+            self.result.blob_errors + self.result.manifest_errors,
+            percentile(&self.result.latencies_ms, 0.50),
+            percentile(&self.result.latencies_ms, 0.99),
+            self.result.latencies_ms.len(),
+            percentile(&self.unloaded, 0.50),
+            percentile(&self.unloaded, 0.99),
+            self.server_cpu,
+            self.client_cpu,
+            self.hwm_kib as f64 / 1024.0,
+            self.fresh.seconds * 1000.0,
+            self.load
+        )
+    }
+}
+
+/// The bench layer's digest and size.
+struct Layer {
+    hex: String,
+    size: u64,
+}
+
+/// The sample artifact directory plus the bench image, made once.
+fn ensure_input(builder: &Path, dir: &Path) -> Result<Layer> {
+    let marker = dir.join(".complete");
+    if let Ok(text) = fs::read_to_string(&marker) {
+        let mut lines = text.lines();
+        if lines.next() == Some(SPEC) {
+            if let (Some(hex), Some(size)) = (lines.next(), lines.next()) {
+                println!("bench input: reusing {} ({SPEC})", dir.display());
+                return Ok(Layer {
+                    hex: hex.to_string(),
+                    size: size.parse()?,
+                });
+            }
+        }
+    }
+    if dir.exists() {
+        fs::remove_dir_all(dir)?;
+    }
+    println!(
+        "bench input: writing the sample and {REFERENCE} to {}",
+        dir.display()
+    );
+    sh(Command::new(builder)
+        .arg("sample")
+        .arg("--out")
+        .arg(dir)
+        .args(["--kubeedge-version", KUBEEDGE_VERSION])
+        .stdout(Stdio::null()))?;
+    let layer = write_bench_layout(&dir.join("images/bench"))?;
+    fs::write(&marker, format!("{SPEC}\n{}\n{}\n", layer.hex, layer.size))?;
+    Ok(layer)
+}
+
+/// An OCI layout of `REFERENCE`, linux/amd64, whose one layer is a tar of
+/// one file of `PAYLOAD` pseudo-random bytes, gzip'd at level 0 (stored):
+/// incompressible like a real layer, and already compressed, so skopeo
+/// pushes it unchanged.
+fn write_bench_layout(dir: &Path) -> Result<Layer> {
+    let blobs = dir.join("blobs/sha256");
+    fs::create_dir_all(&blobs)?;
+    let mut payload = vec![0u8; PAYLOAD];
+    let mut state: u64 = 0x9e37_79b9_7f4a_7c15;
+    for chunk in payload.chunks_mut(8) {
+        // xorshift64*
+        state ^= state >> 12;
+        state ^= state << 25;
+        state ^= state >> 27;
+        let word = state.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+        chunk.copy_from_slice(&word[..chunk.len()]);
+    }
+    let mut tar_bytes = Vec::with_capacity(PAYLOAD + 4096);
+    {
+        let mut builder = tar::Builder::new(&mut tar_bytes);
+        let mut header = tar::Header::new_ustar();
+        header.set_path("payload.bin")?;
+        header.set_size(PAYLOAD as u64);
+        header.set_mode(0o644);
+        header.set_mtime(1_767_225_600);
+        header.set_cksum();
+        builder.append(&header, payload.as_slice())?;
+        builder.finish()?;
+    }
+    drop(payload);
+    let diff_id = format!("sha256:{}", sha256_hex(&tar_bytes));
+    let mut gz = GzEncoder::new(Vec::with_capacity(PAYLOAD + (1 << 20)), Compression::none());
+    gz.write_all(&tar_bytes)?;
+    let layer_bytes = gz.finish()?;
+    drop(tar_bytes);
+    let put = |bytes: &[u8]| -> Result<(String, usize)> {
+        let hex = sha256_hex(bytes);
+        fs::write(blobs.join(&hex), bytes)?;
+        Ok((hex, bytes.len()))
+    };
+    let (layer_hex, layer_size) = put(&layer_bytes)?;
+    drop(layer_bytes);
+    let config = serde_json::json!({
+        "architecture": "amd64",
+        "os": "linux",
+        "config": {},
+        "rootfs": {"type": "layers", "diff_ids": [diff_id]},
+    })
+    .to_string();
+    let (config_hex, config_size) = put(config.as_bytes())?;
+    let manifest = serde_json::json!({
+        "schemaVersion": 2,
+        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "config": {
+            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "digest": format!("sha256:{config_hex}"),
+            "size": config_size,
+        },
+        "layers": [{
+            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "digest": format!("sha256:{layer_hex}"),
+            "size": layer_size,
+        }],
+    })
+    .to_string();
+    let (manifest_hex, manifest_size) = put(manifest.as_bytes())?;
+    fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#)?;
+    let index = serde_json::json!({
+        "schemaVersion": 2,
+        "manifests": [{
+            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "digest": format!("sha256:{manifest_hex}"),
+            "size": manifest_size,
+            "annotations": {"io.containerd.image.name": REFERENCE},
+        }],
+    });
+    fs::write(dir.join("index.json"), index.to_string())?;
+    Ok(Layer {
+        hex: layer_hex,
+        size: layer_size as u64,
+    })
+}
+
+fn nginx_config(dir: &Path, store: &Path, port: u16, manifest: &str, media_type: &str) -> String {
+    let d = dir.display();
+    let blobs = store.join("blobs/sha256");
+    let blobs = blobs.display();
+    let hex = manifest.strip_prefix("sha256:").unwrap_or(manifest);
+    // SAFETY: geteuid has no preconditions.
+    let user = if unsafe { libc::geteuid() } == 0 {
+        // Workers read the store as we do.
+        "user root root;\n"
+    } else {
+        ""
+    };
+    format!(
+        r#"# Made by cargo xtask bench mirror: the store's files by registry paths.
+{user}worker_processes auto;
+daemon off;
+master_process on;
+pid {d}/nginx.pid;
+error_log {d}/error.log error;
+events {{
+    worker_connections 4096;
+}}
+http {{
+    access_log off;
+    sendfile on;
+    tcp_nopush on;
+    keepalive_requests 1000000;
+    client_body_temp_path {d}/client_body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    types {{ }}
+    default_type application/octet-stream;
+    server {{
+        listen 127.0.0.1:{port};
+        location = /v2/ {{
+            default_type application/json;
+            return 200 '{{}}';
+        }}
+        location = /v2/{REPO}/manifests/{TAG} {{
+            default_type {media_type};
+            alias {blobs}/{hex};
+        }}
+        location ~ "^/v2/.+/blobs/sha256:([0-9a-f]{{64}})$" {{
+            alias {blobs}/$1;
+        }}
+    }}
+}}
+"#
+    )
+}
+
+fn registry_config(data: &Path, port: u16) -> String {
+    format!(
+        r#"# Made by cargo xtask bench mirror.
+version: 0.1
+log:
+  level: error
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {}
+  cache:
+    blobdescriptor: inmemory
+  delete:
+    enabled: false
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: 127.0.0.1:{port}
+"#,
+        data.display()
+    )
+}
+
+/// Free loopback ports, found by binding port 0.
+fn free_ports() -> Result<[u16; 3]> {
+    let listeners = [
+        TcpListener::bind("127.0.0.1:0")?,
+        TcpListener::bind("127.0.0.1:0")?,
+        TcpListener::bind("127.0.0.1:0")?,
+    ];
+    let mut ports = [0u16; 3];
+    for (port, l) in ports.iter_mut().zip(&listeners) {
+        *port = l.local_addr()?.port();
+    }
+    Ok(ports)
+}
+
+/// A server we started: stopped (SIGTERM, then SIGKILL) by pid when dropped.
+struct Server {
+    name: &'static str,
+    child: Child,
+    addr: SocketAddr,
+    log: PathBuf,
+}
+
+impl Server {
+    fn start(name: &'static str, args: &[String], port: u16, log: &Path) -> Result<Server> {
+        let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
+        let child = Command::new(&args[0])
+            .args(&args[1..])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out)
+            .spawn()
+            .with_context(|| format!("starting {name}"))?;
+        let mut server = Server {
+            name,
+            child,
+            addr: SocketAddr::from(([127, 0, 0, 1], port)),
+            log: log.to_path_buf(),
+        };
+        println!(
+            "bench: started {name} (pid {}) on {}",
+            server.pid(),
+            server.addr
+        );
+        let started = Instant::now();
+        loop {
+            if let Some(status) = server.child.try_wait()? {
+                bail!(
+                    "{name} exited with {status} before serving: {}",
+                    fs::read_to_string(&server.log).unwrap_or_default().trim()
+                );
+            }
+            if let Ok(reply) = Client::new(server.addr, 64 << 10).get_once("/v2/", None) {
+                if reply.status == 200 {
+                    return Ok(server);
+                }
+            }
+            if started.elapsed() > Duration::from_secs(20) {
+                bail!(
+                    "{name} did not answer GET /v2/ with 200 within 20 s; its log {}: {}",
+                    server.log.display(),
+                    fs::read_to_string(&server.log).unwrap_or_default().trim()
+                );
+            }
+            thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if !matches!(self.child.try_wait(), Ok(None)) {
+            return;
+        }
+        // SIGTERM first: nginx's master then stops its workers too.
+        // SAFETY: kill(2) on the pid of a child we have not reaped.
+        unsafe {
+            libc::kill(self.child.id() as libc::pid_t, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if !matches!(self.child.try_wait(), Ok(None)) {
+                return;
+            }
+            thread::sleep(Duration::from_millis(20));
+        }
+        eprintln!("bench: {} ignored SIGTERM, killing it", self.name);
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// What one load run measured.
+#[derive(Default)]
+struct LoadResult {
+    bytes: u64,
+    blobs: u64,
+    blob_errors: u64,
+    manifest_errors: u64,
+    latencies_ms: Vec<f64>,
+    first_error: Option<String>,
+    /// The manifest pollers ran at nice -10.
+    raised_priority: bool,
+}
+
+impl LoadResult {
+    fn throughput(&self, duration: Duration) -> f64 {
+        self.bytes as f64 / duration.as_secs_f64()
+    }
+}
+
+/// `CLIENTS` blob pullers and `MANIFEST_THREADS` manifest pollers against
+/// `addr` for `duration`, all starting together.
+fn load(addr: SocketAddr, blob: &str, manifest: &str, duration: Duration) -> LoadResult {
+    let barrier = Arc::new(Barrier::new(CLIENTS + MANIFEST_THREADS));
+    let mut pullers = Vec::new();
+    for _ in 0..CLIENTS {
+        let barrier = Arc::clone(&barrier);
+        let path = blob.to_string();
+        pullers.push(thread::spawn(move || {
+            let mut client = Client::new(addr, CLIENT_BUFFER);
+            let mut out = LoadResult::default();
+            barrier.wait();
+            let deadline = Instant::now() + duration;
+            while Instant::now() < deadline {
+                match client.get(&path, None, Some(deadline), false, &mut out.bytes) {
+                    Ok(reply) if reply.status == 200 => out.blobs += u64::from(reply.complete),
+                    Ok(reply) => {
+                        out.blob_errors += 1;
+                        out.first_error
+                            .get_or_insert_with(|| format!("blob GET answered {}", reply.status));
+                    }
+                    Err(e) => {
+                        out.blob_errors += 1;
+                        out.first_error
+                            .get_or_insert_with(|| format!("blob GET: {e}"));
+                        thread::sleep(Duration::from_millis(10));
+                    }
+                }
+            }
+            out
+        }));
+    }
+    let mut pollers = Vec::new();
+    for _ in 0..MANIFEST_THREADS {
+        let barrier = Arc::clone(&barrier);
+        let path = manifest.to_string();
+        pollers.push(thread::spawn(move || {
+            let mut client = Client::new(addr, 64 << 10);
+            let mut out = LoadResult::default();
+            let mut ignored = 0;
+            out.raised_priority = raise_thread_priority();
+            barrier.wait();
+            let deadline = Instant::now() + duration;
+            while Instant::now() < deadline {
+                let started = Instant::now();
+                match client.get(&path, Some(ACCEPT_MANIFESTS), None, false, &mut ignored) {
+                    Ok(reply) if reply.status == 200 && reply.complete => out
+                        .latencies_ms
+                        .push(started.elapsed().as_secs_f64() * 1000.0),
+                    Ok(reply) => {
+                        out.manifest_errors += 1;
+                        out.first_error.get_or_insert_with(|| {
+                            format!("manifest GET answered {}", reply.status)
+                        });
+                    }
+                    Err(e) => {
+                        out.manifest_errors += 1;
+                        out.first_error
+                            .get_or_insert_with(|| format!("manifest GET: {e}"));
+                    }
+                }
+                thread::sleep(MANIFEST_PAUSE);
+            }
+            out
+        }));
+    }
+    let mut total = LoadResult::default();
+    for handle in pullers.into_iter().chain(pollers) {
+        let part = handle.join().unwrap_or_else(|_| LoadResult {
+            blob_errors: 1,
+            first_error: Some("a load thread panicked".into()),
+            ..LoadResult::default()
+        });
+        total.bytes += part.bytes;
+        total.blobs += part.blobs;
+        total.blob_errors += part.blob_errors;
+        total.manifest_errors += part.manifest_errors;
+        total.latencies_ms.extend(part.latencies_ms);
+        total.raised_priority |= part.raised_priority;
+        if total.first_error.is_none() {
+            total.first_error = part.first_error;
+        }
+    }
+    total
+        .latencies_ms
+        .sort_by(|a, b| a.partial_cmp(b).expect("latencies are numbers"));
+    total
+}
+
+/// Puts the calling thread at nice -10 (root only), so the manifest
+/// pollers are not queued behind the 64 pullers of this same process for a
+/// CPU: their timings then measure the server, not the load generator.
+fn raise_thread_priority() -> bool {
+    // SAFETY: gettid and setpriority on our own thread, no pointers.
+    unsafe {
+        let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+        libc::setpriority(libc::PRIO_PROCESS, tid, -10) == 0
+    }
+}
+
+/// Manifest latency with nothing else going on: `n` sequential GETs on one
+/// keep-alive connection, sorted, in ms.
+fn unloaded_latencies(addr: SocketAddr, manifest: &str, n: usize) -> Result<Vec<f64>> {
+    let mut client = Client::new(addr, 64 << 10);
+    let mut ignored = 0;
+    let mut out = Vec::with_capacity(n);
+    for _ in 0..n {
+        let started = Instant::now();
+        let reply = client.get(manifest, Some(ACCEPT_MANIFESTS), None, false, &mut ignored)?;
+        anyhow::ensure!(
+            reply.status == 200,
+            "manifest GET answered {}",
+            reply.status
+        );
+        out.push(started.elapsed().as_secs_f64() * 1000.0);
+    }
+    out.sort_by(|a, b| a.partial_cmp(b).expect("latencies are numbers"));
+    Ok(out)
+}
+
+/// A fresh client's GET /v2/ while `IDLE_CONNECTIONS` connections sit idle.
+struct Fresh {
+    seconds: f64,
+    status: u16,
+    still_open: usize,
+}
+
+fn idle_test(addr: SocketAddr) -> Result<Fresh> {
+    let mut idle = Vec::with_capacity(IDLE_CONNECTIONS);
+    for _ in 0..IDLE_CONNECTIONS {
+        idle.push(
+            TcpStream::connect_timeout(&addr, Duration::from_secs(5))
+                .context("opening an idle connection")?,
+        );
+    }
+    // Let the server accept them all before the fresh client comes.
+    thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let reply = Client::new(addr, 64 << 10).get_once("/v2/", None);
+    let seconds = started.elapsed().as_secs_f64();
+    let status = reply.map(|r| r.status).unwrap_or(0);
+    let mut still_open = 0;
+    let mut probe = [0u8; 1];
+    for stream in &idle {
+        stream.set_nonblocking(true)?;
+        if matches!(stream.peek(&mut probe), Err(e) if e.kind() == io::ErrorKind::WouldBlock) {
+            still_open += 1;
+        }
+    }
+    drop(idle);
+    Ok(Fresh {
+        seconds,
+        status,
+        still_open,
+    })
+}
+
+/// A minimal HTTP/1.1 keep-alive client: GET only, Content-Length bodies.
+struct Client {
+    addr: SocketAddr,
+    stream: Option<TcpStream>,
+    buf: Vec<u8>,
+}
+
+struct Reply {
+    status: u16,
+    headers: Vec<(String, String)>,
+    /// Only when asked to keep it.
+    body: Vec<u8>,
+    /// The whole body arrived (not cut off by the deadline).
+    complete: bool,
+    keep_alive: bool,
+}
+
+impl Reply {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+impl Client {
+    fn new(addr: SocketAddr, buffer: usize) -> Client {
+        Client {
+            addr,
+            stream: None,
+            buf: vec![0; buffer],
+        }
+    }
+
+    /// One GET on a fresh connection, body kept.
+    fn get_once(&mut self, path: &str, accept: Option<&str>) -> io::Result<Reply> {
+        let mut ignored = 0;
+        self.get(path, accept, None, true, &mut ignored)
+    }
+
+    /// GET `path`; body bytes are added to `count` as they arrive. With a
+    /// deadline, stops reading the body then (and drops the connection).
+    fn get(
+        &mut self,
+        path: &str,
+        accept: Option<&str>,
+        deadline: Option<Instant>,
+        keep_body: bool,
+        count: &mut u64,
+    ) -> io::Result<Reply> {
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\nUser-Agent: edgeferry-bench\r\nAccept: {}\r\n\r\n",
+            self.addr,
+            accept.unwrap_or("*/*")
+        );
+        let reused = self.stream.is_some();
+        match self.exchange(&request, deadline, keep_body, count) {
+            // The server closed an idle keep-alive connection: once more.
+            Err(e)
+                if reused
+                    && matches!(
+                        e.kind(),
+                        io::ErrorKind::UnexpectedEof
+                            | io::ErrorKind::ConnectionReset
+                            | io::ErrorKind::BrokenPipe
+                    ) =>
+            {
+                self.exchange(&request, deadline, keep_body, count)
+            }
+            other => other,
+        }
+    }
+
+    fn exchange(
+        &mut self,
+        request: &str,
+        deadline: Option<Instant>,
+        keep_body: bool,
+        count: &mut u64,
+    ) -> io::Result<Reply> {
+        if self.stream.is_none() {
+            let stream = TcpStream::connect_timeout(&self.addr, Duration::from_secs(5))?;
+            stream.set_nodelay(true)?;
+            stream.set_read_timeout(Some(Duration::from_secs(15)))?;
+            self.stream = Some(stream);
+        }
+        let result = self.exchange_on(request, deadline, keep_body, count);
+        if !matches!(&result, Ok(reply) if reply.keep_alive) {
+            self.stream = None;
+        }
+        result
+    }
+
+    fn exchange_on(
+        &mut self,
+        request: &str,
+        deadline: Option<Instant>,
+        keep_body: bool,
+        count: &mut u64,
+    ) -> io::Result<Reply> {
+        let stream = self.stream.as_mut().expect("connected");
+        let buf = &mut self.buf;
+        stream.write_all(request.as_bytes())?;
+        let mut filled = 0;
+        let head_end = loop {
+            if filled == buf.len() {
+                return Err(invalid("response head larger than the buffer"));
+            }
+            let n = stream.read(&mut buf[filled..])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "connection closed before a response",
+                ));
+            }
+            filled += n;
+            if let Some(at) = buf[..filled].windows(4).position(|w| w == b"\r\n\r\n") {
+                break at + 4;
+            }
+        };
+        let head =
+            std::str::from_utf8(&buf[..head_end]).map_err(|_| invalid("head is not UTF-8"))?;
+        let mut lines = head.split("\r\n");
+        let status_line = lines.next().unwrap_or_default();
+        let mut parts = status_line.split(' ');
+        let version = parts.next().unwrap_or_default();
+        let status: u16 = parts
+            .next()
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| invalid("no status code"))?;
+        let headers: Vec<(String, String)> = lines
+            .filter_map(|l| l.split_once(':'))
+            .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+            .collect();
+        let find = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+        };
+        if find("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            return Err(invalid("chunked responses are not supported here"));
+        }
+        let length: u64 = match find("content-length") {
+            Some(v) => v.parse().map_err(|_| invalid("bad Content-Length"))?,
+            None if status == 304 || status == 204 => 0,
+            None => return Err(invalid("no Content-Length")),
+        };
+        let mut keep_alive = version == "HTTP/1.1"
+            && !find("connection").is_some_and(|v| v.eq_ignore_ascii_case("close"));
+        let early = (filled - head_end) as u64;
+        if early > length {
+            return Err(invalid("more bytes than Content-Length"));
+        }
+        let mut body = Vec::new();
+        if keep_body {
+            body.reserve(length as usize);
+            body.extend_from_slice(&buf[head_end..filled]);
+        }
+        *count += early;
+        let mut left = length - early;
+        let mut complete = true;
+        while left > 0 {
+            if deadline.is_some_and(|d| Instant::now() >= d) {
+                complete = false;
+                break;
+            }
+            let want = left.min(buf.len() as u64) as usize;
+            let n = stream.read(&mut buf[..want])?;
+            if n == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "body cut short",
+                ));
+            }
+            if keep_body {
+                body.extend_from_slice(&buf[..n]);
+            }
+            *count += n as u64;
+            left -= n as u64;
+        }
+        keep_alive &= complete;
+        Ok(Reply {
+            status,
+            headers,
+            body,
+            complete,
+            keep_alive,
+        })
+    }
+}
+
+fn invalid(message: &str) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, message.to_string())
+}
+
+/// `q` in 0..=1 of sorted `values` (nearest rank); NaN when empty.
+fn percentile(sorted: &[f64], q: f64) -> f64 {
+    if sorted.is_empty() {
+        return f64::NAN;
+    }
+    let rank = (q * sorted.len() as f64).ceil() as usize;
+    sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+/// `pid` and its direct children (nginx's workers).
+fn process_tree(pid: u32) -> Vec<u32> {
+    let mut pids = vec![pid];
+    if let Ok(entries) = fs::read_dir("/proc") {
+        for entry in entries.flatten() {
+            let Some(child) = entry
+                .file_name()
+                .to_str()
+                .and_then(|s| s.parse::<u32>().ok())
+            else {
+                continue;
+            };
+            if stat_fields(child).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()))
+                == Some(pid)
+            {
+                pids.push(child);
+            }
+        }
+    }
+    pids
+}
+
+/// The fields of /proc/<pid>/stat after the command name (state first).
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = text.rsplit_once(')')?.1;
+    Some(after.split_whitespace().map(str::to_string).collect())
+}
+
+/// User + system CPU seconds of `pid` and its direct children.
+fn tree_cpu_seconds(pid: u32) -> f64 {
+    process_tree(pid).into_iter().map(cpu_seconds).sum()
+}
+
+/// User + system CPU seconds of `pid` (all its threads).
+fn cpu_seconds(pid: u32) -> f64 {
+    // SAFETY: sysconf has no preconditions.
+    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    stat_fields(pid)
+        .map(|f| {
+            // utime and stime are fields 14 and 15 of stat: 11 and 12 here.
+            let field = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+            (field(11) + field(12)) / ticks
+        })
+        .unwrap_or(0.0)
+}
+
+/// Peak resident set (VmHWM) of `pid` plus its direct children, in KiB.
+fn tree_hwm_kib(pid: u32) -> u64 {
+    process_tree(pid)
+        .into_iter()
+        .filter_map(|p| fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|status| {
+            status
+                .lines()
+                .find(|l| l.starts_with("VmHWM:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+/// First line a `--version`-like command prints, on stdout or stderr.
+fn version(name: &str, args: &[&str]) -> String {
+    Command::new(args[0])
+        .args(&args[1..])
+        .output()
+        .ok()
+        .and_then(|out| {
+            let text = format!(
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+            text.lines()
+                .find(|l| !l.trim().is_empty())
+                .map(|l| l.trim().to_string())
+        })
+        .unwrap_or_else(|| format!("{name}: unknown version"))
+}
