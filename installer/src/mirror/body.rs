@@ -1,20 +1,35 @@
 //! Serving stored bytes exactly: ETag is the content digest, so Range,
-//! If-Range and If-None-Match work against it; bodies stream from the file.
+//! If-Range and If-None-Match work against it.
+//!
+//! Store files are immutable (content-addressed; a load swaps in a new
+//! directory, it never rewrites a file), so they are served from a shared
+//! read-only memory map: the bytes go from the page cache to the socket in
+//! one copy, as with sendfile, with no read buffer per connection and no
+//! blocking-pool hop per chunk. Each file is mapped once however many
+//! clients are pulling it. Manifests are served from memory.
 
-use std::io::SeekFrom;
-use std::path::Path;
+use std::collections::HashMap;
+use std::os::unix::io::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
 
 use axum::body::Body;
 use axum::http::{header, HeaderMap, HeaderValue, Method, Response, StatusCode};
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
+use bytes::Bytes;
 
-/// Read size per chunk: large enough that the syscall and task overhead
-/// is small next to the copy, small enough to bound memory per connection.
-const CHUNK: usize = 256 * 1024;
+/// Body frame size: the unit of back-pressure and of the access log's
+/// byte count for a client that hangs up.
+const CHUNK: usize = 1 << 20;
+
+/// Where the bytes are.
+pub enum Source<'a> {
+    File(&'a Path),
+    Memory(&'a Bytes),
+}
 
 /// What we know about the bytes to serve.
 pub struct Stored<'a> {
-    pub path: &'a Path,
+    pub source: Source<'a>,
     /// `sha256:<hex>`; the ETag and, for registry objects, Docker-Content-Digest.
     pub digest: &'a str,
     pub content_type: &'a str,
@@ -31,8 +46,11 @@ pub async fn serve(
     headers: &HeaderMap,
     stored: Stored<'_>,
 ) -> Option<Response<Body>> {
-    let file = tokio::fs::File::open(stored.path).await.ok()?;
-    let len = file.metadata().await.ok()?.len();
+    let content = match stored.source {
+        Source::Memory(bytes) => bytes.clone(),
+        Source::File(path) => map_file(path)?,
+    };
+    let len = content.len() as u64;
     let etag = format!("\"{}\"", stored.digest);
 
     let mut builder = Response::builder()
@@ -90,9 +108,13 @@ pub async fn serve(
     if method == Method::HEAD {
         return Some(builder.body(Body::empty()).expect("valid response"));
     }
+    let range = content.slice(start as usize..(start + count) as usize);
+    let chunks = (0..range.len())
+        .step_by(CHUNK)
+        .map(move |at| Ok::<_, std::io::Error>(range.slice(at..(at + CHUNK).min(range.len()))));
     Some(
         builder
-            .body(file_body(file, start, count))
+            .body(Body::from_stream(futures_util::stream::iter(chunks)))
             .expect("valid response"),
     )
 }
@@ -163,30 +185,74 @@ fn parse_range(value: &HeaderValue, len: u64) -> RangeSpec {
     }
 }
 
-fn file_body(file: tokio::fs::File, start: u64, count: u64) -> Body {
-    let stream = futures_util::stream::unfold(
-        (file, start, count, true),
-        |(mut file, start, left, first)| async move {
-            if left == 0 {
-                return None;
-            }
-            if first && start > 0 {
-                if let Err(e) = file.seek(SeekFrom::Start(start)).await {
-                    return Some((Err(e), (file, start, 0, false)));
-                }
-            }
-            let want = CHUNK.min(usize::try_from(left).unwrap_or(CHUNK));
-            let mut buf = vec![0u8; want];
-            match file.read_exact(&mut buf).await {
-                Ok(_) => Some((
-                    Ok(bytes::Bytes::from(buf)),
-                    (file, start, left - want as u64, false),
-                )),
-                Err(e) => Some((Err(e), (file, start, 0, false))),
-            }
-        },
-    );
-    Body::from_stream(stream)
+/// A read-only shared mapping of a whole store file, unmapped when the last
+/// `Bytes` pointing into it is dropped.
+struct Mapping {
+    address: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and never changes while it exists.
+unsafe impl Send for Mapping {}
+unsafe impl Sync for Mapping {}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: address and len are what mmap returned.
+        unsafe {
+            libc::munmap(self.address, self.len);
+        }
+    }
+}
+
+struct Shared(Arc<Mapping>);
+
+impl AsRef<[u8]> for Shared {
+    fn as_ref(&self) -> &[u8] {
+        // SAFETY: the mapping is valid for len bytes while the Arc lives.
+        unsafe { std::slice::from_raw_parts(self.0.address as *const u8, self.0.len) }
+    }
+}
+
+fn mappings() -> &'static Mutex<HashMap<PathBuf, Weak<Mapping>>> {
+    static MAPPINGS: OnceLock<Mutex<HashMap<PathBuf, Weak<Mapping>>>> = OnceLock::new();
+    MAPPINGS.get_or_init(Default::default)
+}
+
+/// The whole file as `Bytes`, sharing one mapping per path.
+fn map_file(path: &Path) -> Option<Bytes> {
+    let mut cache = mappings().lock().expect("mapping cache");
+    if let Some(mapping) = cache.get(path).and_then(Weak::upgrade) {
+        return Some(Bytes::from_owner(Shared(mapping)));
+    }
+    let file = std::fs::File::open(path).ok()?;
+    let len = usize::try_from(file.metadata().ok()?.len()).ok()?;
+    if len == 0 {
+        return Some(Bytes::new());
+    }
+    // SAFETY: a fresh read-only shared mapping of an open file; store files
+    // are never truncated or rewritten, so the pages stay valid.
+    let address = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ,
+            libc::MAP_SHARED,
+            file.as_raw_fd(),
+            0,
+        )
+    };
+    if address == libc::MAP_FAILED {
+        return None;
+    }
+    // SAFETY: advice on our own mapping; clients mostly read front to back.
+    unsafe {
+        libc::madvise(address, len, libc::MADV_SEQUENTIAL);
+    }
+    let mapping = Arc::new(Mapping { address, len });
+    cache.retain(|_, weak| weak.strong_count() > 0);
+    cache.insert(path.to_path_buf(), Arc::downgrade(&mapping));
+    Some(Bytes::from_owner(Shared(mapping)))
 }
 
 #[cfg(test)]

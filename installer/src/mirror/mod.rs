@@ -32,6 +32,9 @@ pub struct Snapshot {
     pub store: PathBuf,
     pub state: State,
     pub repos: registry::Repos,
+    /// Every manifest and index, in memory: small, immutable, and the
+    /// requests a pull waits on, so they never queue behind blob reads.
+    pub manifest_bytes: std::collections::BTreeMap<String, bytes::Bytes>,
     index_json: String,
     stamp: Option<(u64, i64, u64)>,
 }
@@ -51,7 +54,19 @@ impl Snapshot {
                 "id": id, "kubeedge_version": b.kubeedge_version, "arch": b.arch, "sample": b.sample,
             })).collect::<Vec<_>>(),
         });
+        let mut manifest_bytes = std::collections::BTreeMap::new();
+        for digest in state.manifests.keys() {
+            let path = store::blob_path(store, digest);
+            let bytes = std::fs::read(&path).with_context(|| {
+                format!(
+                    "reading manifest {}: the store is damaged, load its bundles again",
+                    path.display()
+                )
+            })?;
+            manifest_bytes.insert(digest.clone(), bytes::Bytes::from(bytes));
+        }
         Ok(Snapshot {
+            manifest_bytes,
             store: store.to_path_buf(),
             repos: registry::Repos::from_state(&state),
             state,
@@ -448,7 +463,7 @@ async fn serve_file(
     content_type: &str,
 ) -> Response<Body> {
     let stored = body::Stored {
-        path,
+        source: body::Source::File(path),
         digest,
         content_type,
         registry: false,

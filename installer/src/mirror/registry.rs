@@ -207,7 +207,7 @@ pub async fn handle(
         }
         let path = store::blob_path(&snapshot.store, digest);
         let stored = Stored {
-            path: &path,
+            source: body::Source::File(&path),
             digest,
             content_type: "application/octet-stream",
             registry: true,
@@ -273,9 +273,15 @@ async fn manifest(
             &format!("manifest {digest} is not in this mirror"),
         );
     };
-    let path = store::blob_path(&snapshot.store, &digest);
+    let Some(bytes) = snapshot.manifest_bytes.get(&digest) else {
+        return error(
+            StatusCode::NOT_FOUND,
+            "MANIFEST_UNKNOWN",
+            &format!("manifest {digest} is missing from the store"),
+        );
+    };
     let stored = Stored {
-        path: &path,
+        source: body::Source::Memory(bytes),
         digest: &digest,
         content_type: &record.media_type,
         registry: true,
