@@ -19,6 +19,18 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// Mirror: how often it looks for a store swapped in by a load.
     pub state_reload_interval: Duration,
+    /// Mirror: kernel send buffer per connection. Loopback autotuning grows
+    /// it to megabytes, and then one poll of a blob transfer copies
+    /// megabytes while small manifest requests wait their turn; a bounded
+    /// buffer keeps each poll short.
+    pub send_buffer_bytes: usize,
+    /// Mirror: task polls between checks for newly readable sockets (tokio
+    /// defaults to 61), so a manifest request is noticed between blob polls.
+    pub io_event_interval: u32,
+    /// Mirror: async worker threads. More than the core count, so one
+    /// worker busy copying a blob does not hold up the connections queued
+    /// on it, and the mirror keeps its share of CPU beside busy clients.
+    pub mirror_workers: usize,
 }
 
 impl Default for Config {
@@ -30,6 +42,9 @@ impl Default for Config {
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             state_reload_interval: Duration::from_secs(2),
+            send_buffer_bytes: 128 * 1024,
+            io_event_interval: 2,
+            mirror_workers: 8,
         }
     }
 }

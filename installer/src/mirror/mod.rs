@@ -143,6 +143,8 @@ pub fn serve(options: ServeOptions, config: &Config) -> Result<()> {
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
+        .event_interval(config.io_event_interval)
+        .worker_threads(config.mirror_workers)
         .build()
         .context("starting the async runtime")?;
     runtime.block_on(async move {
@@ -239,6 +241,7 @@ async fn run(listener: tokio::net::TcpListener, mirror: Arc<Mirror>, config: Con
             },
         };
         let _ = stream.set_nodelay(true);
+        set_send_buffer(&stream, config.send_buffer_bytes);
         let mirror = Arc::clone(&mirror);
         let config = config.clone();
         let shutdown = shutdown_rx.clone();
@@ -563,6 +566,21 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+fn set_send_buffer(stream: &tokio::net::TcpStream, bytes: usize) {
+    use std::os::unix::io::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a descriptor we own, with a c_int value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
     }
 }
 
