@@ -267,7 +267,7 @@ impl std::error::Error for TrailingAfterFrame {}
 /// The middle stage: one zstd frame in, plain chunks out; then the input
 /// must end. Errors travel down the channel to the checking stage.
 fn decompress(input: ChannelReader, output: ChunkSender) {
-    let mut decoder = match zstd::stream::read::Decoder::new(input) {
+    let mut decoder = match zstd::stream::read::Decoder::with_buffer(input) {
         Ok(d) => d.single_frame(),
         Err(e) => {
             output.send(Err(e));
@@ -311,8 +311,11 @@ struct ChannelReader {
     position: usize,
 }
 
-impl Read for ChannelReader {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+/// Consumers read the chunks in place through `BufRead` (zstd takes its
+/// input that way, the tar reader hashes and writes entry bodies that way):
+/// no copy between stages.
+impl io::BufRead for ChannelReader {
+    fn fill_buf(&mut self) -> io::Result<&[u8]> {
         while self.position == self.filled {
             match self.receiver.recv() {
                 Ok(Ok((chunk, filled))) => {
@@ -324,12 +327,23 @@ impl Read for ChannelReader {
                     self.position = 0;
                 }
                 Ok(Err(e)) => return Err(e),
-                Err(_) => return Ok(0),
+                Err(_) => return Ok(&[]),
             }
         }
-        let n = buf.len().min(self.filled - self.position);
-        buf[..n].copy_from_slice(&self.current[self.position..self.position + n]);
-        self.position += n;
+        Ok(&self.current[self.position..self.filled])
+    }
+
+    fn consume(&mut self, amount: usize) {
+        self.position = (self.position + amount).min(self.filled);
+    }
+}
+
+impl Read for ChannelReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let available = io::BufRead::fill_buf(self)?;
+        let n = buf.len().min(available.len());
+        buf[..n].copy_from_slice(&available[..n]);
+        io::BufRead::consume(self, n);
         Ok(n)
     }
 }
@@ -544,7 +558,7 @@ struct TarReader<R> {
     position: u64,
 }
 
-impl<R: Read> TarReader<R> {
+impl<R: io::BufRead> TarReader<R> {
     fn read_exact(&mut self, buf: &mut [u8], what: &str) -> Result<(), VerifyError> {
         let mut filled = 0;
         while filled < buf.len() {
@@ -589,19 +603,35 @@ impl<R: Read> TarReader<R> {
     ) -> Result<String, VerifyError> {
         let mut hasher = Sha256::new();
         let mut left = header.size;
-        let mut buf = vec![0u8; 256 * 1024];
         while left > 0 {
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            self.read_exact(&mut buf[..want], &format!("entry {}", header.path))?;
-            hasher.update(&buf[..want]);
+            // Hash and write straight from the decompressed chunk.
+            let available = loop {
+                match self.inner.fill_buf() {
+                    Ok(available) => break available,
+                    Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                    Err(e) => return Err(decode_error(e, self.position)),
+                }
+            };
+            if available.is_empty() {
+                return Err(VerifyError::Truncated(format!(
+                    "ended inside entry {} at byte {}",
+                    header.path, self.position
+                )));
+            }
+            let take = available
+                .len()
+                .min(usize::try_from(left).unwrap_or(usize::MAX));
+            hasher.update(&available[..take]);
             if let Some(out) = out.as_deref_mut() {
-                out.write_all(&buf[..want])
+                out.write_all(&available[..take])
                     .map_err(|source| VerifyError::Sink {
                         path: header.path.clone(),
                         source,
                     })?;
             }
-            left -= want as u64;
+            self.inner.consume(take);
+            self.position += take as u64;
+            left -= take as u64;
         }
         self.skip_padding(header)?;
         Ok(hex(&hasher.finalize()))

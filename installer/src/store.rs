@@ -561,7 +561,9 @@ impl Sink for Loader<'_> {
         let file = fs::File::create(&partial)?;
         self.open = Some((partial.clone(), target));
         Ok(Some(Box::new(BlobWriter {
-            writer: Some(BufWriter::with_capacity(1 << 20, file)),
+            // Entry bodies arrive in chunks of up to 1 MiB, which go straight
+            // through; only small pieces are gathered.
+            writer: Some(BufWriter::with_capacity(64 << 10, file)),
             start_writeback: !self.options.no_sync,
         })))
     }
