@@ -15,6 +15,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("docker-registry", "docker-registry"),
     ("htpasswd", "apache2-utils"),
+    ("containerd", "containerd"),
 ];
 
 pub fn workspace_root() -> PathBuf {
