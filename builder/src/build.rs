@@ -174,6 +174,14 @@ pub struct CheckedAsset {
     pub sha512: String,
 }
 
+/// The digest in an upstream `checksum_<asset>.txt`: the bare lowercase
+/// SHA-512 hex KubeEdge writes (a `sha512sum`-style trailing name is
+/// tolerated), or `None` if the file holds no such digest.
+pub fn parse_checksum_file(text: &str) -> Option<String> {
+    let expected = text.split_whitespace().next()?.to_ascii_lowercase();
+    (expected.len() == 128 && expected.bytes().all(|b| b.is_ascii_hexdigit())).then_some(expected)
+}
+
 /// Streams `path` once through sha512 and sha256 and compares the sha512
 /// with the bare hex in the upstream checksum file.
 pub fn check_release_asset(path: &Path, checksum_path: &Path) -> Result<CheckedAsset> {
@@ -184,17 +192,12 @@ pub fn check_release_asset(path: &Path, checksum_path: &Path) -> Result<CheckedA
             path.display()
         )
     })?;
-    let expected = text
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if expected.len() != 128 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let Some(expected) = parse_checksum_file(&text) else {
         bail!(
             "checksum file {} does not hold a SHA-512 hex digest: fetch it again from the KubeEdge release",
             checksum_path.display()
         );
-    }
+    };
     let mut file =
         std::fs::File::open(path).with_context(|| format!("opening {}", path.display()))?;
     let mut sha512 = Sha512::new();

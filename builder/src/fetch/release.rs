@@ -63,16 +63,11 @@ fn checksum(
         Err(e) => bail!("fetching the checksum file {}: {e}", file.checksum),
     };
     let text = String::from_utf8_lossy(&bytes);
-    let expected = text
-        .split_whitespace()
-        .next()
-        .unwrap_or("")
-        .to_ascii_lowercase();
-    if expected.len() != 128 || !expected.bytes().all(|b| b.is_ascii_hexdigit()) {
+    let Some(expected) = crate::build::parse_checksum_file(&text) else {
         bail!(
             "{url} does not hold a SHA-512 hex digest: check --release-base-url (it must serve the KubeEdge release files)"
         );
-    }
+    };
     Ok(Some((bytes, expected)))
 }
 
