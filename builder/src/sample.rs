@@ -7,6 +7,7 @@
 //! labels and its annotations, so a sample bundle can never pass for a real
 //! one. Output is byte-for-byte reproducible for a given spec and build host.
 
+use edgeferry_bundle::hashing::sha256_hex;
 use std::collections::BTreeMap;
 use std::fs;
 use std::io::Write;
@@ -16,7 +17,7 @@ use anyhow::{bail, Context, Result};
 use edgeferry_bundle::format::{rfc3339_utc, Arch};
 use flate2::{Compression, GzBuilder};
 use serde::Serialize;
-use sha2::{Digest, Sha256, Sha512};
+use sha2::{Digest, Sha512};
 
 /// Fixed timestamp for every tar entry and image config, so that builds on
 /// different days produce the same bytes.
@@ -700,10 +701,6 @@ fn gzip(data: &[u8]) -> Result<Vec<u8>> {
         .write(Vec::new(), Compression::new(GZIP_LEVEL));
     encoder.write_all(data)?;
     Ok(encoder.finish()?)
-}
-
-fn sha256_hex(data: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(data))
 }
 
 fn write_file(path: &Path, data: &[u8]) -> Result<()> {

@@ -129,14 +129,6 @@ pub fn list_files(dir: &Path) -> Vec<String> {
     out
 }
 
-pub fn sha256_hex(data: &[u8]) -> String {
-    use sha2::Digest;
-    sha2::Sha256::digest(data)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
-}
-
 /// Every file, directory and link below `dir` with a digest of its
 /// content: two equal snapshots mean a byte-identical tree.
 pub fn snapshot(dir: &Path) -> std::collections::BTreeMap<String, String> {
@@ -463,3 +455,5 @@ pub fn printed_hosts_files(banner: &str) -> Vec<(String, String)> {
     files
 }
 pub mod fetch_fixtures;
+
+pub use edgeferry_bundle::hashing::sha256_hex;

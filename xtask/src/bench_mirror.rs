@@ -21,6 +21,7 @@
 //! Missed targets are reported, not fatal. Every server is stopped by pid
 //! when this returns, on error too.
 
+use edgeferry_bundle::hashing::sha256_hex;
 use std::fmt::Write as _;
 use std::fs;
 use std::io::{self, Read, Write};
@@ -34,7 +35,6 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context, Result};
 use flate2::write::GzEncoder;
 use flate2::Compression;
-use sha2::{Digest, Sha256};
 
 use crate::bench::{ensure_keys, load_average, machine_facts, release_binary, shell_line};
 use crate::bench_input::KUBEEDGE_VERSION;
@@ -1218,13 +1218,6 @@ fn percentile(sorted: &[f64], q: f64) -> f64 {
     }
     let rank = (q * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    Sha256::digest(bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect()
 }
 
 /// `pid` and its direct children (nginx's workers).

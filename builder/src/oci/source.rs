@@ -3,6 +3,7 @@
 //! and verified only when an image is resolved, so a directory full of
 //! images costs one pass over each tar header and nothing more.
 
+use edgeferry_bundle::hashing::sha256_hex;
 use std::collections::{BTreeMap, HashMap};
 use std::fs;
 use std::io::{self, Read};
@@ -267,10 +268,6 @@ fn source_error(path: &Path, detail: impl Into<String>) -> ImageError {
         reference: format!("source {}", path.display()),
         detail: detail.into(),
     }
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    format!("{:x}", Sha256::digest(bytes))
 }
 
 /// `os/arch[/variant]`, as `docker` and `skopeo` print platforms.
