@@ -191,7 +191,6 @@ impl<'a> Loader<'a> {
                 parent.display()
             )
         })?;
-        let _ = lock.held_on();
         let state = State::read(&store)?;
         let loader = Loader {
             store,
