@@ -36,6 +36,8 @@ pub struct Snapshot {
     /// requests a pull waits on, so they never queue behind blob reads.
     pub manifest_bytes: std::collections::BTreeMap<String, bytes::Bytes>,
     index_json: String,
+    /// `SHA256SUMS` and its digest (the ETag), read once per snapshot.
+    sums: (bytes::Bytes, String),
     stamp: Option<(u64, i64, u64)>,
 }
 
@@ -71,6 +73,11 @@ impl Snapshot {
             repos: registry::Repos::from_state(&state),
             state,
             index_json: serde_json::to_string_pretty(&index)?,
+            sums: {
+                let bytes = std::fs::read(store.join("SHA256SUMS")).unwrap_or_default();
+                let digest = format!("sha256:{}", edgeferry_bundle::hashing::sha256_hex(&bytes));
+                (bytes::Bytes::from(bytes), digest)
+            },
             stamp,
         })
     }
@@ -426,10 +433,17 @@ async fn route(
         "/healthz" => text(method, "ok\n", "text/plain"),
         "/index.json" => text(method, &snapshot.index_json, "application/json"),
         "/SHA256SUMS" => {
-            let file = snapshot.store.join("SHA256SUMS");
-            let bytes = std::fs::read(&file).unwrap_or_default();
-            let digest = format!("sha256:{}", edgeferry_bundle::hashing::sha256_hex(&bytes));
-            serve_file(method, headers, &file, &digest, "text/plain").await
+            let (bytes, digest) = &snapshot.sums;
+            let stored = body::Stored {
+                source: body::Source::Memory(bytes),
+                digest,
+                content_type: "text/plain",
+                registry: false,
+                immutable: false,
+            };
+            body::serve(method, headers, stored)
+                .await
+                .unwrap_or_else(not_found)
         }
         "/files/" | "/files" => {
             let listing: String = snapshot
