@@ -1070,11 +1070,7 @@ impl<'a> Registry<'a> {
         Ok(Blob {
             digest: desc.digest.clone(),
             size: desc.size,
-            media_type: desc
-                .media_type
-                .clone()
-                .filter(|m| !m.is_empty())
-                .unwrap_or_else(|| default_type.to_string()),
+            media_type: desc.media_type_or(default_type),
             source: BlobSource::File(dest),
         })
     }

@@ -143,6 +143,14 @@ pub(crate) struct Descriptor {
 }
 
 impl Descriptor {
+    /// The descriptor's media type, or `default` when it names none.
+    pub(crate) fn media_type_or(&self, default: &str) -> String {
+        self.media_type
+            .clone()
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| default.to_string())
+    }
+
     fn annotation(&self, key: &str) -> Option<&str> {
         self.annotations.as_ref()?.get(key).map(String::as_str)
     }
@@ -565,11 +573,7 @@ impl Reader<'_> {
         Ok(Blob {
             digest: desc.digest.clone(),
             size: desc.size,
-            media_type: desc
-                .media_type
-                .clone()
-                .filter(|m| !m.is_empty())
-                .unwrap_or_else(|| default_media_type.to_string()),
+            media_type: desc.media_type_or(default_media_type),
             source: located.source,
         })
     }
@@ -664,11 +668,7 @@ impl Reader<'_> {
         let config = Blob {
             digest: config_desc.digest.clone(),
             size: config_desc.size,
-            media_type: config_desc
-                .media_type
-                .clone()
-                .filter(|m| !m.is_empty())
-                .unwrap_or_else(|| default_config_type.to_string()),
+            media_type: config_desc.media_type_or(default_config_type),
             source: located.source,
         };
         let default_layer_type = if manifest.media_type == MEDIA_DOCKER_MANIFEST {
