@@ -251,8 +251,7 @@ struct ServerState {
 pub struct ReleaseServer {
     pub addr: String,
     state: Arc<ServerState>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _acceptor: Acceptor,
 }
 
 impl ReleaseServer {
@@ -264,26 +263,10 @@ impl ReleaseServer {
             log: Mutex::new(Vec::new()),
             cut: Mutex::new(None),
         });
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let state = Arc::clone(&state);
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let state = Arc::clone(&state);
-                    std::thread::spawn(move || serve_one(stream, &state));
-                }
-            })
-        };
         ReleaseServer {
+            _acceptor: Acceptor::start(listener, Arc::clone(&state), serve_one),
             addr,
             state,
-            stop,
-            thread: Some(thread),
         }
     }
 
@@ -307,16 +290,6 @@ impl ReleaseServer {
             .into_iter()
             .filter(|r| r.path == path)
             .collect()
-    }
-}
-
-impl Drop for ReleaseServer {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(&self.addr);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -425,8 +398,7 @@ fn serve_one(mut stream: TcpStream, state: &ServerState) {
 pub struct ConnectProxy {
     pub addr: String,
     targets: Arc<Mutex<Vec<String>>>,
-    stop: Arc<AtomicBool>,
-    thread: Option<std::thread::JoinHandle<()>>,
+    _acceptor: Acceptor,
 }
 
 impl ConnectProxy {
@@ -434,26 +406,10 @@ impl ConnectProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let targets = Arc::new(Mutex::new(Vec::new()));
-        let stop = Arc::new(AtomicBool::new(false));
-        let thread = {
-            let targets = Arc::clone(&targets);
-            let stop = Arc::clone(&stop);
-            std::thread::spawn(move || {
-                for stream in listener.incoming() {
-                    if stop.load(Ordering::SeqCst) {
-                        break;
-                    }
-                    let Ok(stream) = stream else { continue };
-                    let targets = Arc::clone(&targets);
-                    std::thread::spawn(move || tunnel(stream, &targets));
-                }
-            })
-        };
         ConnectProxy {
+            _acceptor: Acceptor::start(listener, Arc::clone(&targets), tunnel),
             addr,
             targets,
-            stop,
-            thread: Some(thread),
         }
     }
 
@@ -464,16 +420,6 @@ impl ConnectProxy {
     /// Every `host:port` a client asked to be connected to.
     pub fn targets(&self) -> Vec<String> {
         self.targets.lock().unwrap().clone()
-    }
-}
-
-impl Drop for ConnectProxy {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::SeqCst);
-        let _ = TcpStream::connect(&self.addr);
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
-        }
     }
 }
 
@@ -660,4 +606,51 @@ pub fn drop_platform(layout: &Path, arch: &str) {
         .retain(|m| m["platform"]["architecture"] != arch);
     let (digest, size) = put_blob(layout, &serde_json::to_vec(&index).unwrap());
     write_layout_index(layout, &reference, &digest, size);
+}
+
+/// A loopback accept loop, one thread per connection, stopped and joined on drop.
+struct Acceptor {
+    addr: String,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Acceptor {
+    fn start<S: Send + Sync + 'static>(
+        listener: TcpListener,
+        state: Arc<S>,
+        handle: fn(TcpStream, &S),
+    ) -> Acceptor {
+        let addr = listener.local_addr().unwrap().to_string();
+        let stop = Arc::new(AtomicBool::new(false));
+        let thread = {
+            let stop = Arc::clone(&stop);
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    if stop.load(Ordering::SeqCst) {
+                        break;
+                    }
+                    let Ok(stream) = stream else { continue };
+                    let state = Arc::clone(&state);
+                    std::thread::spawn(move || handle(stream, &state));
+                }
+            })
+        };
+        Acceptor {
+            addr,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Acceptor {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        // Wake the blocking accept so the loop sees the flag.
+        let _ = TcpStream::connect(&self.addr);
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
