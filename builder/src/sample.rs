@@ -15,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use edgeferry_bundle::format::{rfc3339_utc, Arch};
+use edgeferry_bundle::keadm::{self, Flag, FlagKind};
 use flate2::{Compression, GzBuilder};
 use serde::Serialize;
 use sha2::{Digest, Sha512};
@@ -39,8 +40,23 @@ const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
 const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
 
 /// Variable the stand-in scripts put in front of every host path they touch,
-/// so tests can run `keadm reset edge` against a temporary directory.
+/// so unit tests can run `keadm join` and `keadm reset edge` in a temporary
+/// directory.
 pub const SAMPLE_ROOT_ENV: &str = "EDGEFERRY_SAMPLE_ROOT";
+/// Variable with the seconds the stand-in `keadm join` waits for edgecore's
+/// TLS files; 300 when unset, as the real keadm.
+pub const STANDIN_WAIT_ENV: &str = "EDGEFERRY_STANDIN_WAIT";
+/// The stand-ins' own directory on a node: fault files and edgecore's pid.
+pub const STANDIN_STATE_DIR: &str = "/var/lib/keadm-standin";
+/// Fault file: `fail` makes the stand-in `keadm join` exit 1 after it has
+/// copied edgecore out of the image, `hang` makes it sleep there until
+/// killed.
+pub const STANDIN_FAULT_FILE: &str = "/var/lib/keadm-standin/fault";
+/// A whole number N of seconds the stand-in `keadm join` sleeps at the
+/// same point, to model how long a real join takes.
+pub const STANDIN_JOIN_SECONDS_FILE: &str = "/var/lib/keadm-standin/join-seconds";
+/// Where the stand-in edgecore writes its pid.
+pub const STANDIN_EDGECORE_PID_FILE: &str = "/var/lib/keadm-standin/edgecore.pid";
 
 /// What the sample set stands in for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -146,157 +162,6 @@ fn check_static_elf(bytes: &[u8]) -> std::result::Result<(), &'static str> {
         }
     }
     Ok(())
-}
-
-// ---------------------------------------------------------------------------
-// keadm flag tables
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum FlagKind {
-    /// pflag `string`
-    Str,
-    /// pflag `stringSlice` / `stringArray`; the stand-in joins values with commas.
-    List,
-    /// pflag `bool`: `--flag` or `--flag=<bool>`, never `--flag <bool>`.
-    Bool,
-}
-
-#[derive(Clone, Copy, Debug)]
-struct Flag {
-    long: &'static str,
-    short: Option<char>,
-    kind: FlagKind,
-    default: &'static str,
-    help: &'static str,
-}
-
-const fn flag(
-    long: &'static str,
-    short: Option<char>,
-    kind: FlagKind,
-    default: &'static str,
-    help: &'static str,
-) -> Flag {
-    Flag {
-        long,
-        short,
-        kind,
-        default,
-        help,
-    }
-}
-
-/// Linux `keadm join` from v1.21 (which dropped `--with-mqtt`) to v1.23:
-/// `AddJoinOtherFlags` registers the same flags in each (research §1.1, §1.2).
-const JOIN_FLAGS_V1_21_TO_V1_23: &[Flag] = &[
-    flag("kubeedge-version", None, FlagKind::Str, "", "Use this key to download and use the required KubeEdge version"),
-    flag("cgroupdriver", None, FlagKind::Str, "cgroupfs", "CGroupDriver that uses to manipulate cgroups on the host (cgroupfs or systemd), the default value is cgroupfs"),
-    flag("certPath", None, FlagKind::Str, "/etc/kubeedge/certs", "The certPath used by edgecore, the default value is /etc/kubeedge/certs"),
-    flag("cloudcore-ipport", Some('e'), FlagKind::Str, "", "IP:Port address of KubeEdge CloudCore"),
-    flag("edgenode-name", Some('i'), FlagKind::Str, "", "KubeEdge Node unique identification string, if flag not used then the command will generate a unique id on its own"),
-    flag("remote-runtime-endpoint", Some('p'), FlagKind::Str, "unix:///run/containerd/containerd.sock", "KubeEdge Edge Node RemoteRuntimeEndpoint string."),
-    flag("token", Some('t'), FlagKind::Str, "", "Used for edge to apply for the certificate"),
-    flag("certport", Some('s'), FlagKind::Str, "", "The port where to apply for the edge certificate"),
-    flag("tarballpath", None, FlagKind::Str, "", "Use this key to set the temp directory path for KubeEdge release assets, if not exist, download it"),
-    flag("labels", Some('l'), FlagKind::List, "", "Use this key to set the customized labels for node, you can input customized labels like key1=value1,key2=value2"),
-    flag("image-repository", None, FlagKind::Str, "", "Use this key to decide which image repository to pull images from"),
-    flag("hub-protocol", None, FlagKind::Str, "websocket", "Use this key to decide which communication protocol the edge node adopts."),
-    flag("set", None, FlagKind::List, "", "Set values on the command line (can specify multiple or separate values with commas: key1=val1,key2=val2)"),
-    flag("pre-run", None, FlagKind::Str, "", "Execute the prescript before joining the node. (for example: keadm join --pre-run=./test-script.sh ...)"),
-    flag("post-run", None, FlagKind::Str, "", "Execute the postscript after joining the node. (for example: keadm join --post-run=./test-script.sh ...)"),
-];
-
-/// `keadm reset edge`, the same from v1.20 on (research §2.5).
-const RESET_EDGE_FLAGS_V1_21_TO_V1_23: &[Flag] = &[
-    flag(
-        "force",
-        None,
-        FlagKind::Bool,
-        "false",
-        "Reset the node without prompting for confirmation",
-    ),
-    flag(
-        "remote-runtime-endpoint",
-        None,
-        FlagKind::Str,
-        "",
-        "Use this key to set container runtime endpoint",
-    ),
-    flag(
-        "pre-run",
-        None,
-        FlagKind::Str,
-        "",
-        "Execute the prescript before resetting the node.",
-    ),
-    flag(
-        "post-run",
-        None,
-        FlagKind::Str,
-        "",
-        "Execute the postscript after resetting the node.",
-    ),
-];
-
-/// Per KubeEdge minor version: the `keadm join` and `keadm reset edge` flags.
-const FLAG_TABLE: &[(u32, &[Flag], &[Flag])] = &[
-    (
-        21,
-        JOIN_FLAGS_V1_21_TO_V1_23,
-        RESET_EDGE_FLAGS_V1_21_TO_V1_23,
-    ),
-    (
-        22,
-        JOIN_FLAGS_V1_21_TO_V1_23,
-        RESET_EDGE_FLAGS_V1_21_TO_V1_23,
-    ),
-    (
-        23,
-        JOIN_FLAGS_V1_21_TO_V1_23,
-        RESET_EDGE_FLAGS_V1_21_TO_V1_23,
-    ),
-];
-
-/// Real keadm requires only `--cloudcore-ipport`; the stand-in also requires
-/// `--kubeedge-version` because without it keadm goes to the internet.
-/// Sorted, as cobra reports missing flags in name order.
-const JOIN_REQUIRED: &[&str] = &["cloudcore-ipport", "kubeedge-version"];
-
-/// The minor version of `vMAJOR.MINOR.PATCH[suffix]`, checking that the
-/// whole string is safe to embed in scripts and file names.
-fn kubeedge_minor(version: &str) -> Result<u32> {
-    let malformed = || {
-        anyhow::anyhow!(
-            "kubeedge version {version:?} is not of the form vMAJOR.MINOR.PATCH: pass e.g. v1.23.1"
-        )
-    };
-    let rest = version.strip_prefix('v').ok_or_else(malformed)?;
-    let mut parts = rest.splitn(3, '.');
-    let major = parts.next().and_then(|p| p.parse::<u32>().ok());
-    let minor = parts.next().and_then(|p| p.parse::<u32>().ok());
-    let patch = parts.next().unwrap_or("");
-    let patch_ok = patch.starts_with(|c: char| c.is_ascii_digit())
-        && patch
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '+'));
-    match (major, minor) {
-        (Some(1), Some(minor)) if patch_ok => Ok(minor),
-        (Some(_), Some(_)) if patch_ok => {
-            bail!("kubeedge version {version} is not a 1.x release: the sample set knows KubeEdge v1.21 to v1.23")
-        }
-        _ => Err(malformed()),
-    }
-}
-
-fn flags_for(version: &str) -> Result<(&'static [Flag], &'static [Flag])> {
-    let minor = kubeedge_minor(version)?;
-    FLAG_TABLE
-        .iter()
-        .find(|(m, _, _)| *m == minor)
-        .map(|(_, join, reset)| (*join, *reset))
-        .with_context(|| {
-            format!("the sample keadm knows the flags of KubeEdge v1.21 to v1.23 only, not {version}: pick one of those")
-        })
 }
 
 // ---------------------------------------------------------------------------
@@ -408,12 +273,15 @@ fn usage_lines(flags: &[Flag]) -> String {
         .collect()
 }
 
-/// The stand-in `keadm`: validates command lines exactly as the real keadm
-/// of `version` would, and only reports what it would do.
+/// The stand-in `keadm`: checks command lines exactly as the real keadm of
+/// `version` would and, on a test host, joins and resets the node the way
+/// the real one does (research §2.1, §2.5), pulling the
+/// installation-package image over HTTP from the site mirror instead of
+/// through containerd. The header of [`KEADM_SH`] lists the differences.
 fn keadm_script(version: &str) -> Result<String> {
-    let (join, reset) = flags_for(version)?;
+    let flags = keadm::flags_for(version)?;
     let mut required = String::new();
-    for name in JOIN_REQUIRED {
+    for name in keadm::JOIN_REQUIRED {
         let v = sh_var(name);
         required.push_str(&format!(
             "\t[ -n \"$seen_{v}\" ] || missing=\"${{missing:+$missing, }}\\\"{name}\\\"\"\n"
@@ -423,52 +291,122 @@ fn keadm_script(version: &str) -> Result<String> {
         "keadm {version} (edgeferry SAMPLE stand-in, not KubeEdge)\n\n\
          Usage:\n  keadm version\n  keadm join --cloudcore-ipport=HOST:PORT --kubeedge-version=VERSION [flags]\n  keadm reset edge [--force] [flags]\n\n\
          Join flags:\n{}\nReset edge flags:\n{}",
-        usage_lines(join),
-        usage_lines(reset)
+        usage_lines(flags.join),
+        usage_lines(flags.reset_edge)
     );
-    Ok(format!(
-        r#"#!/bin/sh
-# edgeferry SAMPLE stand-in for keadm {version} — not KubeEdge
+    // The version is checked by flags_for and the rest is ours, so no
+    // replacement can bring in another placeholder.
+    Ok(KEADM_SH
+        .replace("@VERSION@", version)
+        .replace("@ROOT_ENV@", SAMPLE_ROOT_ENV)
+        .replace("@WAIT_ENV@", STANDIN_WAIT_ENV)
+        .replace("@STATE_DIR@", STANDIN_STATE_DIR)
+        .replace("@JOIN_PARSER@", &sh_parser("join", flags.join))
+        .replace("@RESET_PARSER@", &sh_parser("reset_edge", flags.reset_edge))
+        .replace("@REQUIRED@", &required)
+        .replace("@USAGE@", &usage))
+}
+
+/// The stand-in keadm, with `@NAME@` placeholders that [`keadm_script`]
+/// fills in. POSIX sh plus coreutils, sed, grep, tar, gzip and curl (or
+/// wget), so that it runs under dash and busybox alike.
+const KEADM_SH: &str = r##"#!/bin/sh
+# edgeferry SAMPLE stand-in for keadm @VERSION@ — not KubeEdge
 #
 # Written by edgeferry for tests and demos, where no KubeEdge release can be
 # downloaded. It checks command lines against the flags of the real keadm
-# {version} and reports what a join would do; it changes nothing except that
-# `keadm reset edge` empties /etc/kubeedge. ${SAMPLE_ROOT_ENV}, if set, is
-# put in front of every host path.
+# @VERSION@, and on a test host `keadm join` and `keadm reset edge` do what
+# the real ones do, with the same step lines and messages, except that:
+#   - the installation-package image is fetched the way containerd would
+#     fetch it through the mirror that /etc/containerd/certs.d/<registry>/
+#     hosts.toml names, over HTTP with curl (or wget), and only
+#     /usr/local/bin/edgecore is taken out of it: there is no CRI, no
+#     sandbox and no copy container;
+#   - the node-name check only connects to cloudcore's certificate port;
+#   - without /run/systemd/system no unit file is written and edgecore is
+#     started in the background;
+#   - the edgecore it starts is the stand-in from the same sample set.
+# `keadm reset edge` stops edgecore and removes /etc/kubeedge/,
+# /var/log/kubeedge/, /var/lib/kubeedge/ and /var/lib/edged (a mount point
+# is emptied instead), but not /usr/local/bin/edgecore, as the real one.
+#
+# Environment:
+#   @ROOT_ENV@   put in front of every host path, so that unit tests
+#                can run this in a temporary directory; edgecore is then
+#                found through its pid file (@STATE_DIR@/edgecore.pid)
+#                instead of pidof
+#   @WAIT_ENV@   seconds join waits for edgecore's TLS files (default 300,
+#                as the real keadm's wait.Poll(10s, 300s))
+#
+# Fault injection: a test harness writes these files on a host.
+#   @STATE_DIR@/fault          "fail": join exits 1 right after copying
+#                              edgecore out of the image; "hang": join
+#                              sleeps there until it is killed
+#   @STATE_DIR@/join-seconds   a whole number N: join sleeps N seconds at
+#                              that point (models how long a real join
+#                              takes)
 set -u
 
-KEADM_VERSION='{version}'
-ROOT=${{{SAMPLE_ROOT_ENV}:-}}
+KEADM_VERSION='@VERSION@'
+ROOT=${@ROOT_ENV@:-}
+STANDIN="keadm $KEADM_VERSION (edgeferry SAMPLE stand-in, not KubeEdge)"
+STATE=$ROOT@STATE_DIR@
+ACCEPT='application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json'
+tmp=
+bootstrap=
+sleeper=
 
 # Errors look like cobra's, which real keadm prints through.
-fail() {{
+fail() {
 	printf 'Error: %s\n' "$1" >&2
 	exit 1
-}}
+}
+
+note() {
+	printf '%s: %s\n' "$STANDIN" "$*"
+}
+
+# Progress lines, numbered like the real keadm's common.Step.
+n=0
+step() {
+	n=$((n + 1))
+	printf '%s. %s\n' "$n" "$*"
+}
+
+cleanup() {
+	[ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null
+	[ -z "$tmp" ] || rm -rf "$tmp"
+	# Real keadm removes the bootstrap file when join returns (a defer).
+	[ -z "$bootstrap" ] || rm -f "$bootstrap"
+}
+trap cleanup EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
 
 # strconv.ParseBool, as pflag uses it.
-parse_bool() {{
+parse_bool() {
 	case $1 in
 	1 | t | T | TRUE | true | True) echo true ;;
 	0 | f | F | FALSE | false | False) echo false ;;
 	*) fail "invalid argument \"$1\" for \"$2\" flag: strconv.ParseBool: parsing \"$1\": invalid syntax" ;;
 	esac
-}}
+}
 
-usage() {{
+usage() {
 	cat <<'USAGE'
-{usage}USAGE
-}}
+@USAGE@USAGE
+}
 
-{join_parser}
-join_check_required() {{
+@JOIN_PARSER@
+join_check_required() {
 	missing=
-{required}	[ -z "$missing" ] || fail "required flag(s) $missing not set"
-}}
+@REQUIRED@	[ -z "$missing" ] || fail "required flag(s) $missing not set"
+}
 
 # Real keadm validates these values too, only later; checking them first
 # lets a dry run catch them.
-join_check_values() {{
+join_check_values() {
 	case $opt_kubeedge_version in
 	v[0-9]*.[0-9]*.[0-9]* | [0-9]*.[0-9]*.[0-9]*) ;;
 	*) fail "--kubeedge-version \"$opt_kubeedge_version\" is not a version: offline, keadm would fail to fetch https://kubeedge.io/latestversion" ;;
@@ -482,10 +420,10 @@ join_check_values() {{
 	\[*\]:*) ;;
 	*:*:*) fail "address $opt_cloudcore_ipport: too many colons in address" ;;
 	esac
-	case ${{opt_cloudcore_ipport##*:}} in
+	case ${opt_cloudcore_ipport##*:} in
 	'' | *[!0-9]*) fail "address $opt_cloudcore_ipport: expected HOST:PORT for --cloudcore-ipport" ;;
 	esac
-	[ -n "${{opt_cloudcore_ipport%:*}}" ] || fail "address $opt_cloudcore_ipport: expected HOST:PORT for --cloudcore-ipport"
+	[ -n "${opt_cloudcore_ipport%:*}" ] || fail "address $opt_cloudcore_ipport: expected HOST:PORT for --cloudcore-ipport"
 	case $opt_hub_protocol in
 	websocket | quic) ;;
 	*) fail "unsupported hub of protocol: $opt_hub_protocol" ;;
@@ -494,38 +432,472 @@ join_check_values() {{
 	cgroupfs | systemd) ;;
 	*) fail "unsupported cgroupdriver $opt_cgroupdriver: use cgroupfs or systemd" ;;
 	esac
-}}
+}
 
-# The place to add real join behaviour for test hosts.
-do_join() {{
+# --pre-run and --post-run: real keadm runs `bash <script>`.
+run_script() {
+	step "Executing $1-run script: $2"
+	/bin/bash "$2"
+}
+
+# The PIDs of running edgecore processes; fails when there are none. Real
+# keadm runs `pidof edgecore`. With @ROOT_ENV@ set (unit tests) the PID
+# namespace is shared with the whole machine, so the stand-in edgecore's
+# pid file under $ROOT takes the place of pidof.
+edgecore_pids() {
+	if [ -z "$ROOT" ]; then
+		pidof edgecore
+		return
+	fi
+	[ -f "$STATE/edgecore.pid" ] || return 1
+	pid=$(cat "$STATE/edgecore.pid") || return 1
+	case $pid in '' | *[!0-9]*) return 1 ;; esac
+	[ "$(cat "/proc/$pid/comm" 2>/dev/null)" = edgecore ] || return 1
+	# Like pidof, skip a zombie nobody has reaped yet.
+	case $(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) in Z*) return 1 ;; esac
+	echo "$pid"
+}
+
+# Kills edgecore, waiting up to 10 s for it to go before SIGKILL.
+stop_edgecore() {
+	pids=$(edgecore_pids 2>/dev/null) || return 0
+	# shellcheck disable=SC2086
+	kill $pids 2>/dev/null
+	waited=0
+	while [ "$waited" -lt 10 ] && edgecore_pids >/dev/null 2>&1; do
+		sleep 1
+		waited=$((waited + 1))
+	done
+	# shellcheck disable=SC2086
+	if pids=$(edgecore_pids 2>/dev/null); then kill -9 $pids 2>/dev/null; fi
+	return 0
+}
+
+# reachable HOST:PORT: real keadm GETs https://<host>:<certport>/node/<name>
+# and goes on only when cloudcore answers 404. Test sites have no
+# cloudcore, only a stand-in listener on the certificate port that accepts
+# connections and closes them, so the stand-in only checks that a TCP
+# connection to that port succeeds. On failure it says why, in the words
+# of Go's net package.
+reachable() {
+	if command -v curl >/dev/null 2>&1; then
+		# Plain http://: curl forgets time_connect when a TLS handshake fails.
+		connect=$(curl -s -g --noproxy '*' -o /dev/null --connect-timeout 5 -m 5 -w '%{time_connect}' "http://$1/" 2>/dev/null)
+		rc=$?
+		# time_connect stays zero unless the TCP connection was made.
+		case $connect in *[1-9]*) return 0 ;; esac
+		case $rc in
+		6) echo "lookup: no such host" ;;
+		7) echo "connect: connection refused" ;;
+		28) echo "i/o timeout" ;;
+		*) echo "connect failed (curl exit code $rc)" ;;
+		esac
+		return 1
+	fi
+	if command -v wget >/dev/null 2>&1; then
+		out=$(timeout 10 env -u http_proxy -u HTTP_PROXY wget -O /dev/null "http://$1/" 2>&1)
+		case $out in
+		*[Rr]efused*) echo "connect: connection refused" ;;
+		*"timed out"* | *[Tt]imeout* | *unreachable*) echo "i/o timeout" ;;
+		*resolve* | *"bad address"*) echo "lookup: no such host" ;;
+		*) return 0 ;;
+		esac
+		return 1
+	fi
+	note "neither curl nor wget is installed: the node-name check is skipped" >&2
+}
+
+# http_get URL FILE ACCEPT: GETs URL into FILE; on failure says why.
+# Proxies are bypassed, since containerd reaches the site mirror directly.
+http_get() {
+	if command -v curl >/dev/null 2>&1; then
+		code=$(curl -sS -g --noproxy '*' --connect-timeout 10 -y 60 -Y 1 -H "Accept: $3" -o "$2" -w '%{http_code}' "$1" 2>"$tmp/http.err") || {
+			echo "GET $1: $(tr '\n' ' ' <"$tmp/http.err")"
+			return 1
+		}
+		[ "$code" = 200 ] || {
+			echo "GET $1: HTTP $code $(head -c 300 "$2" 2>/dev/null | tr '\n' ' ')"
+			return 1
+		}
+	elif command -v wget >/dev/null 2>&1; then
+		env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY wget -q -O "$2" --header "Accept: $3" "$1" 2>"$tmp/http.err" || {
+			echo "GET $1: wget failed $(tr '\n' ' ' <"$tmp/http.err")"
+			return 1
+		}
+	else
+		echo "GET $1: neither curl nor wget is installed"
+		return 1
+	fi
+}
+
+# containerd checks every blob, and every manifest it fetches by digest.
+valid_digest() {
+	case $1 in sha256:*) ;; *) return 1 ;; esac
+	hex=${1#sha256:}
+	[ ${#hex} -eq 64 ] || return 1
+	case $hex in *[!0-9a-f]*) return 1 ;; esac
+}
+
+digest_matches() {
+	[ "sha256:$(sha256sum "$1" | cut -d ' ' -f 1)" = "$2" ]
+}
+
+# The JSON on stdin as one line without whitespace, annotations or the
+# braces of platform objects, so that each descriptor is one flat {...}.
+# Enough for the compact indexes and manifests the sample builder writes,
+# which have no braces inside strings; key order does not matter.
+json_flat() {
+	tr -d ' \t\r\n' | sed -e 's/"annotations":{[^{}]*}//g' -e 's/"platform":{\([^{}]*\)}/"platform":(\1)/g'
+}
+
+# json_field NAME: the string value of "NAME" on each line of stdin.
+json_field() {
+	sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p"
+}
+
+# The mirror a hosts.toml sends pulls to: its first [host."..."], else its
+# server when that is plain HTTP.
+mirror_of() {
+	url=$(sed -n 's/^[[:space:]]*\[host\."\([^"]*\)"\].*$/\1/p' "$1" | head -n 1)
+	[ -n "$url" ] || url=$(sed -n 's/^[[:space:]]*server[[:space:]]*=[[:space:]]*"\(http:\/\/[^"]*\)".*$/\1/p' "$1" | head -n 1)
+	echo "${url%/}"
+}
+
+# Fetches $repo:$tag from $registry as containerd with config_path
+# /etc/containerd/certs.d would: through the mirror in the registry's (or
+# _default's) hosts.toml, the tag's index, this node's manifest, then every
+# layer into $tmp/layer1..$layer_count, each checked against its digest.
+pull_image() {
+	case $(uname -m) in
+	x86_64 | amd64) arch=amd64 variant= ;;
+	aarch64 | arm64) arch=arm64 variant= ;;
+	armv7* | armv6* | armv8l) arch=arm variant=v7 ;;
+	*) fail "failed to pull image \"$image\": $STANDIN knows no OCI platform for machine $(uname -m)" ;;
+	esac
+	certs=$ROOT/etc/containerd/certs.d
+	mirror=
+	for dir in "$registry" _default; do
+		[ -f "$certs/$dir/hosts.toml" ] || continue
+		mirror=$(mirror_of "$certs/$dir/hosts.toml")
+		[ -z "$mirror" ] || break
+	done
+	if [ -z "$mirror" ]; then
+		upstream=$registry
+		[ "$registry" != docker.io ] || upstream=registry-1.docker.io
+		fail "failed to pull image \"$image\": no mirror for $registry in /etc/containerd/certs.d/$registry/hosts.toml, so containerd would go to https://$upstream, which an isolated site cannot reach (real keadm fails there, or after 20 s with DeadlineExceeded when the sandbox image is missing too)"
+	fi
+	# containerd asks a mirror for another registry's images with ?ns=.
+	authority=${mirror#*://}
+	authority=${authority%%/*}
+	query="?ns=$registry"
+	[ "$authority" != "$registry" ] || query=
+	base=$mirror/v2/$repo
+	note "pulling $image from $mirror (certs.d/$dir/hosts.toml) for linux/$arch${variant:+/$variant}"
+
+	why=$(http_get "$base/manifests/$tag$query" "$tmp/top.json" "$ACCEPT") || fail "failed to pull image \"$image\": $why"
+	manifest=$(json_flat <"$tmp/top.json")
+	case $manifest in
+	*'"manifests":['*)
+		candidates=$(printf '%s\n' "$manifest" | tr '{}' '\n\n' | grep '"digest":' | grep "\"architecture\":\"$arch\"" | grep '"os":"linux"')
+		if [ -n "$variant" ]; then
+			pick=$(printf '%s\n' "$candidates" | grep "\"variant\":\"$variant\"" | head -n 1)
+			[ -n "$pick" ] || pick=$(printf '%s\n' "$candidates" | grep -v '"variant":' | head -n 1)
+		else
+			pick=$(printf '%s\n' "$candidates" | head -n 1)
+		fi
+		digest=$(printf '%s\n' "$pick" | json_field digest)
+		[ -n "$digest" ] || fail "failed to pull image \"$image\": no match for platform in manifest: not found (linux/$arch${variant:+/$variant})"
+		valid_digest "$digest" || fail "failed to pull image \"$image\": invalid digest \"$digest\" in the index"
+		why=$(http_get "$base/manifests/$digest$query" "$tmp/manifest.json" "$ACCEPT") || fail "failed to pull image \"$image\": $why"
+		digest_matches "$tmp/manifest.json" "$digest" || fail "failed to pull image \"$image\": manifest $digest: digest mismatch: the mirror sent other bytes"
+		manifest=$(json_flat <"$tmp/manifest.json")
+		;;
+	esac
+	case $manifest in
+	*'"layers":['*) ;;
+	*) fail "failed to pull image \"$image\": $base/manifests/$tag is neither an image index nor an image manifest" ;;
+	esac
+	layer_digests=$(printf '%s\n' "$manifest" | sed -n 's/.*"layers":\[\([^]]*\)\].*/\1/p' | tr '{},' '\n\n\n' | json_field digest)
+	[ -n "$layer_digests" ] || fail "failed to pull image \"$image\": its manifest lists no layers"
+	layer_count=0
+	for digest in $layer_digests; do
+		valid_digest "$digest" || fail "failed to pull image \"$image\": invalid layer digest \"$digest\""
+		layer_count=$((layer_count + 1))
+		why=$(http_get "$base/blobs/$digest$query" "$tmp/layer$layer_count" '*/*') || fail "failed to pull image \"$image\": $why"
+		digest_matches "$tmp/layer$layer_count" "$digest" || fail "failed to pull image \"$image\": layer $digest: digest mismatch: the mirror sent other bytes"
+	done
+}
+
+# Takes /usr/local/bin/edgecore out of the pulled layers (the last layer
+# that has it wins, as in the unpacked image) and installs it atomically.
+copy_edgecore() {
+	mkdir "$tmp/rootfs" || fail "cannot create $tmp/rootfs"
+	i=1
+	while [ "$i" -le "$layer_count" ]; do
+		layer=$tmp/layer$i
+		if [ "$(head -c 2 "$layer" | od -An -tx1 | tr -d ' \n')" = 1f8b ]; then
+			gzip -dc <"$layer" | tar -xf - -C "$tmp/rootfs" usr/local/bin/edgecore 2>/dev/null
+		else
+			tar -xf "$layer" -C "$tmp/rootfs" usr/local/bin/edgecore 2>/dev/null
+		fi
+		i=$((i + 1))
+	done
+	[ -f "$tmp/rootfs/usr/local/bin/edgecore" ] || fail "failed to copy resources: image \"$image\" has no /usr/local/bin/edgecore"
+	bin=$ROOT/usr/local/bin
+	part=$bin/.edgecore.keadm-standin.$$
+	mkdir -p "$bin" && cp "$tmp/rootfs/usr/local/bin/edgecore" "$part" && chmod 755 "$part" && mv -f "$part" "$bin/edgecore" || {
+		rm -f "$part"
+		fail "failed to copy edgecore to /usr/local/bin/edgecore"
+	}
+}
+
+# The files a test harness writes to make this join fail, hang or take long.
+standin_faults() {
+	if [ -f "$STATE/fault" ]; then
+		case $(tr -d ' \t\r\n' <"$STATE/fault") in
+		fail)
+			echo "keadm (edgeferry SAMPLE stand-in): failing on purpose (fault file)" >&2
+			exit 1
+			;;
+		hang)
+			echo "keadm (edgeferry SAMPLE stand-in): hanging on purpose (fault file)" >&2
+			cleanup
+			exec sleep 2147483647
+			;;
+		'') ;;
+		*) note "ignoring $STATE/fault: it says neither fail nor hang" ;;
+		esac
+	fi
+	if [ -f "$STATE/join-seconds" ]; then
+		seconds=$(tr -d ' \t\r\n' <"$STATE/join-seconds")
+		case $seconds in
+		'' | *[!0-9]*) note "ignoring $STATE/join-seconds: not a whole number of seconds" ;;
+		*)
+			note "taking $seconds more seconds (join-seconds file)"
+			# In the background, so that a signal ends the join at once.
+			sleep "$seconds" &
+			sleeper=$!
+			wait "$sleeper"
+			sleeper=
+			;;
+		esac
+	fi
+}
+
+# A YAML scalar for the string $1: plain where that reads back as the same
+# string, as Go's YAML marshalling writes it, else double-quoted.
+yaml_str() {
+	plain=1
+	case $1 in
+	'' | *[!A-Za-z0-9._/:=+@-]* | [!A-Za-z0-9_/]* | *: | 0[xXoO]*) plain= ;;
+	[Tt]rue | TRUE | [Ff]alse | FALSE | [Yy]es | YES | [Nn]o | NO) plain= ;;
+	[Oo]n | ON | [Oo]ff | OFF | [YyNn] | [Nn]ull | NULL) plain= ;;
+	esac
+	# Numbers, dates and the like: digits, dots and signs only.
+	case $1 in *[!0-9.+-]*) ;; *) plain= ;; esac
+	if [ -n "$plain" ]; then
+		printf '%s' "$1"
+	else
+		printf '"%s"' "$(printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g')"
+	fi
+}
+
+# The fields `keadm join` sets (research §1.1), not the full default
+# configuration of the real edgecore.
+write_edgecore_yaml() {
+	if [ "$opt_hub_protocol" = quic ]; then
+		websocket_enable=false websocket_server=$host:10000
+		quic_enable=true quic_server=$opt_cloudcore_ipport
+	else
+		websocket_enable=true websocket_server=$opt_cloudcore_ipport
+		quic_enable=false quic_server=$host:10001
+	fi
+	{
+		cat <<EOF
+# edgecore.yaml written by $STANDIN.
+# A stand-in: only the fields keadm join sets, not the real edgecore's full
+# default configuration.
+apiVersion: edgecore.config.kubeedge.io/v1alpha2
+kind: EdgeCore
+edgeCoreVersion: $(yaml_str "$version")
+modules:
+  edgeHub:
+    enable: true
+    httpServer: $(yaml_str "https://$host:$certport")
+    token: $(yaml_str "$opt_token")
+    tlsCaFile: /etc/kubeedge/ca/rootCA.crt
+    tlsCertFile: /etc/kubeedge/certs/server.crt
+    tlsPrivateKeyFile: /etc/kubeedge/certs/server.key
+    websocket:
+      enable: $websocket_enable
+      server: $(yaml_str "$websocket_server")
+    quic:
+      enable: $quic_enable
+      server: $(yaml_str "$quic_server")
+  edgeStream:
+    tunnelServer: $(yaml_str "$host:10004")
+  edged:
+    hostnameOverride: $(yaml_str "$node")
+    tailoredKubeletConfig:
+      cgroupDriver: $opt_cgroupdriver
+      containerRuntimeEndpoint: $(yaml_str "$opt_remote_runtime_endpoint")
+      imageServiceEndpoint: $(yaml_str "$opt_remote_runtime_endpoint")
+EOF
+		set -f
+		old_ifs=$IFS
+		IFS=,
+		if [ -n "$opt_labels" ]; then
+			echo "    nodeLabels:"
+			for label in $opt_labels; do
+				key=${label%%=*}
+				value=
+				case $label in *=*) value=${label#*=} ;; esac
+				[ -z "$key" ] || echo "      $(yaml_str "$key"): $(yaml_str "$value")"
+			done
+		fi
+		if [ -n "$opt_set" ]; then
+			echo "# --set values, which real keadm merges in with Helm strvals; the"
+			echo "# stand-in only lists them:"
+			for value in $opt_set; do
+				echo "#   $value"
+			done
+		fi
+		IFS=$old_ifs
+		set +f
+	} >"$1.tmp" && mv -f "$1.tmp" "$1"
+}
+
+# Waits for the three edgeHub TLS files that edgecore fetches from
+# cloudcore: real keadm's success criterion.
+wait_for_certs() {
+	waited=0
+	while :; do
+		[ -f "$ROOT/etc/kubeedge/ca/rootCA.crt" ] &&
+			[ -f "$ROOT/etc/kubeedge/certs/server.crt" ] &&
+			[ -f "$ROOT/etc/kubeedge/certs/server.key" ] && return 0
+		[ "$waited" -lt "$wait_limit" ] || return 1
+		sleep 1
+		waited=$((waited + 1))
+	done
+}
+
+do_join() {
 	version=$opt_kubeedge_version
 	case $version in v*) ;; *) version=v$version ;; esac
-	host=${{opt_cloudcore_ipport%:*}}
-	certport=${{opt_certport:-10002}}
-	node=${{opt_edgenode_name:-$(uname -n)}}
-	image=kubeedge/installation-package:$version
-	[ -z "$opt_image_repository" ] || image=$opt_image_repository/installation-package:$version
-	echo "keadm $KEADM_VERSION (edgeferry SAMPLE stand-in, not KubeEdge): would join this node, changing nothing"
-	n=0
-	step() {{
-		n=$((n + 1))
-		echo "$n. $*"
-	}}
-	[ -z "$opt_pre_run" ] || step "Executing pre-run script: $opt_pre_run"
-	step "Check KubeEdge edgecore process status"
-	step "Check if the management directory is clean: $ROOT/etc/kubeedge/"
-	step "Check if the node name is valid: GET https://$host:$certport/node/$node"
-	step "Create the necessary directories"
-	step "Pull Images: $image via $opt_remote_runtime_endpoint"
-	step "Copy resources from the image to the management directory: /usr/local/bin/edgecore"
-	step "Generate systemd service file"
-	step "Generate EdgeCore default configuration: edgeCoreVersion $version, hub $opt_hub_protocol to $opt_cloudcore_ipport, cgroup driver $opt_cgroupdriver, labels [$opt_labels], set [$opt_set]"
-	step "Run EdgeCore daemon"
-	[ -z "$opt_post_run" ] || step "Executing post-run script: $opt_post_run"
-}}
+	host=${opt_cloudcore_ipport%:*}
+	certport=${opt_certport:-10002}
+	node=${opt_edgenode_name:-$(uname -n)}
+	wait_limit=${@WAIT_ENV@:-300}
+	case $wait_limit in
+	'' | *[!0-9]*) fail "@WAIT_ENV@=$wait_limit is not a whole number of seconds" ;;
+	esac
+	# util.EdgeSet and reference.ParseAnyReference (research §2.3): the
+	# repository replaces the first path component, and a first component
+	# with a dot or a colon, or localhost, names the registry.
+	ref=kubeedge/installation-package
+	[ -z "$opt_image_repository" ] || ref=$opt_image_repository/installation-package
+	tag=$version
+	case ${ref%%/*} in
+	*.* | *:* | localhost) registry=${ref%%/*} repo=${ref#*/} ;;
+	*) registry=docker.io repo=$ref ;;
+	esac
+	image=$registry/$repo:$tag
+	tmp=$(mktemp -d "${TMPDIR:-/tmp}/keadm-standin.XXXXXX") || fail "cannot create a temporary directory"
+	note "joining this node; images come from the site mirror over HTTP, not through containerd"
 
-{reset_parser}
-do_reset_edge() {{
+	if [ -n "$opt_pre_run" ]; then
+		run_script pre "$opt_pre_run" || fail "failed to execute the pre-run script $opt_pre_run: exit status $?"
+	fi
+
+	step "Check KubeEdge edgecore process status"
+	if edgecore_pids >/dev/null 2>&1; then
+		fail "EdgeCore is already running on this node, please run reset to clean up first"
+	fi
+
+	step "Check if the management directory is clean"
+	if [ -d "$ROOT/etc/kubeedge" ] && [ -n "$(ls -A "$ROOT/etc/kubeedge")" ]; then
+		fail "the management directory /etc/kubeedge/ is not clean, please remove it first"
+	fi
+
+	step "Check if the node name is valid"
+	url="https://$host:$certport/node/$node"
+	why=$(reachable "$host:$certport") || fail "error making request: Get \"$url\": dial tcp $host:$certport: $why"
+
+	step "Create the necessary directories"
+	mkdir -p "$ROOT/etc/kubeedge/config" "$ROOT/var/log/kubeedge" "$ROOT/var/lib/kubeedge" ||
+		fail "failed to create the directories /etc/kubeedge/config, /var/log/kubeedge and /var/lib/kubeedge"
+
+	step "Pull Images"
+	pull_image
+
+	step "Copy resources from the image to the management directory"
+	copy_edgecore
+	standin_faults
+
+	step "Generate systemd service file"
+	systemd=
+	# Real keadm writes the unit whenever systemctl is in PATH. Test hosts
+	# have systemctl but no systemd, and no private, writable /etc/systemd,
+	# so the stand-in asks what util.HasSystemd asks: is /run/systemd/system
+	# a directory?
+	if [ -d "$ROOT/run/systemd/system" ]; then
+		systemd=1
+		mkdir -p "$ROOT/etc/systemd/system" && cat >"$ROOT/etc/systemd/system/edgecore.service" <<'UNIT' || fail "failed to create /etc/systemd/system/edgecore.service"
+# Written by the edgeferry SAMPLE stand-in keadm, not KubeEdge.
+[Unit]
+Description=edgecore.service
+
+[Service]
+Type=simple
+ExecStart=/usr/local/bin/edgecore
+Restart=always
+RestartSec=10
+Environment=
+KillMode=process
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+	else
+		note "no systemd on this node (/run/systemd/system is not a directory): no service file written"
+	fi
+
+	bootstrap=$ROOT/etc/kubeedge/bootstrap-edgecore.conf
+	(umask 137 && printf '%s' "$opt_token" >"$bootstrap") || fail "failed to write /etc/kubeedge/bootstrap-edgecore.conf"
+	step "Generate EdgeCore default configuration"
+	write_edgecore_yaml "$ROOT/etc/kubeedge/config/edgecore.yaml" || fail "failed to write /etc/kubeedge/config/edgecore.yaml"
+
+	step "Run EdgeCore daemon"
+	if [ -n "$systemd" ]; then
+		echo "sudo systemctl daemon-reload && sudo systemctl enable edgecore && sudo systemctl start edgecore"
+		sudo systemctl daemon-reload && sudo systemctl enable edgecore && sudo systemctl start edgecore ||
+			fail "failed to run edgecore with systemd: exit status $?"
+	else
+		echo "/usr/local/bin/edgecore > /var/log/kubeedge/edgecore.log 2>&1 &"
+		# A new session and no inherited descriptors: edgecore has to outlive
+		# the SSH session that runs keadm.
+		if command -v setsid >/dev/null 2>&1; then
+			setsid "$bin/edgecore" >"$ROOT/var/log/kubeedge/edgecore.log" 2>&1 </dev/null &
+		else
+			nohup "$bin/edgecore" >"$ROOT/var/log/kubeedge/edgecore.log" 2>&1 </dev/null &
+		fi
+	fi
+
+	wait_for_certs || fail "edge node join failed: timed out waiting for the condition"
+	rm -f "$bootstrap"
+	bootstrap=
+	echo "Install Complete!"
+
+	if [ -n "$opt_post_run" ]; then
+		run_script post "$opt_post_run" || echo "failed to execute the post-run script $opt_post_run: exit status $?"
+	fi
+}
+
+@RESET_PARSER@
+do_reset_edge() {
+	if [ -n "$opt_pre_run" ]; then
+		run_script pre "$opt_pre_run" || fail "failed to execute the pre-run script $opt_pre_run: exit status $?"
+	fi
 	if [ "$opt_force" != true ]; then
 		printf '[reset] Are you sure you want to proceed? [y/N]: '
 		read -r answer || answer=
@@ -534,16 +906,35 @@ do_reset_edge() {{
 		*) fail "aborted reset operation" ;;
 		esac
 	fi
-	dir=$ROOT/etc/kubeedge
-	if [ -d "$dir" ]; then
-		rm -rf "$dir"/* "$dir"/.[!.]* "$dir"/..?* || fail "cannot empty $dir"
+	note "resetting this node"
+	# TearDownEdgeCore: the service, if systemd runs it, then the process.
+	if [ -d "$ROOT/run/systemd/system" ]; then
+		systemctl stop edgecore
+		systemctl disable edgecore
+		rm -f "$ROOT/etc/systemd/system/edgecore.service"
 	fi
-	echo "keadm $KEADM_VERSION (edgeferry SAMPLE stand-in, not KubeEdge): reset edge removed the contents of $dir/"
-}}
+	stop_edgecore
+	note "no containers to remove: the stand-in uses no container runtime"
+	# CleanDirectories(isEdge=true), which only warns about what it cannot
+	# remove. Real keadm v1.21+ also removes /var/lib/kubelet, which test
+	# hosts share with the machine. A directory that is a mount point (as
+	# on test hosts) cannot go itself, but is emptied.
+	for dir in /etc/kubeedge/ /var/log/kubeedge/ /var/lib/kubeedge/ /var/lib/edged; do
+		path=$ROOT${dir%/}
+		rm -rf "$path" 2>/dev/null
+		if [ -e "$path" ] && [ -n "$(ls -A "$path" 2>/dev/null)" ]; then
+			echo "$STANDIN: warning: failed to delete directory $dir" >&2
+		fi
+	done
+	note "removed /etc/kubeedge/, /var/log/kubeedge/, /var/lib/kubeedge/ and /var/lib/edged; /usr/local/bin/edgecore stays, as with the real keadm"
+	if [ -n "$opt_post_run" ]; then
+		run_script post "$opt_post_run" || echo "failed to execute the post-run script $opt_post_run: exit status $?"
+	fi
+}
 
-case ${{1-}} in
+case ${1-} in
 version)
-	echo "version: version.Info{{GitVersion:\"$KEADM_VERSION\"}} (edgeferry SAMPLE stand-in, not KubeEdge)"
+	echo "version: version.Info{GitVersion:\"$KEADM_VERSION\"} (edgeferry SAMPLE stand-in, not KubeEdge)"
 	;;
 join)
 	shift
@@ -554,10 +945,10 @@ join)
 	do_join
 	;;
 reset)
-	[ "${{2-}}" = edge ] || {{
+	[ "${2-}" = edge ] || {
 		usage >&2
 		exit 1
-	}}
+	}
 	shift 2
 	reset_edge_defaults
 	reset_edge_parse "$@"
@@ -569,14 +960,111 @@ help | -h | --help) usage ;;
 	exit 1
 	;;
 esac
-"#,
-        join_parser = sh_parser("join", join),
-        reset_parser = sh_parser("reset_edge", reset),
-    ))
+"##;
+
+/// The stand-in `edgecore`, shipped in the installation-package image and
+/// the kubeedge tarball: started by the stand-in keadm, it writes what the
+/// real keadm waits for and keeps running.
+fn edgecore_script(version: &str) -> String {
+    EDGECORE_SH
+        .replace("@VERSION@", version)
+        .replace("@ROOT_ENV@", SAMPLE_ROOT_ENV)
+        .replace("@STATE_DIR@", STANDIN_STATE_DIR)
 }
 
-/// Stand-in for a KubeEdge daemon such as `edgecore` or `cloudcore`: it
-/// reports its version and refuses to run.
+const EDGECORE_SH: &str = r##"#!/bin/sh
+# edgeferry SAMPLE stand-in for edgecore @VERSION@ — not KubeEdge
+#
+# Written by edgeferry for tests and demos. Started with no arguments on a
+# node that the stand-in `keadm join` prepared, it does what the real keadm
+# waits for: it writes the three edgeHub TLS files (labelled stand-in text
+# in PEM armour, not certificates; the real edgecore gets them from
+# cloudcore with the join token) and keeps running, so that
+# `pidof edgecore` finds it. It writes its pid to @STATE_DIR@/edgecore.pid
+# and stops on SIGTERM. @ROOT_ENV@, if set, is put in front of every host
+# path.
+set -u
+
+ROOT=${@ROOT_ENV@:-}
+STANDIN="edgecore @VERSION@ (edgeferry SAMPLE stand-in, not KubeEdge)"
+
+case ${1-} in
+--version | --version=true | -version)
+	echo "KubeEdge @VERSION@ (edgecore: edgeferry SAMPLE stand-in, not KubeEdge)"
+	exit 0
+	;;
+'') ;;
+*)
+	echo "$STANDIN: unknown argument $1: run it with no arguments, or with --version" >&2
+	exit 1
+	;;
+esac
+
+if [ ! -f "$ROOT/etc/kubeedge/config/edgecore.yaml" ]; then
+	echo "$STANDIN: cannot read /etc/kubeedge/config/edgecore.yaml: run keadm join first" >&2
+	exit 1
+fi
+
+# The real edgecore is a binary, which `pidof edgecore` finds by name. A
+# script's argv[0] is its shell, so sysvinit's pidof finds it only with -x.
+# The stand-in therefore runs itself again through a symlink called
+# edgecore to the shell: argv[0] and the process name are then edgecore.
+if [ "${EDGEFERRY_STANDIN_EDGECORE_RELAUNCHED-}" != 1 ]; then
+	link=$ROOT@STATE_DIR@/shell/edgecore
+	for shell in /bin/dash /bin/bash; do
+		# Not busybox, which would take "edgecore" for an applet name.
+		[ -x "$shell" ] && mkdir -p "${link%/*}" && ln -sf "$shell" "$link" || continue
+		export EDGEFERRY_STANDIN_EDGECORE_RELAUNCHED=1
+		exec "$link" "$0"
+	done
+fi
+unset EDGEFERRY_STANDIN_EDGECORE_RELAUNCHED
+echo "$STANDIN: starting with /etc/kubeedge/config/edgecore.yaml"
+
+pidfile=$ROOT@STATE_DIR@/edgecore.pid
+mkdir -p "${pidfile%/*}" && echo $$ >"$pidfile" || {
+	echo "$STANDIN: cannot write @STATE_DIR@/edgecore.pid" >&2
+	exit 1
+}
+
+# pem FILE TYPE WHAT MODE: labelled stand-in text in PEM armour, written
+# atomically so that keadm never sees half a file.
+pem() {
+	part=$1.part.$$
+	mkdir -p "${1%/*}" && (
+		umask 077
+		printf '%s\n' "-----BEGIN $2-----" \
+			"edgeferry SAMPLE stand-in, written by the stand-in edgecore @VERSION@:" \
+			"not a $3, and not from KubeEdge." \
+			"-----END $2-----" >"$part"
+	) && chmod "$4" "$part" && mv -f "$part" "$1" || {
+		echo "$STANDIN: cannot write $1" >&2
+		exit 1
+	}
+}
+pem "$ROOT/etc/kubeedge/ca/rootCA.crt" CERTIFICATE certificate 644
+pem "$ROOT/etc/kubeedge/certs/server.crt" CERTIFICATE certificate 644
+pem "$ROOT/etc/kubeedge/certs/server.key" "PRIVATE KEY" "private key" 600
+echo "$STANDIN: wrote stand-in /etc/kubeedge/ca/rootCA.crt, /etc/kubeedge/certs/server.crt and server.key; running until stopped"
+
+# The shell itself keeps running, named edgecore: `exec sleep` would rename
+# the process. `wait` returns as soon as a signal comes.
+sleeper=
+stop() {
+	[ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null
+	[ "$(cat "$pidfile" 2>/dev/null)" != $$ ] || rm -f "$pidfile"
+	exit 0
+}
+trap stop HUP INT TERM
+while :; do
+	sleep 3600 &
+	sleeper=$!
+	wait "$sleeper"
+done
+"##;
+
+/// Stand-in for a KubeEdge daemon such as `cloudcore`: it reports its
+/// version and refuses to run.
 fn component_script(name: &str, version: &str) -> String {
     format!(
         r#"#!/bin/sh
@@ -749,13 +1237,16 @@ fn write_release_assets(files: &Path, version: &str) -> Result<()> {
                 "cloud/controllermanager/controllermanager",
                 "controllermanager",
             ),
-            ("edge/edgecore", "edgecore"),
         ] {
             tree.exe(
                 &format!("{kubeedge_name}/{path}"),
                 component_script(component, version),
             );
         }
+        tree.exe(
+            &format!("{kubeedge_name}/edge/edgecore"),
+            edgecore_script(version),
+        );
         tree.file(
             &format!("{kubeedge_name}/version"),
             0o644,
@@ -942,10 +1433,7 @@ fn layer_tree(image: &SampleImage, arch: Arch, version: &str, busybox: &[u8]) ->
                 tree.add(&format!("bin/{applet}"), Node::Symlink("busybox".into()));
             }
             tree.add("etc/kubeedge", Node::Dir);
-            tree.exe(
-                "usr/local/bin/edgecore",
-                component_script("edgecore", version),
-            );
+            tree.exe("usr/local/bin/edgecore", edgecore_script(version));
             tree.exe("usr/local/bin/keadm", keadm_script(version)?);
         }
         ImageKind::Pause => {
@@ -1051,7 +1539,7 @@ fn write_image(images: &Path, image: &SampleImage, version: &str, busybox: &[u8]
 /// host gives byte-identical files.
 pub fn write_sample_dir(dir: &Path, spec: &SampleSpec) -> Result<()> {
     let version = spec.kubeedge_version.as_str();
-    flags_for(version)?;
+    keadm::flags_for(version)?;
     let mut images = vec![
         SampleImage {
             dir_name: "installation-package".into(),
@@ -1342,6 +1830,17 @@ mod tests {
     }
 
     fn run_keadm(shell: &[&str], version: &str, root: &Path, args: &[&str], stdin: &str) -> Output {
+        run_keadm_env(shell, version, root, args, stdin, &[])
+    }
+
+    fn run_keadm_env(
+        shell: &[&str],
+        version: &str,
+        root: &Path,
+        args: &[&str],
+        stdin: &str,
+        envs: &[(&str, &str)],
+    ) -> Output {
         let script = root.join("keadm");
         fs::write(&script, keadm_script(version).unwrap()).unwrap();
         let mut child = Command::new(shell[0])
@@ -1349,6 +1848,7 @@ mod tests {
             .arg(&script)
             .args(args)
             .env(SAMPLE_ROOT_ENV, root)
+            .envs(envs.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -1367,6 +1867,10 @@ mod tests {
 
     fn stderr(o: &Output) -> String {
         String::from_utf8_lossy(&o.stderr).into_owned()
+    }
+
+    fn stdout(o: &Output) -> String {
+        String::from_utf8_lossy(&o.stdout).into_owned()
     }
 
     #[test]
@@ -1395,6 +1899,7 @@ mod tests {
                 let out = run_keadm(shell, V, tmp.path(), &args, "");
                 assert_eq!(out.status.code(), Some(1), "{args:?}");
                 assert_eq!(stderr(&out), *want, "{shell:?} {args:?}");
+                assert_eq!(stdout(&out), "", "nothing ran: {args:?}");
             }
             let out = run_keadm(shell, V, tmp.path(), &["join", "--token=x"], "");
             assert_eq!(out.status.code(), Some(1));
@@ -1415,11 +1920,22 @@ mod tests {
             assert_eq!(out.status.code(), Some(1));
             assert!(stderr(&out).contains("Usage:"));
         }
+        // Nothing was created on the "host".
+        let left: Vec<_> = fs::read_dir(tmp.path()).unwrap().collect();
+        assert_eq!(left.len(), 1, "only the script itself");
     }
 
+    /// Every flag of the real keadm is accepted; the join then stops at the
+    /// management-directory check with the real message.
     #[test]
     fn standin_keadm_accepts_real_join_command_lines() {
         let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        fs::create_dir_all(root.join("etc/kubeedge")).unwrap();
+        fs::write(root.join("etc/kubeedge/.leftover"), "x").unwrap();
+        let pre = root.join("pre.sh");
+        fs::write(&pre, "echo pre-run ran\n").unwrap();
+        let pre_run = format!("--pre-run={}", pre.display());
         for version in ["v1.21.0", "v1.22.2", V] {
             for shell in SHELLS {
                 let args = [
@@ -1443,66 +1959,682 @@ mod tests {
                     "10002",
                     "--tarballpath=/tmp",
                     "--hub-protocol=quic",
-                    "--pre-run=./pre.sh",
+                    &pre_run,
                     "--post-run",
                     "./post.sh",
                 ];
-                let out = run_keadm(shell, version, tmp.path(), &args, "");
-                let stdout = String::from_utf8_lossy(&out.stdout);
+                let out = run_keadm(shell, version, root, &args, "");
+                assert_eq!(out.status.code(), Some(1), "{shell:?} {version}");
                 assert_eq!(
-                    out.status.code(),
-                    Some(0),
-                    "{shell:?} {version}: {}",
-                    stderr(&out)
+                    stderr(&out),
+                    "Error: the management directory /etc/kubeedge/ is not clean, please remove it first\n"
                 );
-                assert!(stdout.contains("stand-in"));
-                assert!(stdout.contains(&format!(
-                    "10.0.0.5:5000/kubeedge/installation-package:{version}"
+                let stdout = stdout(&out);
+                assert!(stdout.starts_with(&format!(
+                    "keadm {version} (edgeferry SAMPLE stand-in, not KubeEdge): joining"
                 )));
-                assert!(stdout.contains("labels [a=b,c=d]"), "{stdout}");
-                assert!(stdout.contains("/node/edge-1"), "{stdout}");
+                assert!(stdout.ends_with(&format!(
+                    "1. Executing pre-run script: {}\npre-run ran\n\
+                     2. Check KubeEdge edgecore process status\n\
+                     3. Check if the management directory is clean\n",
+                    pre.display()
+                )));
 
-                let out = run_keadm(shell, version, tmp.path(), &["version"], "");
+                let out = run_keadm(shell, version, root, &["version"], "");
                 let stdout = String::from_utf8_lossy(&out.stdout);
                 assert!(out.status.success());
                 assert!(stdout.contains(version) && stdout.contains("stand-in"));
             }
         }
+        assert!(root.join("etc/kubeedge/.leftover").exists());
+    }
+
+    /// A read-only registry for one OCI layout, as `edgeferry serve`
+    /// answers: manifests by tag or digest and blobs, with `?ns=`. Records
+    /// every request line with its Accept header.
+    struct Mirror {
+        addr: String,
+        requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    }
+
+    impl Mirror {
+        fn start(layout: PathBuf, corrupt_blobs: bool) -> Mirror {
+            use std::io::{BufRead, BufReader};
+            let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap().to_string();
+            let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+            let log = requests.clone();
+            let top: Value =
+                serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
+            let top = top["manifests"][0]["digest"].as_str().unwrap().to_string();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(mut stream) = stream else { continue };
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    reader.read_line(&mut line).unwrap();
+                    let mut accept = String::new();
+                    loop {
+                        let mut header = String::new();
+                        if reader.read_line(&mut header).unwrap() == 0 || header == "\r\n" {
+                            break;
+                        }
+                        if let Some(v) = header.strip_prefix("Accept: ") {
+                            accept = v.trim().to_string();
+                        }
+                    }
+                    let target = line.split(' ').nth(1).unwrap_or("").to_string();
+                    log.lock()
+                        .unwrap()
+                        .push(format!("{target} Accept: {accept}"));
+                    let path = target.split('?').next().unwrap();
+                    let name = "/v2/kubeedge/installation-package/";
+                    let body = path.strip_prefix(name).and_then(|rest| {
+                        let (kind, reference) = rest.split_once('/')?;
+                        let digest = match (kind, reference) {
+                            ("manifests", V) => top.clone(),
+                            ("manifests" | "blobs", d) if d.starts_with("sha256:") => d.into(),
+                            _ => return None,
+                        };
+                        let mut data =
+                            fs::read(layout.join("blobs/sha256").join(&digest["sha256:".len()..]))
+                                .ok()?;
+                        if corrupt_blobs && kind == "blobs" {
+                            let last = data.len() - 1;
+                            data[last] ^= 1;
+                        }
+                        Some(data)
+                    });
+                    let (status, body) = match body {
+                        Some(data) => ("200 OK", data),
+                        None => (
+                            "404 Not Found",
+                            br#"{"errors":[{"code":"NAME_UNKNOWN"}]}"#.to_vec(),
+                        ),
+                    };
+                    let head = format!(
+                        "HTTP/1.1 {status}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                        body.len()
+                    );
+                    let _ = stream.write_all(head.as_bytes());
+                    let _ = stream.write_all(&body);
+                }
+            });
+            Mirror { addr, requests }
+        }
+    }
+
+    /// The stand-in cloudcore of the test sites: a port that accepts
+    /// connections and closes them.
+    fn cloudcore_listener() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                drop(stream);
+            }
+        });
+        port
+    }
+
+    /// A port nothing listens on.
+    fn closed_port() -> u16 {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.local_addr().unwrap().port()
+    }
+
+    fn write_hosts_toml(root: &Path, registry: &str, mirror: &str) {
+        let dir = root.join("etc/containerd/certs.d").join(registry);
+        fs::create_dir_all(&dir).unwrap();
+        let server = if registry == "docker.io" {
+            "https://registry-1.docker.io".to_string()
+        } else {
+            format!("http://{mirror}")
+        };
+        fs::write(
+            dir.join("hosts.toml"),
+            format!(
+                "# Written by edgeferry: pull {registry} images from the site mirror.\n\
+                 server = \"{server}\"\n\n\
+                 [host.\"http://{mirror}\"]\n  capabilities = [\"pull\", \"resolve\"]\n"
+            ),
+        )
+        .unwrap();
+    }
+
+    /// The pid in the stand-in edgecore's pid file, if that process lives
+    /// (and is not a zombie).
+    fn live_edgecore(root: &Path) -> Option<u32> {
+        let pid: u32 = fs::read_to_string(root.join(&STANDIN_EDGECORE_PID_FILE[1..]))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()?;
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+        let state = stat.rsplit_once(") ")?.1.chars().next()?;
+        (state != 'Z').then_some(pid)
+    }
+
+    /// Kills a stand-in edgecore a failed test left running.
+    struct KillEdgecore<'a>(&'a Path);
+
+    impl Drop for KillEdgecore<'_> {
+        fn drop(&mut self) {
+            if let Some(pid) = live_edgecore(self.0) {
+                let _ = Command::new("kill").arg(pid.to_string()).status();
+            }
+        }
+    }
+
+    fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+        for _ in 0..200 {
+            if done() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        panic!("timed out waiting until {what}");
+    }
+
+    /// The whole join against a mirror serving the sample
+    /// installation-package image, then `keadm reset edge`.
+    #[test]
+    fn standin_keadm_joins_through_the_mirror_and_resets() {
+        let sample = sample_dir();
+        let layout = sample.path().join("images/installation-package");
+        let mirror = Mirror::start(layout.clone(), false);
+        let certport = cloudcore_listener().to_string();
+        for (shell, image_repository) in [
+            (SHELLS[0], None),
+            (SHELLS[1], None),
+            (SHELLS[0], Some(format!("{}/kubeedge", mirror.addr))),
+        ] {
+            let tmp = tempfile::tempdir().unwrap();
+            let root = tmp.path();
+            let _guard = KillEdgecore(root);
+            let registry = match &image_repository {
+                Some(_) => mirror.addr.clone(),
+                None => "docker.io".to_string(),
+            };
+            write_hosts_toml(root, &registry, &mirror.addr);
+            // A management directory that exists but is empty is fine.
+            fs::create_dir_all(root.join("etc/kubeedge")).unwrap();
+            mirror.requests.lock().unwrap().clear();
+
+            let mut args = vec![
+                "join".to_string(),
+                "--cloudcore-ipport=127.0.0.1:10000".into(),
+                format!("--certport={certport}"),
+                format!("--kubeedge-version={V}"),
+                "--token=ca.jwt\"x".into(),
+                "--edgenode-name=edge-1".into(),
+                "--labels=site=a,role=edge".into(),
+                "--set=modules.edgeHub.enable=true".into(),
+                format!("--post-run={}", root.join("post.sh").display()),
+            ];
+            if let Some(r) = &image_repository {
+                args.push(format!("--image-repository={r}"));
+            }
+            fs::write(root.join("post.sh"), "echo post-run ran; exit 3\n").unwrap();
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            let out = run_keadm_env(shell, V, root, &args, "", &[(STANDIN_WAIT_ENV, "20")]);
+            let (out_text, err_text) = (stdout(&out), stderr(&out));
+            assert_eq!(
+                out.status.code(),
+                Some(0),
+                "{shell:?}: {out_text}{err_text}"
+            );
+            assert_eq!(err_text, "");
+            let steps: Vec<&str> = out_text
+                .lines()
+                .filter(|l| l.starts_with(|c: char| c.is_ascii_digit()))
+                .collect();
+            assert_eq!(
+                steps,
+                [
+                    "1. Check KubeEdge edgecore process status",
+                    "2. Check if the management directory is clean",
+                    "3. Check if the node name is valid",
+                    "4. Create the necessary directories",
+                    "5. Pull Images",
+                    "6. Copy resources from the image to the management directory",
+                    "7. Generate systemd service file",
+                    "8. Generate EdgeCore default configuration",
+                    "9. Run EdgeCore daemon",
+                    &format!(
+                        "10. Executing post-run script: {}",
+                        root.join("post.sh").display()
+                    ),
+                ]
+            );
+            assert!(
+                out_text.contains("\nInstall Complete!\n10. Executing post-run script"),
+                "{out_text}"
+            );
+            assert!(out_text.ends_with(&format!(
+                "\npost-run ran\nfailed to execute the post-run script {}: exit status 3\n",
+                root.join("post.sh").display()
+            )));
+
+            // The mirror was asked as containerd asks it.
+            let requests = mirror.requests.lock().unwrap().clone();
+            let ns = match image_repository {
+                Some(_) => String::new(),
+                None => "?ns=docker.io".to_string(),
+            };
+            assert_eq!(requests.len(), 3, "{requests:?}");
+            let want_accept = "Accept: application/vnd.oci.image.index.v1+json, \
+                application/vnd.oci.image.manifest.v1+json, \
+                application/vnd.docker.distribution.manifest.list.v2+json, \
+                application/vnd.docker.distribution.manifest.v2+json";
+            assert_eq!(
+                requests[0],
+                format!("/v2/kubeedge/installation-package/manifests/{V}{ns} {want_accept}")
+            );
+            let index: Value = serde_json::from_slice(&blob(
+                &layout,
+                &json(&layout.join("index.json"))["manifests"][0]["digest"],
+            ))
+            .unwrap();
+            let amd64 = &index["manifests"][0];
+            assert_eq!(amd64["platform"]["architecture"], "amd64");
+            let digest = amd64["digest"].as_str().unwrap();
+            assert_eq!(
+                requests[1],
+                format!("/v2/kubeedge/installation-package/manifests/{digest}{ns} {want_accept}")
+            );
+            let manifest: Value = serde_json::from_slice(&blob(&layout, &amd64["digest"])).unwrap();
+            let layer = manifest["layers"][0]["digest"].as_str().unwrap();
+            assert!(requests[2].starts_with(&format!(
+                "/v2/kubeedge/installation-package/blobs/{layer}{ns} "
+            )));
+
+            // What join leaves on the node.
+            let edgecore = fs::read(root.join("usr/local/bin/edgecore")).unwrap();
+            assert_eq!(edgecore, edgecore_script(V).as_bytes());
+            use std::os::unix::fs::PermissionsExt;
+            let mode = |p: &str| fs::metadata(root.join(p)).unwrap().permissions().mode() & 0o7777;
+            assert_eq!(mode("usr/local/bin/edgecore"), 0o755);
+            assert_eq!(mode("etc/kubeedge/certs/server.key"), 0o600);
+            for dir in [
+                "etc/kubeedge/config",
+                "var/log/kubeedge",
+                "var/lib/kubeedge",
+            ] {
+                assert!(root.join(dir).is_dir(), "{dir}");
+            }
+            assert!(
+                !root.join("etc/kubeedge/bootstrap-edgecore.conf").exists(),
+                "removed when join returns, as by real keadm"
+            );
+            assert!(!root.join("etc/systemd").exists());
+            let config =
+                fs::read_to_string(root.join("etc/kubeedge/config/edgecore.yaml")).unwrap();
+            for want in [
+                "stand-in",
+                &format!("edgeCoreVersion: {V}\n"),
+                "    httpServer: https://127.0.0.1:",
+                "    token: \"ca.jwt\\\"x\"\n",
+                "    websocket:\n      enable: true\n      server: 127.0.0.1:10000\n",
+                "    quic:\n      enable: false\n      server: 127.0.0.1:10001\n",
+                "    tunnelServer: 127.0.0.1:10004\n",
+                "    hostnameOverride: edge-1\n",
+                "      cgroupDriver: cgroupfs\n",
+                "    nodeLabels:\n      site: a\n      role: edge\n",
+                "      containerRuntimeEndpoint: unix:///run/containerd/containerd.sock\n",
+                "#   modules.edgeHub.enable=true\n",
+            ] {
+                assert!(config.contains(want), "{want:?} not in\n{config}");
+            }
+            let log = fs::read_to_string(root.join("var/log/kubeedge/edgecore.log")).unwrap();
+            assert!(log.contains("edgeferry SAMPLE stand-in"), "{log}");
+
+            // edgecore runs, under its own name.
+            let pid = live_edgecore(root).expect("edgecore runs");
+            assert_eq!(
+                fs::read_to_string(format!("/proc/{pid}/comm")).unwrap(),
+                "edgecore\n"
+            );
+
+            // A second join refuses, as real keadm does.
+            let out = run_keadm(shell, V, root, &args, "");
+            assert_eq!(out.status.code(), Some(1));
+            assert_eq!(
+                stderr(&out),
+                "Error: EdgeCore is already running on this node, please run reset to clean up first\n"
+            );
+
+            let out = run_keadm(shell, V, root, &["reset", "edge", "--force"], "");
+            assert!(out.status.success(), "{}", stderr(&out));
+            wait_until("edgecore has stopped", || live_edgecore(root).is_none());
+            for dir in ["etc/kubeedge", "var/log/kubeedge", "var/lib/kubeedge"] {
+                assert!(!root.join(dir).exists(), "{dir}");
+            }
+            assert!(
+                root.join("usr/local/bin/edgecore").exists(),
+                "reset leaves it"
+            );
+            assert!(root.join("etc/containerd/certs.d").exists());
+        }
+    }
+
+    fn standin_join(root: &Path, certport: u16, envs: &[(&str, &str)]) -> Output {
+        run_keadm_env(
+            SHELLS[0],
+            V,
+            root,
+            &[
+                "join",
+                "--cloudcore-ipport=127.0.0.1:10000",
+                &format!("--certport={certport}"),
+                "--kubeedge-version",
+                V,
+                "--token=t",
+            ],
+            "",
+            envs,
+        )
     }
 
     #[test]
-    fn standin_keadm_reset_edge_empties_etc_kubeedge() {
-        let tmp = tempfile::tempdir().unwrap();
-        let etc = tmp.path().join("etc/kubeedge");
-        for shell in SHELLS {
-            fs::create_dir_all(etc.join("config")).unwrap();
-            fs::write(etc.join(".hidden"), "x").unwrap();
-            let out = run_keadm(shell, V, tmp.path(), &["reset", "edge"], "n\n");
-            assert_eq!(out.status.code(), Some(1));
-            assert!(etc.join("config").exists());
+    fn standin_keadm_join_fails_like_the_real_one() {
+        let sample = sample_dir();
+        let layout = sample.path().join("images/installation-package");
+        let mirror = Mirror::start(layout.clone(), false);
+        let certport = cloudcore_listener();
+        let fresh = || {
+            let tmp = tempfile::tempdir().unwrap();
+            write_hosts_toml(tmp.path(), "docker.io", &mirror.addr);
+            tmp
+        };
 
-            let out = run_keadm(shell, V, tmp.path(), &["reset", "edge", "--force"], "");
+        // No cloudcore listening.
+        let tmp = fresh();
+        let port = closed_port();
+        let out = standin_join(tmp.path(), port, &[]);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "Error: error making request: Get \"https://127.0.0.1:{port}/node/{node}\": \
+                 dial tcp 127.0.0.1:{port}: connect: connection refused\n",
+                node = uname_n()
+            )
+        );
+
+        // No hosts.toml: containerd would go to the internet.
+        let tmp = tempfile::tempdir().unwrap();
+        let out = standin_join(tmp.path(), certport, &[]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = stderr(&out);
+        assert!(
+            err.starts_with(&format!(
+                "Error: failed to pull image \"docker.io/kubeedge/installation-package:{V}\": \
+                 no mirror for docker.io in /etc/containerd/certs.d/docker.io/hosts.toml"
+            )),
+            "{err}"
+        );
+        assert!(err.contains("https://registry-1.docker.io") && err.contains("DeadlineExceeded"));
+        assert!(!tmp.path().join("usr/local/bin/edgecore").exists());
+
+        // A mirror that sends other bytes than the digest says.
+        let tmp = fresh();
+        let bad = Mirror::start(layout.clone(), true);
+        write_hosts_toml(tmp.path(), "docker.io", &bad.addr);
+        let out = standin_join(tmp.path(), certport, &[]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("digest mismatch"), "{}", stderr(&out));
+        assert!(!tmp.path().join("usr/local/bin/edgecore").exists());
+
+        // The fault file makes it fail after the image is in.
+        let tmp = fresh();
+        let state = tmp.path().join(&STANDIN_STATE_DIR[1..]);
+        fs::create_dir_all(&state).unwrap();
+        fs::write(tmp.path().join(&STANDIN_FAULT_FILE[1..]), "fail\n").unwrap();
+        let out = standin_join(tmp.path(), certport, &[]);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            stderr(&out),
+            "keadm (edgeferry SAMPLE stand-in): failing on purpose (fault file)\n"
+        );
+        assert!(stdout(&out)
+            .ends_with("6. Copy resources from the image to the management directory\n"));
+        assert!(tmp.path().join("usr/local/bin/edgecore").exists());
+        assert!(!tmp
+            .path()
+            .join("etc/kubeedge/config/edgecore.yaml")
+            .exists());
+
+        // join-seconds delays it; an edgecore that cannot start times it out.
+        let tmp = fresh();
+        fs::create_dir_all(tmp.path().join(&STANDIN_STATE_DIR[1..])).unwrap();
+        fs::write(tmp.path().join(&STANDIN_JOIN_SECONDS_FILE[1..]), "1\n").unwrap();
+        // The log "file" is a directory, so the redirection fails and
+        // edgecore never runs.
+        fs::create_dir_all(tmp.path().join("var/log/kubeedge/edgecore.log")).unwrap();
+        let started = std::time::Instant::now();
+        let out = standin_join(tmp.path(), certport, &[(STANDIN_WAIT_ENV, "1")]);
+        assert!(started.elapsed() >= std::time::Duration::from_secs(2));
+        assert_eq!(out.status.code(), Some(1));
+        assert!(
+            stderr(&out)
+                .ends_with("Error: edge node join failed: timed out waiting for the condition\n"),
+            "{}",
+            stderr(&out)
+        );
+        assert!(stdout(&out).contains("taking 1 more seconds (join-seconds file)"));
+        assert!(!tmp
+            .path()
+            .join("etc/kubeedge/bootstrap-edgecore.conf")
+            .exists());
+
+        // A pre-run script that fails stops the join before any check.
+        let tmp = fresh();
+        let pre = tmp.path().join("pre.sh");
+        fs::write(&pre, "exit 4\n").unwrap();
+        let out = run_keadm(
+            SHELLS[0],
+            V,
+            tmp.path(),
+            &[
+                "join",
+                "-e",
+                "127.0.0.1:10000",
+                "--kubeedge-version",
+                V,
+                &format!("--pre-run={}", pre.display()),
+            ],
+            "",
+        );
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(
+            stderr(&out),
+            format!(
+                "Error: failed to execute the pre-run script {}: exit status 4\n",
+                pre.display()
+            )
+        );
+    }
+
+    #[test]
+    fn standin_keadm_hangs_on_purpose_until_killed() {
+        let sample = sample_dir();
+        let mirror = Mirror::start(sample.path().join("images/installation-package"), false);
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        write_hosts_toml(root, "docker.io", &mirror.addr);
+        fs::create_dir_all(root.join(&STANDIN_STATE_DIR[1..])).unwrap();
+        fs::write(root.join(&STANDIN_FAULT_FILE[1..]), "hang").unwrap();
+        let script = root.join("keadm");
+        fs::write(&script, keadm_script(V).unwrap()).unwrap();
+        let mut child = Command::new("/bin/sh")
+            .arg(&script)
+            .args(["join", "-e", "127.0.0.1:10000", "--kubeedge-version", V])
+            .arg(format!("--certport={}", cloudcore_listener()))
+            .env(SAMPLE_ROOT_ENV, root)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let mut err = std::io::BufReader::new(child.stderr.take().unwrap());
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut err, &mut line).unwrap();
+        assert_eq!(
+            line,
+            "keadm (edgeferry SAMPLE stand-in): hanging on purpose (fault file)\n"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        assert!(child.try_wait().unwrap().is_none(), "still hanging");
+        child.kill().unwrap();
+        assert!(!child.wait().unwrap().success());
+    }
+
+    fn uname_n() -> String {
+        let out = Command::new("uname").arg("-n").output().unwrap();
+        String::from_utf8(out.stdout).unwrap().trim().to_string()
+    }
+
+    #[test]
+    fn standin_keadm_reset_edge_removes_what_join_made() {
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let made = [
+            "etc/kubeedge/config",
+            "etc/kubeedge/certs",
+            "var/log/kubeedge",
+            "var/lib/kubeedge",
+            "var/lib/edged",
+        ];
+        for shell in SHELLS {
+            for dir in made {
+                fs::create_dir_all(root.join(dir)).unwrap();
+            }
+            fs::write(root.join("etc/kubeedge/.hidden"), "x").unwrap();
+            fs::create_dir_all(root.join("usr/local/bin")).unwrap();
+            fs::write(root.join("usr/local/bin/edgecore"), "x").unwrap();
+
+            let out = run_keadm(shell, V, root, &["reset", "edge"], "n\n");
+            assert_eq!(out.status.code(), Some(1));
+            assert_eq!(stderr(&out), "Error: aborted reset operation\n");
+            assert!(made.iter().all(|d| root.join(d).exists()));
+
+            let out = run_keadm(shell, V, root, &["reset", "edge"], "y\n");
             assert!(out.status.success(), "{}", stderr(&out));
-            assert!(etc.is_dir());
-            assert_eq!(fs::read_dir(&etc).unwrap().count(), 0);
+            assert_eq!(stderr(&out), "");
+            assert!(stdout(&out).contains("stand-in"));
+            for dir in [
+                "etc/kubeedge",
+                "var/log/kubeedge",
+                "var/lib/kubeedge",
+                "var/lib/edged",
+            ] {
+                assert!(!root.join(dir).exists(), "{shell:?} {dir}");
+            }
+            assert!(root.join("usr/local/bin/edgecore").exists());
+            // Nothing to remove is fine too.
+            let out = run_keadm(shell, V, root, &["reset", "edge", "--force"], "");
+            assert!(out.status.success(), "{}", stderr(&out));
         }
     }
 
     #[test]
-    fn standin_edgecore_reports_version() {
+    fn standin_edgecore_writes_tls_files_and_keeps_running() {
         let tmp = tempfile::tempdir().unwrap();
-        let script = tmp.path().join("edgecore");
-        fs::write(&script, component_script("edgecore", V)).unwrap();
-        let out = Command::new("/bin/sh")
-            .arg(&script)
-            .arg("--version")
-            .output()
-            .unwrap();
+        let root = tmp.path();
+        let _guard = KillEdgecore(root);
+        let bin = root.join("usr/local/bin");
+        fs::create_dir_all(&bin).unwrap();
+        let script = bin.join("edgecore");
+        fs::write(&script, edgecore_script(V)).unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        fs::set_permissions(&script, fs::Permissions::from_mode(0o755)).unwrap();
+
+        let out = Command::new(&script).arg("--version").output().unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success());
         assert!(stdout.contains(V) && stdout.contains("stand-in"));
-        let out = Command::new("/bin/sh").arg(&script).output().unwrap();
+
+        let out = Command::new(&script)
+            .env(SAMPLE_ROOT_ENV, root)
+            .output()
+            .unwrap();
         assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).contains("cannot read /etc/kubeedge/config/edgecore.yaml"));
+
+        fs::create_dir_all(root.join("etc/kubeedge/config")).unwrap();
+        fs::write(root.join("etc/kubeedge/config/edgecore.yaml"), "x: 1\n").unwrap();
+        let mut child = Command::new(&script)
+            .env(SAMPLE_ROOT_ENV, root)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap();
+        let files = [
+            "etc/kubeedge/ca/rootCA.crt",
+            "etc/kubeedge/certs/server.crt",
+            "etc/kubeedge/certs/server.key",
+        ];
+        wait_until("the TLS files are there", || {
+            files.iter().all(|f| root.join(f).exists())
+        });
+        for f in files {
+            let text = fs::read_to_string(root.join(f)).unwrap();
+            assert!(text.starts_with("-----BEGIN "), "{f}");
+            assert!(text.contains("edgeferry SAMPLE stand-in"), "{f}");
+            assert!(text.contains("not a "), "{f}");
+        }
+        let mode = fs::metadata(root.join(files[2]))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        wait_until("the pid file is there", || live_edgecore(root).is_some());
+        assert_eq!(live_edgecore(root), Some(child.id()), "relaunched in place");
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        assert!(child.try_wait().unwrap().is_none(), "keeps running");
+        let cmdline = fs::read(format!("/proc/{}/cmdline", child.id())).unwrap();
+        let argv0 = cmdline.split(|b| *b == 0).next().unwrap();
+        assert!(argv0.ends_with(b"/edgecore"), "pidof finds it by argv[0]");
+        assert_eq!(
+            fs::read_to_string(format!("/proc/{}/comm", child.id())).unwrap(),
+            "edgecore\n"
+        );
+
+        Command::new("kill")
+            .arg(child.id().to_string())
+            .status()
+            .unwrap();
+        let status = child.wait().unwrap();
+        assert!(status.success(), "SIGTERM stops it cleanly: {status:?}");
+        assert!(!root.join(&STANDIN_EDGECORE_PID_FILE[1..]).exists());
+    }
+
+    #[test]
+    fn standin_paths_share_one_state_dir() {
+        for file in [
+            STANDIN_FAULT_FILE,
+            STANDIN_JOIN_SECONDS_FILE,
+            STANDIN_EDGECORE_PID_FILE,
+        ] {
+            assert_eq!(Path::new(file).parent(), Some(Path::new(STANDIN_STATE_DIR)));
+        }
+        let (keadm, edgecore) = (keadm_script(V).unwrap(), edgecore_script(V));
+        for placeholder in [
+            "@VERSION@",
+            "@ROOT_ENV@",
+            "@WAIT_ENV@",
+            "@STATE_DIR@",
+            "@JOIN_PARSER@",
+            "@RESET_PARSER@",
+            "@REQUIRED@",
+            "@USAGE@",
+        ] {
+            assert!(!keadm.contains(placeholder) && !edgecore.contains(placeholder));
+        }
+        assert!(keadm.contains("\nSTATE=$ROOT/var/lib/keadm-standin\n"));
+        assert!(keadm.contains("\"$STATE/fault\""));
+        assert!(keadm.contains("\"$STATE/join-seconds\""));
+        assert!(edgecore.contains("\npidfile=$ROOT/var/lib/keadm-standin/edgecore.pid\n"));
     }
 
     #[test]
@@ -1513,7 +2645,8 @@ mod tests {
             let msg = err.to_string();
             assert!(!msg.contains('\n') && msg.contains(bad.trim()), "{msg}");
         }
-        assert_eq!(kubeedge_minor("v1.22.0-rc.1").unwrap(), 22);
+        assert!(keadm_script("v1.20.0").is_err());
+        assert_eq!(keadm::minor_of("v1.22.0-rc.1").unwrap(), 22);
     }
 
     #[test]
