@@ -16,6 +16,14 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
     ("htpasswd", "apache2-utils"),
     ("containerd", "containerd"),
+    // Test hosts for `edgeferry join` (tests/src/hosts.rs): real sshd in
+    // namespaces, the OpenSSH client, sudo and password hashes inside.
+    ("/usr/sbin/sshd", "openssh-server"),
+    ("ssh", "openssh-client"),
+    ("ip", "iproute2"),
+    ("nsenter", "util-linux"),
+    ("sudo", "sudo"),
+    ("openssl", "openssl"),
 ];
 
 pub fn workspace_root() -> PathBuf {
