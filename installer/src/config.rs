@@ -31,6 +31,57 @@ pub struct Config {
     /// worker busy copying a blob does not hold up the connections queued
     /// on it, and the mirror keeps its share of CPU beside busy clients.
     pub mirror_workers: usize,
+    /// `edgeferry join` and `reset`.
+    pub join: JoinConfig,
+}
+
+/// Defaults for joins: fan-out caps, retries and a timeout for every step.
+/// The inventory's `timeouts:` and `--parallel` override them.
+#[derive(Clone, Debug)]
+pub struct JoinConfig {
+    /// Nodes worked on at once (keadm batch: 5).
+    pub parallel: usize,
+    /// Upper bound on `--parallel`: each active node holds an SSH session.
+    pub max_parallel: usize,
+    /// TCP connect + SSH handshake + authentication.
+    pub connect_timeout: Duration,
+    /// Connection attempts for transient network errors (refused, timed
+    /// out, reset); auth and host-key failures are never retried.
+    pub connect_attempts: u32,
+    /// Wait before the second attempt; doubles after each.
+    pub retry_backoff: Duration,
+    pub preflight_timeout: Duration,
+    pub containerd_timeout: Duration,
+    /// A keadm tarball over the LAN, or over SSH when the node has no curl.
+    pub fetch_timeout: Duration,
+    /// keadm itself waits up to 300 s for edgecore's certificates.
+    pub keadm_join_timeout: Duration,
+    pub postcheck_timeout: Duration,
+    pub keadm_reset_timeout: Duration,
+    /// Free space a node needs under /var/lib.
+    pub min_free_mib: u64,
+    /// Output kept per step for the log; more is cut (keadm prints little).
+    pub max_step_output: usize,
+}
+
+impl Default for JoinConfig {
+    fn default() -> Self {
+        JoinConfig {
+            parallel: 20,
+            max_parallel: 1000,
+            connect_timeout: Duration::from_secs(15),
+            connect_attempts: 3,
+            retry_backoff: Duration::from_secs(1),
+            preflight_timeout: Duration::from_secs(60),
+            containerd_timeout: Duration::from_secs(60),
+            fetch_timeout: Duration::from_secs(600),
+            keadm_join_timeout: Duration::from_secs(420),
+            postcheck_timeout: Duration::from_secs(60),
+            keadm_reset_timeout: Duration::from_secs(180),
+            min_free_mib: 512,
+            max_step_output: 1 << 20,
+        }
+    }
 }
 
 impl Default for Config {
@@ -45,6 +96,7 @@ impl Default for Config {
             send_buffer_bytes: 128 * 1024,
             io_event_interval: 2,
             mirror_workers: 8,
+            join: JoinConfig::default(),
         }
     }
 }

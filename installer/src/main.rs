@@ -3,6 +3,7 @@
 
 mod config;
 mod input;
+mod join;
 mod mirror;
 mod store;
 mod sys;
@@ -64,6 +65,12 @@ enum Command {
     /// Serve a store on the LAN: release files and a read-only OCI registry
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
+    /// Join edge nodes over SSH from the mirror: verifiably, in parallel, resumably
+    #[command(after_help = join::JOIN_EXAMPLES)]
+    Join(join::JoinArgs),
+    /// Run `keadm reset edge --force` on the nodes of an inventory
+    #[command(after_help = join::RESET_EXAMPLES)]
+    Reset(join::BatchArgs),
 }
 
 const SERVE_EXAMPLES: &str = "\
@@ -153,12 +160,30 @@ enum StoreCommand {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            // For join and reset, 2 means "some nodes failed"; a bad
+            // command line means nothing could start.
+            let batch = matches!(std::env::args().nth(1).as_deref(), Some("join" | "reset"));
+            if batch && e.use_stderr() {
+                let _ = e.print();
+                return ExitCode::from(join::report::EXIT_NOTHING_STARTED);
+            }
+            e.exit()
+        }
+    };
+    let config = Config::default();
+    match &cli.command {
+        Command::Join(args) => return batch_exit(join::join_cmd(args, &config), args.batch.json),
+        Command::Reset(args) => return batch_exit(join::reset_cmd(args, &config), args.json),
+        _ => {}
+    }
     let json = match &cli.command {
         Command::Verify(a) => a.source.json,
         Command::Load(a) => a.source.json,
         Command::Store(StoreCommand::List { json, .. }) => *json,
-        Command::Serve(_) => false,
+        Command::Serve(_) | Command::Join(_) | Command::Reset(_) => false,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -173,6 +198,22 @@ fn main() -> ExitCode {
             }
             eprintln!("error: {message}");
             ExitCode::from(exit_code(class))
+        }
+    }
+}
+
+/// join/reset: the report decides the code; an error before any node
+/// started is exit 3.
+fn batch_exit(result: Result<u8>, json: bool) -> ExitCode {
+    match result {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            let message = format!("{err:#}");
+            if json {
+                println!("{}", serde_json::json!({"ok": false, "error": message}));
+            }
+            eprintln!("error: {message}");
+            ExitCode::from(join::report::EXIT_NOTHING_STARTED)
         }
     }
 }
@@ -201,6 +242,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Verify(args) => verify_cmd(&args.source),
         Command::Load(args) => load_cmd(&args, &config),
         Command::Store(StoreCommand::List { store, json }) => store_list(&store, json),
+        Command::Join(_) | Command::Reset(_) => unreachable!("handled in main"),
         Command::Serve(args) => {
             let mut config = config;
             if let Some(n) = args.max_connections {

@@ -3,5 +3,7 @@
 
 mod bundle;
 mod fetch;
+mod hosts;
+mod join;
 mod load;
 mod serve;

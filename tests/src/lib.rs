@@ -289,13 +289,24 @@ impl Served {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
+        Served::start_on(store, "127.0.0.1", extra)
+    }
+
+    /// As [`Served::start_with`], listening on `ip` (e.g. a test-host
+    /// bridge address) with a port the OS picks.
+    pub fn start_on<I, S>(store: &Path, ip: &str, extra: I) -> Served
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
         use std::io::{BufRead, Read};
         use std::sync::{Arc, Mutex};
         let mut cmd = edgeferry();
         cmd.arg("serve")
             .arg("--store")
             .arg(store)
-            .args(["--listen", "127.0.0.1:0"])
+            .arg("--listen")
+            .arg(format!("{ip}:0"))
             .args(extra)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
@@ -368,8 +379,8 @@ impl Served {
         }
         let addr = addr.unwrap_or_else(|| panic!("no start-up line in:\n{banner}"));
         assert!(
-            addr.starts_with("127.0.0.1:") && !addr.ends_with(":0"),
-            "listening on {addr}, wanted 127.0.0.1:<port>"
+            addr.starts_with(&format!("{ip}:")) && !addr.ends_with(":0"),
+            "listening on {addr}, wanted {ip}:<port>"
         );
         Served {
             process,
@@ -455,5 +466,6 @@ pub fn printed_hosts_files(banner: &str) -> Vec<(String, String)> {
     files
 }
 pub mod fetch_fixtures;
+pub mod hosts;
 
 pub use edgeferry_bundle::hashing::sha256_hex;

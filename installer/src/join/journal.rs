@@ -1,0 +1,208 @@
+//! The journal: one JSON line per step event, appended and synced before
+//! the step's effect is relied on. `--resume` reads it back. A line is
+//! written with one `write` and a torn last line (power cut) is ignored,
+//! so the journal is consistent whenever the process stops.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs::{self, File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use anyhow::{Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::plan::Step;
+
+pub const JOURNAL_FILE: &str = "journal.jsonl";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Status {
+    Started,
+    Ok,
+    Failed,
+    Interrupted,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Event {
+    pub ts: String,
+    pub run: String,
+    pub node: String,
+    pub step: Step,
+    pub status: Status,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arch: Option<String>,
+}
+
+pub struct Journal {
+    path: PathBuf,
+    file: Mutex<File>,
+}
+
+impl Journal {
+    pub fn open(state_dir: &Path) -> Result<Journal> {
+        fs::create_dir_all(state_dir)
+            .with_context(|| format!("cannot create state directory {}", state_dir.display()))?;
+        let path = state_dir.join(JOURNAL_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("cannot open journal {}", path.display()))?;
+        Ok(Journal {
+            path,
+            file: Mutex::new(file),
+        })
+    }
+
+    /// Appends one event and waits for it to reach the disk: a step that
+    /// changed a node is only "ok" once the journal says so durably.
+    pub fn record(&self, event: &Event) -> Result<()> {
+        let mut line = serde_json::to_vec(event).expect("event serialises");
+        line.push(b'\n');
+        let mut file = self.file.lock().expect("journal lock");
+        file.write_all(&line)
+            .and_then(|()| file.sync_data())
+            .with_context(|| format!("cannot write journal {}", self.path.display()))
+    }
+}
+
+pub fn read(state_dir: &Path) -> Result<Vec<Event>> {
+    let path = state_dir.join(JOURNAL_FILE);
+    let text = match fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", path.display())),
+    };
+    let mut events = Vec::new();
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    for (i, line) in lines.iter().enumerate() {
+        if !line.ends_with('\n') {
+            // A torn final write; the step it described did not complete.
+            break;
+        }
+        let event: Event = serde_json::from_str(line).with_context(|| {
+            format!(
+                "{} line {} is damaged: move the file away to start over",
+                path.display(),
+                i + 1
+            )
+        })?;
+        events.push(event);
+    }
+    Ok(events)
+}
+
+/// What the journal says about one node.
+#[derive(Clone, Debug, Default)]
+pub struct History {
+    /// Steps finished ok since the last reset (connect is never counted:
+    /// every run must connect again).
+    pub done: BTreeSet<Step>,
+    /// The step that failed or was interrupted last, if the node is not done.
+    pub failed_step: Option<Step>,
+    pub last_error: Option<String>,
+    pub arch: Option<String>,
+}
+
+impl History {
+    pub fn joined(&self) -> bool {
+        self.done.contains(&Step::Postcheck)
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failed_step.is_some() && !self.joined()
+    }
+}
+
+pub fn histories(events: &[Event]) -> BTreeMap<String, History> {
+    let mut map: BTreeMap<String, History> = BTreeMap::new();
+    for e in events {
+        let h = map.entry(e.node.clone()).or_default();
+        if let Some(a) = &e.arch {
+            h.arch = Some(a.clone());
+        }
+        match (e.step, e.status) {
+            // A reset undoes the join: the next join starts from scratch.
+            (Step::KeadmReset, Status::Ok) => {
+                let arch = h.arch.take();
+                *h = History {
+                    arch,
+                    ..History::default()
+                };
+            }
+            (Step::Connect, Status::Ok) => {}
+            (step, Status::Ok) => {
+                h.done.insert(step);
+                if h.failed_step == Some(step) {
+                    h.failed_step = None;
+                    h.last_error = None;
+                }
+            }
+            (step, Status::Failed | Status::Interrupted) => {
+                h.done.remove(&step);
+                h.failed_step = Some(step);
+                h.last_error = e.error.clone();
+            }
+            (_, Status::Started) => {}
+        }
+    }
+    map
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ev(node: &str, step: Step, status: Status) -> Event {
+        Event {
+            ts: String::new(),
+            run: "r".into(),
+            node: node.into(),
+            step,
+            status,
+            ms: None,
+            error: None,
+            kind: None,
+            arch: None,
+        }
+    }
+
+    #[test]
+    fn resume_state_follows_the_events() {
+        let events = vec![
+            ev("a", Step::Connect, Status::Ok),
+            ev("a", Step::Preflight, Status::Ok),
+            ev("a", Step::KeadmJoin, Status::Failed),
+            ev("b", Step::Postcheck, Status::Ok),
+            ev("c", Step::Preflight, Status::Ok),
+            ev("c", Step::KeadmReset, Status::Ok),
+        ];
+        let h = histories(&events);
+        assert_eq!(h["a"].failed_step, Some(Step::KeadmJoin));
+        assert!(h["a"].failed() && !h["a"].joined());
+        assert!(h["b"].joined());
+        assert!(h["c"].done.is_empty());
+    }
+
+    #[test]
+    fn torn_last_line_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let j = Journal::open(dir.path()).unwrap();
+        j.record(&ev("a", Step::Preflight, Status::Ok)).unwrap();
+        let mut f = OpenOptions::new()
+            .append(true)
+            .open(dir.path().join(JOURNAL_FILE))
+            .unwrap();
+        f.write_all(b"{\"ts\":\"x\",\"ru").unwrap();
+        assert_eq!(read(dir.path()).unwrap().len(), 1);
+    }
+}

@@ -1,0 +1,348 @@
+//! `edgeferry join` and `edgeferry reset`: many edge nodes over SSH.
+//!
+//! inventory (our YAML or keadm batch) -> plan (node × step, plain data)
+//! -> run (bounded fan-out over russh, journal per step) -> report.
+
+pub mod inventory;
+pub mod journal;
+pub mod plan;
+pub mod report;
+pub mod run;
+pub mod script;
+pub mod secret;
+pub mod ssh;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use clap::Args;
+
+use crate::config::Config;
+use plan::{Action, Step};
+use run::{Entry, NodeStatus};
+
+pub const JOIN_EXAMPLES: &str = "\
+Examples:
+  # See exactly what would run on every node, touching nothing
+  edgeferry join -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --dry-run
+
+  # Join every node, 50 at a time, recording host keys on first contact
+  export KUBEEDGE_TOKEN=$(kubectl get secret -n kubeedge tokensecret -o=jsonpath='{.data.tokendata}' | base64 -d)
+  edgeferry join -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --parallel 50 --accept-new-host-keys
+
+  # After fixing what failed: continue, skipping nodes and steps already done
+  edgeferry join -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --resume
+
+  # A keadm batch config.yaml works as it is
+  edgeferry join -c config.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000
+
+Inventory format: docs/inventory.md. State (journal.jsonl, report.json,
+logs/<node>.log) goes to --state-dir, by default edgeferry-<inventory name>/
+beside the inventory.
+
+Exit codes:
+  0    every node joined (or had joined before)
+  2    some nodes failed or were not started; see report.json
+  3    nothing could start: bad inventory, store, mirror, or command line
+  130  interrupted (Ctrl-C); the journal is consistent, --resume continues";
+
+pub const RESET_EXAMPLES: &str = "\
+Examples:
+  edgeferry reset -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --limit edge-a1,edge-a2
+  # Reinstall = reset, then join again
+  edgeferry reset -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 && \\
+    edgeferry join -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --resume
+
+Runs `keadm reset edge --force` on each node (keadm comes from the mirror,
+checked against the store). The cloud's Node objects stay: delete them with
+kubectl before joining again under the same names.
+
+Exit codes: 0 all reset, 2 some failed, 3 nothing could start, 130 interrupted.";
+
+#[derive(Args, Debug)]
+pub struct BatchArgs {
+    /// Inventory: edgeferry YAML (docs/inventory.md) or a keadm batch config.yaml
+    #[arg(short = 'c', long = "config", value_name = "INVENTORY")]
+    pub inventory: PathBuf,
+    /// The store `edgeferry serve` serves
+    #[arg(long, env = "EDGEFERRY_STORE")]
+    pub store: PathBuf,
+    /// host:port where nodes reach `edgeferry serve` (else the inventory's mirror:)
+    #[arg(long, env = "EDGEFERRY_MIRROR")]
+    pub mirror: Option<String>,
+    /// Nodes worked on at once (default 20; keadm batch configs: maxRunNum)
+    #[arg(long)]
+    pub parallel: Option<usize>,
+    /// Print the per-node plan and touch nothing: no connections, no files
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only these nodes (names or addresses, comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    pub limit: Vec<String>,
+    /// Stop starting new nodes after N failures, or P% of the nodes (e.g. 10%)
+    #[arg(long, value_name = "N|P%")]
+    pub max_fail: Option<String>,
+    /// Record unknown host keys into known_hosts (first contact); a changed
+    /// key still fails
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Journal, report and per-node logs (default: edgeferry-<inventory name>/ beside it)
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Print report.json on stdout instead of the table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// Continue the journal's run: skip joined nodes, resume failed and
+    /// interrupted ones at the step that failed
+    #[arg(long, conflicts_with = "fresh")]
+    pub resume: bool,
+    /// Like --resume, but only for the nodes that failed or were interrupted
+    #[arg(long, conflicts_with = "fresh")]
+    pub retry_failed: bool,
+    /// Set the journal aside (kept as journal.<time>.jsonl) and start over
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+/// Reads the inventory and the store and builds the plan. Errors here mean
+/// nothing could start (exit 3).
+fn prepare(
+    args: &BatchArgs,
+    action: Action,
+    config: &Config,
+    redactor: &secret::Redactor,
+) -> Result<plan::JoinPlan> {
+    let inv = inventory::read(&args.inventory, redactor)?;
+    if !args.store.join(crate::store::STATE_FILE).exists() {
+        bail!(
+            "{} is not an edgeferry store: load a bundle into it first (edgeferry load ... --store {})",
+            args.store.display(),
+            args.store.display()
+        );
+    }
+    let state = crate::store::State::read(&args.store)?;
+    let mut timeouts: BTreeMap<Step, Duration> = BTreeMap::new();
+    for (name, secs) in &inv.timeouts {
+        let step = Step::from_name(name).with_context(|| {
+            format!("timeouts: unknown step {name:?}: use connect, preflight, containerd, fetch, keadm_join, postcheck or keadm_reset")
+        })?;
+        timeouts.insert(step, Duration::from_secs((*secs).max(1)));
+    }
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
+        let stem = args
+            .inventory
+            .file_stem()
+            .map_or("inventory".into(), |s| s.to_string_lossy().to_string());
+        args.inventory
+            .parent()
+            .unwrap_or(Path::new("."))
+            .join(format!("edgeferry-{stem}"))
+    });
+    let limit: BTreeSet<String> = args.limit.iter().cloned().collect();
+    plan::build(
+        &plan::PlanInput {
+            action,
+            inventory_path: &args.inventory,
+            inventory: &inv,
+            store_dir: &args.store,
+            state: &state,
+            mirror: args.mirror.as_deref(),
+            state_dir,
+            parallel: args.parallel,
+            accept_new_host_keys: args.accept_new_host_keys,
+            limit: (!limit.is_empty()).then_some(&limit),
+            timeouts: &timeouts,
+        },
+        config,
+        redactor,
+    )
+}
+
+fn max_fail(value: Option<&str>, nodes: usize) -> Result<Option<usize>> {
+    let Some(v) = value else { return Ok(None) };
+    let n = if let Some(p) = v.strip_suffix('%') {
+        let p: f64 = p
+            .parse()
+            .ok()
+            .filter(|p: &f64| *p > 0.0 && *p <= 100.0)
+            .with_context(|| format!("--max-fail {v}: give a percentage between 0 and 100"))?;
+        ((nodes as f64) * p / 100.0).ceil() as usize
+    } else {
+        v.parse().ok().filter(|n: &usize| *n > 0).with_context(|| {
+            format!("--max-fail {v}: give a number of nodes (at least 1) or a percentage")
+        })?
+    };
+    Ok(Some(n.max(1)))
+}
+
+pub fn join_cmd(args: &JoinArgs, config: &Config) -> Result<u8> {
+    let resume = args.resume || args.retry_failed;
+    batch(
+        &args.batch,
+        Action::Join,
+        resume,
+        args.retry_failed,
+        args.fresh,
+        config,
+    )
+}
+
+pub fn reset_cmd(args: &BatchArgs, config: &Config) -> Result<u8> {
+    batch(args, Action::Reset, false, false, true, config)
+}
+
+fn batch(
+    args: &BatchArgs,
+    action: Action,
+    resume: bool,
+    only_failed: bool,
+    fresh: bool,
+    config: &Config,
+) -> Result<u8> {
+    let redactor = secret::Redactor::default();
+    let plan = prepare(args, action, config, &redactor)?;
+    let budget = max_fail(args.max_fail.as_deref(), plan.nodes.len())?;
+    if args.dry_run {
+        if args.json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+        } else {
+            print!("{}", plan.render());
+        }
+        return Ok(report::EXIT_ALL_OK);
+    }
+
+    let events = journal::read(&plan.state_dir)?;
+    let journal_path = plan.state_dir.join(journal::JOURNAL_FILE);
+    if action == Action::Join && !events.is_empty() && !resume {
+        if !fresh {
+            bail!(
+                "{} holds an earlier run: pass --resume to continue it, --retry-failed to rerun its failures, or --fresh to start over",
+                journal_path.display()
+            );
+        }
+        let aside = plan
+            .state_dir
+            .join(format!("journal.{}.jsonl", run_id().replace(':', "")));
+        std::fs::rename(&journal_path, &aside)
+            .with_context(|| format!("cannot move {} aside", journal_path.display()))?;
+        eprintln!("previous journal kept as {}", aside.display());
+    }
+    let events = if resume {
+        events
+    } else {
+        journal::read(&plan.state_dir)?
+    };
+    let histories = journal::histories(&events);
+    let mut entries = Vec::new();
+    let mut excluded = Vec::new();
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let h = histories.get(&node.name);
+        if only_failed && !h.is_some_and(|h| h.failed() || h.joined()) {
+            excluded.push(i);
+            continue;
+        }
+        let entry = match action {
+            Action::Join => Entry::from_history(h, resume),
+            // A reset runs every step, and the journal still knows the arch.
+            Action::Reset => Entry::Run {
+                skip: BTreeSet::new(),
+                arch: h.and_then(|h| h.arch.clone()),
+            },
+        };
+        entries.push((i, entry));
+    }
+
+    let journal = journal::Journal::open(&plan.state_dir)?;
+    let run_id = run_id();
+    let started = run_id.clone();
+    let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
+    let total = plan.nodes.len() - excluded.len();
+    let ctx = Arc::new(run::Ctx {
+        config: config.join.clone(),
+        redactor: redactor.clone(),
+        journal,
+        run_id: run_id.clone(),
+        policy: if args.accept_new_host_keys {
+            ssh::HostKeyPolicy::AcceptNew
+        } else {
+            ssh::HostKeyPolicy::Strict
+        },
+        max_fail: budget,
+        cancel: cancel_rx,
+        progress: run::Progress::new(total, args.json),
+        plan,
+    });
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let ctx2 = ctx.clone();
+    let mut outcomes = runtime.block_on(async move {
+        tokio::spawn(async move {
+            if tokio::signal::ctrl_c().await.is_ok() {
+                eprintln!(
+                    "interrupted: stopping; the journal stays consistent and --resume continues"
+                );
+                let _ = cancel_tx.send(true);
+            }
+        });
+        run::execute(ctx2, entries).await
+    });
+    runtime.shutdown_timeout(Duration::from_secs(1));
+    let plan = &ctx.plan;
+    for i in excluded {
+        let node = &plan.nodes[i];
+        let mut o = run::NodeOutcome {
+            name: node.name.clone(),
+            host: node.host.clone(),
+            port: node.port,
+            status: NodeStatus::NotStarted,
+            failed_step: None,
+            error: Some("not retried: it had not failed (--resume runs it)".into()),
+            error_kind: None,
+            arch: None,
+            bundle_id: None,
+            steps: Vec::new(),
+            host_key: None,
+            log: plan
+                .state_dir
+                .join("logs")
+                .join(format!("{}.log", node.name)),
+            ms: 0,
+        };
+        o.arch = histories.get(&node.name).and_then(|h| h.arch.clone());
+        outcomes.push(o);
+    }
+    let interrupted = *ctx.cancel.borrow();
+    let code = report::exit_code(&outcomes, interrupted);
+    let report = report::build(plan, &run_id, &started, &outcomes, code);
+    report::write(&report, &plan.state_dir)?;
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&report)?);
+    } else {
+        print!("{}", report::table(&report));
+        println!(
+            "report: {}  logs: {}",
+            plan.state_dir.join(report::REPORT_FILE).display(),
+            plan.state_dir.join("logs").display()
+        );
+    }
+    Ok(code)
+}
+
+fn run_id() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    edgeferry_bundle::format::rfc3339_utc(t.as_secs())
+}

@@ -1,0 +1,452 @@
+//! Inventory + store -> `JoinPlan`: node × step with the exact command
+//! each step runs. Plain data: `--dry-run` prints it, tests snapshot it,
+//! and the executor runs it. Nothing here does I/O beyond reading the
+//! store's state.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+
+use super::inventory::{Format, Inventory, NodeSpec};
+use super::script::{self, KeadmAsset};
+use super::secret::Redactor;
+use crate::config::Config;
+use crate::mirror::hosts::{self, HostsFile};
+use crate::store::State;
+
+/// The per-node steps, in order. Names are stable: journals, reports and
+/// `timeouts:` in inventories use them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Connect,
+    Preflight,
+    Containerd,
+    Fetch,
+    KeadmJoin,
+    Postcheck,
+    /// `edgeferry reset`: `keadm reset edge --force`.
+    KeadmReset,
+}
+
+impl Step {
+    pub fn name(self) -> &'static str {
+        match self {
+            Step::Connect => "connect",
+            Step::Preflight => "preflight",
+            Step::Containerd => "containerd",
+            Step::Fetch => "fetch",
+            Step::KeadmJoin => "keadm_join",
+            Step::Postcheck => "postcheck",
+            Step::KeadmReset => "keadm_reset",
+        }
+    }
+
+    pub fn from_name(name: &str) -> Option<Step> {
+        ALL_STEPS.iter().copied().find(|s| s.name() == name)
+    }
+}
+
+const ALL_STEPS: [Step; 7] = [
+    Step::Connect,
+    Step::Preflight,
+    Step::Containerd,
+    Step::Fetch,
+    Step::KeadmJoin,
+    Step::Postcheck,
+    Step::KeadmReset,
+];
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Join,
+    Reset,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct JoinPlan {
+    pub action: Action,
+    pub inventory: PathBuf,
+    pub inventory_format: Format,
+    pub kubeedge_version: String,
+    /// host:port the nodes reach the mirror at.
+    pub mirror: String,
+    pub store: PathBuf,
+    pub state_dir: PathBuf,
+    pub parallel: usize,
+    pub host_keys: &'static str,
+    /// Bundle id per arch for this version.
+    pub bundles: BTreeMap<String, String>,
+    pub keadm: Vec<KeadmAsset>,
+    pub hosts_toml: Vec<HostsFile>,
+    pub nodes: Vec<NodePlan>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodePlan {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub sudo: bool,
+    pub auth: Vec<&'static str>,
+    pub jump: Option<String>,
+    pub known_hosts: PathBuf,
+    pub steps: Vec<StepPlan>,
+    #[serde(skip)]
+    pub spec: NodeSpec,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepPlan {
+    pub step: Step,
+    pub timeout_secs: u64,
+    /// What runs on the node, secrets redacted.
+    pub command: String,
+    /// The same with secrets, for the executor only.
+    #[serde(skip)]
+    pub secret_command: String,
+}
+
+pub struct PlanInput<'a> {
+    pub action: Action,
+    pub inventory_path: &'a Path,
+    pub inventory: &'a Inventory,
+    pub store_dir: &'a Path,
+    pub state: &'a State,
+    pub mirror: Option<&'a str>,
+    pub state_dir: PathBuf,
+    pub parallel: Option<usize>,
+    pub accept_new_host_keys: bool,
+    pub limit: Option<&'a BTreeSet<String>>,
+    pub timeouts: &'a BTreeMap<Step, Duration>,
+}
+
+pub fn timeout_for(step: Step, config: &Config, overrides: &BTreeMap<Step, Duration>) -> Duration {
+    if let Some(t) = overrides.get(&step) {
+        return *t;
+    }
+    let j = &config.join;
+    match step {
+        Step::Connect => j.connect_timeout,
+        Step::Preflight => j.preflight_timeout,
+        Step::Containerd => j.containerd_timeout,
+        Step::Fetch => j.fetch_timeout,
+        Step::KeadmJoin => j.keadm_join_timeout,
+        Step::Postcheck => j.postcheck_timeout,
+        Step::KeadmReset => j.keadm_reset_timeout,
+    }
+}
+
+/// "host:port" from a --mirror value that may carry a scheme or a path.
+pub fn mirror_address(value: &str) -> Result<String> {
+    let v = value.trim();
+    if v.starts_with("https://") {
+        bail!("--mirror {v}: the mirror speaks plain HTTP; give host:port or http://host:port");
+    }
+    let v = v.strip_prefix("http://").unwrap_or(v);
+    let v = v.split('/').next().unwrap_or(v);
+    if v.is_empty() || !v.contains(':') {
+        bail!("--mirror {value:?} is not host:port: give the address nodes reach edgeferry serve at, e.g. 10.0.0.5:5000");
+    }
+    Ok(v.to_string())
+}
+
+/// The host part of HOST:PORT, with IPv6 brackets removed.
+fn split_host_port(value: &str) -> Result<(String, u16)> {
+    let (host, port) = value
+        .rsplit_once(':')
+        .with_context(|| format!("cloudcore address {value:?} is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("cloudcore address {value:?} has no valid port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("cloudcore address {value:?} has no host");
+    }
+    Ok((host.to_string(), port))
+}
+
+pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<JoinPlan> {
+    let inv = input.inventory;
+    let state = input.state;
+    let version = match &inv.kubeedge_version {
+        Some(v) => v.clone(),
+        None => {
+            let versions: BTreeSet<&str> = state
+                .bundles
+                .values()
+                .map(|b| b.kubeedge_version.as_str())
+                .collect();
+            match versions.len() {
+                1 => versions.into_iter().next().unwrap().to_string(),
+                0 => bail!(
+                    "the store {} is empty: load a bundle first",
+                    input.store_dir.display()
+                ),
+                _ => bail!(
+                    "the store holds KubeEdge {}: set kubeedge_version in the inventory",
+                    versions.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            }
+        }
+    };
+    let flags_table = edgeferry_bundle::keadm::flags_for(&version)?;
+
+    // The newest bundle of this version per arch.
+    let mut bundles: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    for (id, b) in &state.bundles {
+        if b.kubeedge_version == version {
+            let arch = b.arch.as_str().to_string();
+            let newer = bundles.get(&arch).is_none_or(|(seq, _)| b.sequence > *seq);
+            if newer {
+                bundles.insert(arch, (b.sequence, id.clone()));
+            }
+        }
+    }
+    if bundles.is_empty() {
+        bail!(
+            "the store {} has no bundle for KubeEdge {version}: load one, or set kubeedge_version to what the store has",
+            input.store_dir.display()
+        );
+    }
+    let mut keadm = Vec::new();
+    for arch in bundles.keys() {
+        let file = format!("keadm-{version}-linux-{arch}.tar.gz");
+        let record = state.files.get(&file).with_context(|| {
+            format!("the store has a {arch} bundle but no {file}: reload the bundle")
+        })?;
+        keadm.push(KeadmAsset {
+            arch: arch.clone(),
+            file,
+            sha256: record.sha256.clone(),
+            size: record.size,
+        });
+    }
+
+    let mirror = match input.mirror.or(inv.mirror.as_deref()) {
+        Some(m) => mirror_address(m)?,
+        None => bail!(
+            "no mirror address: pass --mirror HOST:PORT (where nodes reach edgeferry serve), set EDGEFERRY_MIRROR, or set mirror: in the inventory"
+        ),
+    };
+    let registries: BTreeSet<String> = state
+        .images
+        .keys()
+        .map(|r| hosts::registry_of(r).to_string())
+        .collect();
+    let hosts_toml = hosts::hosts_files(&mirror, &registries);
+    let store_arches: Vec<String> = bundles.keys().cloned().collect();
+
+    let mut nodes = Vec::new();
+    for spec in &inv.nodes {
+        if let Some(limit) = input.limit {
+            if !limit.contains(&spec.label) && !limit.contains(&spec.host) {
+                continue;
+            }
+        }
+        for (name, values) in &spec.flags {
+            let flag = flags_table
+                .join_flag(name)
+                .filter(|f| f.long == name)
+                .with_context(|| {
+                    format!(
+                        "node {}: keadm join {version} has no flag --{name}",
+                        spec.label
+                    )
+                })?;
+            if flag.kind == edgeferry_bundle::keadm::FlagKind::Bool
+                && values.iter().any(|v| v != "true" && v != "false")
+            {
+                bail!("node {}: --{name} takes true or false", spec.label);
+            }
+        }
+        let (cloud_host, cloud_port) =
+            split_host_port(&spec.cloudcore).with_context(|| format!("node {}", spec.label))?;
+        let certport: u16 = match spec.flags.get("certport").and_then(|v| v.last()) {
+            Some(p) => p
+                .parse()
+                .with_context(|| format!("node {}: certport {p:?} is not a port", spec.label))?,
+            None => 10002,
+        };
+        let endpoint = spec
+            .flags
+            .get("remote-runtime-endpoint")
+            .and_then(|v| v.last())
+            .map_or("unix:///run/containerd/containerd.sock", String::as_str);
+        let cri_socket = endpoint
+            .strip_prefix("unix://")
+            .unwrap_or(endpoint)
+            .to_string();
+
+        let timeout = |s: Step| timeout_for(s, config, input.timeouts);
+        let mut steps = Vec::new();
+        let target = format!("{}@{}:{}", spec.user, spec.host, spec.port);
+        let connect = match &spec.jump {
+            Some(j) => format!("ssh {target} via {}@{}:{}", j.user, j.host, j.port),
+            None => format!("ssh {target}"),
+        };
+        steps.push(StepPlan {
+            step: Step::Connect,
+            timeout_secs: timeout(Step::Connect).as_secs(),
+            command: connect.clone(),
+            secret_command: connect,
+        });
+        let mut push = |step: Step, script: String| {
+            let secret_command = script::wrap(&script, spec.sudo);
+            steps.push(StepPlan {
+                step,
+                timeout_secs: timeout(step).as_secs(),
+                command: redactor.scrub(&secret_command),
+                secret_command,
+            });
+        };
+        match input.action {
+            Action::Join => {
+                let mut ports = vec![cloud_port];
+                if certport != cloud_port {
+                    ports.push(certport);
+                }
+                push(
+                    Step::Preflight,
+                    script::preflight(&script::PreflightParams {
+                        store_arches: store_arches.clone(),
+                        cri_socket,
+                        mirror: &mirror,
+                        cloud_host: &cloud_host,
+                        cloud_ports: ports,
+                        min_free_mib: config.join.min_free_mib,
+                    }),
+                );
+                push(Step::Containerd, script::containerd(&hosts_toml));
+                push(Step::Fetch, script::fetch(&version, &mirror, &keadm, false));
+                let args = script::join_args(
+                    &version,
+                    &spec.cloudcore,
+                    spec.edgenode_name.as_deref(),
+                    spec.token.as_ref().map(|t| t.expose()),
+                    &spec.flags,
+                );
+                push(
+                    Step::KeadmJoin,
+                    script::keadm_join(&version, &args, timeout(Step::KeadmJoin).as_secs()),
+                );
+                push(Step::Postcheck, script::postcheck());
+            }
+            Action::Reset => {
+                push(Step::Fetch, script::fetch(&version, &mirror, &keadm, false));
+                let mut args = Vec::new();
+                if let Some(e) = spec
+                    .flags
+                    .get("remote-runtime-endpoint")
+                    .and_then(|v| v.last())
+                {
+                    args.push(format!("--remote-runtime-endpoint={e}"));
+                }
+                push(
+                    Step::KeadmReset,
+                    script::keadm_reset(&version, &args, timeout(Step::KeadmReset).as_secs()),
+                );
+            }
+        }
+        nodes.push(NodePlan {
+            name: spec.label.clone(),
+            host: spec.host.clone(),
+            port: spec.port,
+            user: spec.user.clone(),
+            sudo: spec.sudo,
+            auth: spec.auths.iter().map(|a| a.kind()).collect(),
+            jump: spec
+                .jump
+                .as_ref()
+                .map(|j| format!("{}@{}:{}", j.user, j.host, j.port)),
+            known_hosts: spec.known_hosts.clone(),
+            steps,
+            spec: spec.clone(),
+        });
+    }
+    if nodes.is_empty() {
+        bail!("--limit matched no node of the inventory: give node names or addresses from it");
+    }
+    let parallel = input
+        .parallel
+        .or(inv.parallel)
+        .unwrap_or(config.join.parallel)
+        .clamp(1, config.join.max_parallel);
+    Ok(JoinPlan {
+        action: input.action,
+        inventory: input.inventory_path.to_path_buf(),
+        inventory_format: inv.format,
+        kubeedge_version: version,
+        mirror,
+        store: input.store_dir.to_path_buf(),
+        state_dir: input.state_dir.clone(),
+        parallel,
+        host_keys: if input.accept_new_host_keys {
+            "accept-new"
+        } else {
+            "strict"
+        },
+        bundles: bundles.into_iter().map(|(a, (_, id))| (a, id)).collect(),
+        keadm,
+        hosts_toml,
+        nodes,
+    })
+}
+
+impl JoinPlan {
+    /// Human-readable plan for `--dry-run`.
+    pub fn render(&self) -> String {
+        let mut s = format!(
+            "plan: {} {} node(s), KubeEdge {}, {} at a time, mirror http://{}, host keys {}\n",
+            match self.action {
+                Action::Join => "join",
+                Action::Reset => "reset",
+            },
+            self.nodes.len(),
+            self.kubeedge_version,
+            self.parallel,
+            self.mirror,
+            self.host_keys
+        );
+        for a in &self.keadm {
+            s.push_str(&format!(
+                "  keadm {}: {} sha256 {} (bundle {})\n",
+                a.arch,
+                a.file,
+                a.sha256,
+                self.bundles.get(&a.arch).map_or("?", String::as_str)
+            ));
+        }
+        s.push_str(&format!("  state: {}\n", self.state_dir.display()));
+        for n in &self.nodes {
+            s.push_str(&format!(
+                "\nnode {} ({}@{}:{}{}{}, auth {})\n",
+                n.name,
+                n.user,
+                n.host,
+                n.port,
+                n.jump
+                    .as_ref()
+                    .map_or(String::new(), |j| format!(" via {j}")),
+                if n.sudo { ", sudo" } else { "" },
+                n.auth.join("+")
+            ));
+            for st in &n.steps {
+                s.push_str(&format!(
+                    "  {} (timeout {}s):\n",
+                    st.step.name(),
+                    st.timeout_secs
+                ));
+                for line in st.command.lines() {
+                    s.push_str(&format!("    {line}\n"));
+                }
+            }
+        }
+        s
+    }
+}

@@ -1,0 +1,171 @@
+//! `report.json` and the summary table: what happened to every node.
+
+use std::path::Path;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use super::plan::{Action, JoinPlan};
+use super::run::{status_word, NodeOutcome, NodeStatus};
+
+pub const REPORT_FILE: &str = "report.json";
+
+/// Exit codes of `join` and `reset` (also in `--help`).
+pub const EXIT_ALL_OK: u8 = 0;
+pub const EXIT_SOME_FAILED: u8 = 2;
+pub const EXIT_NOTHING_STARTED: u8 = 3;
+pub const EXIT_INTERRUPTED: u8 = 130;
+
+#[derive(Debug, Default, Serialize)]
+pub struct Counts {
+    pub total: usize,
+    pub joined: usize,
+    pub already_joined: usize,
+    pub reset: usize,
+    pub failed: usize,
+    pub interrupted: usize,
+    pub not_started: usize,
+}
+
+#[derive(Serialize)]
+pub struct Report<'a> {
+    pub edgeferry: &'static str,
+    pub action: Action,
+    pub run: &'a str,
+    pub started: &'a str,
+    pub finished: String,
+    pub inventory: &'a Path,
+    pub kubeedge_version: &'a str,
+    pub mirror: &'a str,
+    pub state_dir: &'a Path,
+    /// strict | accept-new
+    pub host_key_policy: &'static str,
+    /// Host keys recorded into known_hosts on first contact in this run.
+    pub host_keys_learned: usize,
+    pub counts: Counts,
+    pub exit_code: u8,
+    pub nodes: &'a [NodeOutcome],
+}
+
+pub fn counts(outcomes: &[NodeOutcome]) -> Counts {
+    let mut c = Counts {
+        total: outcomes.len(),
+        ..Counts::default()
+    };
+    for o in outcomes {
+        match o.status {
+            NodeStatus::Joined => c.joined += 1,
+            NodeStatus::AlreadyJoined => c.already_joined += 1,
+            NodeStatus::Reset => c.reset += 1,
+            NodeStatus::Failed => c.failed += 1,
+            NodeStatus::Interrupted => c.interrupted += 1,
+            NodeStatus::NotStarted => c.not_started += 1,
+        }
+    }
+    c
+}
+
+pub fn exit_code(outcomes: &[NodeOutcome], interrupted: bool) -> u8 {
+    if interrupted {
+        return EXIT_INTERRUPTED;
+    }
+    let all_ok = outcomes.iter().all(|o| {
+        matches!(
+            o.status,
+            NodeStatus::Joined | NodeStatus::AlreadyJoined | NodeStatus::Reset
+        )
+    });
+    if all_ok {
+        EXIT_ALL_OK
+    } else {
+        EXIT_SOME_FAILED
+    }
+}
+
+pub fn build<'a>(
+    plan: &'a JoinPlan,
+    run: &'a str,
+    started: &'a str,
+    outcomes: &'a [NodeOutcome],
+    exit_code: u8,
+) -> Report<'a> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    Report {
+        edgeferry: env!("CARGO_PKG_VERSION"),
+        action: plan.action,
+        run,
+        started,
+        finished: edgeferry_bundle::format::rfc3339_utc(now.as_secs()),
+        inventory: &plan.inventory,
+        kubeedge_version: &plan.kubeedge_version,
+        mirror: &plan.mirror,
+        state_dir: &plan.state_dir,
+        host_key_policy: plan.host_keys,
+        host_keys_learned: outcomes
+            .iter()
+            .filter(|o| o.host_key.as_ref().is_some_and(|k| k.learned))
+            .count(),
+        counts: counts(outcomes),
+        exit_code,
+        nodes: outcomes,
+    }
+}
+
+/// Written whole to a temp file and renamed: a reader never sees half.
+pub fn write(report: &Report, state_dir: &Path) -> Result<()> {
+    let mut bytes = serde_json::to_vec_pretty(report)?;
+    bytes.push(b'\n');
+    edgeferry_bundle::atomic::write_file(&state_dir.join(REPORT_FILE), &bytes, 0o600)
+}
+
+pub fn table(report: &Report) -> String {
+    let mut rows = vec![[
+        "NODE".to_string(),
+        "HOST".to_string(),
+        "ARCH".to_string(),
+        "STATUS".to_string(),
+        "STEP".to_string(),
+        "TIME".to_string(),
+        "ERROR".to_string(),
+    ]];
+    for o in report.nodes {
+        rows.push([
+            o.name.clone(),
+            o.host.clone(),
+            o.arch.clone().unwrap_or_else(|| "-".into()),
+            status_word(o.status).to_string(),
+            o.failed_step.map_or("-".into(), |s| s.name().to_string()),
+            format!("{:.1}s", o.ms as f64 / 1000.0),
+            o.error.clone().unwrap_or_default(),
+        ]);
+    }
+    let mut widths = [0usize; 6];
+    for r in &rows {
+        for (w, cell) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut s = String::new();
+    for r in &rows {
+        for (i, w) in widths.iter().enumerate() {
+            s.push_str(&format!("{:w$}  ", r[i], w = w));
+        }
+        s.push_str(&r[6]);
+        s.push('\n');
+    }
+    let c = &report.counts;
+    s.push_str(&format!(
+        "\n{} node(s): {} joined, {} already joined, {} reset, {} failed, {} interrupted, {} not started",
+        c.total, c.joined, c.already_joined, c.reset, c.failed, c.interrupted, c.not_started
+    ));
+    if report.host_keys_learned > 0 {
+        s.push_str(&format!(
+            "; {} new host key(s) recorded (--accept-new-host-keys)",
+            report.host_keys_learned
+        ));
+    }
+    s.push('\n');
+    s
+}

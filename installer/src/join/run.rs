@@ -1,0 +1,975 @@
+//! The executor: runs a `JoinPlan` with bounded parallelism. Each node is
+//! a task whose result is a `NodeOutcome` value, never an error that stops
+//! the batch. Every step is journaled before and after it runs.
+
+use std::collections::BTreeSet;
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+use tokio::sync::{watch, Semaphore};
+
+use super::inventory::AuthSpec;
+use super::journal::{Event, History, Journal, Status};
+use super::plan::{Action, JoinPlan, NodePlan, Step, StepPlan};
+use super::script;
+use super::secret::Redactor;
+use super::ssh::{self, HostKeyPolicy, SshError};
+use crate::config::JoinConfig;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Joined,
+    /// Joined in an earlier run; `--resume` left it alone.
+    AlreadyJoined,
+    Reset,
+    Failed,
+    /// Ctrl-C arrived while it ran; `--resume` continues it.
+    Interrupted,
+    /// Not started: the failure budget was spent, or Ctrl-C came first.
+    NotStarted,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepTiming {
+    pub step: Step,
+    /// ok | failed | interrupted | skipped (done in an earlier run)
+    pub status: &'static str,
+    pub ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HostKeyReport {
+    pub fingerprint: String,
+    /// Recorded into known_hosts on first contact (--accept-new-host-keys).
+    pub learned: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeOutcome {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub status: NodeStatus,
+    pub failed_step: Option<Step>,
+    pub error: Option<String>,
+    /// Stable cause names: connect, connect_timeout, auth, host_key_changed,
+    /// host_key_unknown, preflight, containerd, fetch, keadm_failed,
+    /// keadm_timeout, timeout, postcheck, interrupted, ...
+    pub error_kind: Option<String>,
+    pub arch: Option<String>,
+    pub bundle_id: Option<String>,
+    pub steps: Vec<StepTiming>,
+    pub host_key: Option<HostKeyReport>,
+    pub log: PathBuf,
+    pub ms: u64,
+}
+
+/// How a node enters this run.
+#[derive(Clone, Debug)]
+pub enum Entry {
+    /// Run these steps (all, or from the failed one on `--resume`).
+    Run {
+        skip: BTreeSet<Step>,
+        arch: Option<String>,
+    },
+    AlreadyJoined {
+        arch: Option<String>,
+    },
+}
+
+impl Entry {
+    pub fn from_history(history: Option<&History>, resume: bool) -> Entry {
+        match history {
+            Some(h) if resume && h.joined() => Entry::AlreadyJoined {
+                arch: h.arch.clone(),
+            },
+            Some(h) if resume => Entry::Run {
+                skip: h.done.clone(),
+                arch: h.arch.clone(),
+            },
+            _ => Entry::Run {
+                skip: BTreeSet::new(),
+                arch: None,
+            },
+        }
+    }
+}
+
+pub struct Ctx {
+    pub plan: JoinPlan,
+    pub config: JoinConfig,
+    pub redactor: Redactor,
+    pub journal: Journal,
+    pub run_id: String,
+    pub policy: HostKeyPolicy,
+    pub max_fail: Option<usize>,
+    pub cancel: watch::Receiver<bool>,
+    pub progress: Progress,
+}
+
+struct Failure {
+    step: Step,
+    message: String,
+    kind: String,
+    interrupted: bool,
+}
+
+fn now() -> String {
+    let t = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    edgeferry_bundle::format::rfc3339_utc(t.as_secs())
+}
+
+pub async fn execute(ctx: Arc<Ctx>, entries: Vec<(usize, Entry)>) -> Vec<NodeOutcome> {
+    let sem = Arc::new(Semaphore::new(ctx.plan.parallel));
+    let failures = Arc::new(AtomicUsize::new(0));
+    let mut outcomes: Vec<(usize, NodeOutcome)> = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut stop_reason: Option<&'static str> = None;
+    for (idx, entry) in entries {
+        let node = &ctx.plan.nodes[idx];
+        if let Some(reason) = stop_reason {
+            outcomes.push((idx, not_started(&ctx, node, reason)));
+            continue;
+        }
+        let (skip, arch) = match entry {
+            Entry::AlreadyJoined { arch } => {
+                let mut o = blank_outcome(&ctx, node, NodeStatus::AlreadyJoined);
+                o.bundle_id = arch.as_ref().and_then(|a| ctx.plan.bundles.get(a).cloned());
+                o.arch = arch;
+                ctx.progress.finished(&o);
+                outcomes.push((idx, o));
+                continue;
+            }
+            Entry::Run { skip, arch } => (skip, arch),
+        };
+        let mut cancel = ctx.cancel.clone();
+        let permit = tokio::select! {
+            p = sem.clone().acquire_owned() => p.expect("semaphore open"),
+            _ = cancel.wait_for(|c| *c) => {
+                stop_reason = Some("interrupted (Ctrl-C) before it started");
+                outcomes.push((idx, not_started(&ctx, node, stop_reason.unwrap())));
+                continue;
+            }
+        };
+        if *ctx.cancel.borrow() {
+            stop_reason = Some("interrupted (Ctrl-C) before it started");
+            outcomes.push((idx, not_started(&ctx, node, stop_reason.unwrap())));
+            continue;
+        }
+        if let Some(budget) = ctx.max_fail {
+            if failures.load(Ordering::SeqCst) >= budget {
+                stop_reason = Some("not started: the --max-fail budget was spent");
+                outcomes.push((idx, not_started(&ctx, node, stop_reason.unwrap())));
+                continue;
+            }
+        }
+        let ctx2 = ctx.clone();
+        let failures2 = failures.clone();
+        tasks.spawn(async move {
+            let outcome = run_node(&ctx2, idx, skip, arch).await;
+            if outcome.status == NodeStatus::Failed {
+                failures2.fetch_add(1, Ordering::SeqCst);
+            }
+            drop(permit);
+            ctx2.progress.finished(&outcome);
+            (idx, outcome)
+        });
+        // Let finished tasks report so the failure count is current.
+        while let Some(done) = tasks.try_join_next() {
+            outcomes.push(done.expect("node task does not panic"));
+        }
+    }
+    while let Some(done) = tasks.join_next().await {
+        outcomes.push(done.expect("node task does not panic"));
+    }
+    outcomes.sort_by_key(|(i, _)| *i);
+    outcomes.into_iter().map(|(_, o)| o).collect()
+}
+
+fn log_path(ctx: &Ctx, node: &NodePlan) -> PathBuf {
+    ctx.plan
+        .state_dir
+        .join("logs")
+        .join(format!("{}.log", node.name))
+}
+
+fn blank_outcome(ctx: &Ctx, node: &NodePlan, status: NodeStatus) -> NodeOutcome {
+    NodeOutcome {
+        name: node.name.clone(),
+        host: node.host.clone(),
+        port: node.port,
+        status,
+        failed_step: None,
+        error: None,
+        error_kind: None,
+        arch: None,
+        bundle_id: None,
+        steps: Vec::new(),
+        host_key: None,
+        log: log_path(ctx, node),
+        ms: 0,
+    }
+}
+
+fn not_started(ctx: &Ctx, node: &NodePlan, reason: &str) -> NodeOutcome {
+    let mut o = blank_outcome(ctx, node, NodeStatus::NotStarted);
+    o.error = Some(reason.to_string());
+    ctx.progress.finished(&o);
+    o
+}
+
+/// Per-node log: every command (redacted), its output and timing.
+struct NodeLog {
+    file: Option<File>,
+    redactor: Redactor,
+}
+
+impl NodeLog {
+    fn open(path: &Path, redactor: &Redactor) -> NodeLog {
+        let file = path
+            .parent()
+            .map(std::fs::create_dir_all)
+            .and_then(|r| r.ok())
+            .and_then(|()| OpenOptions::new().create(true).append(true).open(path).ok());
+        NodeLog {
+            file,
+            redactor: redactor.clone(),
+        }
+    }
+
+    fn line(&mut self, text: &str) {
+        if let Some(f) = &mut self.file {
+            let text = self.redactor.scrub(text);
+            let _ = writeln!(f, "{} {text}", now());
+        }
+    }
+
+    fn output(&mut self, bytes: &[u8]) {
+        if let Some(f) = &mut self.file {
+            let text = self.redactor.scrub_bytes(bytes);
+            for l in text.lines() {
+                let _ = writeln!(f, "  | {l}");
+            }
+        }
+    }
+}
+
+async fn run_node(
+    ctx: &Ctx,
+    idx: usize,
+    skip: BTreeSet<Step>,
+    arch: Option<String>,
+) -> NodeOutcome {
+    let node = &ctx.plan.nodes[idx];
+    let started = Instant::now();
+    let mut out = blank_outcome(ctx, node, NodeStatus::Failed);
+    out.arch = arch;
+    let mut log = NodeLog::open(&out.log, &ctx.redactor);
+    log.line(&format!(
+        "=== run {} {}: {} {}@{}:{}",
+        ctx.run_id,
+        match ctx.plan.action {
+            Action::Join => "join",
+            Action::Reset => "reset",
+        },
+        node.name,
+        node.user,
+        node.host,
+        node.port
+    ));
+    ctx.progress.started(&node.name);
+
+    let result = run_steps(ctx, node, &skip, &mut out, &mut log).await;
+    match result {
+        Ok(()) => {
+            out.status = match ctx.plan.action {
+                Action::Join => NodeStatus::Joined,
+                Action::Reset => NodeStatus::Reset,
+            };
+            log.line("=== done");
+        }
+        Err(f) => {
+            let message = ctx.redactor.scrub(&f.message);
+            log.line(&format!("=== FAILED at {}: {message}", f.step.name()));
+            out.status = if f.interrupted {
+                NodeStatus::Interrupted
+            } else {
+                NodeStatus::Failed
+            };
+            out.failed_step = Some(f.step);
+            out.error = Some(message);
+            out.error_kind = Some(f.kind);
+        }
+    }
+    out.bundle_id = out
+        .arch
+        .as_ref()
+        .and_then(|a| ctx.plan.bundles.get(a).cloned());
+    out.ms = started.elapsed().as_millis() as u64;
+    out
+}
+
+fn journal(
+    ctx: &Ctx,
+    node: &NodePlan,
+    step: Step,
+    status: Status,
+    ms: Option<u64>,
+    failure: Option<(&str, &str)>,
+    arch: Option<&str>,
+) {
+    let event = Event {
+        ts: now(),
+        run: ctx.run_id.clone(),
+        node: node.name.clone(),
+        step,
+        status,
+        ms,
+        error: failure.map(|(m, _)| ctx.redactor.scrub(m)),
+        kind: failure.map(|(_, k)| k.to_string()),
+        arch: arch.map(str::to_string),
+    };
+    if let Err(e) = ctx.journal.record(&event) {
+        // Without a journal, resume cannot be trusted: say so loudly.
+        eprintln!("error: {e:#}");
+    }
+}
+
+async fn run_steps(
+    ctx: &Ctx,
+    node: &NodePlan,
+    skip: &BTreeSet<Step>,
+    out: &mut NodeOutcome,
+    log: &mut NodeLog,
+) -> Result<(), Failure> {
+    // Connect is always done anew.
+    let connect_plan = &node.steps[0];
+    ctx.progress.step(&node.name, Step::Connect);
+    journal(ctx, node, Step::Connect, Status::Started, None, None, None);
+    let t = Instant::now();
+    let session = connect(ctx, node, connect_plan, log).await;
+    let ms = t.elapsed().as_millis() as u64;
+    let session = match session {
+        Ok(s) => s,
+        Err(f) => {
+            let status = if f.interrupted {
+                Status::Interrupted
+            } else {
+                Status::Failed
+            };
+            journal(
+                ctx,
+                node,
+                Step::Connect,
+                status,
+                Some(ms),
+                Some((&f.message, &f.kind)),
+                None,
+            );
+            out.steps.push(StepTiming {
+                step: Step::Connect,
+                status: if f.interrupted {
+                    "interrupted"
+                } else {
+                    "failed"
+                },
+                ms,
+            });
+            return Err(f);
+        }
+    };
+    out.host_key = Some(HostKeyReport {
+        fingerprint: session.host_key.fingerprint.clone(),
+        learned: session.host_key.learned,
+    });
+    if session.host_key.learned {
+        log.line(&format!(
+            "host key {} recorded in {} (first contact, --accept-new-host-keys)",
+            session.host_key.fingerprint,
+            node.known_hosts.display()
+        ));
+    }
+    journal(ctx, node, Step::Connect, Status::Ok, Some(ms), None, None);
+    out.steps.push(StepTiming {
+        step: Step::Connect,
+        status: "ok",
+        ms,
+    });
+
+    let mut result = Ok(());
+    for st in &node.steps[1..] {
+        if skip.contains(&st.step) {
+            log.line(&format!(
+                "--- {}: done in an earlier run, skipped",
+                st.step.name()
+            ));
+            out.steps.push(StepTiming {
+                step: st.step,
+                status: "skipped",
+                ms: 0,
+            });
+            continue;
+        }
+        ctx.progress.step(&node.name, st.step);
+        journal(ctx, node, st.step, Status::Started, None, None, None);
+        let t = Instant::now();
+        let r = run_step(ctx, node, st, &session, out, log).await;
+        let ms = t.elapsed().as_millis() as u64;
+        match r {
+            Ok(()) => {
+                let arch = (st.step == Step::Preflight)
+                    .then_some(out.arch.as_deref())
+                    .flatten();
+                journal(ctx, node, st.step, Status::Ok, Some(ms), None, arch);
+                out.steps.push(StepTiming {
+                    step: st.step,
+                    status: "ok",
+                    ms,
+                });
+            }
+            Err(f) => {
+                let status = if f.interrupted {
+                    Status::Interrupted
+                } else {
+                    Status::Failed
+                };
+                let arch = (st.step == Step::Preflight)
+                    .then_some(out.arch.as_deref())
+                    .flatten();
+                journal(
+                    ctx,
+                    node,
+                    st.step,
+                    status,
+                    Some(ms),
+                    Some((&f.message, &f.kind)),
+                    arch,
+                );
+                out.steps.push(StepTiming {
+                    step: st.step,
+                    status: if f.interrupted {
+                        "interrupted"
+                    } else {
+                        "failed"
+                    },
+                    ms,
+                });
+                result = Err(f);
+                break;
+            }
+        }
+    }
+    session.close().await;
+    result
+}
+
+fn to_auth(a: &AuthSpec) -> ssh::Auth {
+    match a {
+        AuthSpec::Key { path, passphrase } => ssh::Auth::Key {
+            path: path.clone(),
+            passphrase: passphrase.clone(),
+        },
+        AuthSpec::Agent => ssh::Auth::Agent,
+        AuthSpec::Password(p) => ssh::Auth::Password(p.clone()),
+    }
+}
+
+async fn connect(
+    ctx: &Ctx,
+    node: &NodePlan,
+    plan: &StepPlan,
+    log: &mut NodeLog,
+) -> Result<ssh::Session, Failure> {
+    let spec = &node.spec;
+    let target = ssh::Target {
+        host: spec.host.clone(),
+        port: spec.port,
+        user: spec.user.clone(),
+    };
+    let auths: Vec<ssh::Auth> = spec.auths.iter().map(to_auth).collect();
+    let timeout = Duration::from_secs(plan.timeout_secs.max(1));
+    let opts = ssh::ConnectOptions {
+        known_hosts: spec.known_hosts.clone(),
+        policy: ctx.policy,
+        connect_timeout: timeout,
+        auth_timeout: timeout,
+        jump: spec.jump.as_ref().map(|j| ssh::Hop {
+            target: ssh::Target {
+                host: j.host.clone(),
+                port: j.port,
+                user: j.user.clone(),
+            },
+            auths: j.auths.iter().map(to_auth).collect(),
+        }),
+    };
+    let attempts = ctx.config.connect_attempts.max(1);
+    let mut backoff = ctx.config.retry_backoff;
+    let mut cancel = ctx.cancel.clone();
+    for attempt in 1..=attempts {
+        log.line(&format!(
+            "$ {} (attempt {attempt}/{attempts})",
+            plan.command
+        ));
+        let r = tokio::select! {
+            r = ssh::connect(&target, &auths, &opts) => r,
+            _ = cancel.wait_for(|c| *c) => return Err(interrupted(Step::Connect)),
+        };
+        match r {
+            Ok(s) => {
+                log.line(&format!("connected, host key {}", s.host_key.fingerprint));
+                return Ok(s);
+            }
+            Err(e) if e.is_transient() && attempt < attempts => {
+                log.line(&format!(
+                    "attempt {attempt} failed: {e}; retrying in {}s",
+                    backoff.as_secs_f32()
+                ));
+                tokio::select! {
+                    _ = tokio::time::sleep(backoff) => {}
+                    _ = cancel.wait_for(|c| *c) => return Err(interrupted(Step::Connect)),
+                }
+                backoff *= 2;
+            }
+            Err(e) => {
+                let after = if e.is_transient() {
+                    format!(" (after {attempts} attempts)")
+                } else {
+                    String::new()
+                };
+                return Err(Failure {
+                    step: Step::Connect,
+                    message: format!("{e}{after}"),
+                    kind: e.kind().to_string(),
+                    interrupted: false,
+                });
+            }
+        }
+    }
+    unreachable!("the last attempt returns")
+}
+
+fn interrupted(step: Step) -> Failure {
+    Failure {
+        step,
+        message: "interrupted (Ctrl-C); --resume continues here".to_string(),
+        kind: "interrupted".to_string(),
+        interrupted: true,
+    }
+}
+
+/// Output of one remote command, bounded.
+struct Captured {
+    bytes: Vec<u8>,
+    cut: bool,
+}
+
+async fn exec(
+    ctx: &Ctx,
+    session: &ssh::Session,
+    step: Step,
+    command: &str,
+    stdin: Option<ssh::Stdin>,
+    timeout: Duration,
+) -> Result<(ssh::ExitStatus, Captured), Failure> {
+    let limit = ctx.config.max_step_output;
+    let captured = Arc::new(Mutex::new(Captured {
+        bytes: Vec::new(),
+        cut: false,
+    }));
+    let sink = captured.clone();
+    let mut on_output = move |chunk: &[u8]| {
+        let mut c = sink.lock().expect("capture lock");
+        let room = limit.saturating_sub(c.bytes.len());
+        if chunk.len() > room {
+            c.cut = true;
+        }
+        c.bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
+    };
+    let mut cancel = ctx.cancel.clone();
+    let r = tokio::select! {
+        r = session.exec(command, stdin, timeout, &mut on_output) => r,
+        _ = cancel.wait_for(|c| *c) => return Err(interrupted(step)),
+    };
+    let captured = std::mem::replace(
+        &mut *captured.lock().expect("capture lock"),
+        Captured {
+            bytes: Vec::new(),
+            cut: false,
+        },
+    );
+    match r {
+        Ok(status) => Ok((status, captured)),
+        Err(SshError::Timeout { .. }) => Err(Failure {
+            step,
+            message: format!(
+                "{} did not finish within {}s: raise timeouts.{} in the inventory if the node is just slow",
+                step.name(),
+                timeout.as_secs(),
+                step.name()
+            ),
+            kind: if step == Step::KeadmJoin {
+                "keadm_timeout".into()
+            } else {
+                "timeout".into()
+            },
+            interrupted: false,
+        }),
+        Err(e) => Err(Failure {
+            step,
+            message: e.to_string(),
+            kind: e.kind().to_string(),
+            interrupted: false,
+        }),
+    }
+}
+
+/// The line that explains a failure: one starting with the step's own
+/// prefix if the script printed one, else the last non-empty line.
+fn explain(text: &str, prefix: &str) -> String {
+    let lines: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    lines
+        .iter()
+        .rev()
+        .find(|l| l.starts_with(prefix))
+        .or_else(|| lines.iter().rev().find(|l| !l.starts_with("---")))
+        .map_or_else(|| "no output".to_string(), |l| l.to_string())
+}
+
+async fn run_step(
+    ctx: &Ctx,
+    node: &NodePlan,
+    st: &StepPlan,
+    session: &ssh::Session,
+    out: &mut NodeOutcome,
+    log: &mut NodeLog,
+) -> Result<(), Failure> {
+    let timeout = Duration::from_secs(st.timeout_secs.max(1));
+    if st.step == Step::Fetch {
+        if let Some(dir) = &node.spec.copy_from {
+            upload_dir(ctx, session, node, dir, timeout, log).await?;
+        }
+    }
+    // The remote side enforces keadm's own timeout with `timeout`; give it
+    // room to report before the channel is cut.
+    let channel_timeout = match st.step {
+        Step::KeadmJoin | Step::KeadmReset => timeout + Duration::from_secs(20),
+        _ => timeout,
+    };
+    log.line(&format!("$ {}", st.command));
+    let t = Instant::now();
+    let (status, captured) = exec(
+        ctx,
+        session,
+        st.step,
+        &st.secret_command,
+        None,
+        channel_timeout,
+    )
+    .await?;
+    log.output(&captured.bytes);
+    let text = ctx.redactor.scrub_bytes(&captured.bytes);
+    log.line(&format!(
+        "[{} {:?} after {} ms{}]",
+        st.step.name(),
+        status,
+        t.elapsed().as_millis(),
+        if captured.cut { ", output cut" } else { "" }
+    ));
+    if st.step == Step::Preflight {
+        if let Some(arch) = text.lines().find_map(|l| l.strip_prefix("arch=")) {
+            out.arch = Some(arch.trim().to_string());
+        }
+    }
+    let code = match status {
+        ssh::ExitStatus::Code(c) => Some(c),
+        _ => None,
+    };
+    if code == Some(0) {
+        return Ok(());
+    }
+    if st.step == Step::Fetch && code == Some(script::NO_HTTP_CLIENT) {
+        return upload_keadm(ctx, session, node, out, timeout, log).await;
+    }
+    let fail = |kind: &str, message: String| Failure {
+        step: st.step,
+        message,
+        kind: kind.to_string(),
+        interrupted: false,
+    };
+    let how = match status {
+        ssh::ExitStatus::Code(c) => format!("exited {c}"),
+        ssh::ExitStatus::Signal(s) => format!("was killed by signal {s}"),
+        ssh::ExitStatus::Unknown => "ended without an exit status".to_string(),
+    };
+    Err(match st.step {
+        Step::Preflight => fail("preflight", explain(&text, "preflight:")),
+        Step::Containerd => fail("containerd", format!("configuring containerd {how}: {}", explain(&text, ""))),
+        Step::Fetch => fail("fetch", explain(&text, "")),
+        Step::KeadmJoin | Step::KeadmReset if code == Some(script::TIMED_OUT) => fail(
+            "keadm_timeout",
+            format!(
+                "keadm did not finish within {}s and was stopped on the node: check the node's log, or raise timeouts.{}",
+                st.timeout_secs,
+                st.step.name()
+            ),
+        ),
+        Step::KeadmJoin => fail("keadm_failed", format!("keadm join {how}: {}", explain(&text, "Error:"))),
+        Step::KeadmReset => fail("keadm_failed", format!("keadm reset edge {how}: {}", explain(&text, "Error:"))),
+        Step::Postcheck => fail("postcheck", explain(&text, "postcheck:")),
+        Step::Connect => unreachable!("connect is not a script"),
+    })
+}
+
+/// The node has no curl or wget: send the tarball over SSH, then let the
+/// same script verify and unpack it.
+async fn upload_keadm(
+    ctx: &Ctx,
+    session: &ssh::Session,
+    node: &NodePlan,
+    out: &NodeOutcome,
+    timeout: Duration,
+    log: &mut NodeLog,
+) -> Result<(), Failure> {
+    let fail = |message: String| Failure {
+        step: Step::Fetch,
+        message,
+        kind: "fetch".into(),
+        interrupted: false,
+    };
+    let arch = out
+        .arch
+        .clone()
+        .ok_or_else(|| fail("the node's arch is unknown: rerun without --resume".into()))?;
+    let asset = ctx
+        .plan
+        .keadm
+        .iter()
+        .find(|a| a.arch == arch)
+        .ok_or_else(|| fail(format!("the store has no keadm for {arch}")))?;
+    let local = ctx.plan.store.join("files").join(&asset.file);
+    let version = &ctx.plan.kubeedge_version;
+    let cmd = script::wrap(&script::upload_target(version, &asset.file), node.spec.sudo);
+    log.line(&format!("$ {cmd} < {}", local.display()));
+    let (status, captured) = exec(
+        ctx,
+        session,
+        Step::Fetch,
+        &cmd,
+        Some(ssh::Stdin::File(local)),
+        timeout,
+    )
+    .await?;
+    log.output(&captured.bytes);
+    if !matches!(status, ssh::ExitStatus::Code(0)) {
+        return Err(fail(format!(
+            "uploading {} over SSH failed: {status:?}",
+            asset.file
+        )));
+    }
+    let verify = script::wrap(
+        &script::fetch(version, &ctx.plan.mirror, &ctx.plan.keadm, true),
+        node.spec.sudo,
+    );
+    log.line(&format!("$ {verify}"));
+    let (status, captured) = exec(ctx, session, Step::Fetch, &verify, None, timeout).await?;
+    log.output(&captured.bytes);
+    if matches!(status, ssh::ExitStatus::Code(0)) {
+        Ok(())
+    } else {
+        Err(fail(explain(
+            &ctx.redactor.scrub_bytes(&captured.bytes),
+            "",
+        )))
+    }
+}
+
+/// keadm batch `copyFrom`: every file under the directory, recursively.
+async fn upload_dir(
+    ctx: &Ctx,
+    session: &ssh::Session,
+    node: &NodePlan,
+    dir: &Path,
+    timeout: Duration,
+    log: &mut NodeLog,
+) -> Result<(), Failure> {
+    let fail = |message: String| Failure {
+        step: Step::Fetch,
+        message,
+        kind: "copy_from".into(),
+        interrupted: false,
+    };
+    let mut files = Vec::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        let entries =
+            std::fs::read_dir(&d).map_err(|e| fail(format!("copyFrom {}: {e}", d.display())))?;
+        for e in entries {
+            let e = e.map_err(|e| fail(format!("copyFrom {}: {e}", d.display())))?;
+            let ft = e
+                .file_type()
+                .map_err(|e| fail(format!("copyFrom {}: {e}", e)))?;
+            if ft.is_dir() {
+                stack.push(e.path());
+            } else if ft.is_file() {
+                files.push(e.path());
+            }
+        }
+    }
+    files.sort();
+    for f in files {
+        use std::os::unix::fs::PermissionsExt;
+        let rel = f
+            .strip_prefix(dir)
+            .unwrap_or(&f)
+            .to_string_lossy()
+            .to_string();
+        let mode = std::fs::metadata(&f)
+            .map(|m| m.permissions().mode() & 0o777)
+            .unwrap_or(0o644)
+            | 0o500;
+        let cmd = script::wrap(&script::copy_target(&rel, mode), node.spec.sudo);
+        log.line(&format!("$ {cmd} < {}", f.display()));
+        let (status, captured) = exec(
+            ctx,
+            session,
+            Step::Fetch,
+            &cmd,
+            Some(ssh::Stdin::File(f.clone())),
+            timeout,
+        )
+        .await?;
+        log.output(&captured.bytes);
+        if !matches!(status, ssh::ExitStatus::Code(0)) {
+            return Err(fail(format!(
+                "uploading copyFrom file {rel} failed: {status:?}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// What the operator sees while a batch runs: on a terminal, one overall
+/// bar plus a line per active node; otherwise one line per finished node,
+/// never interleaved output.
+pub struct Progress {
+    bars: Option<Bars>,
+    total: usize,
+    done: AtomicUsize,
+}
+
+struct Bars {
+    multi: indicatif::MultiProgress,
+    overall: indicatif::ProgressBar,
+    active: Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
+}
+
+impl Progress {
+    pub fn new(total: usize, quiet: bool) -> Progress {
+        let bars = (!quiet && std::io::stderr().is_terminal()).then(|| {
+            let multi = indicatif::MultiProgress::new();
+            let overall = multi.add(indicatif::ProgressBar::new(total as u64));
+            overall.set_style(
+                indicatif::ProgressStyle::with_template(
+                    "{elapsed_precise} [{bar:40}] {pos}/{len} nodes {msg}",
+                )
+                .expect("static template")
+                .progress_chars("=> "),
+            );
+            Bars {
+                multi,
+                overall,
+                active: Mutex::new(Default::default()),
+            }
+        });
+        Progress {
+            bars,
+            total,
+            done: AtomicUsize::new(0),
+        }
+    }
+
+    fn started(&self, name: &str) {
+        if let Some(b) = &self.bars {
+            let bar = b.multi.add(indicatif::ProgressBar::new_spinner());
+            bar.set_style(
+                indicatif::ProgressStyle::with_template("  {spinner} {prefix}: {msg}")
+                    .expect("static template"),
+            );
+            bar.set_prefix(name.to_string());
+            bar.enable_steady_tick(Duration::from_millis(200));
+            b.active
+                .lock()
+                .expect("progress lock")
+                .insert(name.to_string(), bar);
+        }
+    }
+
+    fn step(&self, name: &str, step: Step) {
+        if let Some(b) = &self.bars {
+            if let Some(bar) = b.active.lock().expect("progress lock").get(name) {
+                bar.set_message(step.name());
+            }
+        }
+    }
+
+    fn finished(&self, o: &NodeOutcome) {
+        let n = self.done.fetch_add(1, Ordering::SeqCst) + 1;
+        let line = match o.status {
+            NodeStatus::Joined | NodeStatus::Reset | NodeStatus::AlreadyJoined => format!(
+                "[{n}/{}] {} {}: {} ({:.1}s)",
+                self.total,
+                o.name,
+                o.host,
+                status_word(o.status),
+                o.ms as f64 / 1000.0
+            ),
+            _ => format!(
+                "[{n}/{}] {} {}: {}{}: {}",
+                self.total,
+                o.name,
+                o.host,
+                status_word(o.status),
+                o.failed_step
+                    .map_or(String::new(), |s| format!(" at {}", s.name())),
+                o.error.as_deref().unwrap_or("")
+            ),
+        };
+        match &self.bars {
+            Some(b) => {
+                if let Some(bar) = b.active.lock().expect("progress lock").remove(&o.name) {
+                    bar.finish_and_clear();
+                    b.multi.remove(&bar);
+                }
+                b.overall.inc(1);
+                let _ = b.multi.println(line);
+                if n == self.total {
+                    b.overall.finish_and_clear();
+                }
+            }
+            None => eprintln!("{line}"),
+        }
+    }
+}
+
+pub fn status_word(s: NodeStatus) -> &'static str {
+    match s {
+        NodeStatus::Joined => "joined",
+        NodeStatus::AlreadyJoined => "already joined",
+        NodeStatus::Reset => "reset",
+        NodeStatus::Failed => "FAILED",
+        NodeStatus::Interrupted => "INTERRUPTED",
+        NodeStatus::NotStarted => "not started",
+    }
+}
