@@ -558,3 +558,76 @@ fn keadm_batch_config_works_unchanged() {
     assert_eq!(again.code, Some(0), "{}", again.stderr);
     assert_eq!(report(&state)["counts"]["already_joined"], 3);
 }
+
+/// Ctrl-C mid-batch: exit 130, a journal whose every line parses, the
+/// interrupted step recorded, and `--resume` finishes the job.
+#[test]
+fn interrupt_leaves_a_consistent_journal() {
+    let site = Site::new(2);
+    let h = &site.hosts;
+    h.set_fault(1, Some("hang"));
+    let state = site.path("state");
+    let inventory = site.path("site.yaml");
+    write(
+        &inventory,
+        &format!(
+            "cloudcore: {}\ntoken: {{env: EF_TEST_TOKEN}}\nname_prefix: edge\ntimeouts: {{keadm_join: 120}}\n\
+             ssh: {{user: root, key: {}, known_hosts: {}}}\nnodes:\n  - host: {}\n  - host: {}\n",
+            h.cloudcore(),
+            h.client_key().display(),
+            h.known_hosts().display(),
+            h.host(0).ip,
+            h.host(1).ip
+        ),
+    );
+    let mut child = edgeferry_tests::Reaped::spawn(
+        edgeferry()
+            .args(["join", "-c"])
+            .arg(&inventory)
+            .arg("--store")
+            .arg(&site.store)
+            .arg("--mirror")
+            .arg(&site.mirror.addr)
+            .arg("--state-dir")
+            .arg(&state)
+            .env("EF_TEST_TOKEN", TOKEN)
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null()),
+    );
+    // Wait until host 0 has joined and host 1 is inside keadm join.
+    edgeferry_tests::wait_for(
+        "host 0 joined, host 1 in keadm join",
+        std::time::Duration::from_secs(60),
+        || {
+            let text = std::fs::read_to_string(state.join("journal.jsonl")).unwrap_or_default();
+            text.contains("\"step\":\"postcheck\",\"status\":\"ok\"")
+                && text.contains("\"step\":\"keadm_join\",\"status\":\"started\"")
+                && text.matches("keadm_join\",\"status\":\"started\"").count() == 2
+        },
+    );
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    unsafe { libc::kill(child.pid() as i32, libc::SIGINT) };
+    let status = child
+        .wait_timeout(std::time::Duration::from_secs(30))
+        .expect("join exits promptly after Ctrl-C");
+    assert_eq!(status.code(), Some(130));
+    let events = journal(&state);
+    let last = events.last().unwrap();
+    assert_eq!(last["step"], "keadm_join");
+    assert_eq!(last["status"], "interrupted");
+    let r = report(&state);
+    assert_eq!(r["counts"]["joined"], 1);
+    assert_eq!(r["counts"]["interrupted"], 1);
+
+    h.set_fault(1, None);
+    let resumed = site.join(
+        &inventory,
+        &["--resume", "--state-dir", state.to_str().unwrap()],
+    );
+    assert_eq!(resumed.code, Some(0));
+    let r = report(&state);
+    assert_eq!(r["counts"]["joined"], 1);
+    assert_eq!(r["counts"]["already_joined"], 1);
+    site.assert_joined(1);
+}

@@ -1,6 +1,8 @@
-//! `cargo xtask demo`: the main job end to end on the built-in sample.
-//! Today: sample bundles for amd64 and arm64, each checked with stock
-//! tools only (sha256sum, minisign, tar, skopeo), as an operator would.
+//! `cargo xtask demo`: the main job end to end on the built-in sample:
+//! sample bundles for amd64 and arm64, each checked with stock tools only
+//! (sha256sum, minisign, tar, skopeo) as an operator would; loaded into a
+//! store; served; and three local test hosts (real sshd in namespaces)
+//! joined over SSH from the mirror by `edgeferry join`.
 
 use std::path::Path;
 use std::process::Command;
@@ -77,6 +79,7 @@ pub fn run() -> Result<()> {
             .arg(&store),
     )?;
     serve_and_pull(&edgeferry, &store, &demo)?;
+    join_hosts(&edgeferry, &store, &demo)?;
     println!(
         "\ndemo ok: bundles in {}, store in {}",
         bundles.display(),
@@ -240,6 +243,117 @@ fn serve_and_pull(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
         Ok(())
     })();
     // SIGTERM: the server finishes in-flight transfers and exits.
+    let _ = Command::new("kill").arg(server.id().to_string()).status();
+    let _ = server.wait();
+    result
+}
+
+/// Three local test hosts (tests/src/hosts.rs: sshd in its own network,
+/// mount and PID namespaces), a mirror on their bridge, and one
+/// `edgeferry join`: dry run first, then the real thing.
+fn join_hosts(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
+    use edgeferry_tests::hosts::TestHosts;
+    use std::io::{BufRead, BufReader};
+    println!("\n== edgeferry join: 3 local test hosts over SSH, through the mirror");
+    let hosts = TestHosts::create(3)?;
+    let mut server = Command::new(edgeferry)
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("{}:0", hosts.control_ip()))
+        .arg("--access-log")
+        .arg(demo.join("join-access.log"))
+        .arg("--store")
+        .arg(store)
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting edgeferry serve")?;
+    let result = (|| -> Result<()> {
+        let stderr = server.stderr.take().context("server stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        let mirror = loop {
+            let line = lines
+                .next()
+                .context("the server exited before it was listening")??;
+            if let Some(rest) = line.split(" on http://").nth(1) {
+                break rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        let state = demo.join("join-state");
+        if state.exists() {
+            std::fs::remove_dir_all(&state)?;
+        }
+        let mut nodes = String::new();
+        for h in hosts.hosts() {
+            nodes.push_str(&format!("  - host: {}\n", h.ip));
+        }
+        let inventory = demo.join("site.yaml");
+        std::fs::write(
+            &inventory,
+            format!(
+                "# edgeferry join inventory for the demo's local test hosts\n\
+                 cloudcore: {}   # a stand-in cloudcore port on the bridge\n\
+                 token: {{env: DEMO_KUBEEDGE_TOKEN}}\n\
+                 name_prefix: demo-edge\n\
+                 keadm:\n  labels: [site=demo]\n\
+                 ssh:\n  user: root\n  key: {}\n  known_hosts: {}\nnodes:\n{nodes}",
+                hosts.cloudcore(),
+                hosts.client_key().display(),
+                hosts.known_hosts().display()
+            ),
+        )?;
+        let join = |extra: &[&str]| -> Result<()> {
+            crate::util::run(
+                Command::new(edgeferry)
+                    .arg("join")
+                    .arg("-c")
+                    .arg(&inventory)
+                    .arg("--store")
+                    .arg(store)
+                    .arg("--mirror")
+                    .arg(&mirror)
+                    .arg("--state-dir")
+                    .arg(&state)
+                    .args(extra)
+                    .env(
+                        "DEMO_KUBEEDGE_TOKEN",
+                        "demo0123456789.not-a-real-kubeedge-token",
+                    )
+                    .stdin(std::process::Stdio::null()),
+            )
+        };
+        println!(
+            "  $ edgeferry join -c {} --dry-run   (the plan, touching nothing)",
+            inventory.display()
+        );
+        join(&["--dry-run"])?;
+        println!("  $ edgeferry join -c {}", inventory.display());
+        join(&[])?;
+        for (i, h) in hosts.hosts().iter().enumerate() {
+            let out = hosts.run_on(i, "pidof edgecore; ls /etc/kubeedge/certs")?;
+            anyhow::ensure!(out.status.success(), "{}: edgecore is not running", h.name);
+            println!(
+                "  ok  {} ({}): stand-in edgecore pid {}, certs: {}",
+                h.name,
+                h.ip,
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .next()
+                    .unwrap_or("?"),
+                String::from_utf8_lossy(&out.stdout)
+                    .lines()
+                    .skip(1)
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+        }
+        println!("  report: {}", state.join("report.json").display());
+        Ok(())
+    })();
     let _ = Command::new("kill").arg(server.id().to_string()).status();
     let _ = server.wait();
     result
