@@ -631,3 +631,56 @@ fn interrupt_leaves_a_consistent_journal() {
     assert_eq!(r["counts"]["already_joined"], 1);
     site.assert_joined(1);
 }
+
+/// `--max-fail 1` with one node at a time: the first failure spends the
+/// budget, and the rest are reported as not started, never attempted.
+#[test]
+fn max_fail_stops_starting_new_nodes() {
+    let site = Site::new(3);
+    let h = &site.hosts;
+    for i in 0..3 {
+        h.stop_sshd(i);
+    }
+    let state = site.path("state");
+    let inventory = site.path("site.yaml");
+    write(
+        &inventory,
+        &format!(
+            "cloudcore: {}\ntoken: {{env: EF_TEST_TOKEN}}\n\
+             ssh: {{user: root, key: {}, known_hosts: {}}}\nnodes:\n  - host: {}\n  - host: {}\n  - host: {}\n",
+            h.cloudcore(),
+            h.client_key().display(),
+            h.known_hosts().display(),
+            h.host(0).ip,
+            h.host(1).ip,
+            h.host(2).ip
+        ),
+    );
+    let ran = site.join(
+        &inventory,
+        &[
+            "--parallel",
+            "1",
+            "--max-fail",
+            "1",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(ran.code, Some(2));
+    let r = report(&state);
+    assert_eq!(r["counts"]["failed"], 1);
+    assert_eq!(r["counts"]["not_started"], 2);
+    let nodes = r["nodes"].as_array().unwrap();
+    assert_eq!(nodes[0]["error_kind"], "connect");
+    for n in &nodes[1..] {
+        assert_eq!(n["status"], "not_started");
+        assert!(n["error"].as_str().unwrap().contains("--max-fail"), "{n}");
+        assert!(n["steps"].as_array().unwrap().is_empty());
+    }
+    let names: BTreeSet<String> = journal(&state)
+        .iter()
+        .map(|e| e["node"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(names.len(), 1, "only the first node was attempted");
+}
