@@ -5,6 +5,8 @@ mod config;
 mod input;
 mod join;
 mod mirror;
+mod pull;
+mod status;
 mod store;
 mod sys;
 
@@ -71,6 +73,66 @@ enum Command {
     /// Run `keadm reset edge --force` on the nodes of an inventory
     #[command(after_help = join::RESET_EXAMPLES)]
     Reset(join::BatchArgs),
+    /// Pull mode: enrollment codes for nodes that join themselves via /join.sh
+    #[command(subcommand, after_help = ENROLL_EXAMPLES)]
+    Enroll(EnrollCommand),
+    /// One table of every node: SSH joins (journals) and pull-mode joins (reports)
+    #[command(after_help = STATUS_EXAMPLES)]
+    Status(status::StatusArgs),
+}
+
+const ENROLL_EXAMPLES: &str = "\
+Examples:
+  # The site's parameters (cloudcore, token source, keadm flags; docs/inventory.md)
+  cat /srv/site/site.yaml
+  edgeferry serve --store /srv/edgeferry --listen 10.0.0.5:5000 --site-dir /srv/site
+  edgeferry enroll create --site-dir /srv/site --uses 50 --expires 24h
+  edgeferry enroll create --site-dir /srv/site --names edge-berlin-1,edge-berlin-2 --uses 2
+  edgeferry enroll list --site-dir /srv/site
+  edgeferry enroll revoke --site-dir /srv/site 3f2a9c1d
+
+Codes are shown once and stored as sha256 only. A node runs the one-liner
+`serve` prints (download /join.sh, check its sha256, run it with the code);
+the mirror answers a valid code with the site's keadm parameters, token
+included, and refuses anything else with 403.";
+
+const STATUS_EXAMPLES: &str = "\
+Examples:
+  edgeferry status --site-dir /srv/site --state-dir /srv/edgeferry-site-a
+  edgeferry status --site-dir /srv/site --watch
+  edgeferry status --state-dir /srv/edgeferry-site-a --json";
+
+#[derive(Subcommand)]
+enum EnrollCommand {
+    /// Create a code (printed once)
+    Create {
+        #[arg(long, env = "EDGEFERRY_SITE_DIR")]
+        site_dir: PathBuf,
+        /// How many nodes may enroll with it
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Lifetime: 90s, 10m, 24h, 7d
+        #[arg(long, default_value = "24h")]
+        expires: String,
+        /// Node names to hand out, in order, one per use
+        #[arg(long, value_delimiter = ',')]
+        names: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Codes (without their values) and enrolled nodes
+    List {
+        #[arg(long, env = "EDGEFERRY_SITE_DIR")]
+        site_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a code by id; nodes already enrolled keep their report keys
+    Revoke {
+        #[arg(long, env = "EDGEFERRY_SITE_DIR")]
+        site_dir: PathBuf,
+        id: String,
+    },
 }
 
 const SERVE_EXAMPLES: &str = "\
@@ -102,6 +164,10 @@ struct ServeArgs {
     /// Seconds without a byte moving before a connection is closed
     #[arg(long)]
     idle_timeout: Option<u64>,
+    /// Pull mode: a directory holding site.yaml; serves /join.sh and takes
+    /// enrollments and reports (see `edgeferry enroll --help`)
+    #[arg(long, env = "EDGEFERRY_SITE_DIR")]
+    site_dir: Option<PathBuf>,
 }
 
 #[derive(Args)]
@@ -183,7 +249,11 @@ fn main() -> ExitCode {
         Command::Verify(a) => a.source.json,
         Command::Load(a) => a.source.json,
         Command::Store(StoreCommand::List { json, .. }) => *json,
-        Command::Serve(_) | Command::Join(_) | Command::Reset(_) => false,
+        Command::Enroll(EnrollCommand::Create { json, .. } | EnrollCommand::List { json, .. }) => {
+            *json
+        }
+        Command::Status(a) => a.json,
+        Command::Serve(_) | Command::Join(_) | Command::Reset(_) | Command::Enroll(_) => false,
     };
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
@@ -243,6 +313,8 @@ fn run(cli: Cli) -> Result<()> {
         Command::Load(args) => load_cmd(&args, &config),
         Command::Store(StoreCommand::List { store, json }) => store_list(&store, json),
         Command::Join(_) | Command::Reset(_) => unreachable!("handled in main"),
+        Command::Enroll(command) => enroll_cmd(command),
+        Command::Status(args) => status::run(&args),
         Command::Serve(args) => {
             let mut config = config;
             if let Some(n) = args.max_connections {
@@ -257,6 +329,7 @@ fn run(cli: Cli) -> Result<()> {
                     listen: args.listen,
                     advertise: args.advertise,
                     access_log: args.access_log,
+                    site_dir: args.site_dir,
                 },
                 &config,
             )
@@ -428,4 +501,78 @@ fn store_list(store_dir: &std::path::Path, json: bool) -> Result<()> {
         println!("  {name}  {} bytes  sha256 {}", file.size, file.sha256);
     }
     Ok(())
+}
+
+fn enroll_cmd(command: EnrollCommand) -> Result<()> {
+    use pull::enroll;
+    match command {
+        EnrollCommand::Create {
+            site_dir,
+            uses,
+            expires,
+            names,
+            json,
+        } => {
+            if !site_dir.join(pull::SITE_FILE).exists() {
+                anyhow::bail!(
+                    "{} has no {}: write the site's parameters there first (docs/inventory.md)",
+                    site_dir.display(),
+                    pull::SITE_FILE
+                );
+            }
+            let ttl = enroll::parse_duration(&expires)?;
+            let new = enroll::create(&site_dir, uses, ttl, names)?;
+            let expires_at = edgeferry_bundle::format::rfc3339_utc(new.record.expires);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"id": new.id, "code": new.code, "uses": uses, "expires": expires_at, "names": new.record.names})
+                );
+            } else {
+                println!("code: {}", new.code);
+                println!("id: {}", new.id);
+                eprintln!("{uses} use(s), expires {expires_at}; shown once, stored hashed. Revoke with: edgeferry enroll revoke --site-dir {} {}", site_dir.display(), new.id);
+            }
+            Ok(())
+        }
+        EnrollCommand::List { site_dir, json } => {
+            let data = enroll::read(&site_dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&data)?);
+                return Ok(());
+            }
+            println!("codes:");
+            for c in &data.codes {
+                let state = if c.revoked {
+                    "revoked"
+                } else if enroll::now() >= c.expires {
+                    "expired"
+                } else if c.uses_left == 0 {
+                    "used up"
+                } else {
+                    "valid"
+                };
+                println!(
+                    "  {}  {state}  {} used, {} left, expires {}",
+                    c.id,
+                    c.uses,
+                    c.uses_left,
+                    edgeferry_bundle::format::rfc3339_utc(c.expires)
+                );
+            }
+            println!("nodes:");
+            for n in &data.nodes {
+                println!(
+                    "  {}  hostname {}  code {}  from {}",
+                    n.name, n.hostname, n.code_id, n.client
+                );
+            }
+            Ok(())
+        }
+        EnrollCommand::Revoke { site_dir, id } => {
+            enroll::revoke(&site_dir, &id)?;
+            println!("revoked {id}");
+            Ok(())
+        }
+    }
 }

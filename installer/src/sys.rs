@@ -49,6 +49,19 @@ pub fn lock_dir(dir: &Path) -> io::Result<Lock> {
     }
 }
 
+/// Like `lock_dir`, but waits for the lock: for short critical sections
+/// shared by the mirror and the `enroll` command.
+pub fn lock_dir_wait(dir: &Path) -> io::Result<Lock> {
+    let file = File::open(dir)?;
+    // SAFETY: a valid open descriptor.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX) };
+    if rc == 0 {
+        Ok(Lock(file))
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// Bytes available to an unprivileged writer on the filesystem of `path`.
 pub fn available_bytes(path: &Path) -> io::Result<u64> {
     let c = cstring(path)?;

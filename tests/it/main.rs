@@ -6,4 +6,5 @@ mod fetch;
 mod hosts;
 mod join;
 mod load;
+mod pull;
 mod serve;

@@ -25,6 +25,16 @@
 //! [`PRIVATE_DIRS`] on the control machine, empty, and leaves them (one
 //! may be in use by a concurrent harness).
 //!
+//! Hosts without sshd ([`TestHosts::create_without_sshd`]), for nodes an
+//! operator reaches only at the console (pull mode: the node fetches a
+//! join script from the mirror): the same namespaces, private directories
+//! and bridge address, but PID 1 is a shell that only reaps orphans, so
+//! nothing listens on port 22; [`TestHosts::run_on`] is the console. They
+//! also get a private `/tmp` (mounted last, so the harness files under the
+//! control machine's /tmp stay visible to the mounts before it): the join
+//! one-liner writes a fixed `/tmp` path, and 20 nodes at once must not
+//! share it.
+//!
 //! A host "going down" ([`TestHosts::stop_sshd`]) ends its PID namespace,
 //! so every process in it, like a machine powered off; its files and its
 //! address stay (connections are refused). A host key change reloads sshd
@@ -87,25 +97,33 @@ pub const PRIVATE_FILES: &[&str] = &[
     "/etc/sudoers",
     "/etc/hosts",
 ];
+/// Printed by a host without sshd once its namespaces are set up (to its
+/// log, [`TestHost::log`]); [`TestHosts::create_without_sshd`] waits for it.
+const HOST_READY: &str = "edgeferry test host ready";
+/// PATH of everything [`TestHosts::run_on`] runs (the environment is
+/// otherwise empty: nothing of the test process's leaks onto a host).
+pub const HOST_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
 /// Where each live harness records its owner, so a later one can sweep
 /// what a killed test process left behind. /run: gone at reboot, like the
 /// namespaces themselves.
 pub const RECORDS: &str = "/run/edgeferry-testhosts";
 
-/// (command, Debian package): checked before anything is created.
-const TOOLS: &[(&str, &str)] = &[
-    ("ip", "iproute2"),
-    ("unshare", "util-linux"),
-    ("nsenter", "util-linux"),
-    ("setpriv", "util-linux"),
-    ("setarch", "util-linux"),
-    ("mount", "mount"),
-    ("/usr/sbin/sshd", "openssh-server"),
-    ("ssh-keygen", "openssh-client"),
-    ("ssh-agent", "openssh-client"),
-    ("ssh-add", "openssh-client"),
-    ("openssl", "openssl"),
-    ("sudo", "sudo"),
+/// (command, Debian package, needed by hosts without sshd too): checked
+/// before anything is created.
+const TOOLS: &[(&str, &str, bool)] = &[
+    ("ip", "iproute2", true),
+    ("unshare", "util-linux", true),
+    ("nsenter", "util-linux", true),
+    ("setpriv", "util-linux", true),
+    ("setarch", "util-linux", true),
+    ("mount", "mount", true),
+    ("/usr/sbin/sshd", "openssh-server", false),
+    ("ssh-keygen", "openssh-client", false),
+    ("ssh-agent", "openssh-client", false),
+    ("ssh-add", "openssh-client", false),
+    ("openssl", "openssl", true),
+    ("sudo", "sudo", true),
 ];
 
 /// Stand-in for KubeEdge's cloudcore: TCP listeners on the control address
@@ -219,8 +237,9 @@ impl Spawner {
     }
 }
 
-/// One host's running sshd: `unshare` (our child) and, once it has forked,
-/// the sshd it started, PID 1 of the host's PID namespace.
+/// One host's running PID namespace: `unshare` (our child) and, once it
+/// has forked, the sshd it started (or, on a host without sshd, the shell
+/// that stands in for init), PID 1 of the host's PID namespace.
 struct Sshd {
     unshare: Child,
     init: Option<u32>,
@@ -274,15 +293,22 @@ pub struct TestHost {
     pub index: usize,
     /// Hostname inside the host, e.g. `efhost-03`.
     pub name: String,
-    /// Its address on the bridge; sshd listens on port 22 there.
+    /// Its address on the bridge; sshd listens on port 22 there (unless
+    /// the host has none: [`TestHost::has_sshd`]).
     pub ip: String,
     /// Control-side directory whose subdirectories are bind-mounted over
     /// the host's [`PRIVATE_DIRS`] and [`PRIVATE_FILES`].
     pub root: PathBuf,
     /// The network namespace (`ip netns exec <netns> …`, e.g. for `tc`).
     pub netns: String,
-    /// sshd_config, host key, `sshd.log`.
+    /// sshd_config, host key, `sshd.log` (a host without sshd: only its
+    /// `init.log`).
     pub dir: PathBuf,
+    /// Whether PID 1 is sshd (false: [`TestHosts::create_without_sshd`]).
+    has_sshd: bool,
+    /// How many times the host's PID namespace was started: a host
+    /// without sshd is up once its log says [`HOST_READY`] that often.
+    boots: AtomicUsize,
     /// Current public host key line (`ssh-ed25519 AAAA…`); changes with
     /// [`TestHosts::regenerate_host_key`].
     host_key: Mutex<String>,
@@ -302,9 +328,20 @@ impl TestHost {
         format!("{}:22", self.ip)
     }
 
-    /// Everything sshd (and the start-up script before it) wrote.
+    /// Whether sshd runs on the host (PID 1). Without it nothing listens
+    /// on port 22 and [`TestHosts::run_on`] is the only way in.
+    pub fn has_sshd(&self) -> bool {
+        self.has_sshd
+    }
+
+    /// Everything sshd (and the start-up script before it) wrote; on a
+    /// host without sshd, what its start-up script wrote.
     pub fn log(&self) -> PathBuf {
-        self.dir.join("sshd.log")
+        if self.has_sshd {
+            self.dir.join("sshd.log")
+        } else {
+            self.dir.join("init.log")
+        }
     }
 
     fn key_path(&self) -> PathBuf {
@@ -316,6 +353,8 @@ impl TestHost {
 /// cleans up everything it created. Send + Sync: threads may share one.
 pub struct TestHosts {
     path: PathBuf,
+    /// Whether the hosts run sshd (see [`TestHosts::create_without_sshd`]).
+    with_sshd: bool,
     tmp: Option<tempfile::TempDir>,
     k: u16,
     bridge: String,
@@ -343,11 +382,27 @@ impl TestHosts {
     /// Creates the bridge and `count` hosts (1..=[`MAX_HOSTS`]); returns
     /// once every sshd accepts connections on its address.
     pub fn create(count: usize) -> Result<TestHosts> {
+        TestHosts::create_with(count, true)
+    }
+
+    /// As [`TestHosts::create`], but the hosts run no sshd: nodes behind
+    /// NAT that only their console reaches. Each is still its own network
+    /// (on the bridge), mount (the same [`PRIVATE_DIRS`] and
+    /// [`PRIVATE_FILES`], plus a private `/tmp`), UTS and PID namespace;
+    /// PID 1 is a shell that reaps orphans (so daemons started with
+    /// [`TestHosts::run_on`] are real processes there), and port 22 is
+    /// closed. No client keys or known_hosts are made. Returns once every
+    /// host's namespaces are set up.
+    pub fn create_without_sshd(count: usize) -> Result<TestHosts> {
+        TestHosts::create_with(count, false)
+    }
+
+    fn create_with(count: usize, with_sshd: bool) -> Result<TestHosts> {
         if count == 0 || count > MAX_HOSTS {
             bail!("TestHosts::create({count}): between 1 and {MAX_HOSTS} hosts");
         }
         let started = Instant::now();
-        check_tools()?;
+        check_tools(with_sshd)?;
         sweep_stale();
         let tmp = tempfile::Builder::new()
             .prefix("edgeferry-hosts-")
@@ -358,6 +413,7 @@ impl TestHosts {
         let k = allocate_bridge()?;
         let mut hosts = TestHosts {
             path: tmp.path().to_path_buf(),
+            with_sshd,
             tmp: Some(tmp),
             k,
             bridge: format!("efbr{k}"),
@@ -373,7 +429,8 @@ impl TestHosts {
         hosts.write_record()?;
         hosts.setup(count)?;
         eprintln!(
-            "test hosts: {count} on {} ({}/24) ready in {:.2?}; files in {}",
+            "test hosts{}: {count} on {} ({}/24) ready in {:.2?}; files in {}",
+            if with_sshd { "" } else { " (no sshd)" },
             hosts.bridge,
             hosts.control_ip,
             started.elapsed(),
@@ -392,14 +449,9 @@ impl TestHosts {
         Ok(())
     }
 
-    fn setup(&mut self, count: usize) -> Result<()> {
-        let dir = self.path.clone();
-        // Mount points for the private binds. They must exist on the shared
-        // filesystem; we create missing ones (empty) and never remove them
-        // (another harness may be using them).
-        for d in PRIVATE_DIRS.iter().chain(["/run/sshd"].iter()) {
-            fs::create_dir_all(d).with_context(|| format!("creating mount point {d}"))?;
-        }
+    /// The client keys sshd hosts authorize for root and [`EDGE_USER`].
+    fn client_keys(&self) -> Result<()> {
+        let dir = &self.path;
         let keygen = |path: &Path, passphrase: &str, comment: &str| -> Result<String> {
             ok_output(
                 Command::new("ssh-keygen")
@@ -426,9 +478,23 @@ impl TestHosts {
             fs::set_permissions(&file, fs::Permissions::from_mode(0o644))?;
         }
         fs::set_permissions(&keys_dir, fs::Permissions::from_mode(0o755))?;
+        Ok(())
+    }
 
+    fn setup(&mut self, count: usize) -> Result<()> {
+        let dir = self.path.clone();
+        // Mount points for the private binds. They must exist on the shared
+        // filesystem; we create missing ones (empty) and never remove them
+        // (another harness may be using them).
+        for d in PRIVATE_DIRS.iter().chain(["/run/sshd"].iter()) {
+            fs::create_dir_all(d).with_context(|| format!("creating mount point {d}"))?;
+        }
+        if self.with_sshd {
+            self.client_keys()?;
+        }
         let accounts = Accounts::new()?;
         let k = self.k;
+        let with_sshd = self.with_sshd;
         let specs: Vec<(usize, String, String)> = (0..count)
             .map(|i| {
                 (
@@ -455,7 +521,7 @@ impl TestHosts {
                     let Some((i, name, ip)) = specs.get(i) else {
                         break;
                     };
-                    let made = prepare_host(&dir, k, *i, name, ip, &accounts);
+                    let made = prepare_host(&dir, k, *i, name, ip, &accounts, with_sshd);
                     lock(&results)[*i] = Some(made);
                 });
             }
@@ -489,11 +555,13 @@ impl TestHosts {
 
         self.cloudcore = Some(StandinCloudcore::start(&self.control_ip)?);
 
-        let mut known = String::new();
-        for host in &self.hosts {
-            let _ = writeln!(known, "{} {}", host.ip, host.host_key());
+        if self.with_sshd {
+            let mut known = String::new();
+            for host in &self.hosts {
+                let _ = writeln!(known, "{} {}", host.ip, host.host_key());
+            }
+            fs::write(self.known_hosts(), known)?;
         }
-        fs::write(self.known_hosts(), known)?;
 
         for i in 0..count {
             self.spawn_sshd(i)?;
@@ -501,7 +569,8 @@ impl TestHosts {
         self.wait_ready(&(0..count).collect::<Vec<_>>())
     }
 
-    /// Starts host `i`'s namespaces and sshd, without waiting for it.
+    /// Starts host `i`'s namespaces and sshd (or its stand-in init),
+    /// without waiting for it.
     fn spawn_sshd(&self, i: usize) -> Result<()> {
         let host = &self.hosts[i];
         let mut sshd = lock(&host.sshd);
@@ -518,15 +587,24 @@ impl TestHosts {
         } else {
             ""
         };
+        // Without sshd, this shell stays PID 1: its `wait` reaps any
+        // child, so also the orphans (daemons) a console session leaves.
+        let init = if host.has_sshd {
+            format!(
+                "exec {setarch}/usr/sbin/sshd -D -e -f {cfg}",
+                cfg = sh_quote(&host.dir.join("sshd_config")),
+            )
+        } else {
+            format!("echo '{HOST_READY}'; while :; do sleep 3600 & wait; done")
+        };
         let script = format!(
             "ip -batch {net} && mount -a -T {fstab} && \
-             echo {name} > /proc/sys/kernel/hostname && \
-             exec {setarch}/usr/sbin/sshd -D -e -f {cfg}",
+             echo {name} > /proc/sys/kernel/hostname && {init}",
             net = sh_quote(&host.dir.join("net.batch")),
             fstab = sh_quote(&host.dir.join("fstab")),
             name = host.name,
-            cfg = sh_quote(&host.dir.join("sshd_config")),
         );
+        host.boots.fetch_add(1, Ordering::SeqCst);
         let log = fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -549,7 +627,8 @@ impl TestHosts {
 
     /// Waits until each listed host's sshd listens on its address (seen
     /// in /proc/<pid>/net/tcp of its namespace), and the first and last
-    /// accept a TCP connection from the control side.
+    /// accept a TCP connection from the control side. A host without sshd:
+    /// until its start-up script said [`HOST_READY`] for this boot.
     fn wait_ready(&self, which: &[usize]) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(30 + which.len() as u64 / 4);
         let mut pending: Vec<usize> = which.to_vec();
@@ -563,8 +642,13 @@ impl TestHosts {
                 };
                 if let Ok(Some(status)) = sshd.unshare.try_wait() {
                     bail!(
-                        "sshd on {} ({}) exited ({status}) before accepting connections; \
+                        "{} on {} ({}) exited ({status}) before it was ready; \
                          its log {}:\n{}",
+                        if host.has_sshd {
+                            "sshd"
+                        } else {
+                            "the host's init"
+                        },
                         host.name,
                         host.ip,
                         host.log().display(),
@@ -577,6 +661,14 @@ impl TestHosts {
                 // ~10 ms of CPU) proves the path over the bridge for the
                 // first and last host.
                 let connect = i == which[0] || i == which[which.len() - 1];
+                if !host.has_sshd {
+                    let ready = sshd.init_pid().is_some()
+                        && count_in(&host.log(), HOST_READY) >= host.boots.load(Ordering::SeqCst);
+                    if !ready {
+                        still.push(i);
+                    }
+                    continue;
+                }
                 let listening = host.dir.join("sshd.pid").exists()
                     && sshd.init_pid().is_some()
                     && listens(sshd.unshare.id(), &host.ip, 22)
@@ -597,7 +689,12 @@ impl TestHosts {
             if Instant::now() >= deadline {
                 let host = &self.hosts[pending[0]];
                 bail!(
-                    "timed out waiting for sshd on {} host(s), first {} ({}); its log {}:\n{}",
+                    "timed out waiting for {} on {} host(s), first {} ({}); its log {}:\n{}",
+                    if self.with_sshd {
+                        "sshd"
+                    } else {
+                        "the host's init"
+                    },
                     pending.len(),
                     host.name,
                     host.addr(),
@@ -641,8 +738,14 @@ impl TestHosts {
         &self.path
     }
 
+    /// Whether the hosts run sshd ([`TestHosts::create`]) or not
+    /// ([`TestHosts::create_without_sshd`]).
+    pub fn with_sshd(&self) -> bool {
+        self.with_sshd
+    }
+
     /// Unencrypted ed25519 private key, authorized for root and
-    /// [`EDGE_USER`] on every host.
+    /// [`EDGE_USER`] on every host (not made for hosts without sshd).
     pub fn client_key(&self) -> PathBuf {
         self.path.join("client_ed25519")
     }
@@ -762,6 +865,9 @@ impl TestHosts {
     /// public key line (also in [`TestHost::host_key`]).
     pub fn regenerate_host_key(&self, i: usize) -> Result<String> {
         let host = &self.hosts[i];
+        if !host.has_sshd {
+            bail!("{} runs no sshd: it has no host key", host.name);
+        }
         let key = host.key_path();
         let new = host.dir.join("ssh_host_ed25519_key.new");
         let line = write_host_key(&new, &host.name)?;
@@ -823,12 +929,19 @@ impl TestHosts {
     }
 
     /// The control-side path of `path` on host `i`, which must be one of
-    /// [`PRIVATE_FILES`] or inside one of [`PRIVATE_DIRS`] (anything else
-    /// is shared with the control machine, so this panics).
+    /// [`PRIVATE_FILES`] or inside one of [`PRIVATE_DIRS`] (or `/tmp` on a
+    /// host without sshd; anything else is shared with the control
+    /// machine, so this panics).
     pub fn private(&self, i: usize, path: &str) -> PathBuf {
+        let tmp: &[&str] = if self.hosts[i].has_sshd {
+            &[]
+        } else {
+            &["/tmp"]
+        };
         let private = PRIVATE_FILES.contains(&path)
             || PRIVATE_DIRS
                 .iter()
+                .chain(tmp)
                 .any(|d| path == *d || path.strip_prefix(d).is_some_and(|r| r.starts_with('/')));
         assert!(
             private && !path.contains("/../"),
@@ -838,7 +951,8 @@ impl TestHosts {
     }
 
     /// The control-side pid of host `i`'s sshd (PID 1 of its PID
-    /// namespace), while it runs.
+    /// namespace; on a host without sshd, the shell standing in for init),
+    /// while it runs.
     pub fn sshd_pid(&self, i: usize) -> Option<u32> {
         let mut guard = lock(&self.hosts[i].sshd);
         let sshd = guard.as_mut()?;
@@ -850,16 +964,29 @@ impl TestHosts {
 
     /// Runs `sh -c script` inside host `i`'s network, mount, UTS and PID
     /// namespaces (with its architecture), as root, for assertions like
-    /// `pidof edgecore`. The output whatever the exit status; Err only if
-    /// it could not run (e.g. the host is down). A daemon started here
-    /// must not keep stdout/stderr open, or this waits for it.
+    /// `pidof edgecore`, and as the console of a host without sshd (what
+    /// an operator types there). Nothing of the test process's
+    /// environment goes along: the script sees only `PATH` ([`HOST_PATH`]),
+    /// `HOME=/root`, `USER`/`LOGNAME=root`, `SHELL=/bin/sh`, `LANG=C` and
+    /// `TERM=dumb`, with its working directory `/` and stdin empty. The
+    /// output whatever the exit status; Err only if it could not run (e.g.
+    /// the host is down). A daemon started here must not keep
+    /// stdout/stderr open, or this waits for it.
     pub fn run_on(&self, i: usize, script: &str) -> Result<Output> {
         let host = &self.hosts[i];
         let pid = self
             .sshd_pid(i)
-            .ok_or_else(|| anyhow!("{} is down: no sshd to enter", host.name))?;
+            .ok_or_else(|| anyhow!("{} is down: no PID 1 to enter", host.name))?;
         let mut cmd = Command::new("nsenter");
-        cmd.arg("--target")
+        cmd.env_clear()
+            .env("PATH", HOST_PATH)
+            .env("HOME", "/root")
+            .env("USER", "root")
+            .env("LOGNAME", "root")
+            .env("SHELL", "/bin/sh")
+            .env("LANG", "C")
+            .env("TERM", "dumb")
+            .arg("--target")
             .arg(pid.to_string())
             .args(["--net", "--mount", "--uts", "--pid", "--"]);
         if host.linux32.load(Ordering::SeqCst) {
@@ -1026,11 +1153,17 @@ fn prepare_host(
     name: &str,
     ip: &str,
     acc: &Accounts,
+    with_sshd: bool,
 ) -> Result<TestHost> {
     let hdir = dir.join(name);
     let root = hdir.join("root");
     for d in PRIVATE_DIRS {
         fs::create_dir_all(root.join(d.trim_start_matches('/')))?;
+    }
+    if !with_sshd {
+        let tmp = root.join("tmp");
+        fs::create_dir_all(&tmp)?;
+        fs::set_permissions(&tmp, fs::Permissions::from_mode(0o1777))?;
     }
     let home = root.join("home").join(EDGE_USER);
     fs::create_dir_all(&home)?;
@@ -1064,6 +1197,45 @@ fn prepare_host(
         fs::set_permissions(d, fs::Permissions::from_mode(0o755))?;
     }
 
+    let mut host_key = String::new();
+    if with_sshd {
+        host_key = write_sshd_config(dir, &hdir, name, ip)?;
+    }
+    fs::write(
+        hdir.join("net.batch"),
+        format!("addr replace {ip}/24 dev eth0\nlink set dev eth0 up\nlink set dev lo up\n"),
+    )?;
+    let mut fstab = String::new();
+    for p in PRIVATE_DIRS.iter().chain(PRIVATE_FILES) {
+        let _ = writeln!(
+            fstab,
+            "{} {p} none bind 0 0",
+            root.join(p.trim_start_matches('/')).display()
+        );
+    }
+    if !with_sshd {
+        // Last: every source above lives under the control machine's /tmp.
+        let _ = writeln!(fstab, "{} /tmp none bind 0 0", root.join("tmp").display());
+    }
+    fs::write(hdir.join("fstab"), fstab)?;
+    Ok(TestHost {
+        index: i,
+        name: name.to_string(),
+        ip: ip.to_string(),
+        root,
+        netns: format!("ef{k}h{i}"),
+        dir: hdir,
+        has_sshd: with_sshd,
+        boots: AtomicUsize::new(0),
+        host_key: Mutex::new(host_key),
+        linux32: AtomicBool::new(false),
+        sshd: Mutex::new(None),
+    })
+}
+
+/// Writes the host key and sshd_config of the host `name` into `hdir`;
+/// returns the public key line.
+fn write_sshd_config(dir: &Path, hdir: &Path, name: &str, ip: &str) -> Result<String> {
     let key = hdir.join("ssh_host_ed25519_key");
     let host_key = write_host_key(&key, name)?;
     let config = format!(
@@ -1089,40 +1261,20 @@ fn prepare_host(
         dir = dir.display(),
     );
     fs::write(hdir.join("sshd_config"), config)?;
-    fs::write(
-        hdir.join("net.batch"),
-        format!("addr replace {ip}/24 dev eth0\nlink set dev eth0 up\nlink set dev lo up\n"),
-    )?;
-    let mut fstab = String::new();
-    for p in PRIVATE_DIRS.iter().chain(PRIVATE_FILES) {
-        let _ = writeln!(
-            fstab,
-            "{} {p} none bind 0 0",
-            root.join(p.trim_start_matches('/')).display()
-        );
-    }
-    fs::write(hdir.join("fstab"), fstab)?;
-    Ok(TestHost {
-        index: i,
-        name: name.to_string(),
-        ip: ip.to_string(),
-        root,
-        netns: format!("ef{k}h{i}"),
-        dir: hdir,
-        host_key: Mutex::new(host_key),
-        linux32: AtomicBool::new(false),
-        sshd: Mutex::new(None),
-    })
+    Ok(host_key)
 }
 
 /// Fails, naming the Debian package, when a tool the harness runs is
 /// missing. We are root (namespaces need it).
-fn check_tools() -> Result<()> {
+fn check_tools(with_sshd: bool) -> Result<()> {
     if unsafe { libc::geteuid() } != 0 {
         bail!("test hosts need root (network namespaces, bind mounts)");
     }
     let mut missing = Vec::new();
-    for (cmd, pkg) in TOOLS {
+    for (cmd, pkg, always) in TOOLS {
+        if !with_sshd && !always {
+            continue;
+        }
         let found = if cmd.starts_with('/') {
             Path::new(cmd).exists()
         } else {

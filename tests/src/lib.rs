@@ -299,16 +299,47 @@ impl Served {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        use std::io::{BufRead, Read};
-        use std::sync::{Arc, Mutex};
         let mut cmd = edgeferry();
         cmd.arg("serve")
             .arg("--store")
             .arg(store)
             .arg("--listen")
             .arg(format!("{ip}:0"))
+            .args(extra);
+        Served::spawn(cmd, ip, "release files:")
+    }
+
+    /// `edgeferry serve --store <store> --listen <ip>:0 --site-dir <site_dir>
+    /// <extra>` with `env` added to its environment (e.g. the variable
+    /// site.yaml names for the token): the mirror for pull mode. Returns
+    /// once the banner's `one-liner:` line is printed; see
+    /// [`Served::one_liner`] and [`Served::join_script`].
+    pub fn start_site(
+        store: &Path,
+        ip: &str,
+        site_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Served {
+        let mut cmd = edgeferry();
+        cmd.arg("serve")
+            .arg("--store")
+            .arg(store)
+            .arg("--listen")
+            .arg(format!("{ip}:0"))
+            .arg("--site-dir")
+            .arg(site_dir)
             .args(extra)
-            .stdin(std::process::Stdio::null())
+            .envs(env.iter().copied());
+        Served::spawn(cmd, ip, "one-liner:")
+    }
+
+    /// Starts `cmd` (an `edgeferry serve … --listen <ip>:0`) and reads its
+    /// stderr into the banner up to the line starting with `last`.
+    fn spawn(mut cmd: Command, ip: &str, last: &str) -> Served {
+        use std::io::{BufRead, Read};
+        use std::sync::{Arc, Mutex};
+        cmd.stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::piped())
             .stderr(std::process::Stdio::piped());
         let mut process = Reaped::spawn(&mut cmd);
@@ -364,7 +395,7 @@ impl Served {
                         let found = after.split_once(' ').map_or(after, |(a, _)| a).trim();
                         addr = Some(found.to_string());
                     }
-                    if line.starts_with("release files:") {
+                    if line.starts_with(last) {
                         break;
                     }
                 }
@@ -394,6 +425,26 @@ impl Served {
 
     pub fn url(&self, path: &str) -> String {
         format!("http://{}{path}", self.addr)
+    }
+
+    /// From the banner's `join script: <url> sha256 <hex>` line (pull
+    /// mode, [`Served::start_site`]): (url, sha256).
+    pub fn join_script(&self) -> Option<(String, String)> {
+        let line = self
+            .banner
+            .lines()
+            .find_map(|l| l.strip_prefix("join script: "))?;
+        let (url, sha) = line.split_once(" sha256 ")?;
+        Some((url.trim().to_string(), sha.trim().to_string()))
+    }
+
+    /// The banner's `one-liner: <command>` (pull mode), with its literal
+    /// `<CODE>` placeholder.
+    pub fn one_liner(&self) -> Option<String> {
+        self.banner
+            .lines()
+            .find_map(|l| l.strip_prefix("one-liner: "))
+            .map(|l| l.trim().to_string())
     }
 
     /// Everything on stdout so far: the access log unless `--access-log`.
@@ -467,5 +518,6 @@ pub fn printed_hosts_files(banner: &str) -> Vec<(String, String)> {
 }
 pub mod fetch_fixtures;
 pub mod hosts;
+pub mod tamper;
 
 pub use edgeferry_bundle::hashing::sha256_hex;

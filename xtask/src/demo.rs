@@ -2,7 +2,8 @@
 //! sample bundles for amd64 and arm64, each checked with stock tools only
 //! (sha256sum, minisign, tar, skopeo) as an operator would; loaded into a
 //! store; served; and three local test hosts (real sshd in namespaces)
-//! joined over SSH from the mirror by `edgeferry join`.
+//! joined over SSH from the mirror by `edgeferry join`; and one host
+//! without sshd that joins itself by pull mode (the one-liner on its console).
 
 use std::path::Path;
 use std::process::Command;
@@ -80,6 +81,7 @@ pub fn run() -> Result<()> {
     )?;
     serve_and_pull(&edgeferry, &store, &demo)?;
     join_hosts(&edgeferry, &store, &demo)?;
+    pull_join(&edgeferry, &store, &demo)?;
     println!(
         "\ndemo ok: bundles in {}, store in {}",
         bundles.display(),
@@ -352,6 +354,139 @@ fn join_hosts(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
             );
         }
         println!("  report: {}", state.join("report.json").display());
+        Ok(())
+    })();
+    let _ = Command::new("kill").arg(server.id().to_string()).status();
+    let _ = server.wait();
+    result
+}
+
+/// Pull mode: one local test host with no sshd (a node behind NAT that
+/// only its console reaches), a mirror on its bridge serving the site
+/// (`--site-dir`), an enrollment code, and the one-liner the mirror
+/// printed, typed on the node's console; then `edgeferry status`.
+fn pull_join(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
+    use edgeferry_tests::hosts::TestHosts;
+    use std::io::{BufRead, BufReader};
+    println!("\n== pull mode: a node nothing can reach joins itself from the mirror");
+    let hosts = TestHosts::create_without_sshd(1)?;
+    let site = demo.join("pull-site");
+    if site.exists() {
+        std::fs::remove_dir_all(&site)?;
+    }
+    std::fs::create_dir_all(&site)?;
+    let site_yaml = format!(
+        "# edgeferry pull-mode site: what the mirror hands to enrolled nodes\n\
+         cloudcore: {}   # a stand-in cloudcore port on the bridge\n\
+         token: {{env: DEMO_KUBEEDGE_TOKEN}}   # read by serve, never written down\n\
+         name_prefix: demo-pull\n\
+         keadm:\n  labels: [site=demo]\n",
+        hosts.cloudcore()
+    );
+    std::fs::write(site.join("site.yaml"), &site_yaml)?;
+    println!("  {}:", site.join("site.yaml").display());
+    for line in site_yaml.lines() {
+        println!("  | {line}");
+    }
+    println!(
+        "  $ edgeferry serve --listen {}:0 --site-dir {} ...",
+        hosts.control_ip(),
+        site.display()
+    );
+    let mut server = Command::new(edgeferry)
+        .arg("serve")
+        .arg("--listen")
+        .arg(format!("{}:0", hosts.control_ip()))
+        .arg("--access-log")
+        .arg(demo.join("pull-access.log"))
+        .arg("--store")
+        .arg(store)
+        .arg("--site-dir")
+        .arg(&site)
+        .env(
+            "DEMO_KUBEEDGE_TOKEN",
+            "demo0123456789.not-a-real-kubeedge-token",
+        )
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .context("starting edgeferry serve")?;
+    let result = (|| -> Result<()> {
+        let stderr = server.stderr.take().context("server stderr")?;
+        let mut lines = BufReader::new(stderr).lines();
+        // The banner's last lines: the join script's sha256 and the
+        // one-liner to give the operator.
+        let one_liner = loop {
+            let line = lines
+                .next()
+                .context("the server exited before printing the one-liner")??;
+            if line.starts_with("edgeferry mirror: serving") || line.starts_with("join script:") {
+                println!("  | {line}");
+            }
+            if let Some(rest) = line.strip_prefix("one-liner: ") {
+                println!("  | {line}");
+                break rest.trim().to_string();
+            }
+        };
+        std::thread::spawn(move || lines.for_each(drop));
+        println!(
+            "  $ edgeferry enroll create --site-dir {} --uses 1 --expires 1h",
+            site.display()
+        );
+        let created = crate::util::output(
+            Command::new(edgeferry)
+                .args(["enroll", "create", "--site-dir"])
+                .arg(&site)
+                .args(["--uses", "1", "--expires", "1h"]),
+        )?;
+        for line in created.lines() {
+            println!("  | {line}");
+        }
+        let code = created
+            .lines()
+            .find_map(|l| l.strip_prefix("code:"))
+            .map(|c| c.trim().to_string())
+            .context("enroll create printed no code")?;
+        let command = one_liner.replace("<CODE>", &code);
+        let host = hosts.host(0);
+        println!(
+            "  on {} ({}, no sshd; its console), as root:",
+            host.name, host.ip
+        );
+        println!("  {}# {command}", host.name);
+        let out = hosts.run_on(0, &command)?;
+        for line in String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .chain(String::from_utf8_lossy(&out.stderr).lines())
+        {
+            println!("  | {line}");
+        }
+        anyhow::ensure!(
+            out.status.success(),
+            "the one-liner failed on {} ({})",
+            host.name,
+            out.status
+        );
+        let pid = hosts.run_on(0, "pidof edgecore")?;
+        anyhow::ensure!(
+            pid.status.success(),
+            "{}: edgecore is not running",
+            host.name
+        );
+        println!(
+            "  ok  {} ({}): stand-in edgecore pid {}",
+            host.name,
+            host.ip,
+            String::from_utf8_lossy(&pid.stdout).trim()
+        );
+        println!("  $ edgeferry status --site-dir {}", site.display());
+        let status = crate::util::output(
+            Command::new(edgeferry)
+                .args(["status", "--site-dir"])
+                .arg(&site),
+        )?;
+        for line in status.lines() {
+            println!("  | {line}");
+        }
         Ok(())
     })();
     let _ = Command::new("kill").arg(server.id().to_string()).status();

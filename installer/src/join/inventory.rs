@@ -108,6 +108,7 @@ struct OurInventory {
     keadm: BTreeMap<String, FlagValue>,
     #[serde(default)]
     ssh: SshFields,
+    #[serde(default)]
     nodes: Vec<OurNode>,
 }
 
@@ -237,6 +238,80 @@ pub fn read(path: &Path, redactor: &Redactor) -> Result<Inventory> {
     .with_context(|| format!("inventory {}", path.display()))?;
     check_unique(&inventory.nodes)?;
     Ok(inventory)
+}
+
+/// The site-wide part of an inventory, for pull mode: what every node that
+/// joins itself gets. `nodes:` and `ssh:` are ignored.
+#[derive(Debug)]
+pub struct SiteSpec {
+    pub kubeedge_version: Option<String>,
+    pub cloudcore: String,
+    pub token: Option<Secret>,
+    pub name_prefix: Option<String>,
+    pub flags: BTreeMap<String, Vec<String>>,
+}
+
+pub fn read_site(path: &Path, redactor: &Redactor) -> Result<SiteSpec> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read site file {}", path.display()))?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let inv: OurInventory = serde_norway::from_str(&text).with_context(|| {
+        format!(
+            "site file {} does not match the edgeferry inventory format (docs/inventory.md)",
+            path.display()
+        )
+    })?;
+    let cloudcore = inv.cloudcore.clone().with_context(|| {
+        format!(
+            "{}: no cloudcore address (set `cloudcore: HOST:PORT`)",
+            path.display()
+        )
+    })?;
+    let token = inv
+        .token
+        .as_ref()
+        .map(|s| load_secret(s, base, "token", redactor))
+        .transpose()?;
+    let mut flags = BTreeMap::new();
+    for (name, value) in &inv.keadm {
+        let name = name.trim_start_matches('-').to_string();
+        if let Some((_, field)) = OWN_FIELDS.iter().find(|(f, _)| *f == name) {
+            bail!(
+                "{}: set {name} with the `{field}` field, not under keadm:",
+                path.display()
+            );
+        }
+        flags.insert(name, value.values());
+    }
+    Ok(SiteSpec {
+        kubeedge_version: inv.kubeedge_version,
+        cloudcore,
+        token,
+        name_prefix: inv.name_prefix,
+        flags,
+    })
+}
+
+/// A Kubernetes node name from a hostname a node reported about itself.
+pub fn node_name_from_hostname(prefix: Option<&str>, hostname: &str) -> Option<String> {
+    let clean: String = hostname
+        .to_ascii_lowercase()
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(60)
+        .collect();
+    let clean = clean.trim_matches('-').to_string();
+    let name = match prefix {
+        Some(p) => generated_name(p, &clean, 0),
+        None => clean,
+    };
+    check_node_name(&name).ok().map(|()| name)
 }
 
 fn from_ours(inv: OurInventory, base: &Path, redactor: &Redactor) -> Result<Inventory> {

@@ -101,6 +101,8 @@ fn state_stamp(store: &Path) -> Option<(u64, i64, u64)> {
 pub struct Mirror {
     snapshot: RwLock<Arc<Snapshot>>,
     log: Mutex<Box<dyn Write + Send>>,
+    /// Pull mode (`--site-dir`): /join.sh, /v1/enroll, /v1/report.
+    site: Option<crate::pull::Site>,
 }
 
 impl Mirror {
@@ -113,7 +115,19 @@ impl Mirror {
         let current = self.snapshot();
         if state_stamp(&current.store) != current.stamp {
             match Snapshot::read(&current.store) {
-                Ok(fresh) => *self.snapshot.write().expect("snapshot lock") = Arc::new(fresh),
+                Ok(fresh) => {
+                    if let Some(site) = &self.site {
+                        match site.rebuild(&fresh.state) {
+                            Ok(true) => eprintln!(
+                                "mirror: the store changed; join script sha256 is now {}",
+                                site.script_sha256()
+                            ),
+                            Ok(false) => {}
+                            Err(e) => eprintln!("mirror: join script not rebuilt: {e:#}"),
+                        }
+                    }
+                    *self.snapshot.write().expect("snapshot lock") = Arc::new(fresh)
+                }
                 Err(e) => eprintln!("mirror: keeping the previous view of the store: {e:#}"),
             }
         }
@@ -126,6 +140,8 @@ pub struct ServeOptions {
     /// host:port nodes use to reach us, for the printed hosts.toml.
     pub advertise: Option<String>,
     pub access_log: Option<PathBuf>,
+    /// Pull mode: a directory with site.yaml; enrollments and reports go there.
+    pub site_dir: Option<PathBuf>,
 }
 
 /// Runs the mirror until SIGINT or SIGTERM.
@@ -161,10 +177,33 @@ pub fn serve(options: ServeOptions, config: &Config) -> Result<()> {
                 format!("listening on {}: is another server there?", options.listen)
             })?;
         let local = listener.local_addr()?;
+        let site = match &options.site_dir {
+            None => None,
+            Some(dir) => {
+                let address = match &options.advertise {
+                    Some(a) => a.clone(),
+                    None if local.ip().is_unspecified() => anyhow::bail!(
+                        "pull mode needs the address nodes reach this mirror at: pass --advertise HOST:PORT"
+                    ),
+                    None => local.to_string(),
+                };
+                Some(crate::pull::Site::open(dir, &address, &snapshot.state, config)?)
+            }
+        };
         print_banner(&snapshot, local, options.advertise.as_deref());
+        if let Some(site) = &site {
+            let address = options.advertise.clone().unwrap_or_else(|| local.to_string());
+            eprintln!(
+                "join script: http://{address}/join.sh sha256 {}",
+                site.script_sha256()
+            );
+            eprintln!("one-liner: {}", crate::pull::one_liner(&address, &site.script_sha256()));
+            eprintln!("(codes: edgeferry enroll create --site-dir {})\n", site.dir.display());
+        }
         let mirror = Arc::new(Mirror {
             snapshot: RwLock::new(Arc::new(snapshot)),
             log: Mutex::new(log),
+            site,
         });
         run(listener, mirror, config.clone()).await
     })
@@ -385,14 +424,26 @@ async fn handle(
     let path = request.uri().path().to_string();
     let query = request.uri().query().map(str::to_string);
     let snapshot = mirror.snapshot();
-    let response = route(
-        &snapshot,
-        &method,
-        &path,
-        query.as_deref(),
-        request.headers(),
-    )
-    .await;
+    let (parts, body) = request.into_parts();
+    let pulled = match &mirror.site {
+        Some(site) => {
+            crate::pull::route(
+                site,
+                &snapshot.state,
+                &method,
+                &path,
+                &parts.headers,
+                body,
+                &peer.to_string(),
+            )
+            .await
+        }
+        None => None,
+    };
+    let response = match pulled {
+        Some(response) => response,
+        None => route(&snapshot, &method, &path, query.as_deref(), &parts.headers).await,
+    };
     let status = response.status();
     let path = match &query {
         Some(q) => format!("{path}?{q}"),

@@ -1,0 +1,447 @@
+//! Pull mode: nodes nobody can SSH into join themselves with one command
+//! against the mirror. `/join.sh` (no secrets in it), `/v1/enroll` (site
+//! parameters, token included, only for a valid enrollment code) and
+//! `/v1/report` (bounded status from enrolled nodes).
+
+pub mod enroll;
+pub mod script;
+
+use std::path::{Path, PathBuf};
+use std::sync::RwLock;
+
+use anyhow::{Context, Result};
+use axum::body::Body;
+use axum::http::{header, HeaderMap, Method, Response, StatusCode};
+use http_body_util::BodyExt;
+use serde::{Deserialize, Serialize};
+
+use crate::config::Config;
+use crate::join::inventory::{self, SiteSpec};
+use crate::join::script::{KeadmAsset, PreflightParams};
+use crate::join::secret::Redactor;
+use crate::mirror::hosts;
+use crate::store::State;
+
+pub const SITE_FILE: &str = "site.yaml";
+pub const REPORTS_FILE: &str = "reports.jsonl";
+/// A report is a few short fields; anything bigger is refused unread.
+pub const MAX_REPORT_BYTES: usize = 4096;
+pub const MAX_MESSAGE_CHARS: usize = 1024;
+pub const REPORT_STEPS: &[&str] = &[
+    "preflight",
+    "containerd",
+    "fetch",
+    "keadm_join",
+    "postcheck",
+    "done",
+];
+
+pub struct Site {
+    pub dir: PathBuf,
+    spec: SiteSpec,
+    redactor: Redactor,
+    mirror: String,
+    keadm_timeout_secs: u64,
+    min_free_mib: u64,
+    /// The script and its sha256, rebuilt when the store changes.
+    script: RwLock<(bytes::Bytes, String)>,
+}
+
+/// The printed one-liner: download, check the pinned sha256, run. A fresh
+/// mktemp directory (mode 0700), not a fixed /tmp name another local user
+/// could create first and rewrite between the check and the run.
+pub fn one_liner(mirror: &str, sha256: &str) -> String {
+    format!(
+        "d=$(mktemp -d) && curl -fsS -o \"$d/join.sh\" http://{mirror}/join.sh && echo \"{sha256}  $d/join.sh\" | sha256sum -c - && sh \"$d/join.sh\" <CODE>"
+    )
+}
+
+impl Site {
+    pub fn open(dir: &Path, mirror: &str, state: &State, config: &Config) -> Result<Site> {
+        let redactor = Redactor::default();
+        let spec = inventory::read_site(&dir.join(SITE_FILE), &redactor)
+            .with_context(|| format!("pull mode: {}", dir.join(SITE_FILE).display()))?;
+        let site = Site {
+            dir: dir.to_path_buf(),
+            spec,
+            redactor,
+            mirror: mirror.to_string(),
+            keadm_timeout_secs: config.join.keadm_join_timeout.as_secs(),
+            min_free_mib: config.join.min_free_mib,
+            script: RwLock::new((bytes::Bytes::new(), String::new())),
+        };
+        site.rebuild(state)?;
+        Ok(site)
+    }
+
+    pub fn script_sha256(&self) -> String {
+        self.script.read().expect("script lock").1.clone()
+    }
+
+    fn version(&self, state: &State) -> Result<String> {
+        if let Some(v) = &self.spec.kubeedge_version {
+            return Ok(v.clone());
+        }
+        let versions: std::collections::BTreeSet<&str> = state
+            .bundles
+            .values()
+            .map(|b| b.kubeedge_version.as_str())
+            .collect();
+        match versions.len() {
+            1 => Ok(versions.into_iter().next().unwrap().to_string()),
+            _ => anyhow::bail!(
+                "pull mode: set kubeedge_version in site.yaml (the store holds several or none)"
+            ),
+        }
+    }
+
+    /// Regenerates `/join.sh` for the store as it is now; returns whether it changed.
+    pub fn rebuild(&self, state: &State) -> Result<bool> {
+        let version = self.version(state)?;
+        let flags = edgeferry_bundle::keadm::flags_for(&version)?;
+        for name in self.spec.flags.keys() {
+            flags
+                .join_flag(name)
+                .filter(|f| f.long == name)
+                .with_context(|| format!("site.yaml: keadm join {version} has no flag --{name}"))?;
+        }
+        let mut keadm = Vec::new();
+        for b in state
+            .bundles
+            .values()
+            .filter(|b| b.kubeedge_version == version)
+        {
+            let arch = b.arch.as_str().to_string();
+            let file = format!("keadm-{version}-linux-{arch}.tar.gz");
+            if let Some(f) = state.files.get(&file) {
+                if !keadm.iter().any(|a: &KeadmAsset| a.arch == arch) {
+                    keadm.push(KeadmAsset {
+                        arch,
+                        file,
+                        sha256: f.sha256.clone(),
+                        size: f.size,
+                    });
+                }
+            }
+        }
+        keadm.sort_by(|a, b| a.arch.cmp(&b.arch));
+        anyhow::ensure!(
+            !keadm.is_empty(),
+            "pull mode: the store has no keadm for KubeEdge {version}"
+        );
+        let registries = state
+            .images
+            .keys()
+            .map(|r| hosts::registry_of(r).to_string())
+            .collect();
+        let hosts_files = hosts::hosts_files(&self.mirror, &registries);
+        let (cloud_host, cloud_port) = self
+            .spec
+            .cloudcore
+            .rsplit_once(':')
+            .and_then(|(h, p)| {
+                Some((
+                    h.trim_matches(|c| c == '[' || c == ']').to_string(),
+                    p.parse::<u16>().ok()?,
+                ))
+            })
+            .with_context(|| {
+                format!(
+                    "site.yaml: cloudcore {:?} is not HOST:PORT",
+                    self.spec.cloudcore
+                )
+            })?;
+        let certport: u16 = self
+            .spec
+            .flags
+            .get("certport")
+            .and_then(|v| v.last())
+            .and_then(|p| p.parse().ok())
+            .unwrap_or(10002);
+        let endpoint = self
+            .spec
+            .flags
+            .get("remote-runtime-endpoint")
+            .and_then(|v| v.last())
+            .map_or("unix:///run/containerd/containerd.sock", String::as_str);
+        let mut ports = vec![cloud_port];
+        if certport != cloud_port {
+            ports.push(certport);
+        }
+        let text = script::render(&script::JoinScript {
+            version: &version,
+            mirror: &self.mirror,
+            keadm: &keadm,
+            hosts: &hosts_files,
+            preflight: PreflightParams {
+                store_arches: keadm.iter().map(|a| a.arch.clone()).collect(),
+                cri_socket: endpoint
+                    .strip_prefix("unix://")
+                    .unwrap_or(endpoint)
+                    .to_string(),
+                mirror: &self.mirror,
+                cloud_host: &cloud_host,
+                cloud_ports: ports,
+                min_free_mib: self.min_free_mib,
+            },
+            keadm_timeout_secs: self.keadm_timeout_secs,
+        });
+        let sha = edgeferry_bundle::hashing::sha256_hex(text.as_bytes());
+        let mut current = self.script.write().expect("script lock");
+        let changed = current.1 != sha;
+        *current = (bytes::Bytes::from(text), sha);
+        Ok(changed)
+    }
+
+    fn keadm_args(&self, state_version: &str, name: &str) -> Vec<String> {
+        crate::join::script::join_args(
+            state_version,
+            &self.spec.cloudcore,
+            Some(name),
+            self.spec.token.as_ref().map(|t| t.expose()),
+            &self.spec.flags,
+        )
+    }
+}
+
+fn plain(status: StatusCode, text: &str) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::from(format!("{text}\n")))
+        .expect("valid response")
+}
+
+/// Pull-mode routes; `None` when the path is not one of them.
+pub async fn route(
+    site: &Site,
+    state: &State,
+    method: &Method,
+    path: &str,
+    headers: &HeaderMap,
+    body: hyper::body::Incoming,
+    client: &str,
+) -> Option<Response<Body>> {
+    match (path, method) {
+        ("/join.sh", &Method::GET | &Method::HEAD) => {
+            let (bytes, _) = site.script.read().expect("script lock").clone();
+            let len = bytes.len();
+            Some(
+                Response::builder()
+                    .header(header::CONTENT_TYPE, "text/x-shellscript")
+                    .header(header::CONTENT_LENGTH, len)
+                    .header(header::CACHE_CONTROL, "no-store")
+                    .body(if method == Method::HEAD {
+                        Body::empty()
+                    } else {
+                        Body::from(bytes)
+                    })
+                    .expect("valid response"),
+            )
+        }
+        ("/v1/enroll", &Method::POST) => Some(enroll_route(site, state, headers, client).await),
+        ("/v1/report", &Method::POST) => Some(report_route(site, headers, body, client).await),
+        ("/join.sh" | "/v1/enroll" | "/v1/report", _) => {
+            Some(plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
+        }
+        _ => None,
+    }
+}
+
+fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .map(str::trim)
+}
+
+async fn enroll_route(
+    site: &Site,
+    state: &State,
+    headers: &HeaderMap,
+    client: &str,
+) -> Response<Body> {
+    let Some(code) =
+        header_str(headers, "x-edgeferry-code").filter(|c| !c.is_empty() && c.len() <= 128)
+    else {
+        return plain(
+            StatusCode::FORBIDDEN,
+            "enrollment refused: no code (header X-Edgeferry-Code)",
+        );
+    };
+    let hostname = header_str(headers, "x-edgeferry-hostname")
+        .unwrap_or("")
+        .chars()
+        .take(128)
+        .collect::<String>();
+    let version = match site.version(state) {
+        Ok(v) => v,
+        Err(e) => return plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{e:#}")),
+    };
+    let dir = site.dir.clone();
+    let code = code.to_string();
+    let client = client.to_string();
+    let prefix = site.spec.name_prefix.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        enroll::enroll(&dir, &code, &hostname, &client, prefix.as_deref())
+    })
+    .await;
+    match outcome {
+        Ok(Ok(Ok(enrolled))) => {
+            let mut body = format!("node={}\nkey={}\n", enrolled.name, enrolled.key);
+            for arg in site.keadm_args(&version, &enrolled.name) {
+                if arg.contains('\n') {
+                    return plain(
+                        StatusCode::INTERNAL_SERVER_ERROR,
+                        "site.yaml holds a keadm value with a newline",
+                    );
+                }
+                body.push_str(&format!("arg={arg}\n"));
+            }
+            eprintln!("mirror: enrolled node {}", enrolled.name);
+            Response::builder()
+                .header(header::CONTENT_TYPE, "text/plain")
+                .header(header::CACHE_CONTROL, "no-store")
+                .body(Body::from(body))
+                .expect("valid response")
+        }
+        Ok(Ok(Err(refusal))) => plain(StatusCode::FORBIDDEN, refusal.message()),
+        Ok(Err(e)) => {
+            eprintln!(
+                "mirror: enrollment store: {}",
+                site.redactor.scrub(&format!("{e:#}"))
+            );
+            plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "enrollment store unavailable",
+            )
+        }
+        Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "enrollment failed"),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReportIn {
+    node: String,
+    step: String,
+    status: String,
+    #[serde(default)]
+    message: String,
+}
+
+#[derive(Debug, Serialize, Deserialize)]
+pub struct ReportLine {
+    pub ts: String,
+    pub node: String,
+    pub step: String,
+    pub status: String,
+    #[serde(default)]
+    pub message: String,
+    pub client: String,
+}
+
+async fn report_route(
+    site: &Site,
+    headers: &HeaderMap,
+    body: hyper::body::Incoming,
+    client: &str,
+) -> Response<Body> {
+    let key = header_str(headers, "authorization")
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(str::trim)
+        .filter(|k| !k.is_empty() && k.len() <= 128)
+        .map(str::to_string);
+    let Some(key) = key else {
+        return plain(StatusCode::FORBIDDEN, "report refused: no node key");
+    };
+    // Refuse oversized bodies by their declared length, and never buffer
+    // more than the limit whatever they declare.
+    let declared = header_str(headers, "content-length").and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_REPORT_BYTES as u64) {
+        return plain(StatusCode::PAYLOAD_TOO_LARGE, "report too large");
+    }
+    let limited = http_body_util::Limited::new(body, MAX_REPORT_BYTES);
+    let bytes =
+        match tokio::time::timeout(std::time::Duration::from_secs(10), limited.collect()).await {
+            Ok(Ok(collected)) => collected.to_bytes(),
+            Ok(Err(_)) => return plain(StatusCode::PAYLOAD_TOO_LARGE, "report too large"),
+            Err(_) => return plain(StatusCode::REQUEST_TIMEOUT, "report body too slow"),
+        };
+    let report: ReportIn = match serde_json::from_slice(&bytes) {
+        Ok(r) => r,
+        Err(_) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "report refused: expected JSON {node, step, status, message}",
+            )
+        }
+    };
+    if !REPORT_STEPS.contains(&report.step.as_str()) {
+        return plain(StatusCode::BAD_REQUEST, "report refused: unknown step");
+    }
+    if !matches!(report.status.as_str(), "started" | "ok" | "failed") {
+        return plain(StatusCode::BAD_REQUEST, "report refused: unknown status");
+    }
+    if report.message.chars().count() > MAX_MESSAGE_CHARS {
+        return plain(StatusCode::BAD_REQUEST, "report refused: message too long");
+    }
+    let dir = site.dir.clone();
+    let redactor = site.redactor.clone();
+    let client = client.to_string();
+    let result = tokio::task::spawn_blocking(move || -> Result<Option<()>> {
+        match enroll::node_for_key(&dir, &key)? {
+            Some(node) if node == report.node => {}
+            _ => return Ok(None),
+        }
+        let message: String = redactor
+            .scrub(&report.message)
+            .chars()
+            .map(|c| if c.is_control() { ' ' } else { c })
+            .collect();
+        let line = ReportLine {
+            ts: edgeferry_bundle::format::rfc3339_utc(enroll::now()),
+            node: report.node,
+            step: report.step,
+            status: report.status,
+            message,
+            client,
+        };
+        let mut text = serde_json::to_string(&line)?;
+        text.push('\n');
+        let _lock = crate::sys::lock_dir_wait(&dir)?;
+        use std::io::Write;
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join(REPORTS_FILE))?;
+        f.write_all(text.as_bytes())?;
+        Ok(Some(()))
+    })
+    .await;
+    match result {
+        Ok(Ok(Some(()))) => Response::builder()
+            .status(StatusCode::NO_CONTENT)
+            .body(Body::empty())
+            .expect("valid response"),
+        Ok(Ok(None)) => plain(
+            StatusCode::FORBIDDEN,
+            "report refused: not an enrolled node, or not this key's node",
+        ),
+        _ => plain(StatusCode::INTERNAL_SERVER_ERROR, "report not stored"),
+    }
+}
+
+pub fn read_reports(site_dir: &Path) -> Result<Vec<ReportLine>> {
+    let path = site_dir.join(REPORTS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    Ok(text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect())
+}

@@ -1,0 +1,213 @@
+//! `/join.sh`: the pull-mode join script. It runs the same step scripts
+//! as `edgeferry join` does over SSH (join/script.rs), so both paths
+//! configure a node identically; only the keadm arguments arrive at run
+//! time, from `/v1/enroll`, because they hold the token.
+
+use crate::join::script::{self, KeadmAsset, PreflightParams};
+use crate::mirror::hosts::HostsFile;
+
+pub struct JoinScript<'a> {
+    pub version: &'a str,
+    pub mirror: &'a str,
+    pub keadm: &'a [KeadmAsset],
+    pub hosts: &'a [HostsFile],
+    pub preflight: PreflightParams<'a>,
+    pub keadm_timeout_secs: u64,
+}
+
+/// The keadm step of pull mode: `script::keadm_join`'s logic, with the
+/// arguments read from a file one per line (no eval of server data).
+fn keadm_step(version: &str, timeout_secs: u64) -> String {
+    let keadm = format!("{}/keadm", script::keadm_dir(version));
+    let node_dir = script::NODE_DIR;
+    format!(
+        r#"set -u
+cd {node_dir}/work
+marker={node_dir}/keadm-join.attempted
+if [ -e "$marker" ]; then
+	echo "an earlier keadm join attempt did not finish: keadm reset edge --force first"
+	{keadm} reset edge --force </dev/null || true
+fi
+: >"$marker"
+set -- {keadm} join
+while IFS= read -r arg; do
+	set -- "$@" "$arg"
+done <"$EF_ARGS"
+if command -v timeout >/dev/null 2>&1; then
+	timeout -k 10 {timeout_secs} "$@"
+else
+	"$@"
+fi
+rc=$?
+[ $rc != 0 ] || rm -f "$marker"
+exit $rc"#
+    )
+}
+
+pub fn render(p: &JoinScript) -> String {
+    let steps = [
+        ("preflight", script::preflight(&p.preflight)),
+        ("containerd", script::containerd(p.hosts)),
+        ("fetch", script::fetch(p.version, p.mirror, p.keadm, false)),
+        ("keadm_join", keadm_step(p.version, p.keadm_timeout_secs)),
+        ("postcheck", script::postcheck()),
+    ];
+    let mut functions = String::new();
+    for (name, body) in &steps {
+        functions.push_str(&format!("ef_{name}() (\n{}\n)\n\n", body.trim_end()));
+    }
+    format!(
+        r#"#!/bin/sh
+# edgeferry pull-mode join for KubeEdge {version}, from the site mirror {mirror}.
+#
+# Check this file's sha256 against the one `edgeferry serve` printed, then:
+#   sh join.sh <ENROLLMENT-CODE>      (or EDGEFERRY_CODE=<code> sh join.sh)
+# As root. Needs curl or wget. It enrolls with the code (the mirror hands out
+# the site's keadm parameters only for a valid code), runs the same steps
+# as `edgeferry join` over SSH, and reports each step to the mirror.
+set -u
+MIRROR={mirror}
+code=${{1:-${{EDGEFERRY_CODE:-}}}}
+die() {{
+	echo "edgeferry join.sh: $*" >&2
+	exit 1
+}}
+[ -n "$code" ] || die "usage: sh join.sh <enrollment code>"
+[ "$(id -u)" = 0 ] || die "run as root, e.g. sudo sh join.sh <code>"
+if command -v curl >/dev/null 2>&1; then
+	http=curl
+elif command -v wget >/dev/null 2>&1; then
+	http=wget
+else
+	die "neither curl nor wget on this node"
+fi
+work={node_dir}/pull
+mkdir -p "$work" {node_dir}/work || die "cannot create $work"
+chmod 700 "$work"
+EF_ARGS=$work/keadm-args
+export EF_ARGS
+
+# POST to the mirror: url, response file, body, then "Name: value" headers.
+# Prints the HTTP status (000 when the mirror cannot be reached).
+post() {{
+	url=$1 out=$2 body=$3
+	shift 3
+	n=$#
+	for h in "$@"; do
+		if [ $http = curl ]; then set -- "$@" -H "$h"; else set -- "$@" "--header=$h"; fi
+	done
+	shift $n
+	if [ $http = curl ]; then
+		curl -sS -m 30 -X POST -o "$out" -w '%{{http_code}}' --data-binary "$body" "$@" "http://$MIRROR$url" 2>/dev/null || true
+	else
+		# wget hides the status: exit 8 is "the server answered with an error".
+		wget -q -T 30 -O "$out" --post-data="$body" "$@" "http://$MIRROR$url" 2>/dev/null
+		case $? in
+		0) echo 200 ;;
+		8) echo 4xx/5xx ;;
+		*) echo 000 ;;
+		esac
+	fi
+}}
+
+hostname=$(uname -n)
+status=$(post /v1/enroll "$work/enroll" "" "X-Edgeferry-Code: $code" "X-Edgeferry-Hostname: $hostname")
+if [ "$status" != 200 ]; then
+	reason=$(head -c 200 "$work/enroll" 2>/dev/null | tr -d '\r\n')
+	rm -f "$work/enroll"
+	die "the mirror refused enrollment (HTTP $status${{reason:+: $reason}}): ask the operator for a valid code (edgeferry enroll create)"
+fi
+node=$(sed -n 's/^node=//p' "$work/enroll")
+key=$(sed -n 's/^key=//p' "$work/enroll")
+(umask 077 && sed -n 's/^arg=//p' "$work/enroll" >"$EF_ARGS")
+rm -f "$work/enroll"
+[ -n "$node" ] && [ -n "$key" ] || die "the mirror's enrollment answer is incomplete"
+echo "edgeferry join.sh: enrolled as $node"
+
+report() {{
+	msg=$(printf '%s' "$3" | tr -d '"\\' | tr '\n\t\r' '   ' | cut -c1-900)
+	post /v1/report /dev/null "{{\"node\":\"$node\",\"step\":\"$1\",\"status\":\"$2\",\"message\":\"$msg\"}}" \
+		"Authorization: Bearer $key" "Content-Type: application/json" >/dev/null
+}}
+
+{functions}step() {{
+	report "$1" started ""
+	echo "--- $1"
+	out=$(ef_$1 2>&1)
+	rc=$?
+	printf '%s\n' "$out"
+	if [ $rc = 0 ]; then
+		report "$1" ok ""
+	else
+		msg=$(printf '%s\n' "$out" | grep -v '^---' | grep -v '^ *$' | tail -n 1)
+		report "$1" failed "$msg"
+		rm -f "$EF_ARGS"
+		die "$1 failed: $msg"
+	fi
+}}
+
+for s in preflight containerd fetch keadm_join postcheck; do
+	step $s
+done
+rm -f "$EF_ARGS"
+report done ok "joined as $node"
+echo "edgeferry join.sh: $node joined"
+"#,
+        version = p.version,
+        mirror = p.mirror,
+        node_dir = script::NODE_DIR,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn join_script_is_valid_sh_and_holds_no_secret_parameters() {
+        let keadm = vec![KeadmAsset {
+            arch: "amd64".into(),
+            file: "keadm-v1.23.1-linux-amd64.tar.gz".into(),
+            sha256: "ab".repeat(32),
+            size: 1,
+        }];
+        let hosts = crate::mirror::hosts::hosts_files(
+            "10.0.0.5:5000",
+            &["docker.io".to_string()].into_iter().collect(),
+        );
+        let text = render(&JoinScript {
+            version: "v1.23.1",
+            mirror: "10.0.0.5:5000",
+            keadm: &keadm,
+            hosts: &hosts,
+            preflight: PreflightParams {
+                store_arches: vec!["amd64".into()],
+                cri_socket: "/run/containerd/containerd.sock".into(),
+                mirror: "10.0.0.5:5000",
+                cloud_host: "10.0.0.2",
+                cloud_ports: vec![10000, 10002],
+                min_free_mib: 512,
+            },
+            keadm_timeout_secs: 300,
+        });
+        let out = std::process::Command::new("sh")
+            .arg("-n")
+            .arg("-c")
+            .arg(&text)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(&"ab".repeat(32)),
+            "the keadm sha256 is pinned in the script"
+        );
+        assert!(
+            !text.contains("--token"),
+            "keadm arguments arrive from /v1/enroll"
+        );
+    }
+}

@@ -1,0 +1,177 @@
+//! `edgeferry status`: one table of every node, whether it joined over SSH
+//! (the join journals) or by pull mode (the mirror's reports).
+
+use std::collections::BTreeMap;
+use std::io::IsTerminal;
+use std::path::PathBuf;
+
+use anyhow::Result;
+use serde::Serialize;
+
+use crate::join::journal::{self, Status};
+use crate::join::plan::Step;
+use crate::pull;
+
+#[derive(clap::Args, Debug)]
+pub struct StatusArgs {
+    /// A pull-mode site directory (`edgeferry serve --site-dir`)
+    #[arg(long, env = "EDGEFERRY_SITE_DIR")]
+    pub site_dir: Option<PathBuf>,
+    /// A join state directory (repeatable; where journal.jsonl is)
+    #[arg(long = "state-dir")]
+    pub state_dirs: Vec<PathBuf>,
+    /// Redraw every 2 seconds until Ctrl-C
+    #[arg(long)]
+    pub watch: bool,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct NodeStatus {
+    pub name: String,
+    /// ssh | pull
+    pub mode: &'static str,
+    /// joined | failed | running | enrolled | interrupted
+    pub state: &'static str,
+    pub step: Option<String>,
+    pub error: Option<String>,
+    pub last_report: Option<String>,
+    pub host: Option<String>,
+}
+
+pub fn collect(args: &StatusArgs) -> Result<Vec<NodeStatus>> {
+    let mut nodes: BTreeMap<String, NodeStatus> = BTreeMap::new();
+    for dir in &args.state_dirs {
+        let events = journal::read(dir)?;
+        let mut last: BTreeMap<String, (Step, Status, String, Option<String>)> = BTreeMap::new();
+        for e in &events {
+            last.insert(
+                e.node.clone(),
+                (e.step, e.status, e.ts.clone(), e.error.clone()),
+            );
+        }
+        for (name, h) in journal::histories(&events) {
+            let (step, status, ts, error) = last.remove(&name).expect("every history has events");
+            let state = if h.joined() {
+                "joined"
+            } else if status == Status::Interrupted {
+                "interrupted"
+            } else if h.failed() {
+                "failed"
+            } else {
+                "running"
+            };
+            nodes.insert(
+                name.clone(),
+                NodeStatus {
+                    name,
+                    mode: "ssh",
+                    state,
+                    step: Some(step.name().to_string()),
+                    error: if h.joined() {
+                        None
+                    } else {
+                        error.or(h.last_error)
+                    },
+                    last_report: Some(ts),
+                    host: None,
+                },
+            );
+        }
+    }
+    if let Some(site) = &args.site_dir {
+        let enrolled = pull::enroll::read(site)?;
+        for n in &enrolled.nodes {
+            nodes.insert(
+                n.name.clone(),
+                NodeStatus {
+                    name: n.name.clone(),
+                    mode: "pull",
+                    state: "enrolled",
+                    step: None,
+                    error: None,
+                    last_report: Some(edgeferry_bundle::format::rfc3339_utc(n.enrolled)),
+                    host: Some(n.client.split(':').next().unwrap_or("").to_string()),
+                },
+            );
+        }
+        for r in pull::read_reports(site)? {
+            let Some(n) = nodes.get_mut(&r.node).filter(|n| n.mode == "pull") else {
+                continue;
+            };
+            n.state = match (r.step.as_str(), r.status.as_str()) {
+                ("done", "ok") => "joined",
+                (_, "failed") => "failed",
+                _ => "running",
+            };
+            n.step = Some(r.step.clone());
+            n.error = (r.status == "failed").then(|| r.message.clone());
+            n.last_report = Some(r.ts.clone());
+        }
+    }
+    Ok(nodes.into_values().collect())
+}
+
+fn table(nodes: &[NodeStatus]) -> String {
+    let mut rows =
+        vec![["NODE", "MODE", "STATE", "STEP", "LAST REPORT", "ERROR"].map(String::from)];
+    for n in nodes {
+        rows.push([
+            n.name.clone(),
+            n.mode.to_string(),
+            n.state.to_string(),
+            n.step.clone().unwrap_or_else(|| "-".into()),
+            n.last_report.clone().unwrap_or_else(|| "-".into()),
+            n.error.clone().unwrap_or_default(),
+        ]);
+    }
+    let mut widths = [0usize; 5];
+    for r in &rows {
+        for (w, c) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut s = String::new();
+    for r in &rows {
+        for (i, w) in widths.iter().enumerate() {
+            s.push_str(&format!("{:w$}  ", r[i], w = w));
+        }
+        s.push_str(&r[5]);
+        s.push('\n');
+    }
+    let joined = nodes.iter().filter(|n| n.state == "joined").count();
+    let failed = nodes.iter().filter(|n| n.state == "failed").count();
+    s.push_str(&format!(
+        "\n{} node(s): {joined} joined, {failed} failed, {} other\n",
+        nodes.len(),
+        nodes.len() - joined - failed
+    ));
+    s
+}
+
+pub fn run(args: &StatusArgs) -> Result<()> {
+    if args.site_dir.is_none() && args.state_dirs.is_empty() {
+        anyhow::bail!(
+            "nothing to show: pass --site-dir (pull mode) and/or --state-dir (join journals)"
+        );
+    }
+    loop {
+        let nodes = collect(args)?;
+        if args.json {
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&serde_json::json!({ "nodes": nodes }))?
+            );
+        } else {
+            if args.watch && std::io::stdout().is_terminal() {
+                print!("\x1b[2J\x1b[H");
+            }
+            print!("{}", table(&nodes));
+        }
+        if !args.watch {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_secs(2));
+    }
+}
