@@ -557,6 +557,21 @@ fn keadm_batch_config_works_unchanged() {
         .stdin(std::process::Stdio::null()));
     assert_eq!(again.code, Some(0), "{}", again.stderr);
     assert_eq!(report(&state)["counts"]["already_joined"], 3);
+
+    // `edgeferry status` reads the same journal.
+    let status = run_ok(
+        edgeferry()
+            .args(["status", "--json", "--state-dir"])
+            .arg(&state),
+    );
+    let status: Value = serde_json::from_str(&status.stdout).unwrap();
+    let nodes = status["nodes"].as_array().unwrap();
+    assert_eq!(nodes.len(), 3);
+    for n in nodes {
+        assert_eq!(n["mode"], "ssh");
+        assert_eq!(n["state"], "joined", "{n}");
+        assert_eq!(n["step"], "postcheck");
+    }
 }
 
 /// Ctrl-C mid-batch: exit 130, a journal whose every line parses, the
