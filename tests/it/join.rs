@@ -699,3 +699,89 @@ fn max_fail_stops_starting_new_nodes() {
         .collect();
     assert_eq!(names.len(), 1, "only the first node was attempted");
 }
+
+/// A node with neither curl nor wget: keadm goes over SSH instead, and is
+/// still checked against the store's sha256 on the node. (The stand-in
+/// keadm then cannot pull its image without an HTTP client, as a node
+/// without containerd's own client would fail; --resume finishes once the
+/// node has one.)
+#[test]
+fn node_without_http_client_gets_keadm_over_ssh() {
+    let site = Site::new(1);
+    let h = &site.hosts;
+    let blank = site.path("not-executable");
+    write(&blank, "");
+    let hide = format!(
+        "for b in /usr/bin/curl /usr/bin/wget; do [ ! -e $b ] || mount --bind {} $b || exit 1; done; command -v curl wget || true",
+        blank.display()
+    );
+    assert_eq!(
+        site.on(0, &hide),
+        "",
+        "curl and wget are hidden on the node"
+    );
+    let state = site.path("state");
+    let inventory = site.path("site.yaml");
+    write(
+        &inventory,
+        &format!(
+            "cloudcore: {}\ntoken: {{env: EF_TEST_TOKEN}}\nname_prefix: edge\n\
+             ssh: {{user: root, key: {}, known_hosts: {}}}\nnodes:\n  - host: {}\n",
+            h.cloudcore(),
+            h.client_key().display(),
+            h.known_hosts().display(),
+            h.host(0).ip
+        ),
+    );
+    let first = site.join(&inventory, &["--state-dir", state.to_str().unwrap()]);
+    assert_eq!(first.code, Some(2));
+    let r = report(&state);
+    let n = &r["nodes"][0];
+    assert_eq!(n["failed_step"], "keadm_join", "{n}");
+    let fetch = n["steps"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["step"] == "fetch")
+        .unwrap();
+    assert_eq!(fetch["status"], "ok");
+    let log = std::fs::read_to_string(n["log"].as_str().unwrap()).unwrap();
+    assert!(
+        log.contains("uploading over SSH instead") && log.contains("cat >"),
+        "{log}"
+    );
+    let state_json: Value =
+        serde_json::from_slice(&std::fs::read(site.store.join("state.json")).unwrap()).unwrap();
+    let sha = state_json["files"]["keadm-v1.23.1-linux-amd64.tar.gz"]["sha256"]
+        .as_str()
+        .unwrap();
+    let keadm_dir = h.private(0, "/var/lib/edgeferry").join("keadm-v1.23.1");
+    assert_eq!(
+        std::fs::read_to_string(keadm_dir.join(".verified"))
+            .unwrap()
+            .trim(),
+        sha
+    );
+    assert!(keadm_dir.join("keadm").exists());
+
+    assert_eq!(
+        site.on(
+            0,
+            "umount /usr/bin/curl; umount /usr/bin/wget 2>/dev/null; command -v curl"
+        ),
+        "/usr/bin/curl"
+    );
+    let second = site.join(
+        &inventory,
+        &["--resume", "--state-dir", state.to_str().unwrap()],
+    );
+    assert_eq!(second.code, Some(0));
+    let run2 = report(&state)["run"].as_str().unwrap().to_string();
+    let steps: Vec<String> = journal(&state)
+        .iter()
+        .filter(|e| e["run"] == run2.as_str() && e["status"] == "ok")
+        .map(|e| e["step"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(steps, ["connect", "keadm_join", "postcheck"]);
+    site.assert_joined(0);
+}
