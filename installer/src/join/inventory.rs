@@ -629,10 +629,15 @@ fn from_batch(config: BatchConfig, base: &Path, redactor: &Redactor) -> Result<I
     }
     let version = &config.keadm.keadm_version;
     let flags_table = edgeferry_bundle::keadm::flags_for(version)?;
-    // Template values often hold the token: treat every value as secret
-    // unless it is obviously a command word.
+    // Template values named like secrets are secrets wherever they end up
+    // (the token is also caught as --token below).
     for (key, value) in &config.keadm.cmd_tpl_args {
-        if key != "cmd" && value.len() >= 8 {
+        let k = key.to_ascii_lowercase();
+        if ["token", "pass", "secret", "key"]
+            .iter()
+            .any(|s| k.contains(s))
+            && value.len() >= 4
+        {
             redactor.add(&Secret::new(value.clone()));
         }
     }

@@ -369,8 +369,18 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
             spec: spec.clone(),
         });
     }
-    if nodes.is_empty() {
-        bail!("--limit matched no node of the inventory: give node names or addresses from it");
+    if let Some(limit) = input.limit {
+        let unknown: Vec<&str> = limit
+            .iter()
+            .filter(|l| !inv.nodes.iter().any(|n| &n.label == *l || &n.host == *l))
+            .map(String::as_str)
+            .collect();
+        if !unknown.is_empty() {
+            bail!(
+                "--limit {}: no such node in the inventory; give node names or addresses from it",
+                unknown.join(",")
+            );
+        }
     }
     let parallel = input
         .parallel
@@ -448,5 +458,128 @@ impl JoinPlan {
             }
         }
         s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{BundleRecord, FileRecord};
+
+    fn state() -> State {
+        let mut state = State::default();
+        state.bundles.insert(
+            "b1".into(),
+            BundleRecord {
+                kubeedge_version: "v1.23.1".into(),
+                arch: edgeferry_bundle::format::Arch::Arm64,
+                sequence: 1,
+                created: String::new(),
+                builder: String::new(),
+                sample: true,
+                signer: None,
+            },
+        );
+        state.files.insert(
+            "keadm-v1.23.1-linux-arm64.tar.gz".into(),
+            FileRecord {
+                sha256: "cd".repeat(32),
+                size: 10,
+                bundle_id: "b1".into(),
+            },
+        );
+        state
+    }
+
+    fn plan_of(yaml: &str, limit: Option<&BTreeSet<String>>) -> Result<JoinPlan> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("site.yaml");
+        std::fs::write(&path, yaml).unwrap();
+        let redactor = Redactor::default();
+        std::env::set_var("PLAN_TEST_TOKEN", "tok-abcdef-123456");
+        let inv = super::super::inventory::read(&path, &redactor)?;
+        build(
+            &PlanInput {
+                action: Action::Join,
+                inventory_path: &path,
+                inventory: &inv,
+                store_dir: Path::new("/srv/store"),
+                state: &state(),
+                mirror: Some("http://10.0.0.5:5000/"),
+                state_dir: dir.path().join("state"),
+                parallel: None,
+                accept_new_host_keys: false,
+                limit,
+                timeouts: &BTreeMap::new(),
+            },
+            &Config::default(),
+            &redactor,
+        )
+    }
+
+    const SITE: &str = "cloudcore: 10.0.0.2:10000\ntoken: {env: PLAN_TEST_TOKEN}\nname_prefix: edge\n\
+        keadm: {labels: [a=b], cgroupdriver: systemd}\nssh: {key: /k, user: ops}\n\
+        nodes:\n  - host: 10.0.1.1\n  - host: 10.0.1.2\n    name: edge-two\n    keadm: {labels: [c=d]}\n";
+
+    #[test]
+    fn plan_is_plain_data_with_secrets_redacted() {
+        let plan = plan_of(SITE, None).unwrap();
+        assert_eq!(plan.mirror, "10.0.0.5:5000");
+        assert_eq!(plan.kubeedge_version, "v1.23.1");
+        assert_eq!(plan.bundles["arm64"], "b1");
+        assert_eq!(plan.nodes.len(), 2);
+        let steps: Vec<&str> = plan.nodes[0].steps.iter().map(|s| s.step.name()).collect();
+        assert_eq!(
+            steps,
+            [
+                "connect",
+                "preflight",
+                "containerd",
+                "fetch",
+                "keadm_join",
+                "postcheck"
+            ]
+        );
+        let join = &plan.nodes[1].steps[4];
+        assert!(
+            join.command.starts_with("sudo -n sh -c"),
+            "non-root goes through sudo"
+        );
+        assert!(join.command.contains("--token=<redacted>"));
+        assert!(!join.command.contains("tok-abcdef"));
+        assert!(join.secret_command.contains("--token=tok-abcdef-123456"));
+        assert!(join.command.contains("--edgenode-name=edge-two"));
+        assert!(join.command.contains("--labels=c=d") && !join.command.contains("--labels=a=b"));
+        assert!(join.command.contains("--cgroupdriver=systemd"));
+        assert!(plan.nodes[0].name.starts_with("edge-"));
+        let json = serde_json::to_string(&plan).unwrap();
+        assert!(!json.contains("tok-abcdef") && !json.contains("secret_command"));
+        assert!(plan
+            .render()
+            .contains("keadm arm64: keadm-v1.23.1-linux-arm64.tar.gz"));
+    }
+
+    #[test]
+    fn bad_flags_versions_and_limits_are_refused_before_anything_runs() {
+        let err = plan_of(&SITE.replace("cgroupdriver", "with-mqtt"), None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("has no flag --with-mqtt"),
+            "{err:#}"
+        );
+        let err = plan_of(&SITE.replace("labels: [a=b]", "token: x1234"), None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("`token (from env or file)` field"),
+            "{err:#}"
+        );
+        let err = plan_of(&format!("kubeedge_version: v1.22.0\n{SITE}"), None).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("no bundle for KubeEdge v1.22.0"),
+            "{err:#}"
+        );
+        let limit: BTreeSet<String> = ["edge-two".to_string(), "edge-nope".to_string()].into();
+        let err = plan_of(SITE, Some(&limit)).unwrap_err();
+        assert!(format!("{err:#}").contains("--limit edge-nope"), "{err:#}");
+        let limit: BTreeSet<String> = ["edge-two".to_string()].into();
+        assert_eq!(plan_of(SITE, Some(&limit)).unwrap().nodes.len(), 1);
     }
 }
