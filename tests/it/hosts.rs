@@ -8,19 +8,10 @@ use std::process::{Command, Output, Stdio};
 use std::time::Instant;
 
 use edgeferry_tests::hosts::*;
-use edgeferry_tests::require_tool;
+use edgeferry_tests::{require_tool, said};
 
 fn text(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
-}
-
-fn said(out: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
 }
 
 /// `ssh user@host i script`, whatever the outcome.

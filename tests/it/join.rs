@@ -7,7 +7,7 @@ use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 
 use edgeferry_tests::hosts::{TestHosts, CLIENT_KEY_PASSPHRASE, EDGE_PASSWORD, ROOT_PASSWORD};
-use edgeferry_tests::{edgeferry, keygen, list_files, run, run_ok, sample_bundle, Ran, Served};
+use edgeferry_tests::{edgeferry, list_files, loaded_sample_store, run, run_ok, Ran, Served};
 use serde_json::Value;
 
 const VERSION: &str = "v1.23.1";
@@ -25,24 +25,7 @@ struct Site {
 impl Site {
     fn new(count: usize) -> Site {
         let tmp = tempfile::tempdir().unwrap();
-        let (key, public) = keygen(tmp.path());
-        let bundle = sample_bundle(
-            "amd64",
-            VERSION,
-            &key,
-            &tmp.path().join("out"),
-            1_700_000_000,
-        );
-        let store = tmp.path().join("store");
-        run_ok(
-            edgeferry()
-                .arg("load")
-                .arg(&bundle)
-                .arg("--key")
-                .arg(&public)
-                .arg("--store")
-                .arg(&store),
-        );
+        let store = loaded_sample_store(tmp.path(), "amd64", VERSION);
         let hosts = TestHosts::create(count).unwrap();
         let mirror = Served::start_on(&store, hosts.control_ip(), std::iter::empty::<&str>());
         Site {

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use edgeferry_tests::hosts::{TestHosts, HOST_PATH};
 use edgeferry_tests::tamper::TamperProxy;
 use edgeferry_tests::{
-    access_log, edgeferry, keygen, list_files, require_tool, run, run_ok, sample_bundle,
+    access_log, edgeferry, list_files, loaded_sample_store, require_tool, run, run_ok, said,
     sha256_hex, Served,
 };
 use serde_json::Value;
@@ -21,15 +21,6 @@ const VERSION: &str = "v1.23.1";
 /// The cloudcore token: only the serve process's environment has it.
 const TOKEN: &str = "7d41c3e9a2b6f805.eyJhbGciOiJIUzI1NiJ9.edgeferry-pull-test-token";
 const TOKEN_ENV: &str = "EF_PULL_TEST_TOKEN";
-
-fn said(out: &Output) -> String {
-    format!(
-        "status {}\nstdout: {}\nstderr: {}",
-        out.status,
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    )
-}
 
 fn stdout(out: &Output) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
@@ -150,24 +141,7 @@ impl PullSite {
         require_tool("curl", "curl");
         let started = Instant::now();
         let tmp = tempfile::tempdir().unwrap();
-        let (key, public) = keygen(tmp.path());
-        let bundle = sample_bundle(
-            "amd64",
-            VERSION,
-            &key,
-            &tmp.path().join("out"),
-            1_700_000_000,
-        );
-        let store = tmp.path().join("store");
-        run_ok(
-            edgeferry()
-                .arg("load")
-                .arg(&bundle)
-                .arg("--key")
-                .arg(&public)
-                .arg("--store")
-                .arg(&store),
-        );
+        let store = loaded_sample_store(tmp.path(), "amd64", VERSION);
         let hosts = TestHosts::create_without_sshd(count).unwrap();
         let site = tmp.path().join("site");
         std::fs::create_dir(&site).unwrap();

@@ -111,6 +111,34 @@ pub fn sample_bundle(arch: &str, version: &str, key: &Path, out: &Path, epoch: u
     out.join(format!("edgeferry-kubeedge-{version}-linux-{arch}.tar.zst"))
 }
 
+/// A sample bundle for `arch` built with a fresh key in `dir` and loaded
+/// into `dir/store`: what the join and pull tests start from.
+pub fn loaded_sample_store(dir: &Path, arch: &str, version: &str) -> PathBuf {
+    let (key, public) = keygen(dir);
+    let bundle = sample_bundle(arch, version, &key, &dir.join("out"), 1_700_000_000);
+    let store = dir.join("store");
+    run_ok(
+        edgeferry()
+            .arg("load")
+            .arg(&bundle)
+            .arg("--key")
+            .arg(&public)
+            .arg("--store")
+            .arg(&store),
+    );
+    store
+}
+
+/// A finished command's status and output, for assertion messages.
+pub fn said(out: &Output) -> String {
+    format!(
+        "status {}\nstdout: {}\nstderr: {}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
 /// Every file below `dir`, relative, sorted.
 pub fn list_files(dir: &Path) -> Vec<String> {
     let mut out = Vec::new();

@@ -255,36 +255,18 @@ fn serve_and_pull(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
 /// `edgeferry join`: dry run first, then the real thing.
 fn join_hosts(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
     use edgeferry_tests::hosts::TestHosts;
-    use std::io::{BufRead, BufReader};
     println!("\n== edgeferry join: 3 local test hosts over SSH, through the mirror");
     let hosts = TestHosts::create(3)?;
-    let mut server = Command::new(edgeferry)
-        .arg("serve")
-        .arg("--listen")
-        .arg(format!("{}:0", hosts.control_ip()))
-        .arg("--access-log")
-        .arg(demo.join("join-access.log"))
-        .arg("--store")
-        .arg(store)
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("starting edgeferry serve")?;
+    let server = Mirror::start(
+        edgeferry,
+        store,
+        hosts.control_ip(),
+        &demo.join("join-access.log"),
+        None,
+        "release files:",
+    )?;
+    let mirror = server.address.clone();
     let result = (|| -> Result<()> {
-        let stderr = server.stderr.take().context("server stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        let mirror = loop {
-            let line = lines
-                .next()
-                .context("the server exited before it was listening")??;
-            if let Some(rest) = line.split(" on http://").nth(1) {
-                break rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
         let state = demo.join("join-state");
         if state.exists() {
             std::fs::remove_dir_all(&state)?;
@@ -321,10 +303,7 @@ fn join_hosts(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
                     .arg("--state-dir")
                     .arg(&state)
                     .args(extra)
-                    .env(
-                        "DEMO_KUBEEDGE_TOKEN",
-                        "demo0123456789.not-a-real-kubeedge-token",
-                    )
+                    .env("DEMO_KUBEEDGE_TOKEN", DEMO_TOKEN)
                     .stdin(std::process::Stdio::null()),
             )
         };
@@ -356,8 +335,7 @@ fn join_hosts(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
         println!("  report: {}", state.join("report.json").display());
         Ok(())
     })();
-    let _ = Command::new("kill").arg(server.id().to_string()).status();
-    let _ = server.wait();
+    drop(server);
     result
 }
 
@@ -367,7 +345,6 @@ fn join_hosts(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
 /// printed, typed on the node's console; then `edgeferry status`.
 fn pull_join(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
     use edgeferry_tests::hosts::TestHosts;
-    use std::io::{BufRead, BufReader};
     println!("\n== pull mode: a node nothing can reach joins itself from the mirror");
     let hosts = TestHosts::create_without_sshd(1)?;
     let site = demo.join("pull-site");
@@ -393,41 +370,32 @@ fn pull_join(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
         hosts.control_ip(),
         site.display()
     );
-    let mut server = Command::new(edgeferry)
-        .arg("serve")
-        .arg("--listen")
-        .arg(format!("{}:0", hosts.control_ip()))
-        .arg("--access-log")
-        .arg(demo.join("pull-access.log"))
-        .arg("--store")
-        .arg(store)
-        .arg("--site-dir")
-        .arg(&site)
-        .env(
-            "DEMO_KUBEEDGE_TOKEN",
-            "demo0123456789.not-a-real-kubeedge-token",
-        )
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .context("starting edgeferry serve")?;
+    let server = Mirror::start(
+        edgeferry,
+        store,
+        hosts.control_ip(),
+        &demo.join("pull-access.log"),
+        Some(&site),
+        "one-liner: ",
+    )?;
+    // The banner's last lines: the join script's sha256 and the one-liner
+    // to give the operator.
+    for line in &server.banner {
+        if line.starts_with("edgeferry mirror: serving")
+            || line.starts_with("join script:")
+            || line.starts_with("one-liner:")
+        {
+            println!("  | {line}");
+        }
+    }
+    let one_liner = server
+        .banner
+        .last()
+        .and_then(|l| l.strip_prefix("one-liner: "))
+        .context("no one-liner in the banner")?
+        .trim()
+        .to_string();
     let result = (|| -> Result<()> {
-        let stderr = server.stderr.take().context("server stderr")?;
-        let mut lines = BufReader::new(stderr).lines();
-        // The banner's last lines: the join script's sha256 and the
-        // one-liner to give the operator.
-        let one_liner = loop {
-            let line = lines
-                .next()
-                .context("the server exited before printing the one-liner")??;
-            if line.starts_with("edgeferry mirror: serving") || line.starts_with("join script:") {
-                println!("  | {line}");
-            }
-            if let Some(rest) = line.strip_prefix("one-liner: ") {
-                println!("  | {line}");
-                break rest.trim().to_string();
-            }
-        };
-        std::thread::spawn(move || lines.for_each(drop));
         println!(
             "  $ edgeferry enroll create --site-dir {} --uses 1 --expires 1h",
             site.display()
@@ -489,7 +457,80 @@ fn pull_join(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
         }
         Ok(())
     })();
-    let _ = Command::new("kill").arg(server.id().to_string()).status();
-    let _ = server.wait();
+    drop(server);
     result
 }
+
+/// `edgeferry serve` on a test-host bridge, stopped (SIGTERM) on drop.
+struct Mirror {
+    child: std::process::Child,
+    address: String,
+    /// stderr lines up to and including the one starting with `until`.
+    banner: Vec<String>,
+}
+
+impl Mirror {
+    fn start(
+        edgeferry: &Path,
+        store: &Path,
+        ip: &str,
+        access_log: &Path,
+        site_dir: Option<&Path>,
+        until: &str,
+    ) -> Result<Mirror> {
+        use std::io::{BufRead, BufReader};
+        let mut cmd = Command::new(edgeferry);
+        cmd.arg("serve")
+            .arg("--listen")
+            .arg(format!("{ip}:0"))
+            .arg("--access-log")
+            .arg(access_log)
+            .arg("--store")
+            .arg(store)
+            .env("DEMO_KUBEEDGE_TOKEN", DEMO_TOKEN)
+            .stderr(std::process::Stdio::piped());
+        if let Some(site) = site_dir {
+            cmd.arg("--site-dir").arg(site);
+        }
+        let mut child = cmd.spawn().context("starting edgeferry serve")?;
+        let stderr = child.stderr.take().context("server stderr")?;
+        let mut mirror = Mirror {
+            child,
+            address: String::new(),
+            banner: Vec::new(),
+        };
+        let mut lines = BufReader::new(stderr).lines();
+        loop {
+            let line = lines
+                .next()
+                .with_context(|| format!("the server exited before printing {until:?}"))??;
+            if let Some(rest) = line.split(" on http://").nth(1) {
+                mirror.address = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+            }
+            let done = line.starts_with(until);
+            mirror.banner.push(line);
+            if done {
+                break;
+            }
+        }
+        std::thread::spawn(move || lines.for_each(drop));
+        Ok(mirror)
+    }
+}
+
+impl Drop for Mirror {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .arg(self.child.id().to_string())
+            .status();
+        let _ = self.child.wait();
+    }
+}
+
+/// Not a real token: the demo has no cloudcore. Passed through the
+/// environment, as a real one would be.
+const DEMO_TOKEN: &str = "demo0123456789.not-a-real-kubeedge-token";

@@ -333,7 +333,11 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
                 );
                 push(
                     Step::KeadmJoin,
-                    script::keadm_join(&version, &args, timeout(Step::KeadmJoin).as_secs()),
+                    script::keadm_join(
+                        &version,
+                        script::JoinArgs::Inline(&args),
+                        timeout(Step::KeadmJoin).as_secs(),
+                    ),
                 );
                 push(Step::Postcheck, script::postcheck());
             }

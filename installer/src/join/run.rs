@@ -761,22 +761,8 @@ async fn upload_keadm(
     let local = ctx.plan.store.join("files").join(&asset.file);
     let version = &ctx.plan.kubeedge_version;
     let cmd = script::wrap(&script::upload_target(version, &asset.file), node.spec.sudo);
-    log.line(&format!("$ {cmd} < {}", local.display()));
-    let (status, captured) = exec(
-        ctx,
-        session,
-        Step::Fetch,
-        &cmd,
-        Some(ssh::Stdin::File(local)),
-        timeout,
-    )
-    .await?;
-    log.output(&captured.bytes);
-    if !matches!(status, ssh::ExitStatus::Code(0)) {
-        return Err(fail(format!(
-            "uploading {} over SSH failed: {status:?}",
-            asset.file
-        )));
+    if !send_file(ctx, session, &cmd, local, timeout, log).await? {
+        return Err(fail(format!("uploading {} over SSH failed", asset.file)));
     }
     let verify = script::wrap(
         &script::fetch(version, &ctx.plan.mirror, &ctx.plan.keadm, true),
@@ -793,6 +779,22 @@ async fn upload_keadm(
             "",
         )))
     }
+}
+
+/// Streams a local file into `cmd` on the node; true when it exits 0.
+async fn send_file(
+    ctx: &Ctx,
+    session: &ssh::Session,
+    cmd: &str,
+    local: PathBuf,
+    timeout: Duration,
+    log: &mut NodeLog,
+) -> Result<bool, Failure> {
+    log.line(&format!("$ {cmd} < {}", local.display()));
+    let stdin = Some(ssh::Stdin::File(local));
+    let (status, captured) = exec(ctx, session, Step::Fetch, cmd, stdin, timeout).await?;
+    log.output(&captured.bytes);
+    Ok(matches!(status, ssh::ExitStatus::Code(0)))
 }
 
 /// keadm batch `copyFrom`: every file under the directory, recursively.
@@ -840,21 +842,8 @@ async fn upload_dir(
             .unwrap_or(0o644)
             | 0o500;
         let cmd = script::wrap(&script::copy_target(&rel, mode), node.spec.sudo);
-        log.line(&format!("$ {cmd} < {}", f.display()));
-        let (status, captured) = exec(
-            ctx,
-            session,
-            Step::Fetch,
-            &cmd,
-            Some(ssh::Stdin::File(f.clone())),
-            timeout,
-        )
-        .await?;
-        log.output(&captured.bytes);
-        if !matches!(status, ssh::ExitStatus::Code(0)) {
-            return Err(fail(format!(
-                "uploading copyFrom file {rel} failed: {status:?}"
-            )));
+        if !send_file(ctx, session, &cmd, f.clone(), timeout, log).await? {
+            return Err(fail(format!("uploading copyFrom file {rel} failed")));
         }
     }
     Ok(())

@@ -234,6 +234,14 @@ pub fn upload_target(version: &str, file: &str) -> String {
     )
 }
 
+/// Where `keadm join` gets its arguments: baked into the command (SSH
+/// join), or read one per line from the file named by `$EF_ARGS` (pull
+/// mode, where they arrive at run time and hold the token).
+pub enum JoinArgs<'a> {
+    Inline(&'a [String]),
+    FromFile,
+}
+
 /// `keadm join` with a pinned version; stopped by `timeout` on the node so
 /// a hung keadm does not linger after we give up.
 ///
@@ -241,13 +249,21 @@ pub fn upload_target(version: &str, file: &str) -> String {
 /// of ours was cut short, whatever it left belongs to that attempt, and a
 /// `keadm reset edge --force` clears it before keadm, which refuses a
 /// non-empty /etc/kubeedge, runs again.
-pub fn keadm_join(version: &str, args: &[String], timeout_secs: u64) -> String {
+pub fn keadm_join(version: &str, args: JoinArgs, timeout_secs: u64) -> String {
     let keadm = format!("{}/keadm", keadm_dir(version));
-    let mut cmd = format!("set -- {keadm} join");
-    for a in args {
-        cmd.push(' ');
-        cmd.push_str(&quote(a));
-    }
+    let set_args = match args {
+        JoinArgs::Inline(args) => {
+            let mut cmd = format!("set -- {keadm} join");
+            for a in args {
+                cmd.push(' ');
+                cmd.push_str(&quote(a));
+            }
+            cmd
+        }
+        JoinArgs::FromFile => format!(
+            "set -- {keadm} join\nwhile IFS= read -r arg; do\n\tset -- \"$@\" \"$arg\"\ndone <\"$EF_ARGS\""
+        ),
+    };
     format!(
         r#"set -u
 cd {NODE_DIR}/work
@@ -257,7 +273,7 @@ if [ -e "$marker" ]; then
 	{keadm} reset edge --force </dev/null || true
 fi
 : >"$marker"
-{cmd}
+{set_args}
 if command -v timeout >/dev/null 2>&1; then
 	timeout -k 10 {timeout_secs} "$@"
 else
@@ -393,15 +409,16 @@ mod tests {
             fetch("v1.23.1", "10.0.0.5:5000", &assets, false),
             keadm_join(
                 "v1.23.1",
-                &join_args(
+                JoinArgs::Inline(&join_args(
                     "v1.23.1",
                     "10.0.0.2:10000",
                     Some("n1"),
                     Some("tok"),
                     &BTreeMap::new(),
-                ),
+                )),
                 300,
             ),
+            keadm_join("v1.23.1", JoinArgs::FromFile, 300),
             keadm_reset("v1.23.1", &[], 60),
             postcheck(),
         ];

@@ -15,41 +15,15 @@ pub struct JoinScript<'a> {
     pub keadm_timeout_secs: u64,
 }
 
-/// The keadm step of pull mode: `script::keadm_join`'s logic, with the
-/// arguments read from a file one per line (no eval of server data).
-fn keadm_step(version: &str, timeout_secs: u64) -> String {
-    let keadm = format!("{}/keadm", script::keadm_dir(version));
-    let node_dir = script::NODE_DIR;
-    format!(
-        r#"set -u
-cd {node_dir}/work
-marker={node_dir}/keadm-join.attempted
-if [ -e "$marker" ]; then
-	echo "an earlier keadm join attempt did not finish: keadm reset edge --force first"
-	{keadm} reset edge --force </dev/null || true
-fi
-: >"$marker"
-set -- {keadm} join
-while IFS= read -r arg; do
-	set -- "$@" "$arg"
-done <"$EF_ARGS"
-if command -v timeout >/dev/null 2>&1; then
-	timeout -k 10 {timeout_secs} "$@"
-else
-	"$@"
-fi
-rc=$?
-[ $rc != 0 ] || rm -f "$marker"
-exit $rc"#
-    )
-}
-
 pub fn render(p: &JoinScript) -> String {
     let steps = [
         ("preflight", script::preflight(&p.preflight)),
         ("containerd", script::containerd(p.hosts)),
         ("fetch", script::fetch(p.version, p.mirror, p.keadm, false)),
-        ("keadm_join", keadm_step(p.version, p.keadm_timeout_secs)),
+        (
+            "keadm_join",
+            script::keadm_join(p.version, script::JoinArgs::FromFile, p.keadm_timeout_secs),
+        ),
         ("postcheck", script::postcheck()),
     ];
     let mut functions = String::new();
