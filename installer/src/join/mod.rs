@@ -263,7 +263,7 @@ fn batch(
 
     let journal = journal::Journal::open(&plan.state_dir)?;
     let run_id = run_id();
-    let started = run_id.clone();
+    let started = now_rfc3339();
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     let total = plan.nodes.len() - excluded.len();
     let ctx = Arc::new(run::Ctx {
@@ -340,9 +340,15 @@ fn batch(
     Ok(code)
 }
 
-fn run_id() -> String {
+fn now_rfc3339() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
     edgeferry_bundle::format::rfc3339_utc(t.as_secs())
+}
+
+/// Names one run in the journal. The time alone is not unique: two short
+/// runs can fall in the same second.
+fn run_id() -> String {
+    format!("{}-{}", now_rfc3339(), std::process::id())
 }
