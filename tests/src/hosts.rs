@@ -88,6 +88,9 @@ pub const PRIVATE_DIRS: &[&str] = &[
     "/var/lib/edgeferry",
     "/var/lib/keadm-standin",
     "/run/containerd",
+    // The control machine's root dotfiles (a .bashrc that runs pyenv, say)
+    // would run on every SSH command and slow every host down.
+    "/root",
 ];
 /// Files each host has its own copy of (the system's, plus our accounts).
 pub const PRIVATE_FILES: &[&str] = &[

@@ -208,7 +208,12 @@ if [ -x "$d/keadm" ] && [ "$(cat "$d/.verified" 2>/dev/null)" = "$sum" ]; then
 	exit 0
 fi
 {download}
-got=$(sha256sum "$d/$file.part" | cut -d' ' -f1)
+# openssl hashes several times faster than coreutils where it is installed.
+if command -v openssl >/dev/null 2>&1; then
+	got=$(openssl dgst -sha256 -r "$d/$file.part" | cut -d' ' -f1)
+else
+	got=$(sha256sum "$d/$file.part" | cut -d' ' -f1)
+fi
 if [ "$got" != "$sum" ]; then
 	rm -f "$d/$file.part"
 	echo "$file arrived with sha256 $got but the signed bundle says $sum: the mirror or the network corrupted it; check the mirror's store with edgeferry verify" >&2
