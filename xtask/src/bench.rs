@@ -6,8 +6,8 @@
 //! of each, so both read from a hot page cache; peak RSS by
 //! `/usr/bin/time -f %M`. Missed targets are reported, not fatal.
 //!
-//! `verify` and `mirror` live in `bench_verify` and `bench_mirror`; the
-//! helpers they share are here.
+//! `verify`, `mirror` and `join` live in `bench_verify`, `bench_mirror` and
+//! `bench_join`; the helpers they share are here.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -42,7 +42,8 @@ pub fn run(name: &str) -> Result<()> {
         "bundle" => bundle(),
         "verify" => crate::bench_verify::run(),
         "mirror" => crate::bench_mirror::run(),
-        other => bail!("unknown benchmark {other:?}: try `bundle`, `verify` or `mirror`"),
+        "join" => crate::bench_join::run(),
+        other => bail!("unknown benchmark {other:?}: try `bundle`, `verify`, `mirror` or `join`"),
     }
 }
 

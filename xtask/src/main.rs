@@ -3,6 +3,7 @@
 
 mod bench;
 mod bench_input;
+mod bench_join;
 mod bench_mirror;
 mod bench_verify;
 mod ci;
@@ -33,7 +34,7 @@ enum Task {
     Demo,
     /// Install what the tests need, then fmt, clippy and every test
     Ci,
-    /// Measure against the reference tools: `bundle`, `verify` or `mirror`
+    /// Measure against the reference tools: `bundle`, `verify`, `mirror` or `join`
     Bench {
         /// Which benchmark
         name: String,
