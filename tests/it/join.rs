@@ -203,7 +203,7 @@ fn join_twenty_hosts_with_faults_then_resume() {
         &inventory,
         &format!(
             "cloudcore: {cloud}\ntoken: {{env: EF_TEST_TOKEN}}\nname_prefix: edge\nparallel: 8\n\
-             timeouts: {{connect: 5, keadm_join: 8}}\n\
+             timeouts: {{connect: 20, keadm_join: 15}}\n\
              keadm:\n  labels: [site=test, rack=7]\n  hub-protocol: websocket\n\
              ssh:\n  known_hosts: {kh}\nnodes:\n{nodes}",
             cloud = h.cloudcore(),
@@ -287,7 +287,7 @@ fn join_twenty_hosts_with_faults_then_resume() {
         (2, "connect", "host_key_changed", "CHANGED"),
         (3, "preflight", "preflight", "i686"),
         (4, "keadm_join", "keadm_failed", "fault"),
-        (5, "keadm_join", "keadm_timeout", "did not finish within 8s"),
+        (5, "keadm_join", "keadm_timeout", "did not finish within 15s"),
         (6, "preflight", "preflight", "/etc/kubeedge is not empty"),
     ];
     for (i, step, kind, text) in expect {
