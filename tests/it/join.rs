@@ -287,7 +287,12 @@ fn join_twenty_hosts_with_faults_then_resume() {
         (2, "connect", "host_key_changed", "CHANGED"),
         (3, "preflight", "preflight", "i686"),
         (4, "keadm_join", "keadm_failed", "fault"),
-        (5, "keadm_join", "keadm_timeout", "did not finish within 15s"),
+        (
+            5,
+            "keadm_join",
+            "keadm_timeout",
+            "did not finish within 15s",
+        ),
         (6, "preflight", "preflight", "/etc/kubeedge is not empty"),
     ];
     for (i, step, kind, text) in expect {
