@@ -171,11 +171,20 @@ fn split_host_port(value: &str) -> Result<(String, u16)> {
     Ok((host.to_string(), port))
 }
 
-pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<JoinPlan> {
-    let inv = input.inventory;
-    let state = input.state;
-    let version = match &inv.kubeedge_version {
-        Some(v) => v.clone(),
+/// What the store offers for one KubeEdge version. Shared by the join
+/// planner and pull mode's `/join.sh`, so both pick the same version,
+/// bundles and keadm tarballs.
+pub struct StoreOffer {
+    pub version: String,
+    /// The newest bundle id per arch.
+    pub bundles: BTreeMap<String, String>,
+    pub keadm: Vec<KeadmAsset>,
+}
+
+/// `wanted`, or the one version the store holds.
+pub fn store_offer(state: &State, wanted: Option<&str>, store_dir: &Path) -> Result<StoreOffer> {
+    let version = match wanted {
+        Some(v) => v.to_string(),
         None => {
             let versions: BTreeSet<&str> = state
                 .bundles
@@ -186,7 +195,7 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
                 1 => versions.into_iter().next().unwrap().to_string(),
                 0 => bail!(
                     "the store {} is empty: load a bundle first",
-                    input.store_dir.display()
+                    store_dir.display()
                 ),
                 _ => bail!(
                     "the store holds KubeEdge {}: set kubeedge_version in the inventory",
@@ -195,27 +204,24 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
             }
         }
     };
-    let flags_table = edgeferry_bundle::keadm::flags_for(&version)?;
-
-    // The newest bundle of this version per arch.
-    let mut bundles: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    let mut newest: BTreeMap<String, (u64, String)> = BTreeMap::new();
     for (id, b) in &state.bundles {
         if b.kubeedge_version == version {
             let arch = b.arch.as_str().to_string();
-            let newer = bundles.get(&arch).is_none_or(|(seq, _)| b.sequence > *seq);
+            let newer = newest.get(&arch).is_none_or(|(seq, _)| b.sequence > *seq);
             if newer {
-                bundles.insert(arch, (b.sequence, id.clone()));
+                newest.insert(arch, (b.sequence, id.clone()));
             }
         }
     }
-    if bundles.is_empty() {
+    if newest.is_empty() {
         bail!(
             "the store {} has no bundle for KubeEdge {version}: load one, or set kubeedge_version to what the store has",
-            input.store_dir.display()
+            store_dir.display()
         );
     }
     let mut keadm = Vec::new();
-    for arch in bundles.keys() {
+    for arch in newest.keys() {
         let file = format!("keadm-{version}-linux-{arch}.tar.gz");
         let record = state.files.get(&file).with_context(|| {
             format!("the store has a {arch} bundle but no {file}: reload the bundle")
@@ -227,6 +233,77 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
             size: record.size,
         });
     }
+    Ok(StoreOffer {
+        version,
+        bundles: newest.into_iter().map(|(a, (_, id))| (a, id)).collect(),
+        keadm,
+    })
+}
+
+/// containerd `hosts.toml` for every registry the store's images come from.
+pub fn hosts_toml_for(state: &State, mirror: &str) -> Vec<HostsFile> {
+    let registries: BTreeSet<String> = state
+        .images
+        .keys()
+        .map(|r| hosts::registry_of(r).to_string())
+        .collect();
+    hosts::hosts_files(mirror, &registries)
+}
+
+/// Every `keadm join` flag must exist in the version; bools must be bools.
+pub fn check_flags(version: &str, flags: &BTreeMap<String, Vec<String>>, who: &str) -> Result<()> {
+    let table = edgeferry_bundle::keadm::flags_for(version)?;
+    for (name, values) in flags {
+        let flag = table
+            .join_flag(name)
+            .filter(|f| f.long == name)
+            .with_context(|| format!("{who}: keadm join {version} has no flag --{name}"))?;
+        if flag.kind == edgeferry_bundle::keadm::FlagKind::Bool
+            && values.iter().any(|v| v != "true" && v != "false")
+        {
+            bail!("{who}: --{name} takes true or false");
+        }
+    }
+    Ok(())
+}
+
+/// The preflight's view of a node's keadm settings: the cloudcore host,
+/// the ports it must reach (hub, then cert), and the CRI socket.
+pub fn preflight_target(
+    cloudcore: &str,
+    flags: &BTreeMap<String, Vec<String>>,
+    who: &str,
+) -> Result<(String, Vec<u16>, String)> {
+    let (cloud_host, cloud_port) = split_host_port(cloudcore).with_context(|| who.to_string())?;
+    let certport: u16 = match flags.get("certport").and_then(|v| v.last()) {
+        Some(p) => p
+            .parse()
+            .with_context(|| format!("{who}: certport {p:?} is not a port"))?,
+        None => 10002,
+    };
+    let endpoint = flags
+        .get("remote-runtime-endpoint")
+        .and_then(|v| v.last())
+        .map_or("unix:///run/containerd/containerd.sock", String::as_str);
+    let cri_socket = endpoint
+        .strip_prefix("unix://")
+        .unwrap_or(endpoint)
+        .to_string();
+    let mut ports = vec![cloud_port];
+    if certport != cloud_port {
+        ports.push(certport);
+    }
+    Ok((cloud_host, ports, cri_socket))
+}
+
+pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<JoinPlan> {
+    let inv = input.inventory;
+    let state = input.state;
+    let StoreOffer {
+        version,
+        bundles,
+        keadm,
+    } = store_offer(state, inv.kubeedge_version.as_deref(), input.store_dir)?;
 
     let mirror = match input.mirror.or(inv.mirror.as_deref()) {
         Some(m) => mirror_address(m)?,
@@ -234,12 +311,7 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
             "no mirror address: pass --mirror HOST:PORT (where nodes reach edgeferry serve), set EDGEFERRY_MIRROR, or set mirror: in the inventory"
         ),
     };
-    let registries: BTreeSet<String> = state
-        .images
-        .keys()
-        .map(|r| hosts::registry_of(r).to_string())
-        .collect();
-    let hosts_toml = hosts::hosts_files(&mirror, &registries);
+    let hosts_toml = hosts_toml_for(state, &mirror);
     let store_arches: Vec<String> = bundles.keys().cloned().collect();
 
     let mut nodes = Vec::new();
@@ -249,39 +321,9 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
                 continue;
             }
         }
-        for (name, values) in &spec.flags {
-            let flag = flags_table
-                .join_flag(name)
-                .filter(|f| f.long == name)
-                .with_context(|| {
-                    format!(
-                        "node {}: keadm join {version} has no flag --{name}",
-                        spec.label
-                    )
-                })?;
-            if flag.kind == edgeferry_bundle::keadm::FlagKind::Bool
-                && values.iter().any(|v| v != "true" && v != "false")
-            {
-                bail!("node {}: --{name} takes true or false", spec.label);
-            }
-        }
-        let (cloud_host, cloud_port) =
-            split_host_port(&spec.cloudcore).with_context(|| format!("node {}", spec.label))?;
-        let certport: u16 = match spec.flags.get("certport").and_then(|v| v.last()) {
-            Some(p) => p
-                .parse()
-                .with_context(|| format!("node {}: certport {p:?} is not a port", spec.label))?,
-            None => 10002,
-        };
-        let endpoint = spec
-            .flags
-            .get("remote-runtime-endpoint")
-            .and_then(|v| v.last())
-            .map_or("unix:///run/containerd/containerd.sock", String::as_str);
-        let cri_socket = endpoint
-            .strip_prefix("unix://")
-            .unwrap_or(endpoint)
-            .to_string();
+        let who = format!("node {}", spec.label);
+        check_flags(&version, &spec.flags, &who)?;
+        let (cloud_host, ports, cri_socket) = preflight_target(&spec.cloudcore, &spec.flags, &who)?;
 
         let timeout = |s: Step| timeout_for(s, config, input.timeouts);
         let mut steps = Vec::new();
@@ -307,10 +349,6 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
         };
         match input.action {
             Action::Join => {
-                let mut ports = vec![cloud_port];
-                if certport != cloud_port {
-                    ports.push(certport);
-                }
                 push(
                     Step::Preflight,
                     script::preflight(&script::PreflightParams {
@@ -405,7 +443,7 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
         } else {
             "strict"
         },
-        bundles: bundles.into_iter().map(|(a, (_, id))| (a, id)).collect(),
+        bundles,
         keadm,
         hosts_toml,
         nodes,

@@ -429,7 +429,6 @@ async fn handle(
         Some(site) => {
             crate::pull::route(
                 site,
-                &snapshot.state,
                 &method,
                 &path,
                 &parts.headers,

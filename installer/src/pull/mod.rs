@@ -17,9 +17,9 @@ use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
 use crate::join::inventory::{self, SiteSpec};
-use crate::join::script::{KeadmAsset, PreflightParams};
+use crate::join::plan;
+use crate::join::script::PreflightParams;
 use crate::join::secret::Redactor;
-use crate::mirror::hosts;
 use crate::store::State;
 
 pub const SITE_FILE: &str = "site.yaml";
@@ -36,6 +36,14 @@ pub const REPORT_STEPS: &[&str] = &[
     "done",
 ];
 
+/// `/join.sh` for the store as last seen, and the KubeEdge version it joins.
+#[derive(Default)]
+struct Script {
+    bytes: bytes::Bytes,
+    sha256: String,
+    version: String,
+}
+
 pub struct Site {
     pub dir: PathBuf,
     spec: SiteSpec,
@@ -44,7 +52,7 @@ pub struct Site {
     keadm_timeout_secs: u64,
     min_free_mib: u64,
     /// The script and its sha256, rebuilt when the store changes.
-    script: RwLock<(bytes::Bytes, String)>,
+    script: RwLock<Script>,
 }
 
 /// The printed one-liner: download, check the pinned sha256, run. A fresh
@@ -68,106 +76,26 @@ impl Site {
             mirror: mirror.to_string(),
             keadm_timeout_secs: config.join.keadm_join_timeout.as_secs(),
             min_free_mib: config.join.min_free_mib,
-            script: RwLock::new((bytes::Bytes::new(), String::new())),
+            script: RwLock::new(Script::default()),
         };
         site.rebuild(state)?;
         Ok(site)
     }
 
     pub fn script_sha256(&self) -> String {
-        self.script.read().expect("script lock").1.clone()
-    }
-
-    fn version(&self, state: &State) -> Result<String> {
-        if let Some(v) = &self.spec.kubeedge_version {
-            return Ok(v.clone());
-        }
-        let versions: std::collections::BTreeSet<&str> = state
-            .bundles
-            .values()
-            .map(|b| b.kubeedge_version.as_str())
-            .collect();
-        match versions.len() {
-            1 => Ok(versions.into_iter().next().unwrap().to_string()),
-            _ => anyhow::bail!(
-                "pull mode: set kubeedge_version in site.yaml (the store holds several or none)"
-            ),
-        }
+        self.script.read().expect("script lock").sha256.clone()
     }
 
     /// Regenerates `/join.sh` for the store as it is now; returns whether it changed.
     pub fn rebuild(&self, state: &State) -> Result<bool> {
-        let version = self.version(state)?;
-        let flags = edgeferry_bundle::keadm::flags_for(&version)?;
-        for name in self.spec.flags.keys() {
-            flags
-                .join_flag(name)
-                .filter(|f| f.long == name)
-                .with_context(|| format!("site.yaml: keadm join {version} has no flag --{name}"))?;
-        }
-        let mut keadm = Vec::new();
-        for b in state
-            .bundles
-            .values()
-            .filter(|b| b.kubeedge_version == version)
-        {
-            let arch = b.arch.as_str().to_string();
-            let file = format!("keadm-{version}-linux-{arch}.tar.gz");
-            if let Some(f) = state.files.get(&file) {
-                if !keadm.iter().any(|a: &KeadmAsset| a.arch == arch) {
-                    keadm.push(KeadmAsset {
-                        arch,
-                        file,
-                        sha256: f.sha256.clone(),
-                        size: f.size,
-                    });
-                }
-            }
-        }
-        keadm.sort_by(|a, b| a.arch.cmp(&b.arch));
-        anyhow::ensure!(
-            !keadm.is_empty(),
-            "pull mode: the store has no keadm for KubeEdge {version}"
-        );
-        let registries = state
-            .images
-            .keys()
-            .map(|r| hosts::registry_of(r).to_string())
-            .collect();
-        let hosts_files = hosts::hosts_files(&self.mirror, &registries);
-        let (cloud_host, cloud_port) = self
-            .spec
-            .cloudcore
-            .rsplit_once(':')
-            .and_then(|(h, p)| {
-                Some((
-                    h.trim_matches(|c| c == '[' || c == ']').to_string(),
-                    p.parse::<u16>().ok()?,
-                ))
-            })
-            .with_context(|| {
-                format!(
-                    "site.yaml: cloudcore {:?} is not HOST:PORT",
-                    self.spec.cloudcore
-                )
-            })?;
-        let certport: u16 = self
-            .spec
-            .flags
-            .get("certport")
-            .and_then(|v| v.last())
-            .and_then(|p| p.parse().ok())
-            .unwrap_or(10002);
-        let endpoint = self
-            .spec
-            .flags
-            .get("remote-runtime-endpoint")
-            .and_then(|v| v.last())
-            .map_or("unix:///run/containerd/containerd.sock", String::as_str);
-        let mut ports = vec![cloud_port];
-        if certport != cloud_port {
-            ports.push(certport);
-        }
+        let who = format!("site.yaml ({})", self.dir.display());
+        let offer = plan::store_offer(state, self.spec.kubeedge_version.as_deref(), &self.dir)
+            .with_context(|| who.clone())?;
+        plan::check_flags(&offer.version, &self.spec.flags, &who)?;
+        let (cloud_host, ports, cri_socket) =
+            plan::preflight_target(&self.spec.cloudcore, &self.spec.flags, &who)?;
+        let hosts_files = plan::hosts_toml_for(state, &self.mirror);
+        let (version, keadm) = (offer.version, offer.keadm);
         let text = script::render(&script::JoinScript {
             version: &version,
             mirror: &self.mirror,
@@ -175,10 +103,7 @@ impl Site {
             hosts: &hosts_files,
             preflight: PreflightParams {
                 store_arches: keadm.iter().map(|a| a.arch.clone()).collect(),
-                cri_socket: endpoint
-                    .strip_prefix("unix://")
-                    .unwrap_or(endpoint)
-                    .to_string(),
+                cri_socket,
                 mirror: &self.mirror,
                 cloud_host: &cloud_host,
                 cloud_ports: ports,
@@ -188,8 +113,12 @@ impl Site {
         });
         let sha = edgeferry_bundle::hashing::sha256_hex(text.as_bytes());
         let mut current = self.script.write().expect("script lock");
-        let changed = current.1 != sha;
-        *current = (bytes::Bytes::from(text), sha);
+        let changed = current.sha256 != sha;
+        *current = Script {
+            bytes: bytes::Bytes::from(text),
+            sha256: sha,
+            version,
+        };
         Ok(changed)
     }
 
@@ -216,7 +145,6 @@ fn plain(status: StatusCode, text: &str) -> Response<Body> {
 /// Pull-mode routes; `None` when the path is not one of them.
 pub async fn route(
     site: &Site,
-    state: &State,
     method: &Method,
     path: &str,
     headers: &HeaderMap,
@@ -225,7 +153,7 @@ pub async fn route(
 ) -> Option<Response<Body>> {
     match (path, method) {
         ("/join.sh", &Method::GET | &Method::HEAD) => {
-            let (bytes, _) = site.script.read().expect("script lock").clone();
+            let bytes = site.script.read().expect("script lock").bytes.clone();
             let len = bytes.len();
             Some(
                 Response::builder()
@@ -240,7 +168,7 @@ pub async fn route(
                     .expect("valid response"),
             )
         }
-        ("/v1/enroll", &Method::POST) => Some(enroll_route(site, state, headers, client).await),
+        ("/v1/enroll", &Method::POST) => Some(enroll_route(site, headers, client).await),
         ("/v1/report", &Method::POST) => Some(report_route(site, headers, body, client).await),
         ("/join.sh" | "/v1/enroll" | "/v1/report", _) => {
             Some(plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
@@ -256,12 +184,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-async fn enroll_route(
-    site: &Site,
-    state: &State,
-    headers: &HeaderMap,
-    client: &str,
-) -> Response<Body> {
+async fn enroll_route(site: &Site, headers: &HeaderMap, client: &str) -> Response<Body> {
     let Some(code) =
         header_str(headers, "x-edgeferry-code").filter(|c| !c.is_empty() && c.len() <= 128)
     else {
@@ -275,10 +198,8 @@ async fn enroll_route(
         .chars()
         .take(128)
         .collect::<String>();
-    let version = match site.version(state) {
-        Ok(v) => v,
-        Err(e) => return plain(StatusCode::SERVICE_UNAVAILABLE, &format!("{e:#}")),
-    };
+    // The version /join.sh was built for, so keadm's flags match the script.
+    let version = site.script.read().expect("script lock").version.clone();
     let dir = site.dir.clone();
     let code = code.to_string();
     let client = client.to_string();
