@@ -126,20 +126,7 @@ fn table(nodes: &[NodeStatus]) -> String {
             n.error.clone().unwrap_or_default(),
         ]);
     }
-    let mut widths = [0usize; 5];
-    for r in &rows {
-        for (w, c) in widths.iter_mut().zip(r.iter()) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let mut s = String::new();
-    for r in &rows {
-        for (i, w) in widths.iter().enumerate() {
-            s.push_str(&format!("{:w$}  ", r[i], w = w));
-        }
-        s.push_str(&r[5]);
-        s.push('\n');
-    }
+    let mut s = crate::join::report::columns(&rows);
     let joined = nodes.iter().filter(|n| n.state == "joined").count();
     let failed = nodes.iter().filter(|n| n.state == "failed").count();
     s.push_str(&format!(

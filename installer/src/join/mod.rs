@@ -263,7 +263,7 @@ fn batch(
 
     let journal = journal::Journal::open(&plan.state_dir)?;
     let run_id = run_id();
-    let started = now_rfc3339();
+    let started = run::now();
     let (cancel_tx, cancel_rx) = tokio::sync::watch::channel(false);
     let total = plan.nodes.len() - excluded.len();
     let ctx = Arc::new(run::Ctx {
@@ -302,24 +302,8 @@ fn batch(
     let plan = &ctx.plan;
     for i in excluded {
         let node = &plan.nodes[i];
-        let mut o = run::NodeOutcome {
-            name: node.name.clone(),
-            host: node.host.clone(),
-            port: node.port,
-            status: NodeStatus::NotStarted,
-            failed_step: None,
-            error: Some("not retried: it had not failed (--resume runs it)".into()),
-            error_kind: None,
-            arch: None,
-            bundle_id: None,
-            steps: Vec::new(),
-            host_key: None,
-            log: plan
-                .state_dir
-                .join("logs")
-                .join(format!("{}.log", node.name)),
-            ms: 0,
-        };
+        let mut o = run::NodeOutcome::blank(plan, node, NodeStatus::NotStarted);
+        o.error = Some("not retried: it had not failed (--resume runs it)".into());
         o.arch = histories.get(&node.name).and_then(|h| h.arch.clone());
         outcomes.push(o);
     }
@@ -340,15 +324,8 @@ fn batch(
     Ok(code)
 }
 
-fn now_rfc3339() -> String {
-    let t = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
-    edgeferry_bundle::format::rfc3339_utc(t.as_secs())
-}
-
 /// Names one run in the journal. The time alone is not unique: two short
 /// runs can fall in the same second.
 fn run_id() -> String {
-    format!("{}-{}", now_rfc3339(), std::process::id())
+    format!("{}-{}", run::now(), std::process::id())
 }

@@ -89,15 +89,12 @@ pub fn build<'a>(
     outcomes: &'a [NodeOutcome],
     exit_code: u8,
 ) -> Report<'a> {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap_or_default();
     Report {
         edgeferry: env!("CARGO_PKG_VERSION"),
         action: plan.action,
         run,
         started,
-        finished: edgeferry_bundle::format::rfc3339_utc(now.as_secs()),
+        finished: super::run::now(),
         inventory: &plan.inventory,
         kubeedge_version: &plan.kubeedge_version,
         mirror: &plan.mirror,
@@ -118,6 +115,25 @@ pub fn write(report: &Report, state_dir: &Path) -> Result<()> {
     let mut bytes = serde_json::to_vec_pretty(report)?;
     bytes.push(b'\n');
     edgeferry_bundle::atomic::write_file(&state_dir.join(REPORT_FILE), &bytes, 0o600)
+}
+
+/// Rows padded into columns; the last column (an error) is left ragged.
+pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for r in rows {
+        for (w, cell) in widths.iter_mut().zip(r.iter()) {
+            *w = (*w).max(cell.chars().count());
+        }
+    }
+    let mut s = String::new();
+    for r in rows {
+        for (cell, w) in r.iter().zip(widths).take(N - 1) {
+            s.push_str(&format!("{cell:w$}  "));
+        }
+        s.push_str(&r[N - 1]);
+        s.push('\n');
+    }
+    s
 }
 
 pub fn table(report: &Report) -> String {
@@ -141,20 +157,7 @@ pub fn table(report: &Report) -> String {
             o.error.clone().unwrap_or_default(),
         ]);
     }
-    let mut widths = [0usize; 6];
-    for r in &rows {
-        for (w, cell) in widths.iter_mut().zip(r.iter()) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut s = String::new();
-    for r in &rows {
-        for (i, w) in widths.iter().enumerate() {
-            s.push_str(&format!("{:w$}  ", r[i], w = w));
-        }
-        s.push_str(&r[6]);
-        s.push('\n');
-    }
+    let mut s = columns(&rows);
     let c = &report.counts;
     s.push_str(&format!(
         "\n{} node(s): {} joined, {} already joined, {} reset, {} failed, {} interrupted, {} not started",

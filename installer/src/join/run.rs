@@ -120,7 +120,8 @@ struct Failure {
     interrupted: bool,
 }
 
-fn now() -> String {
+/// The time now, as journals and reports write it.
+pub fn now() -> String {
     let t = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap_or_default();
@@ -194,29 +195,32 @@ pub async fn execute(ctx: Arc<Ctx>, entries: Vec<(usize, Entry)>) -> Vec<NodeOut
     outcomes.into_iter().map(|(_, o)| o).collect()
 }
 
-fn log_path(ctx: &Ctx, node: &NodePlan) -> PathBuf {
-    ctx.plan
-        .state_dir
-        .join("logs")
-        .join(format!("{}.log", node.name))
+impl NodeOutcome {
+    /// A node with nothing done yet; its log goes under the state dir.
+    pub fn blank(plan: &JoinPlan, node: &NodePlan, status: NodeStatus) -> NodeOutcome {
+        NodeOutcome {
+            name: node.name.clone(),
+            host: node.host.clone(),
+            port: node.port,
+            status,
+            failed_step: None,
+            error: None,
+            error_kind: None,
+            arch: None,
+            bundle_id: None,
+            steps: Vec::new(),
+            host_key: None,
+            log: plan
+                .state_dir
+                .join("logs")
+                .join(format!("{}.log", node.name)),
+            ms: 0,
+        }
+    }
 }
 
 fn blank_outcome(ctx: &Ctx, node: &NodePlan, status: NodeStatus) -> NodeOutcome {
-    NodeOutcome {
-        name: node.name.clone(),
-        host: node.host.clone(),
-        port: node.port,
-        status,
-        failed_step: None,
-        error: None,
-        error_kind: None,
-        arch: None,
-        bundle_id: None,
-        steps: Vec::new(),
-        host_key: None,
-        log: log_path(ctx, node),
-        ms: 0,
-    }
+    NodeOutcome::blank(&ctx.plan, node, status)
 }
 
 fn not_started(ctx: &Ctx, node: &NodePlan, reason: &str) -> NodeOutcome {
