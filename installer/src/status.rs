@@ -2,14 +2,14 @@
 //! (the join journals) or by pull mode (the mirror's reports).
 
 use std::collections::BTreeMap;
-use std::io::IsTerminal;
 use std::path::PathBuf;
 
 use anyhow::Result;
-use serde::Serialize;
 
 use crate::join::journal::{self, Status};
-use crate::join::plan::Step;
+use crate::node::steps::Step;
+use crate::output::{self, StatusNode};
+use crate::printer::Printer;
 use crate::pull;
 
 #[derive(clap::Args, Debug)]
@@ -27,21 +27,8 @@ pub struct StatusArgs {
     pub json: bool,
 }
 
-#[derive(Debug, Serialize)]
-pub struct NodeStatus {
-    pub name: String,
-    /// ssh | pull
-    pub mode: &'static str,
-    /// joined | failed | running | enrolled | interrupted
-    pub state: &'static str,
-    pub step: Option<String>,
-    pub error: Option<String>,
-    pub last_report: Option<String>,
-    pub host: Option<String>,
-}
-
-pub fn collect(args: &StatusArgs) -> Result<Vec<NodeStatus>> {
-    let mut nodes: BTreeMap<String, NodeStatus> = BTreeMap::new();
+pub fn collect(args: &StatusArgs) -> Result<Vec<StatusNode>> {
+    let mut nodes: BTreeMap<String, StatusNode> = BTreeMap::new();
     for dir in &args.state_dirs {
         let events = journal::read(dir)?;
         let mut last: BTreeMap<String, (Step, Status, String, Option<String>)> = BTreeMap::new();
@@ -64,7 +51,7 @@ pub fn collect(args: &StatusArgs) -> Result<Vec<NodeStatus>> {
             };
             nodes.insert(
                 name.clone(),
-                NodeStatus {
+                StatusNode {
                     name,
                     mode: "ssh",
                     state,
@@ -85,7 +72,7 @@ pub fn collect(args: &StatusArgs) -> Result<Vec<NodeStatus>> {
         for n in &enrolled.nodes {
             nodes.insert(
                 n.name.clone(),
-                NodeStatus {
+                StatusNode {
                     name: n.name.clone(),
                     mode: "pull",
                     state: "enrolled",
@@ -113,7 +100,7 @@ pub fn collect(args: &StatusArgs) -> Result<Vec<NodeStatus>> {
     Ok(nodes.into_values().collect())
 }
 
-fn table(nodes: &[NodeStatus]) -> String {
+fn table(nodes: &[StatusNode]) -> String {
     let mut rows =
         vec![["NODE", "MODE", "STATE", "STEP", "LAST REPORT", "ERROR"].map(String::from)];
     for n in nodes {
@@ -126,7 +113,7 @@ fn table(nodes: &[NodeStatus]) -> String {
             n.error.clone().unwrap_or_default(),
         ]);
     }
-    let mut s = crate::join::report::columns(&rows);
+    let mut s = crate::printer::table(&rows);
     let joined = nodes.iter().filter(|n| n.state == "joined").count();
     let failed = nodes.iter().filter(|n| n.state == "failed").count();
     s.push_str(&format!(
@@ -137,7 +124,7 @@ fn table(nodes: &[NodeStatus]) -> String {
     s
 }
 
-pub fn run(args: &StatusArgs) -> Result<()> {
+pub fn run(args: &StatusArgs, out: &Printer) -> Result<()> {
     if args.site_dir.is_none() && args.state_dirs.is_empty() {
         anyhow::bail!(
             "nothing to show: pass --site-dir (pull mode) and/or --state-dir (join journals)"
@@ -145,16 +132,13 @@ pub fn run(args: &StatusArgs) -> Result<()> {
     }
     loop {
         let nodes = collect(args)?;
-        if args.json {
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&serde_json::json!({ "nodes": nodes }))?
-            );
+        if out.json() {
+            out.data(&output::Status { nodes: &nodes })?;
         } else {
-            if args.watch && std::io::stdout().is_terminal() {
-                print!("\x1b[2J\x1b[H");
+            if args.watch && out.stdout_is_terminal() {
+                out.text("\x1b[2J\x1b[H");
             }
-            print!("{}", table(&nodes));
+            out.text(&table(&nodes));
         }
         if !args.watch {
             return Ok(());

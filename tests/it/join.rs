@@ -378,6 +378,43 @@ fn join_twenty_hosts_with_faults_then_resume() {
     );
     assert!(refused.stderr.contains("--resume"));
 
+    // A resume's dry run reads the journal and shows what it would skip,
+    // touching nothing: the journal keeps its bytes.
+    let journal_before = std::fs::read(state.join("journal.jsonl")).unwrap();
+    let preview = site.join(
+        &inventory,
+        &[
+            "--resume",
+            "--dry-run",
+            "--json",
+            "--state-dir",
+            state.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(preview.code, Some(0), "{}", preview.stderr);
+    let preview: serde_json::Value = serde_json::from_str(&preview.stdout).unwrap();
+    let resume_of = |i: usize| -> serde_json::Value {
+        preview["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|n| n["name"] == name(i).as_str())
+            .unwrap()["resume"]
+            .clone()
+    };
+    assert_eq!(resume_of(4)["action"], "run");
+    assert_eq!(
+        resume_of(4)["skip_steps"],
+        serde_json::json!(["preflight", "containerd", "fetch"]),
+        "keadm failed: the steps before it are skipped"
+    );
+    assert_eq!(resume_of(7)["action"], "skip");
+    assert_eq!(resume_of(7)["reason"], "already joined");
+    assert_eq!(
+        std::fs::read(state.join("journal.jsonl")).unwrap(),
+        journal_before
+    );
+
     let second = site.join(
         &inventory,
         &["--resume", "--state-dir", state.to_str().unwrap()],

@@ -12,7 +12,7 @@ use std::sync::Mutex;
 use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 
-use super::plan::Step;
+use crate::node::steps::Step;
 
 pub const JOURNAL_FILE: &str = "journal.jsonl";
 

@@ -3,13 +3,10 @@
 //! inventory (our YAML or keadm batch) -> plan (node × step, plain data)
 //! -> run (bounded fan-out over russh, journal per step) -> report.
 
-pub mod inventory;
 pub mod journal;
 pub mod plan;
 pub mod report;
 pub mod run;
-pub mod script;
-pub mod secret;
 pub mod ssh;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -21,7 +18,9 @@ use anyhow::{bail, Context, Result};
 use clap::Args;
 
 use crate::config::Config;
-use plan::{Action, Step};
+use crate::node::steps::{self, Action, Step};
+use crate::node::{inventory, secret};
+use crate::printer::Printer;
 use run::{Entry, NodeStatus};
 
 pub const JOIN_EXAMPLES: &str = "\
@@ -133,7 +132,10 @@ fn prepare(
     let mut timeouts: BTreeMap<Step, Duration> = BTreeMap::new();
     for (name, secs) in &inv.timeouts {
         let step = Step::from_name(name).with_context(|| {
-            format!("timeouts: unknown step {name:?}: use connect, preflight, containerd, fetch, keadm_join, postcheck or keadm_reset")
+            format!(
+                "timeouts: unknown step {name:?}: use one of {}",
+                steps::all_names()
+            )
         })?;
         timeouts.insert(step, Duration::from_secs((*secs).max(1)));
     }
@@ -184,7 +186,7 @@ fn max_fail(value: Option<&str>, nodes: usize) -> Result<Option<usize>> {
     Ok(Some(n.max(1)))
 }
 
-pub fn join_cmd(args: &JoinArgs, config: &Config) -> Result<u8> {
+pub fn join_cmd(args: &JoinArgs, config: &Config, out: &Printer) -> Result<u8> {
     let resume = args.resume || args.retry_failed;
     batch(
         &args.batch,
@@ -193,11 +195,12 @@ pub fn join_cmd(args: &JoinArgs, config: &Config) -> Result<u8> {
         args.retry_failed,
         args.fresh,
         config,
+        out,
     )
 }
 
-pub fn reset_cmd(args: &BatchArgs, config: &Config) -> Result<u8> {
-    batch(args, Action::Reset, false, false, true, config)
+pub fn reset_cmd(args: &BatchArgs, config: &Config, out: &Printer) -> Result<u8> {
+    batch(args, Action::Reset, false, false, true, config, out)
 }
 
 fn batch(
@@ -207,15 +210,23 @@ fn batch(
     only_failed: bool,
     fresh: bool,
     config: &Config,
+    out: &Printer,
 ) -> Result<u8> {
     let redactor = secret::Redactor::default();
     let plan = prepare(args, action, config, &redactor)?;
     let budget = max_fail(args.max_fail.as_deref(), plan.nodes.len())?;
     if args.dry_run {
-        if args.json {
-            println!("{}", serde_json::to_string_pretty(&plan)?);
+        let mut plan = plan;
+        if resume {
+            // Read-only: show what this resume would run and skip.
+            let histories = journal::histories(&journal::read(&plan.state_dir)?);
+            let (entries, excluded) = entries(&plan, &histories, action, resume, only_failed);
+            plan.note_resume(&entries, &excluded);
+        }
+        if out.json() {
+            out.data(&plan)?;
         } else {
-            print!("{}", plan.render());
+            out.text(&plan.render());
         }
         return Ok(report::EXIT_ALL_OK);
     }
@@ -234,7 +245,7 @@ fn batch(
             .join(format!("journal.{}.jsonl", run_id().replace(':', "")));
         std::fs::rename(&journal_path, &aside)
             .with_context(|| format!("cannot move {} aside", journal_path.display()))?;
-        eprintln!("previous journal kept as {}", aside.display());
+        out.note(&format!("previous journal kept as {}", aside.display()));
     }
     let events = if resume {
         events
@@ -242,24 +253,7 @@ fn batch(
         journal::read(&plan.state_dir)?
     };
     let histories = journal::histories(&events);
-    let mut entries = Vec::new();
-    let mut excluded = Vec::new();
-    for (i, node) in plan.nodes.iter().enumerate() {
-        let h = histories.get(&node.name);
-        if only_failed && !h.is_some_and(|h| h.failed() || h.joined()) {
-            excluded.push(i);
-            continue;
-        }
-        let entry = match action {
-            Action::Join => Entry::from_history(h, resume),
-            // A reset runs every step, and the journal still knows the arch.
-            Action::Reset => Entry::Run {
-                skip: BTreeSet::new(),
-                arch: h.and_then(|h| h.arch.clone()),
-            },
-        };
-        entries.push((i, entry));
-    }
+    let (entries, excluded) = entries(&plan, &histories, action, resume, only_failed);
 
     let journal = journal::Journal::open(&plan.state_dir)?;
     let run_id = run_id();
@@ -278,7 +272,7 @@ fn batch(
         },
         max_fail: budget,
         cancel: cancel_rx,
-        progress: run::Progress::new(total, args.json),
+        progress: run::Progress::new(total, out),
         plan,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()
@@ -311,17 +305,49 @@ fn batch(
     let code = report::exit_code(&outcomes, interrupted);
     let report = report::build(plan, &run_id, &started, &outcomes, code);
     report::write(&report, &plan.state_dir)?;
-    if args.json {
-        println!("{}", serde_json::to_string_pretty(&report)?);
+    if out.json() {
+        out.data(&report)?;
     } else {
-        print!("{}", report::table(&report));
-        println!(
+        out.text(&report::table(&report));
+        out.line(&format!(
             "report: {}  logs: {}",
             plan.state_dir.join(report::REPORT_FILE).display(),
             plan.state_dir.join("logs").display()
-        );
+        ));
     }
     Ok(code)
+}
+
+type Entries = (Vec<(usize, Entry)>, Vec<usize>);
+
+/// How each node of the plan enters this run, from the journal's
+/// histories; and the nodes `--retry-failed` leaves out.
+fn entries(
+    plan: &plan::JoinPlan,
+    histories: &BTreeMap<String, journal::History>,
+    action: Action,
+    resume: bool,
+    only_failed: bool,
+) -> Entries {
+    let mut entries = Vec::new();
+    let mut excluded = Vec::new();
+    for (i, node) in plan.nodes.iter().enumerate() {
+        let h = histories.get(&node.name);
+        if only_failed && !h.is_some_and(|h| h.failed() || h.joined()) {
+            excluded.push(i);
+            continue;
+        }
+        let entry = match action {
+            Action::Join => Entry::from_history(h, resume),
+            // A reset runs every step, and the journal still knows the arch.
+            Action::Reset => Entry::Run {
+                skip: BTreeSet::new(),
+                arch: h.and_then(|h| h.arch.clone()),
+            },
+        };
+        entries.push((i, entry));
+    }
+    (entries, excluded)
 }
 
 /// Names one run in the journal. The time alone is not unique: two short

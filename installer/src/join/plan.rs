@@ -7,110 +7,18 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
+use anyhow::{bail, Result};
 
-use super::inventory::{Format, Inventory, NodeSpec};
-use super::script::{self, KeadmAsset};
-use super::secret::Redactor;
+use super::run::Entry;
 use crate::config::Config;
-use crate::mirror::hosts::{self, HostsFile};
+use crate::node::inventory::Inventory;
+use crate::node::offer::{self, StoreOffer};
+use crate::node::script::{self, PreflightParams};
+use crate::node::secret::Redactor;
+use crate::node::steps::{self, Action, Step, StepInput};
 use crate::store::State;
 
-/// The per-node steps, in order. Names are stable: journals, reports and
-/// `timeouts:` in inventories use them.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Step {
-    Connect,
-    Preflight,
-    Containerd,
-    Fetch,
-    KeadmJoin,
-    Postcheck,
-    /// `edgeferry reset`: `keadm reset edge --force`.
-    KeadmReset,
-}
-
-impl Step {
-    pub fn name(self) -> &'static str {
-        match self {
-            Step::Connect => "connect",
-            Step::Preflight => "preflight",
-            Step::Containerd => "containerd",
-            Step::Fetch => "fetch",
-            Step::KeadmJoin => "keadm_join",
-            Step::Postcheck => "postcheck",
-            Step::KeadmReset => "keadm_reset",
-        }
-    }
-
-    pub fn from_name(name: &str) -> Option<Step> {
-        ALL_STEPS.iter().copied().find(|s| s.name() == name)
-    }
-}
-
-const ALL_STEPS: [Step; 7] = [
-    Step::Connect,
-    Step::Preflight,
-    Step::Containerd,
-    Step::Fetch,
-    Step::KeadmJoin,
-    Step::Postcheck,
-    Step::KeadmReset,
-];
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Action {
-    Join,
-    Reset,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct JoinPlan {
-    pub action: Action,
-    pub inventory: PathBuf,
-    pub inventory_format: Format,
-    pub kubeedge_version: String,
-    /// host:port the nodes reach the mirror at.
-    pub mirror: String,
-    pub store: PathBuf,
-    pub state_dir: PathBuf,
-    pub parallel: usize,
-    pub host_keys: &'static str,
-    /// Bundle id per arch for this version.
-    pub bundles: BTreeMap<String, String>,
-    pub keadm: Vec<KeadmAsset>,
-    pub hosts_toml: Vec<HostsFile>,
-    pub nodes: Vec<NodePlan>,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct NodePlan {
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    pub user: String,
-    pub sudo: bool,
-    pub auth: Vec<&'static str>,
-    pub jump: Option<String>,
-    pub known_hosts: PathBuf,
-    pub steps: Vec<StepPlan>,
-    #[serde(skip)]
-    pub spec: NodeSpec,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct StepPlan {
-    pub step: Step,
-    pub timeout_secs: u64,
-    /// What runs on the node, secrets redacted.
-    pub command: String,
-    /// The same with secrets, for the executor only.
-    #[serde(skip)]
-    pub secret_command: String,
-}
+pub use crate::output::{JoinPlan, NodePlan, ResumePlan, StepPlan};
 
 pub struct PlanInput<'a> {
     pub action: Action,
@@ -126,176 +34,6 @@ pub struct PlanInput<'a> {
     pub timeouts: &'a BTreeMap<Step, Duration>,
 }
 
-pub fn timeout_for(step: Step, config: &Config, overrides: &BTreeMap<Step, Duration>) -> Duration {
-    if let Some(t) = overrides.get(&step) {
-        return *t;
-    }
-    let j = &config.join;
-    match step {
-        Step::Connect => j.connect_timeout,
-        Step::Preflight => j.preflight_timeout,
-        Step::Containerd => j.containerd_timeout,
-        Step::Fetch => j.fetch_timeout,
-        Step::KeadmJoin => j.keadm_join_timeout,
-        Step::Postcheck => j.postcheck_timeout,
-        Step::KeadmReset => j.keadm_reset_timeout,
-    }
-}
-
-/// "host:port" from a --mirror value that may carry a scheme or a path.
-pub fn mirror_address(value: &str) -> Result<String> {
-    let v = value.trim();
-    if v.starts_with("https://") {
-        bail!("--mirror {v}: the mirror speaks plain HTTP; give host:port or http://host:port");
-    }
-    let v = v.strip_prefix("http://").unwrap_or(v);
-    let v = v.split('/').next().unwrap_or(v);
-    if v.is_empty() || !v.contains(':') {
-        bail!("--mirror {value:?} is not host:port: give the address nodes reach edgeferry serve at, e.g. 10.0.0.5:5000");
-    }
-    Ok(v.to_string())
-}
-
-/// The host part of HOST:PORT, with IPv6 brackets removed.
-fn split_host_port(value: &str) -> Result<(String, u16)> {
-    let (host, port) = value
-        .rsplit_once(':')
-        .with_context(|| format!("cloudcore address {value:?} is not HOST:PORT"))?;
-    let port: u16 = port
-        .parse()
-        .with_context(|| format!("cloudcore address {value:?} has no valid port"))?;
-    let host = host.trim_start_matches('[').trim_end_matches(']');
-    if host.is_empty() {
-        bail!("cloudcore address {value:?} has no host");
-    }
-    Ok((host.to_string(), port))
-}
-
-/// What the store offers for one KubeEdge version. Shared by the join
-/// planner and pull mode's `/join.sh`, so both pick the same version,
-/// bundles and keadm tarballs.
-pub struct StoreOffer {
-    pub version: String,
-    /// The newest bundle id per arch.
-    pub bundles: BTreeMap<String, String>,
-    pub keadm: Vec<KeadmAsset>,
-}
-
-/// `wanted`, or the one version the store holds.
-pub fn store_offer(state: &State, wanted: Option<&str>, store_dir: &Path) -> Result<StoreOffer> {
-    let version = match wanted {
-        Some(v) => v.to_string(),
-        None => {
-            let versions: BTreeSet<&str> = state
-                .bundles
-                .values()
-                .map(|b| b.kubeedge_version.as_str())
-                .collect();
-            match versions.len() {
-                1 => versions.into_iter().next().unwrap().to_string(),
-                0 => bail!(
-                    "the store {} is empty: load a bundle first",
-                    store_dir.display()
-                ),
-                _ => bail!(
-                    "the store holds KubeEdge {}: set kubeedge_version in the inventory",
-                    versions.into_iter().collect::<Vec<_>>().join(", ")
-                ),
-            }
-        }
-    };
-    let mut newest: BTreeMap<String, (u64, String)> = BTreeMap::new();
-    for (id, b) in &state.bundles {
-        if b.kubeedge_version == version {
-            let arch = b.arch.as_str().to_string();
-            let newer = newest.get(&arch).is_none_or(|(seq, _)| b.sequence > *seq);
-            if newer {
-                newest.insert(arch, (b.sequence, id.clone()));
-            }
-        }
-    }
-    if newest.is_empty() {
-        bail!(
-            "the store {} has no bundle for KubeEdge {version}: load one, or set kubeedge_version to what the store has",
-            store_dir.display()
-        );
-    }
-    let mut keadm = Vec::new();
-    for arch in newest.keys() {
-        let file = format!("keadm-{version}-linux-{arch}.tar.gz");
-        let record = state.files.get(&file).with_context(|| {
-            format!("the store has a {arch} bundle but no {file}: reload the bundle")
-        })?;
-        keadm.push(KeadmAsset {
-            arch: arch.clone(),
-            file,
-            sha256: record.sha256.clone(),
-            size: record.size,
-        });
-    }
-    Ok(StoreOffer {
-        version,
-        bundles: newest.into_iter().map(|(a, (_, id))| (a, id)).collect(),
-        keadm,
-    })
-}
-
-/// containerd `hosts.toml` for every registry the store's images come from.
-pub fn hosts_toml_for(state: &State, mirror: &str) -> Vec<HostsFile> {
-    let registries: BTreeSet<String> = state
-        .images
-        .keys()
-        .map(|r| hosts::registry_of(r).to_string())
-        .collect();
-    hosts::hosts_files(mirror, &registries)
-}
-
-/// Every `keadm join` flag must exist in the version; bools must be bools.
-pub fn check_flags(version: &str, flags: &BTreeMap<String, Vec<String>>, who: &str) -> Result<()> {
-    let table = edgeferry_bundle::keadm::flags_for(version)?;
-    for (name, values) in flags {
-        let flag = table
-            .join_flag(name)
-            .filter(|f| f.long == name)
-            .with_context(|| format!("{who}: keadm join {version} has no flag --{name}"))?;
-        if flag.kind == edgeferry_bundle::keadm::FlagKind::Bool
-            && values.iter().any(|v| v != "true" && v != "false")
-        {
-            bail!("{who}: --{name} takes true or false");
-        }
-    }
-    Ok(())
-}
-
-/// The preflight's view of a node's keadm settings: the cloudcore host,
-/// the ports it must reach (hub, then cert), and the CRI socket.
-pub fn preflight_target(
-    cloudcore: &str,
-    flags: &BTreeMap<String, Vec<String>>,
-    who: &str,
-) -> Result<(String, Vec<u16>, String)> {
-    let (cloud_host, cloud_port) = split_host_port(cloudcore).with_context(|| who.to_string())?;
-    let certport: u16 = match flags.get("certport").and_then(|v| v.last()) {
-        Some(p) => p
-            .parse()
-            .with_context(|| format!("{who}: certport {p:?} is not a port"))?,
-        None => 10002,
-    };
-    let endpoint = flags
-        .get("remote-runtime-endpoint")
-        .and_then(|v| v.last())
-        .map_or("unix:///run/containerd/containerd.sock", String::as_str);
-    let cri_socket = endpoint
-        .strip_prefix("unix://")
-        .unwrap_or(endpoint)
-        .to_string();
-    let mut ports = vec![cloud_port];
-    if certport != cloud_port {
-        ports.push(certport);
-    }
-    Ok((cloud_host, ports, cri_socket))
-}
-
 pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<JoinPlan> {
     let inv = input.inventory;
     let state = input.state;
@@ -303,15 +41,15 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
         version,
         bundles,
         keadm,
-    } = store_offer(state, inv.kubeedge_version.as_deref(), input.store_dir)?;
+    } = offer::store_offer(state, inv.kubeedge_version.as_deref(), input.store_dir)?;
 
     let mirror = match input.mirror.or(inv.mirror.as_deref()) {
-        Some(m) => mirror_address(m)?,
+        Some(m) => offer::mirror_address(m)?,
         None => bail!(
             "no mirror address: pass --mirror HOST:PORT (where nodes reach edgeferry serve), set EDGEFERRY_MIRROR, or set mirror: in the inventory"
         ),
     };
-    let hosts_toml = hosts_toml_for(state, &mirror);
+    let hosts_toml = offer::hosts_toml_for(state, &mirror);
     let store_arches: Vec<String> = bundles.keys().cloned().collect();
 
     let mut nodes = Vec::new();
@@ -322,79 +60,63 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
             }
         }
         let who = format!("node {}", spec.label);
-        check_flags(&version, &spec.flags, &who)?;
-        let (cloud_host, ports, cri_socket) = preflight_target(&spec.cloudcore, &spec.flags, &who)?;
+        offer::check_flags(&version, &spec.flags, &who)?;
+        let (cloud_host, ports, cri_socket) =
+            offer::preflight_target(&spec.cloudcore, &spec.flags, &who)?;
 
-        let timeout = |s: Step| timeout_for(s, config, input.timeouts);
-        let mut steps = Vec::new();
+        let timeout = |s: Step| s.timeout(config, input.timeouts);
         let target = format!("{}@{}:{}", spec.user, spec.host, spec.port);
         let connect = match &spec.jump {
             Some(j) => format!("ssh {target} via {}@{}:{}", j.user, j.host, j.port),
             None => format!("ssh {target}"),
         };
-        steps.push(StepPlan {
-            step: Step::Connect,
-            timeout_secs: timeout(Step::Connect).as_secs(),
-            command: connect.clone(),
-            secret_command: connect,
-        });
-        let mut push = |step: Step, script: String| {
-            let secret_command = script::wrap(&script, spec.sudo);
-            steps.push(StepPlan {
-                step,
-                timeout_secs: timeout(step).as_secs(),
-                command: redactor.scrub(&secret_command),
-                secret_command,
-            });
+        let join_args = script::join_args(
+            &version,
+            &spec.cloudcore,
+            spec.edgenode_name.as_deref(),
+            spec.token.as_ref().map(|t| t.expose()),
+            &spec.flags,
+        );
+        let reset_args: Vec<String> = spec
+            .flags
+            .get("remote-runtime-endpoint")
+            .and_then(|v| v.last())
+            .map(|e| format!("--remote-runtime-endpoint={e}"))
+            .into_iter()
+            .collect();
+        let step_input = StepInput {
+            version: &version,
+            mirror: &mirror,
+            keadm: &keadm,
+            hosts: &hosts_toml,
+            preflight: PreflightParams {
+                store_arches: store_arches.clone(),
+                cri_socket,
+                mirror: &mirror,
+                cloud_host: &cloud_host,
+                cloud_ports: ports,
+                min_free_mib: config.join.min_free_mib,
+            },
+            join_args: script::JoinArgs::Inline(&join_args),
+            reset_args: &reset_args,
+            keadm_join_timeout: timeout(Step::KeadmJoin),
+            keadm_reset_timeout: timeout(Step::KeadmReset),
         };
-        match input.action {
-            Action::Join => {
-                push(
-                    Step::Preflight,
-                    script::preflight(&script::PreflightParams {
-                        store_arches: store_arches.clone(),
-                        cri_socket,
-                        mirror: &mirror,
-                        cloud_host: &cloud_host,
-                        cloud_ports: ports,
-                        min_free_mib: config.join.min_free_mib,
-                    }),
-                );
-                push(Step::Containerd, script::containerd(&hosts_toml));
-                push(Step::Fetch, script::fetch(&version, &mirror, &keadm, false));
-                let args = script::join_args(
-                    &version,
-                    &spec.cloudcore,
-                    spec.edgenode_name.as_deref(),
-                    spec.token.as_ref().map(|t| t.expose()),
-                    &spec.flags,
-                );
-                push(
-                    Step::KeadmJoin,
-                    script::keadm_join(
-                        &version,
-                        script::JoinArgs::Inline(&args),
-                        timeout(Step::KeadmJoin).as_secs(),
-                    ),
-                );
-                push(Step::Postcheck, script::postcheck());
-            }
-            Action::Reset => {
-                push(Step::Fetch, script::fetch(&version, &mirror, &keadm, false));
-                let mut args = Vec::new();
-                if let Some(e) = spec
-                    .flags
-                    .get("remote-runtime-endpoint")
-                    .and_then(|v| v.last())
-                {
-                    args.push(format!("--remote-runtime-endpoint={e}"));
+        let steps = steps::steps(input.action)
+            .iter()
+            .map(|&step| {
+                let secret_command = match steps::script(step, &step_input) {
+                    Some(sh) => script::wrap(&sh, spec.sudo),
+                    None => connect.clone(),
+                };
+                StepPlan {
+                    step,
+                    timeout_secs: timeout(step).as_secs(),
+                    command: redactor.scrub(&secret_command),
+                    secret_command,
                 }
-                push(
-                    Step::KeadmReset,
-                    script::keadm_reset(&version, &args, timeout(Step::KeadmReset).as_secs()),
-                );
-            }
-        }
+            })
+            .collect();
         nodes.push(NodePlan {
             name: spec.label.clone(),
             host: spec.host.clone(),
@@ -408,6 +130,7 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
                 .map(|j| format!("{}@{}:{}", j.user, j.host, j.port)),
             known_hosts: spec.known_hosts.clone(),
             steps,
+            resume: None,
             spec: spec.clone(),
         });
     }
@@ -451,6 +174,31 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
 }
 
 impl JoinPlan {
+    /// Records, per node, what a resume with these entries would do.
+    pub fn note_resume(&mut self, entries: &[(usize, Entry)], excluded: &[usize]) {
+        for (i, entry) in entries {
+            self.nodes[*i].resume = Some(match entry {
+                Entry::AlreadyJoined { .. } => ResumePlan {
+                    action: "skip",
+                    reason: Some("already joined"),
+                    skip_steps: Vec::new(),
+                },
+                Entry::Run { skip, .. } => ResumePlan {
+                    action: "run",
+                    reason: None,
+                    skip_steps: skip.iter().copied().collect(),
+                },
+            });
+        }
+        for i in excluded {
+            self.nodes[*i].resume = Some(ResumePlan {
+                action: "skip",
+                reason: Some("not failed"),
+                skip_steps: Vec::new(),
+            });
+        }
+    }
+
     /// Human-readable plan for `--dry-run`.
     pub fn render(&self) -> String {
         let mut s = format!(
@@ -488,7 +236,35 @@ impl JoinPlan {
                 if n.sudo { ", sudo" } else { "" },
                 n.auth.join("+")
             ));
+            match &n.resume {
+                Some(r) if r.action == "skip" => {
+                    s.push_str(&format!(
+                        "  resume: skipped ({})\n",
+                        r.reason.unwrap_or("done")
+                    ));
+                    continue;
+                }
+                Some(r) if !r.skip_steps.is_empty() => {
+                    let done: Vec<&str> = r.skip_steps.iter().map(|st| st.name()).collect();
+                    s.push_str(&format!(
+                        "  resume: runs the rest; done in an earlier run: {}\n",
+                        done.join(", ")
+                    ));
+                }
+                Some(_) => s.push_str("  resume: runs every step\n"),
+                None => {}
+            }
             for st in &n.steps {
+                if n.resume
+                    .as_ref()
+                    .is_some_and(|r| r.skip_steps.contains(&st.step))
+                {
+                    s.push_str(&format!(
+                        "  {} (skipped: done in an earlier run)\n",
+                        st.step.name()
+                    ));
+                    continue;
+                }
                 s.push_str(&format!(
                     "  {} (timeout {}s):\n",
                     st.step.name(),
@@ -539,7 +315,7 @@ mod tests {
         std::fs::write(&path, yaml).unwrap();
         let redactor = Redactor::default();
         std::env::set_var("PLAN_TEST_TOKEN", "tok-abcdef-123456");
-        let inv = super::super::inventory::read(&path, &redactor)?;
+        let inv = crate::node::inventory::read(&path, &redactor)?;
         build(
             &PlanInput {
                 action: Action::Join,

@@ -3,10 +3,11 @@
 use std::path::Path;
 
 use anyhow::Result;
-use serde::Serialize;
 
-use super::plan::{Action, JoinPlan};
+use super::plan::JoinPlan;
 use super::run::{status_word, NodeOutcome, NodeStatus};
+
+pub use crate::output::{Counts, Report};
 
 pub const REPORT_FILE: &str = "report.json";
 
@@ -15,37 +16,6 @@ pub const EXIT_ALL_OK: u8 = 0;
 pub const EXIT_SOME_FAILED: u8 = 2;
 pub const EXIT_NOTHING_STARTED: u8 = 3;
 pub const EXIT_INTERRUPTED: u8 = 130;
-
-#[derive(Debug, Default, Serialize)]
-pub struct Counts {
-    pub total: usize,
-    pub joined: usize,
-    pub already_joined: usize,
-    pub reset: usize,
-    pub failed: usize,
-    pub interrupted: usize,
-    pub not_started: usize,
-}
-
-#[derive(Serialize)]
-pub struct Report<'a> {
-    pub edgeferry: &'static str,
-    pub action: Action,
-    pub run: &'a str,
-    pub started: &'a str,
-    pub finished: String,
-    pub inventory: &'a Path,
-    pub kubeedge_version: &'a str,
-    pub mirror: &'a str,
-    pub state_dir: &'a Path,
-    /// strict | accept-new
-    pub host_key_policy: &'static str,
-    /// Host keys recorded into known_hosts on first contact in this run.
-    pub host_keys_learned: usize,
-    pub counts: Counts,
-    pub exit_code: u8,
-    pub nodes: &'a [NodeOutcome],
-}
 
 pub fn counts(outcomes: &[NodeOutcome]) -> Counts {
     let mut c = Counts {
@@ -117,25 +87,6 @@ pub fn write(report: &Report, state_dir: &Path) -> Result<()> {
     edgeferry_bundle::atomic::write_file(&state_dir.join(REPORT_FILE), &bytes, 0o600)
 }
 
-/// Rows padded into columns; the last column (an error) is left ragged.
-pub fn columns<const N: usize>(rows: &[[String; N]]) -> String {
-    let mut widths = [0usize; N];
-    for r in rows {
-        for (w, cell) in widths.iter_mut().zip(r.iter()) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut s = String::new();
-    for r in rows {
-        for (cell, w) in r.iter().zip(widths).take(N - 1) {
-            s.push_str(&format!("{cell:w$}  "));
-        }
-        s.push_str(&r[N - 1]);
-        s.push('\n');
-    }
-    s
-}
-
 pub fn table(report: &Report) -> String {
     let mut rows = vec![[
         "NODE".to_string(),
@@ -157,7 +108,7 @@ pub fn table(report: &Report) -> String {
             o.error.clone().unwrap_or_default(),
         ]);
     }
-    let mut s = columns(&rows);
+    let mut s = crate::printer::table(&rows);
     let c = &report.counts;
     s.push_str(&format!(
         "\n{} node(s): {} joined, {} already joined, {} reset, {} failed, {} interrupted, {} not started",

@@ -4,71 +4,24 @@
 
 use std::collections::BTreeSet;
 use std::fs::{File, OpenOptions};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use serde::Serialize;
 use tokio::sync::{watch, Semaphore};
 
-use super::inventory::AuthSpec;
 use super::journal::{Event, History, Journal, Status};
-use super::plan::{Action, JoinPlan, NodePlan, Step, StepPlan};
-use super::script;
-use super::secret::Redactor;
+use super::plan::{JoinPlan, NodePlan, StepPlan};
 use super::ssh::{self, HostKeyPolicy, SshError};
 use crate::config::JoinConfig;
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum NodeStatus {
-    Joined,
-    /// Joined in an earlier run; `--resume` left it alone.
-    AlreadyJoined,
-    Reset,
-    Failed,
-    /// Ctrl-C arrived while it ran; `--resume` continues it.
-    Interrupted,
-    /// Not started: the failure budget was spent, or Ctrl-C came first.
-    NotStarted,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct StepTiming {
-    pub step: Step,
-    /// ok | failed | interrupted | skipped (done in an earlier run)
-    pub status: &'static str,
-    pub ms: u64,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct HostKeyReport {
-    pub fingerprint: String,
-    /// Recorded into known_hosts on first contact (--accept-new-host-keys).
-    pub learned: bool,
-}
-
-#[derive(Clone, Debug, Serialize)]
-pub struct NodeOutcome {
-    pub name: String,
-    pub host: String,
-    pub port: u16,
-    pub status: NodeStatus,
-    pub failed_step: Option<Step>,
-    pub error: Option<String>,
-    /// Stable cause names: connect, connect_timeout, auth, host_key_changed,
-    /// host_key_unknown, preflight, containerd, fetch, keadm_failed,
-    /// keadm_timeout, timeout, postcheck, interrupted, ...
-    pub error_kind: Option<String>,
-    pub arch: Option<String>,
-    pub bundle_id: Option<String>,
-    pub steps: Vec<StepTiming>,
-    pub host_key: Option<HostKeyReport>,
-    pub log: PathBuf,
-    pub ms: u64,
-}
+use crate::node::inventory::AuthSpec;
+use crate::node::script;
+use crate::node::secret::Redactor;
+use crate::node::steps::{Action, Step};
+pub use crate::output::{HostKeyReport, NodeOutcome, NodeStatus, StepTiming};
+use crate::printer::{node_cell, Printer};
 
 /// How a node enters this run.
 #[derive(Clone, Debug)]
@@ -343,7 +296,7 @@ fn journal(
     };
     if let Err(e) = ctx.journal.record(&event) {
         // Without a journal, resume cannot be trusted: say so loudly.
-        eprintln!("error: {e:#}");
+        ctx.progress.out.warn(&format!("error: {e:#}"));
     }
 }
 
@@ -667,9 +620,10 @@ async fn run_step(
     }
     // The remote side enforces keadm's own timeout with `timeout`; give it
     // room to report before the channel is cut.
-    let channel_timeout = match st.step {
-        Step::KeadmJoin | Step::KeadmReset => timeout + Duration::from_secs(20),
-        _ => timeout,
+    let channel_timeout = if st.step.runs_keadm() {
+        timeout + Duration::from_secs(20)
+    } else {
+        timeout
     };
     log.line(&format!("$ {}", st.command));
     let t = Instant::now();
@@ -717,23 +671,25 @@ async fn run_step(
         ssh::ExitStatus::Signal(s) => format!("was killed by signal {s}"),
         ssh::ExitStatus::Unknown => "ended without an exit status".to_string(),
     };
-    Err(match st.step {
-        Step::Preflight => fail("preflight", explain(&text, "preflight:")),
-        Step::Containerd => fail("containerd", format!("configuring containerd {how}: {}", explain(&text, ""))),
-        Step::Fetch => fail("fetch", explain(&text, "")),
-        Step::KeadmJoin | Step::KeadmReset if code == Some(script::TIMED_OUT) => fail(
+    let info = st.step.info();
+    if st.step.runs_keadm() && code == Some(script::TIMED_OUT) {
+        return Err(fail(
             "keadm_timeout",
             format!(
                 "keadm did not finish within {}s and was stopped on the node: check the node's log, or raise timeouts.{}",
                 st.timeout_secs,
-                st.step.name()
+                info.name
             ),
-        ),
-        Step::KeadmJoin => fail("keadm_failed", format!("keadm join {how}: {}", explain(&text, "Error:"))),
-        Step::KeadmReset => fail("keadm_failed", format!("keadm reset edge {how}: {}", explain(&text, "Error:"))),
-        Step::Postcheck => fail("postcheck", explain(&text, "postcheck:")),
-        Step::Connect => unreachable!("connect is not a script"),
-    })
+        ));
+    }
+    let why = explain(&text, info.explain_prefix);
+    Err(fail(
+        info.error_kind,
+        match info.doing {
+            Some(doing) => format!("{doing} {how}: {why}"),
+            None => why,
+        },
+    ))
 }
 
 /// The node has no curl or wget: send the tarball over SSH, then let the
@@ -858,6 +814,7 @@ async fn upload_dir(
 /// never interleaved output.
 pub struct Progress {
     bars: Option<Bars>,
+    out: Printer,
     total: usize,
     done: AtomicUsize,
 }
@@ -869,8 +826,8 @@ struct Bars {
 }
 
 impl Progress {
-    pub fn new(total: usize, quiet: bool) -> Progress {
-        let bars = (!quiet && std::io::stderr().is_terminal()).then(|| {
+    pub fn new(total: usize, out: &Printer) -> Progress {
+        let bars = out.progress().then(|| {
             let multi = indicatif::MultiProgress::new();
             let overall = multi.add(indicatif::ProgressBar::new(total as u64));
             overall.set_style(
@@ -888,6 +845,7 @@ impl Progress {
         });
         Progress {
             bars,
+            out: *out,
             total,
             done: AtomicUsize::new(0),
         }
@@ -936,7 +894,7 @@ impl Progress {
                 status_word(o.status),
                 o.failed_step
                     .map_or(String::new(), |s| format!(" at {}", s.name())),
-                o.error.as_deref().unwrap_or("")
+                node_cell(o.error.as_deref().unwrap_or(""))
             ),
         };
         match &self.bars {
@@ -951,7 +909,7 @@ impl Progress {
                     b.overall.finish_and_clear();
                 }
             }
-            None => eprintln!("{line}"),
+            None => self.out.note(&line),
         }
     }
 }

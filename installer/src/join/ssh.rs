@@ -22,7 +22,7 @@ use russh::keys::{Algorithm, HashAlg, PrivateKeyWithHashAlg, PublicKey, PublicKe
 use russh::{ChannelMsg, ChannelOpenFailure, ChannelReadHalf, ChannelWriteHalf, Disconnect, Sig};
 use tokio::io::AsyncReadExt as _;
 
-use super::secret::Secret;
+use crate::node::secret::Secret;
 
 /// Stdin is sent in pieces this big, so a 64 MiB upload never sits in memory.
 const STDIN_CHUNK: usize = 64 * 1024;

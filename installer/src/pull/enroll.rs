@@ -215,7 +215,7 @@ pub fn enroll(
             return Ok(Err(Refusal::UsedUp));
         }
         let name = if c.names.is_empty() {
-            match crate::join::inventory::node_name_from_hostname(name_prefix, hostname) {
+            match crate::node::inventory::node_name_from_hostname(name_prefix, hostname) {
                 Some(n) => n,
                 None => return Ok(Err(Refusal::NoName)),
             }

@@ -3,6 +3,7 @@
 //! parameters, token included, only for a valid enrollment code) and
 //! `/v1/report` (bounded status from enrolled nodes).
 
+pub mod command;
 pub mod enroll;
 pub mod script;
 
@@ -16,10 +17,12 @@ use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 
 use crate::config::Config;
-use crate::join::inventory::{self, SiteSpec};
-use crate::join::plan;
-use crate::join::script::PreflightParams;
-use crate::join::secret::Redactor;
+use crate::node::inventory::{self, SiteSpec};
+use crate::node::offer;
+use crate::node::script::{self as node_script, JoinArgs, PreflightParams};
+use crate::node::secret::Redactor;
+use crate::node::steps::{self, StepInput};
+use crate::printer::Printer;
 use crate::store::State;
 
 pub const SITE_FILE: &str = "site.yaml";
@@ -27,14 +30,6 @@ pub const REPORTS_FILE: &str = "reports.jsonl";
 /// A report is a few short fields; anything bigger is refused unread.
 pub const MAX_REPORT_BYTES: usize = 4096;
 pub const MAX_MESSAGE_CHARS: usize = 1024;
-pub const REPORT_STEPS: &[&str] = &[
-    "preflight",
-    "containerd",
-    "fetch",
-    "keadm_join",
-    "postcheck",
-    "done",
-];
 
 /// `/join.sh` for the store as last seen, and the KubeEdge version it joins.
 #[derive(Default)]
@@ -49,10 +44,11 @@ pub struct Site {
     spec: SiteSpec,
     redactor: Redactor,
     mirror: String,
-    keadm_timeout_secs: u64,
+    keadm_timeout: std::time::Duration,
     min_free_mib: u64,
     /// The script and its sha256, rebuilt when the store changes.
     script: RwLock<Script>,
+    out: Printer,
 }
 
 /// The printed one-liner: download, check the pinned sha256, run. A fresh
@@ -65,7 +61,13 @@ pub fn one_liner(mirror: &str, sha256: &str) -> String {
 }
 
 impl Site {
-    pub fn open(dir: &Path, mirror: &str, state: &State, config: &Config) -> Result<Site> {
+    pub fn open(
+        dir: &Path,
+        mirror: &str,
+        state: &State,
+        config: &Config,
+        out: Printer,
+    ) -> Result<Site> {
         let redactor = Redactor::default();
         let spec = inventory::read_site(&dir.join(SITE_FILE), &redactor)
             .with_context(|| format!("pull mode: {}", dir.join(SITE_FILE).display()))?;
@@ -74,9 +76,10 @@ impl Site {
             spec,
             redactor,
             mirror: mirror.to_string(),
-            keadm_timeout_secs: config.join.keadm_join_timeout.as_secs(),
+            keadm_timeout: config.join.keadm_join_timeout,
             min_free_mib: config.join.min_free_mib,
             script: RwLock::new(Script::default()),
+            out,
         };
         site.rebuild(state)?;
         Ok(site)
@@ -89,14 +92,14 @@ impl Site {
     /// Regenerates `/join.sh` for the store as it is now; returns whether it changed.
     pub fn rebuild(&self, state: &State) -> Result<bool> {
         let who = format!("site.yaml ({})", self.dir.display());
-        let offer = plan::store_offer(state, self.spec.kubeedge_version.as_deref(), &self.dir)
+        let offer = offer::store_offer(state, self.spec.kubeedge_version.as_deref(), &self.dir)
             .with_context(|| who.clone())?;
-        plan::check_flags(&offer.version, &self.spec.flags, &who)?;
+        offer::check_flags(&offer.version, &self.spec.flags, &who)?;
         let (cloud_host, ports, cri_socket) =
-            plan::preflight_target(&self.spec.cloudcore, &self.spec.flags, &who)?;
-        let hosts_files = plan::hosts_toml_for(state, &self.mirror);
+            offer::preflight_target(&self.spec.cloudcore, &self.spec.flags, &who)?;
+        let hosts_files = offer::hosts_toml_for(state, &self.mirror);
         let (version, keadm) = (offer.version, offer.keadm);
-        let text = script::render(&script::JoinScript {
+        let text = script::render(&StepInput {
             version: &version,
             mirror: &self.mirror,
             keadm: &keadm,
@@ -109,7 +112,10 @@ impl Site {
                 cloud_ports: ports,
                 min_free_mib: self.min_free_mib,
             },
-            keadm_timeout_secs: self.keadm_timeout_secs,
+            join_args: JoinArgs::FromFile,
+            reset_args: &[],
+            keadm_join_timeout: self.keadm_timeout,
+            keadm_reset_timeout: self.keadm_timeout,
         });
         let sha = edgeferry_bundle::hashing::sha256_hex(text.as_bytes());
         let mut current = self.script.write().expect("script lock");
@@ -123,7 +129,7 @@ impl Site {
     }
 
     fn keadm_args(&self, state_version: &str, name: &str) -> Vec<String> {
-        crate::join::script::join_args(
+        node_script::join_args(
             state_version,
             &self.spec.cloudcore,
             Some(name),
@@ -220,7 +226,8 @@ async fn enroll_route(site: &Site, headers: &HeaderMap, client: &str) -> Respons
                 }
                 body.push_str(&format!("arg={arg}\n"));
             }
-            eprintln!("mirror: enrolled node {}", enrolled.name);
+            site.out
+                .note(&format!("mirror: enrolled node {}", enrolled.name));
             Response::builder()
                 .header(header::CONTENT_TYPE, "text/plain")
                 .header(header::CACHE_CONTROL, "no-store")
@@ -229,10 +236,10 @@ async fn enroll_route(site: &Site, headers: &HeaderMap, client: &str) -> Respons
         }
         Ok(Ok(Err(refusal))) => plain(StatusCode::FORBIDDEN, refusal.message()),
         Ok(Err(e)) => {
-            eprintln!(
+            site.out.warn(&format!(
                 "mirror: enrollment store: {}",
                 site.redactor.scrub(&format!("{e:#}"))
-            );
+            ));
             plain(
                 StatusCode::INTERNAL_SERVER_ERROR,
                 "enrollment store unavailable",
@@ -299,7 +306,7 @@ async fn report_route(
             )
         }
     };
-    if !REPORT_STEPS.contains(&report.step.as_str()) {
+    if !steps::report_step_names().contains(&report.step.as_str()) {
         return plain(StatusCode::BAD_REQUEST, "report refused: unknown step");
     }
     if !matches!(report.status.as_str(), "started" | "ok" | "failed") {

@@ -1,35 +1,27 @@
 //! `/join.sh`: the pull-mode join script. It runs the same step scripts
-//! as `edgeferry join` does over SSH (join/script.rs), so both paths
+//! as `edgeferry join` does over SSH (node/steps.rs), so both paths
 //! configure a node identically; only the keadm arguments arrive at run
 //! time, from `/v1/enroll`, because they hold the token.
 
-use crate::join::script::{self, KeadmAsset, PreflightParams};
-use crate::mirror::hosts::HostsFile;
+use crate::node::script::NODE_DIR;
+use crate::node::steps::{self, Action, StepInput, DONE};
 
-pub struct JoinScript<'a> {
-    pub version: &'a str,
-    pub mirror: &'a str,
-    pub keadm: &'a [KeadmAsset],
-    pub hosts: &'a [HostsFile],
-    pub preflight: PreflightParams<'a>,
-    pub keadm_timeout_secs: u64,
-}
-
-pub fn render(p: &JoinScript) -> String {
-    let steps = [
-        ("preflight", script::preflight(&p.preflight)),
-        ("containerd", script::containerd(p.hosts)),
-        ("fetch", script::fetch(p.version, p.mirror, p.keadm, false)),
-        (
-            "keadm_join",
-            script::keadm_join(p.version, script::JoinArgs::FromFile, p.keadm_timeout_secs),
-        ),
-        ("postcheck", script::postcheck()),
-    ];
+/// `/join.sh` for one site. `input.join_args` must be
+/// [`JoinArgs::FromFile`](crate::node::script::JoinArgs::FromFile): the
+/// token is never in the script.
+pub fn render(input: &StepInput) -> String {
     let mut functions = String::new();
-    for (name, body) in &steps {
-        functions.push_str(&format!("ef_{name}() (\n{}\n)\n\n", body.trim_end()));
+    let mut names = Vec::new();
+    for step in steps::node_steps(Action::Join) {
+        let body = steps::script(step, input).expect("node steps are sh");
+        functions.push_str(&format!(
+            "ef_{}() (\n{}\n)\n\n",
+            step.name(),
+            body.trim_end()
+        ));
+        names.push(step.name());
     }
+    let names = names.join(" ");
     format!(
         r#"#!/bin/sh
 # edgeferry pull-mode join for KubeEdge {version}, from the site mirror {mirror}.
@@ -120,22 +112,24 @@ report() {{
 	fi
 }}
 
-for s in preflight containerd fetch keadm_join postcheck; do
+for s in {names}; do
 	step $s
 done
 rm -f "$EF_ARGS"
-report done ok "joined as $node"
+report {DONE} ok "joined as $node"
 echo "edgeferry join.sh: $node joined"
 "#,
-        version = p.version,
-        mirror = p.mirror,
-        node_dir = script::NODE_DIR,
+        version = input.version,
+        mirror = input.mirror,
+        node_dir = NODE_DIR,
     )
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::node::script::{JoinArgs, KeadmAsset, PreflightParams};
+    use std::time::Duration;
 
     #[test]
     fn join_script_is_valid_sh_and_holds_no_secret_parameters() {
@@ -145,11 +139,11 @@ mod tests {
             sha256: "ab".repeat(32),
             size: 1,
         }];
-        let hosts = crate::mirror::hosts::hosts_files(
+        let hosts = crate::node::hosts::hosts_files(
             "10.0.0.5:5000",
             &["docker.io".to_string()].into_iter().collect(),
         );
-        let text = render(&JoinScript {
+        let text = render(&StepInput {
             version: "v1.23.1",
             mirror: "10.0.0.5:5000",
             keadm: &keadm,
@@ -162,7 +156,10 @@ mod tests {
                 cloud_ports: vec![10000, 10002],
                 min_free_mib: 512,
             },
-            keadm_timeout_secs: 300,
+            join_args: JoinArgs::FromFile,
+            reset_args: &[],
+            keadm_join_timeout: Duration::from_secs(300),
+            keadm_reset_timeout: Duration::from_secs(60),
         });
         let out = std::process::Command::new("sh")
             .arg("-n")
@@ -182,6 +179,10 @@ mod tests {
         assert!(
             !text.contains("--token"),
             "keadm arguments arrive from /v1/enroll"
+        );
+        assert!(
+            text.contains("for s in preflight containerd fetch keadm_join postcheck; do"),
+            "the steps come from the node step table"
         );
     }
 }

@@ -5,10 +5,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::mirror::hosts::HostsFile;
+use super::hosts::HostsFile;
 
 /// Where edgeferry keeps its own files on a node. Not under a directory
-/// `keadm reset` wipes (research §9.7).
+/// `keadm reset edge` wipes (/etc/kubeedge, /var/lib/kubeedge, /var/log/kubeedge,
+/// /var/lib/edged, /var/lib/kubelet).
 pub const NODE_DIR: &str = "/var/lib/edgeferry";
 
 /// Exit code of the fetch script when the node has neither curl nor wget,
@@ -242,6 +243,7 @@ pub fn upload_target(version: &str, file: &str) -> String {
 /// Where `keadm join` gets its arguments: baked into the command (SSH
 /// join), or read one per line from the file named by `$EF_ARGS` (pull
 /// mode, where they arrive at run time and hold the token).
+#[derive(Clone, Copy)]
 pub enum JoinArgs<'a> {
     Inline(&'a [String]),
     FromFile,
@@ -347,7 +349,8 @@ pub fn copy_target(relative: &str, mode: u32) -> String {
 }
 
 /// The keadm join arguments for a node, long flags with `=` so each is one
-/// word; the version is always pinned (research §2.2).
+/// word; the version is always pinned: without --kubeedge-version keadm
+/// asks the internet for the latest release.
 pub fn join_args(
     version: &str,
     cloudcore: &str,
@@ -397,7 +400,7 @@ mod tests {
             sha256: "00".repeat(32),
             size: 1,
         }];
-        let hosts = crate::mirror::hosts::hosts_files(
+        let hosts = super::super::hosts::hosts_files(
             "10.0.0.5:5000",
             &["docker.io".to_string()].into_iter().collect(),
         );

@@ -557,7 +557,7 @@ fn check_node_name(name: &str) -> Result<()> {
 }
 
 // ---------------------------------------------------------------------------
-// keadm batch config.yaml (research kubeedge.md §4.3), read as it is
+// The config.yaml of upstream `keadm batch -c`, read as it is
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "camelCase")]

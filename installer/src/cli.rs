@@ -1,0 +1,218 @@
+//! The command line: every command, flag and `--help` text. `main.rs`
+//! parses it and maps results to exit codes; the commands live in the
+//! library's modules.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::{join, status};
+
+pub const EXAMPLES: &str = "\
+Examples:
+  # Check a bundle (and its .minisig beside it) without writing anything
+  edgeferry verify /media/usb/edgeferry-kubeedge-v1.23.1-linux-arm64.tar.zst --key edgeferry.pub
+
+  # Verify and load in one pass; several bundles merge into one store
+  edgeferry load /media/usb/edgeferry-kubeedge-v1.23.1-linux-arm64.tar.zst --key edgeferry.pub --store /srv/edgeferry
+  edgeferry load /media/usb/ --key edgeferry.pub --store /srv/edgeferry     # a directory of volumes
+
+  edgeferry store list --store /srv/edgeferry
+
+Exit codes:
+  0  success
+  1  any other failure (I/O, a damaged store, a lock held by another load)
+  2  bad command line
+  3  signature: unsigned, unknown key, bad signature, swapped manifest, missing .minisig
+  4  integrity: corrupt, truncated, tampered or unsafe content, bad or missing volume
+  5  refused by policy: an older sequence (downgrade), not enough space";
+
+#[derive(Parser)]
+#[command(
+    name = "edgeferry",
+    version,
+    about = "Put KubeEdge edge nodes on sites with no internet: verify, load, serve, join",
+    after_help = EXAMPLES,
+    arg_required_else_help = true
+)]
+pub struct Cli {
+    /// Only results and errors: no notes and no progress bars (progress is
+    /// also off with EDGEFERRY_NO_PROGRESS=1, and whenever stderr is not a
+    /// terminal)
+    #[arg(long, short = 'q', global = true)]
+    pub quiet: bool,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Check a bundle's signatures and every entry, in one pass; write nothing
+    #[command(after_help = EXAMPLES)]
+    Verify(VerifyArgs),
+    /// Verify a bundle and load it into a store, atomically
+    #[command(after_help = EXAMPLES)]
+    Load(LoadArgs),
+    /// Look at a store
+    #[command(subcommand)]
+    Store(StoreCommand),
+    /// Serve a store on the LAN: release files and a read-only OCI registry
+    #[command(after_help = SERVE_EXAMPLES)]
+    Serve(ServeArgs),
+    /// Join edge nodes over SSH from the mirror: verifiably, in parallel, resumably
+    #[command(after_help = join::JOIN_EXAMPLES)]
+    Join(join::JoinArgs),
+    /// Run `keadm reset edge --force` on the nodes of an inventory
+    #[command(after_help = join::RESET_EXAMPLES)]
+    Reset(join::BatchArgs),
+    /// Pull mode: enrollment codes for nodes that join themselves via /join.sh
+    #[command(subcommand, after_help = ENROLL_EXAMPLES)]
+    Enroll(EnrollCommand),
+    /// One table of every node: SSH joins (journals) and pull-mode joins (reports)
+    #[command(after_help = STATUS_EXAMPLES)]
+    Status(status::StatusArgs),
+}
+
+pub const ENROLL_EXAMPLES: &str = "\
+Examples:
+  # The site's parameters (cloudcore, token source, keadm flags; docs/inventory.md)
+  cat /srv/site/site.yaml
+  edgeferry serve --store /srv/edgeferry --listen 10.0.0.5:5000 --site-dir /srv/site
+  edgeferry enroll create --site-dir /srv/site --uses 50 --expires 24h
+  edgeferry enroll create --site-dir /srv/site --names edge-berlin-1,edge-berlin-2 --uses 2
+  edgeferry enroll list --site-dir /srv/site
+  edgeferry enroll revoke --site-dir /srv/site 3f2a9c1d
+
+Codes are shown once and stored as sha256 only. A node runs the one-liner
+`serve` prints (download /join.sh, check its sha256, run it with the code);
+the mirror answers a valid code with the site's keadm parameters, token
+included, and refuses anything else with 403.";
+
+pub const STATUS_EXAMPLES: &str = "\
+Examples:
+  edgeferry status --site-dir /srv/site --state-dir /srv/edgeferry-site-a
+  edgeferry status --site-dir /srv/site --watch
+  edgeferry status --state-dir /srv/edgeferry-site-a --json";
+
+#[derive(Subcommand)]
+pub enum EnrollCommand {
+    /// Create a code (printed once)
+    Create {
+        #[arg(long, env = "EDGEFERRY_SITE_DIR")]
+        site_dir: PathBuf,
+        /// How many nodes may enroll with it
+        #[arg(long, default_value_t = 1)]
+        uses: u32,
+        /// Lifetime: 90s, 10m, 24h, 7d
+        #[arg(long, default_value = "24h")]
+        expires: String,
+        /// Node names to hand out, in order, one per use
+        #[arg(long, value_delimiter = ',')]
+        names: Vec<String>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Codes (without their values) and enrolled nodes
+    List {
+        #[arg(long, env = "EDGEFERRY_SITE_DIR")]
+        site_dir: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a code by id; nodes already enrolled keep their report keys
+    Revoke {
+        #[arg(long, env = "EDGEFERRY_SITE_DIR")]
+        site_dir: PathBuf,
+        id: String,
+    },
+}
+
+pub const SERVE_EXAMPLES: &str = "\
+Examples:
+  edgeferry serve --store /srv/edgeferry --listen 10.0.0.5:5000
+  edgeferry serve --store /srv/edgeferry --listen 0.0.0.0:5000 --advertise 10.0.0.5:5000 --access-log /var/log/edgeferry.jsonl
+
+On start it prints the containerd hosts.toml files and keadm flags nodes need.
+Access log: one JSON line per request (client, method, path, status, bytes,
+duration_ms) on stdout, or appended to --access-log. Stops on SIGINT/SIGTERM,
+letting transfers in flight finish.";
+
+#[derive(Args)]
+pub struct ServeArgs {
+    #[arg(long, env = "EDGEFERRY_STORE")]
+    pub store: PathBuf,
+    /// Address and port to listen on
+    #[arg(long, default_value = "127.0.0.1:5000")]
+    pub listen: std::net::SocketAddr,
+    /// host:port the nodes reach this mirror at, for the printed settings
+    #[arg(long)]
+    pub advertise: Option<String>,
+    /// Append the JSON-lines access log here instead of stdout
+    #[arg(long)]
+    pub access_log: Option<PathBuf>,
+    /// Connections served at once
+    #[arg(long)]
+    pub max_connections: Option<usize>,
+    /// Seconds without a byte moving before a connection is closed
+    #[arg(long)]
+    pub idle_timeout: Option<u64>,
+    /// Pull mode: a directory holding site.yaml; serves /join.sh and takes
+    /// enrollments and reports (see `edgeferry enroll --help`)
+    #[arg(long, env = "EDGEFERRY_SITE_DIR")]
+    pub site_dir: Option<PathBuf>,
+}
+
+#[derive(Args)]
+pub struct SourceArgs {
+    /// A bundle file, a volume list (*.volumes.json), a directory holding
+    /// one of them, or - for standard input (then --signature is needed)
+    pub bundle: PathBuf,
+    /// A trusted minisign public key (repeatable)
+    #[arg(long = "key", value_name = "PUB")]
+    pub keys: Vec<PathBuf>,
+    /// A file of trusted public keys, one minisign key per two lines
+    #[arg(long, env = "EDGEFERRY_TRUST_FILE")]
+    pub trust_file: Option<PathBuf>,
+    /// The bundle's whole-file signature, if not <bundle>.minisig
+    #[arg(long, value_name = "MINISIG")]
+    pub signature: Option<PathBuf>,
+    /// Accept an unsigned bundle or one from an unknown key (DANGEROUS)
+    #[arg(long)]
+    pub insecure_skip_signature: bool,
+    /// Machine-readable result on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args)]
+pub struct VerifyArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+#[derive(Args)]
+pub struct LoadArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// The store directory (created on first load)
+    #[arg(long, env = "EDGEFERRY_STORE")]
+    pub store: PathBuf,
+    /// Load a bundle older than one already loaded from the same key
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Do not wait for the data to reach the disk before publishing it
+    /// (faster; a power cut right after can corrupt the store)
+    #[arg(long)]
+    pub no_sync: bool,
+}
+
+#[derive(Subcommand)]
+pub enum StoreCommand {
+    /// Versions, arches, images, files and bundle ids in a store
+    List {
+        #[arg(long, env = "EDGEFERRY_STORE")]
+        store: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}

@@ -1,0 +1,173 @@
+//! `verify`, `load` and `store list`: a bundle checked in one pass, into a
+//! store or into nothing, and what a store holds.
+
+use std::io::Read;
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use edgeferry_bundle::sign::TrustedKeys;
+use edgeferry_bundle::verify::{self, CheckOnly, Trust};
+
+use crate::cli::{LoadArgs, SourceArgs};
+use crate::config::Config;
+use crate::output;
+use crate::printer::Printer;
+use crate::{input, store};
+
+fn trusted_keys(source: &SourceArgs, out: &Printer) -> Result<Option<TrustedKeys>> {
+    if source.insecure_skip_signature {
+        out.warn("WARNING: --insecure-skip-signature: nobody vouches for this bundle; anyone could have made it");
+        return Ok(None);
+    }
+    let mut files = source.keys.clone();
+    files.extend(source.trust_file.clone());
+    if files.is_empty() {
+        anyhow::bail!("no trusted key: pass --key <edgeferry.pub> or --trust-file <file>");
+    }
+    Ok(Some(TrustedKeys::from_files(&files)?))
+}
+
+/// Opens the input and runs the single verifying pass into `sink`.
+fn verify_into(
+    source: &SourceArgs,
+    sink: &mut dyn verify::Sink,
+    out: &Printer,
+) -> Result<verify::Outcome> {
+    let keys = trusted_keys(source, out)?;
+    let opened = input::open(&source.bundle, keys.as_ref(), source.signature.as_deref())?;
+    let reader: Box<dyn Read + Send> = match out.bytes_bar(opened.size.unwrap_or(0), "verifying") {
+        Some(bar) => Box::new(bar.wrap_read(opened.reader)),
+        None => opened.reader,
+    };
+    let trust = match &keys {
+        Some(keys) => Trust::Keys(keys),
+        None => Trust::SkipSignature,
+    };
+    verify::verify(reader, trust, opened.file_signature.as_deref(), sink)
+        .map_err(anyhow::Error::from)
+        .with_context(|| format!("{} refused", opened.label))
+}
+
+pub fn verify_cmd(source: &SourceArgs, out: &Printer) -> Result<()> {
+    let outcome = verify_into(source, &mut CheckOnly, out)?;
+    let m = &outcome.manifest;
+    if out.json() {
+        return out.data(&output::Verified {
+            ok: true,
+            bundle_id: &m.bundle_id,
+            kubeedge_version: &m.kubeedge_version,
+            arch: m.arch,
+            sequence: m.sequence,
+            created: &m.created,
+            sample: m.sample,
+            signer: outcome.signer.as_ref().map(|s| s.key_id.as_str()),
+            entries: m.entries.len(),
+            bytes: outcome.bytes_in,
+        });
+    }
+    let signer = outcome
+        .signer
+        .as_ref()
+        .map_or("NOBODY (signature skipped)".to_string(), |s| {
+            format!("key {}", s.key_id)
+        });
+    let sample = if m.sample {
+        " SAMPLE (stand-ins, not KubeEdge)"
+    } else {
+        ""
+    };
+    out.line(&format!(
+        "ok: bundle {} KubeEdge {} linux/{} sequence {}{sample}, signed by {signer}; {} entries checked",
+        m.bundle_id,
+        m.kubeedge_version,
+        m.arch,
+        m.sequence,
+        m.entries.len()
+    ));
+    Ok(())
+}
+
+pub fn load_cmd(args: &LoadArgs, config: &Config, out: &Printer) -> Result<()> {
+    let mut loader = store::Loader::new(
+        &args.store,
+        config,
+        store::LoadOptions {
+            allow_downgrade: args.allow_downgrade,
+            no_sync: args.no_sync,
+        },
+    )?;
+    let outcome = verify_into(&args.source, &mut loader, out)?;
+    let report = loader.commit(&outcome.manifest, outcome.signer.as_ref())?;
+    let m = &outcome.manifest;
+    if out.json() {
+        return out.data(&output::Loaded {
+            ok: true,
+            store: &args.store,
+            bundle_id: &m.bundle_id,
+            kubeedge_version: &m.kubeedge_version,
+            arch: m.arch,
+            sequence: m.sequence,
+            changed: report.changed,
+            new_blobs: report.new_blobs,
+            new_bytes: report.new_bytes,
+        });
+    }
+    if report.changed {
+        out.line(&format!(
+            "loaded bundle {} (KubeEdge {} linux/{}) into {}: {} new blobs, {} bytes",
+            m.bundle_id,
+            m.kubeedge_version,
+            m.arch,
+            args.store.display(),
+            report.new_blobs,
+            report.new_bytes
+        ));
+    } else {
+        out.line(&format!(
+            "bundle {} is already in {}: nothing changed",
+            m.bundle_id,
+            args.store.display()
+        ));
+    }
+    Ok(())
+}
+
+pub fn store_list(store_dir: &Path, out: &Printer) -> Result<()> {
+    if !store_dir.join(store::STATE_FILE).exists() {
+        anyhow::bail!(
+            "{} is not an edgeferry store: load a bundle into it first",
+            store_dir.display()
+        );
+    }
+    let state: output::StoreState = store::State::read(store_dir)?;
+    if out.json() {
+        return out.data(&state);
+    }
+    let mut s = format!("store {}\nbundles:\n", store_dir.display());
+    for (id, b) in &state.bundles {
+        let signer = b.signer.as_deref().unwrap_or("unsigned");
+        let sample = if b.sample { "  SAMPLE" } else { "" };
+        s.push_str(&format!(
+            "  {id}  KubeEdge {} linux/{}  sequence {}  key {signer}{sample}\n",
+            b.kubeedge_version, b.arch, b.sequence
+        ));
+    }
+    s.push_str("images:\n");
+    for (reference, image) in &state.images {
+        let platforms: Vec<&str> = image.platforms.keys().map(String::as_str).collect();
+        s.push_str(&format!(
+            "  {reference}  {}  [{}]\n",
+            image.digest,
+            platforms.join(", ")
+        ));
+    }
+    s.push_str("files:\n");
+    for (name, file) in &state.files {
+        s.push_str(&format!(
+            "  {name}  {} bytes  sha256 {}\n",
+            file.size, file.sha256
+        ));
+    }
+    out.text(&s);
+    Ok(())
+}

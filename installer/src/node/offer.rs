@@ -1,0 +1,166 @@
+//! What the store offers a node, and the checks on what a node asks for:
+//! the KubeEdge version and keadm tarballs to use, the containerd
+//! `hosts.toml` files, the keadm flags of the version, and where the
+//! preflight must reach. Shared by the SSH join planner and pull mode's
+//! `/join.sh`, so both pick the same version, bundles and tarballs.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+
+use anyhow::{bail, Context, Result};
+
+use super::hosts::{self, HostsFile};
+use super::script::KeadmAsset;
+use crate::store::State;
+
+/// "host:port" from a --mirror value that may carry a scheme or a path.
+pub fn mirror_address(value: &str) -> Result<String> {
+    let v = value.trim();
+    if v.starts_with("https://") {
+        bail!("--mirror {v}: the mirror speaks plain HTTP; give host:port or http://host:port");
+    }
+    let v = v.strip_prefix("http://").unwrap_or(v);
+    let v = v.split('/').next().unwrap_or(v);
+    if v.is_empty() || !v.contains(':') {
+        bail!("--mirror {value:?} is not host:port: give the address nodes reach edgeferry serve at, e.g. 10.0.0.5:5000");
+    }
+    Ok(v.to_string())
+}
+
+/// The host part of HOST:PORT, with IPv6 brackets removed.
+fn split_host_port(value: &str) -> Result<(String, u16)> {
+    let (host, port) = value
+        .rsplit_once(':')
+        .with_context(|| format!("cloudcore address {value:?} is not HOST:PORT"))?;
+    let port: u16 = port
+        .parse()
+        .with_context(|| format!("cloudcore address {value:?} has no valid port"))?;
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    if host.is_empty() {
+        bail!("cloudcore address {value:?} has no host");
+    }
+    Ok((host.to_string(), port))
+}
+
+/// What the store offers for one KubeEdge version.
+pub struct StoreOffer {
+    pub version: String,
+    /// The newest bundle id per arch.
+    pub bundles: BTreeMap<String, String>,
+    pub keadm: Vec<KeadmAsset>,
+}
+
+/// `wanted`, or the one version the store holds.
+pub fn store_offer(state: &State, wanted: Option<&str>, store_dir: &Path) -> Result<StoreOffer> {
+    let version = match wanted {
+        Some(v) => v.to_string(),
+        None => {
+            let versions: BTreeSet<&str> = state
+                .bundles
+                .values()
+                .map(|b| b.kubeedge_version.as_str())
+                .collect();
+            match versions.len() {
+                1 => versions.into_iter().next().unwrap().to_string(),
+                0 => bail!(
+                    "the store {} is empty: load a bundle first",
+                    store_dir.display()
+                ),
+                _ => bail!(
+                    "the store holds KubeEdge {}: set kubeedge_version in the inventory",
+                    versions.into_iter().collect::<Vec<_>>().join(", ")
+                ),
+            }
+        }
+    };
+    let mut newest: BTreeMap<String, (u64, String)> = BTreeMap::new();
+    for (id, b) in &state.bundles {
+        if b.kubeedge_version == version {
+            let arch = b.arch.as_str().to_string();
+            let newer = newest.get(&arch).is_none_or(|(seq, _)| b.sequence > *seq);
+            if newer {
+                newest.insert(arch, (b.sequence, id.clone()));
+            }
+        }
+    }
+    if newest.is_empty() {
+        bail!(
+            "the store {} has no bundle for KubeEdge {version}: load one, or set kubeedge_version to what the store has",
+            store_dir.display()
+        );
+    }
+    let mut keadm = Vec::new();
+    for arch in newest.keys() {
+        let file = format!("keadm-{version}-linux-{arch}.tar.gz");
+        let record = state.files.get(&file).with_context(|| {
+            format!("the store has a {arch} bundle but no {file}: reload the bundle")
+        })?;
+        keadm.push(KeadmAsset {
+            arch: arch.clone(),
+            file,
+            sha256: record.sha256.clone(),
+            size: record.size,
+        });
+    }
+    Ok(StoreOffer {
+        version,
+        bundles: newest.into_iter().map(|(a, (_, id))| (a, id)).collect(),
+        keadm,
+    })
+}
+
+/// containerd `hosts.toml` for every registry the store's images come from.
+pub fn hosts_toml_for(state: &State, mirror: &str) -> Vec<HostsFile> {
+    let registries: BTreeSet<String> = state
+        .images
+        .keys()
+        .map(|r| hosts::registry_of(r).to_string())
+        .collect();
+    hosts::hosts_files(mirror, &registries)
+}
+
+/// Every `keadm join` flag must exist in the version; bools must be bools.
+pub fn check_flags(version: &str, flags: &BTreeMap<String, Vec<String>>, who: &str) -> Result<()> {
+    let table = edgeferry_bundle::keadm::flags_for(version)?;
+    for (name, values) in flags {
+        let flag = table
+            .join_flag(name)
+            .filter(|f| f.long == name)
+            .with_context(|| format!("{who}: keadm join {version} has no flag --{name}"))?;
+        if flag.kind == edgeferry_bundle::keadm::FlagKind::Bool
+            && values.iter().any(|v| v != "true" && v != "false")
+        {
+            bail!("{who}: --{name} takes true or false");
+        }
+    }
+    Ok(())
+}
+
+/// The preflight's view of a node's keadm settings: the cloudcore host,
+/// the ports it must reach (hub, then cert), and the CRI socket.
+pub fn preflight_target(
+    cloudcore: &str,
+    flags: &BTreeMap<String, Vec<String>>,
+    who: &str,
+) -> Result<(String, Vec<u16>, String)> {
+    let (cloud_host, cloud_port) = split_host_port(cloudcore).with_context(|| who.to_string())?;
+    let certport: u16 = match flags.get("certport").and_then(|v| v.last()) {
+        Some(p) => p
+            .parse()
+            .with_context(|| format!("{who}: certport {p:?} is not a port"))?,
+        None => 10002,
+    };
+    let endpoint = flags
+        .get("remote-runtime-endpoint")
+        .and_then(|v| v.last())
+        .map_or("unix:///run/containerd/containerd.sock", String::as_str);
+    let cri_socket = endpoint
+        .strip_prefix("unix://")
+        .unwrap_or(endpoint)
+        .to_string();
+    let mut ports = vec![cloud_port];
+    if certport != cloud_port {
+        ports.push(certport);
+    }
+    Ok((cloud_host, ports, cri_socket))
+}

@@ -1,0 +1,222 @@
+//! The per-node steps, in one table: their names, their order for each
+//! action, their timeouts, how a failure of each is named, and the sh each
+//! runs. The SSH join planner (`join::plan`) and pull mode's `/join.sh`
+//! (`pull::script`) both walk [`steps`], so adding a step is one edit here:
+//! a variant, its row in [`Step::info`], its place in [`steps`] and its sh
+//! in [`script`]. Journals, reports, resume and `/v1/report` follow by name.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+
+use super::hosts::HostsFile;
+use super::script::{self, JoinArgs, KeadmAsset, PreflightParams};
+use crate::config::Config;
+
+/// One step on one node. Names are stable: journals, reports, pull-mode
+/// reports and `timeouts:` in inventories use them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Step {
+    Connect,
+    Preflight,
+    Containerd,
+    Fetch,
+    KeadmJoin,
+    Postcheck,
+    /// `edgeferry reset`: `keadm reset edge --force`.
+    KeadmReset,
+}
+
+/// What to do to the nodes of an inventory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Action {
+    Join,
+    Reset,
+}
+
+/// The facts about one step that are not its sh.
+pub struct StepInfo {
+    pub name: &'static str,
+    /// The stable cause name a failure of this step gets in reports.
+    pub error_kind: &'static str,
+    /// The output line that best explains a failure starts with this
+    /// (else the last line of output is used).
+    pub explain_prefix: &'static str,
+    /// What failed, for messages that say how it ended ("keadm join exited 1").
+    pub doing: Option<&'static str>,
+}
+
+impl Step {
+    pub fn info(self) -> StepInfo {
+        let (name, error_kind, explain_prefix, doing) = match self {
+            Step::Connect => ("connect", "connect", "", None),
+            Step::Preflight => ("preflight", "preflight", "preflight:", None),
+            Step::Containerd => (
+                "containerd",
+                "containerd",
+                "",
+                Some("configuring containerd"),
+            ),
+            Step::Fetch => ("fetch", "fetch", "", None),
+            Step::KeadmJoin => ("keadm_join", "keadm_failed", "Error:", Some("keadm join")),
+            Step::Postcheck => ("postcheck", "postcheck", "postcheck:", None),
+            Step::KeadmReset => (
+                "keadm_reset",
+                "keadm_failed",
+                "Error:",
+                Some("keadm reset edge"),
+            ),
+        };
+        StepInfo {
+            name,
+            error_kind,
+            explain_prefix,
+            doing,
+        }
+    }
+
+    pub fn name(self) -> &'static str {
+        self.info().name
+    }
+
+    pub fn from_name(name: &str) -> Option<Step> {
+        ALL_STEPS.iter().copied().find(|s| s.name() == name)
+    }
+
+    /// Runs keadm, whose own timeout is enforced on the node by `timeout`.
+    pub fn runs_keadm(self) -> bool {
+        matches!(self, Step::KeadmJoin | Step::KeadmReset)
+    }
+
+    /// The default timeout, unless the inventory overrides it.
+    pub fn timeout(self, config: &Config, overrides: &BTreeMap<Step, Duration>) -> Duration {
+        if let Some(t) = overrides.get(&self) {
+            return *t;
+        }
+        let j = &config.join;
+        match self {
+            Step::Connect => j.connect_timeout,
+            Step::Preflight => j.preflight_timeout,
+            Step::Containerd => j.containerd_timeout,
+            Step::Fetch => j.fetch_timeout,
+            Step::KeadmJoin => j.keadm_join_timeout,
+            Step::Postcheck => j.postcheck_timeout,
+            Step::KeadmReset => j.keadm_reset_timeout,
+        }
+    }
+}
+
+pub const ALL_STEPS: [Step; 7] = [
+    Step::Connect,
+    Step::Preflight,
+    Step::Containerd,
+    Step::Fetch,
+    Step::KeadmJoin,
+    Step::Postcheck,
+    Step::KeadmReset,
+];
+
+/// The steps of an action, in order.
+pub fn steps(action: Action) -> &'static [Step] {
+    match action {
+        Action::Join => &[
+            Step::Connect,
+            Step::Preflight,
+            Step::Containerd,
+            Step::Fetch,
+            Step::KeadmJoin,
+            Step::Postcheck,
+        ],
+        Action::Reset => &[Step::Connect, Step::Fetch, Step::KeadmReset],
+    }
+}
+
+/// The steps of an action that run sh on the node: all but connecting,
+/// which pull mode's nodes do not need.
+pub fn node_steps(action: Action) -> impl Iterator<Item = Step> {
+    steps(action)
+        .iter()
+        .copied()
+        .filter(|s| *s != Step::Connect)
+}
+
+/// The last word of a pull-mode node's reports, after its final step.
+pub const DONE: &str = "done";
+
+/// The step names a pull-mode node may report: the join's node steps, then
+/// [`DONE`].
+pub fn report_step_names() -> Vec<&'static str> {
+    node_steps(Action::Join)
+        .map(Step::name)
+        .chain([DONE])
+        .collect()
+}
+
+/// "connect, preflight, …": for messages that list the valid names.
+pub fn all_names() -> String {
+    ALL_STEPS.map(Step::name).join(", ")
+}
+
+/// Everything any step's sh is made from, for one node (or, in pull mode,
+/// for every node: the keadm arguments then arrive at run time).
+pub struct StepInput<'a> {
+    pub version: &'a str,
+    pub mirror: &'a str,
+    pub keadm: &'a [KeadmAsset],
+    pub hosts: &'a [HostsFile],
+    pub preflight: PreflightParams<'a>,
+    pub join_args: JoinArgs<'a>,
+    /// `keadm reset edge` arguments beyond `--force`.
+    pub reset_args: &'a [String],
+    pub keadm_join_timeout: Duration,
+    pub keadm_reset_timeout: Duration,
+}
+
+/// The sh a step runs on the node; `None` for connecting, which is not sh.
+pub fn script(step: Step, input: &StepInput) -> Option<String> {
+    let i = input;
+    Some(match step {
+        Step::Connect => return None,
+        Step::Preflight => script::preflight(&i.preflight),
+        Step::Containerd => script::containerd(i.hosts),
+        Step::Fetch => script::fetch(i.version, i.mirror, i.keadm, false),
+        Step::KeadmJoin => {
+            script::keadm_join(i.version, i.join_args, i.keadm_join_timeout.as_secs())
+        }
+        Step::Postcheck => script::postcheck(),
+        Step::KeadmReset => {
+            script::keadm_reset(i.version, i.reset_args, i.keadm_reset_timeout.as_secs())
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_every_step_belongs_to_an_action() {
+        for step in ALL_STEPS {
+            assert_eq!(Step::from_name(step.name()), Some(step));
+            assert!(
+                steps(Action::Join).contains(&step) || steps(Action::Reset).contains(&step),
+                "{} is in no action",
+                step.name()
+            );
+        }
+        assert_eq!(
+            report_step_names(),
+            [
+                "preflight",
+                "containerd",
+                "fetch",
+                "keadm_join",
+                "postcheck",
+                "done"
+            ]
+        );
+    }
+}

@@ -1,0 +1,249 @@
+//! Every machine-readable output of `edgeferry`, as named types: what
+//! `--json` prints for each command and what `report.json` holds. This is
+//! the stable interface scripts build on (docs/output.md): a field may be
+//! added, none is renamed or removed without a format note there.
+//!
+//! Two outputs are on-disk formats printed as they are: `store list --json`
+//! prints the store's `state.json` ([`StoreState`]) and `enroll list
+//! --json` prints `enrollments.json` ([`Enrollments`], hashes only).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use edgeferry_bundle::format::Arch;
+use edgeferry_bundle::verify::Class;
+use serde::Serialize;
+
+use crate::node::hosts::HostsFile;
+use crate::node::inventory::{Format, NodeSpec};
+use crate::node::script::KeadmAsset;
+use crate::node::steps::{Action, Step};
+
+pub use crate::pull::enroll::Enrollments;
+pub use crate::store::State as StoreState;
+
+// ---- verify, load: --json
+
+/// `verify --json` on success.
+#[derive(Debug, Serialize)]
+pub struct Verified<'a> {
+    pub ok: bool,
+    pub bundle_id: &'a str,
+    pub kubeedge_version: &'a str,
+    pub arch: Arch,
+    pub sequence: u64,
+    pub created: &'a str,
+    pub sample: bool,
+    /// The signing key's id; `null` when the signature was skipped.
+    pub signer: Option<&'a str>,
+    pub entries: usize,
+    pub bytes: u64,
+}
+
+/// `load --json` on success.
+#[derive(Debug, Serialize)]
+pub struct Loaded<'a> {
+    pub ok: bool,
+    pub store: &'a Path,
+    pub bundle_id: &'a str,
+    pub kubeedge_version: &'a str,
+    pub arch: Arch,
+    pub sequence: u64,
+    /// false: the bundle was already in the store.
+    pub changed: bool,
+    pub new_blobs: usize,
+    pub new_bytes: u64,
+}
+
+/// Any command but join/reset, with `--json`, when it fails (one line).
+#[derive(Debug, Serialize)]
+pub struct Failed {
+    pub ok: bool,
+    /// signature | integrity | policy | io; `null` for anything else.
+    pub class: Option<Class>,
+    pub error: String,
+}
+
+/// join/reset with `--json`, when nothing could start (one line, exit 3).
+#[derive(Debug, Serialize)]
+pub struct BatchFailed {
+    pub ok: bool,
+    pub error: String,
+}
+
+// ---- enroll create --json
+
+/// `enroll create --json`: the code, shown this once.
+#[derive(Debug, Serialize)]
+pub struct EnrollCreated<'a> {
+    pub id: &'a str,
+    pub code: &'a str,
+    pub uses: u32,
+    pub expires: &'a str,
+    pub names: &'a [String],
+}
+
+// ---- join/reset: --dry-run --json
+
+#[derive(Clone, Debug, Serialize)]
+pub struct JoinPlan {
+    pub action: Action,
+    pub inventory: PathBuf,
+    pub inventory_format: Format,
+    pub kubeedge_version: String,
+    /// host:port the nodes reach the mirror at.
+    pub mirror: String,
+    pub store: PathBuf,
+    pub state_dir: PathBuf,
+    pub parallel: usize,
+    pub host_keys: &'static str,
+    /// Bundle id per arch for this version.
+    pub bundles: BTreeMap<String, String>,
+    pub keadm: Vec<KeadmAsset>,
+    pub hosts_toml: Vec<HostsFile>,
+    pub nodes: Vec<NodePlan>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodePlan {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub user: String,
+    pub sudo: bool,
+    pub auth: Vec<&'static str>,
+    pub jump: Option<String>,
+    pub known_hosts: PathBuf,
+    pub steps: Vec<StepPlan>,
+    /// Only with `--resume`/`--retry-failed --dry-run`: what that run
+    /// would do with this node, from the journal.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resume: Option<ResumePlan>,
+    #[serde(skip)]
+    pub spec: NodeSpec,
+}
+
+/// What a resume would do with one node.
+#[derive(Clone, Debug, Serialize)]
+pub struct ResumePlan {
+    /// run | skip
+    pub action: &'static str,
+    /// Why a node is skipped: "already joined", "not failed".
+    pub reason: Option<&'static str>,
+    /// Steps done in an earlier run that would not run again.
+    pub skip_steps: Vec<Step>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepPlan {
+    pub step: Step,
+    pub timeout_secs: u64,
+    /// What runs on the node, secrets redacted.
+    pub command: String,
+    /// The same with secrets, for the executor only.
+    #[serde(skip)]
+    pub secret_command: String,
+}
+
+// ---- join/reset: report.json and --json
+
+#[derive(Debug, Default, Serialize)]
+pub struct Counts {
+    pub total: usize,
+    pub joined: usize,
+    pub already_joined: usize,
+    pub reset: usize,
+    pub failed: usize,
+    pub interrupted: usize,
+    pub not_started: usize,
+}
+
+#[derive(Serialize)]
+pub struct Report<'a> {
+    pub edgeferry: &'static str,
+    pub action: Action,
+    pub run: &'a str,
+    pub started: &'a str,
+    pub finished: String,
+    pub inventory: &'a Path,
+    pub kubeedge_version: &'a str,
+    pub mirror: &'a str,
+    pub state_dir: &'a Path,
+    /// strict | accept-new
+    pub host_key_policy: &'static str,
+    /// Host keys recorded into known_hosts on first contact in this run.
+    pub host_keys_learned: usize,
+    pub counts: Counts,
+    pub exit_code: u8,
+    pub nodes: &'a [NodeOutcome],
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeStatus {
+    Joined,
+    /// Joined in an earlier run; `--resume` left it alone.
+    AlreadyJoined,
+    Reset,
+    Failed,
+    /// Ctrl-C arrived while it ran; `--resume` continues it.
+    Interrupted,
+    /// Not started: the failure budget was spent, or Ctrl-C came first.
+    NotStarted,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct StepTiming {
+    pub step: Step,
+    /// ok | failed | interrupted | skipped (done in an earlier run)
+    pub status: &'static str,
+    pub ms: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HostKeyReport {
+    pub fingerprint: String,
+    /// Recorded into known_hosts on first contact (--accept-new-host-keys).
+    pub learned: bool,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeOutcome {
+    pub name: String,
+    pub host: String,
+    pub port: u16,
+    pub status: NodeStatus,
+    pub failed_step: Option<Step>,
+    pub error: Option<String>,
+    /// Stable cause names: connect, connect_timeout, auth, host_key_changed,
+    /// host_key_unknown, preflight, containerd, fetch, keadm_failed,
+    /// keadm_timeout, timeout, postcheck, interrupted, ...
+    pub error_kind: Option<String>,
+    pub arch: Option<String>,
+    pub bundle_id: Option<String>,
+    pub steps: Vec<StepTiming>,
+    pub host_key: Option<HostKeyReport>,
+    pub log: PathBuf,
+    pub ms: u64,
+}
+
+// ---- status --json
+
+#[derive(Debug, Serialize)]
+pub struct StatusNode {
+    pub name: String,
+    /// ssh | pull
+    pub mode: &'static str,
+    /// joined | failed | running | enrolled | interrupted
+    pub state: &'static str,
+    pub step: Option<String>,
+    pub error: Option<String>,
+    pub last_report: Option<String>,
+    pub host: Option<String>,
+}
+
+/// `status --json`.
+#[derive(Debug, Serialize)]
+pub struct Status<'a> {
+    pub nodes: &'a [StatusNode],
+}

@@ -1,0 +1,506 @@
+//! `edgeferry serve`: the accept loop that puts the mirror (`mirror/`)
+//! and, with `--site-dir`, pull mode (`pull/`) on the LAN. Everything is
+//! bounded: a connection cap, a header-read timeout, an idle timeout (no
+//! bytes moving either way) but no whole-request timeout, so multi-GB
+//! pulls finish. Every request gets one access-log line.
+
+use std::collections::BTreeSet;
+use std::convert::Infallible;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+use std::task::{Context as TaskContext, Poll};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result};
+use axum::body::Body;
+use axum::http::{Method, Request, Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::config::Config;
+use crate::mirror::{self, Snapshot};
+use crate::node::hosts;
+use crate::printer::Printer;
+use crate::pull;
+
+pub struct Server {
+    snapshot: RwLock<Arc<Snapshot>>,
+    log: Mutex<Box<dyn Write + Send>>,
+    /// Pull mode (`--site-dir`): /join.sh, /v1/enroll, /v1/report.
+    site: Option<pull::Site>,
+    out: Printer,
+}
+
+impl Server {
+    fn snapshot(&self) -> Arc<Snapshot> {
+        Arc::clone(&self.snapshot.read().expect("snapshot lock"))
+    }
+
+    /// Picks up a store that a load swapped in while we were serving.
+    fn reload_if_changed(&self) {
+        let current = self.snapshot();
+        if mirror::state_stamp(&current.store) != current.stamp {
+            match Snapshot::read(&current.store) {
+                Ok(fresh) => {
+                    if let Some(site) = &self.site {
+                        match site.rebuild(&fresh.state) {
+                            Ok(true) => self.out.note(&format!(
+                                "mirror: the store changed; join script sha256 is now {}",
+                                site.script_sha256()
+                            )),
+                            Ok(false) => {}
+                            Err(e) => self
+                                .out
+                                .warn(&format!("mirror: join script not rebuilt: {e:#}")),
+                        }
+                    }
+                    *self.snapshot.write().expect("snapshot lock") = Arc::new(fresh)
+                }
+                Err(e) => self.out.warn(&format!(
+                    "mirror: keeping the previous view of the store: {e:#}"
+                )),
+            }
+        }
+    }
+}
+
+pub struct ServeOptions {
+    pub store: PathBuf,
+    pub listen: SocketAddr,
+    /// host:port nodes use to reach us, for the printed hosts.toml.
+    pub advertise: Option<String>,
+    pub access_log: Option<PathBuf>,
+    /// Pull mode: a directory with site.yaml; enrollments and reports go there.
+    pub site_dir: Option<PathBuf>,
+}
+
+/// Runs the mirror until SIGINT or SIGTERM.
+pub fn serve(options: ServeOptions, config: &Config, out: &Printer) -> Result<()> {
+    let out = *out;
+    let snapshot = Snapshot::read(&options.store)?;
+    if snapshot.state.bundles.is_empty() {
+        anyhow::bail!(
+            "{} holds no bundle: run `edgeferry load` first",
+            options.store.display()
+        );
+    }
+    raise_fd_limit(config.max_connections as u64 + 64);
+    let log: Box<dyn Write + Send> = match &options.access_log {
+        Some(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .with_context(|| format!("opening access log {}", path.display()))?,
+        ),
+        None => Box::new(std::io::stdout()),
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .event_interval(config.io_event_interval)
+        .worker_threads(config.mirror_workers)
+        .build()
+        .context("starting the async runtime")?;
+    runtime.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(options.listen)
+            .await
+            .with_context(|| {
+                format!("listening on {}: is another server there?", options.listen)
+            })?;
+        let local = listener.local_addr()?;
+        let site = match &options.site_dir {
+            None => None,
+            Some(dir) => {
+                let address = match &options.advertise {
+                    Some(a) => a.clone(),
+                    None if local.ip().is_unspecified() => anyhow::bail!(
+                        "pull mode needs the address nodes reach this mirror at: pass --advertise HOST:PORT"
+                    ),
+                    None => local.to_string(),
+                };
+                Some(pull::Site::open(dir, &address, &snapshot.state, config, out)?)
+            }
+        };
+        if local.ip().is_unspecified() {
+            out.warn(&format!(
+                "WARNING: listening on all interfaces ({local}): every network this host is on can pull from it; pass --listen <LAN IP>:{} to limit that, and --advertise to print exact node settings",
+                local.port()
+            ));
+        }
+        let mut text = banner(&snapshot, local, options.advertise.as_deref());
+        if let Some(site) = &site {
+            let address = options.advertise.clone().unwrap_or_else(|| local.to_string());
+            text.push_str(&format!(
+                "join script: http://{address}/join.sh sha256 {}\none-liner: {}\n(codes: edgeferry enroll create --site-dir {})\n",
+                site.script_sha256(),
+                pull::one_liner(&address, &site.script_sha256()),
+                site.dir.display()
+            ));
+        }
+        out.note(&text);
+        let mirror = Arc::new(Server {
+            snapshot: RwLock::new(Arc::new(snapshot)),
+            log: Mutex::new(log),
+            site,
+            out,
+        });
+        run(listener, mirror, config.clone()).await
+    })
+}
+
+/// What nodes need to pull through this mirror, printed when it starts.
+fn banner(snapshot: &Snapshot, local: SocketAddr, advertise: Option<&str>) -> String {
+    let advertised = match advertise {
+        Some(a) => a.to_string(),
+        None if local.ip().is_unspecified() => format!("<this-host-lan-ip>:{}", local.port()),
+        None => local.to_string(),
+    };
+    let mut s = format!(
+        "edgeferry mirror: serving {} on http://{local} ({} images, {} files, read-only)\n",
+        snapshot.store.display(),
+        snapshot.state.images.len(),
+        snapshot.state.files.len()
+    );
+    s.push_str("\nOn each node, containerd needs these files (edgeferry join writes them):\n");
+    for file in hosts::hosts_files(&advertised, &snapshot.registries()) {
+        s.push_str(&format!(
+            "--- /etc/containerd/certs.d/{}/hosts.toml\n{}",
+            file.dir, file.content
+        ));
+    }
+    let versions: BTreeSet<&str> = snapshot
+        .state
+        .bundles
+        .values()
+        .map(|b| b.kubeedge_version.as_str())
+        .collect();
+    for version in versions {
+        s.push_str(&format!(
+            "\nkeadm join flags for KubeEdge {version}: --kubeedge-version={version}   (with the hosts.toml above, images keep their upstream names; without them add --image-repository={advertised}/kubeedge)\n"
+        ));
+    }
+    s.push_str(&format!("release files: http://{advertised}/files/  checksums: http://{advertised}/SHA256SUMS  index: http://{advertised}/index.json\n"));
+    s
+}
+
+async fn run(listener: tokio::net::TcpListener, mirror: Arc<Server>, config: Config) -> Result<()> {
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let out = mirror.out;
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        out.note(&format!(
+            "mirror: shutting down, letting transfers in flight finish (up to {:?})",
+            config.shutdown_grace
+        ));
+        let _ = shutdown_tx.send(true);
+    });
+    {
+        let mirror = Arc::clone(&mirror);
+        let interval = config.state_reload_interval;
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(interval).await;
+                mirror.reload_if_changed();
+            }
+        });
+    }
+    let permits = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let started = Instant::now();
+    let mut shutdown = shutdown_rx.clone();
+    loop {
+        let permit = tokio::select! {
+            _ = shutdown.changed() => break,
+            permit = Arc::clone(&permits).acquire_owned() => permit.expect("semaphore open"),
+        };
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(e) => {
+                    // Out of descriptors or the like: back off, keep serving.
+                    out.warn(&format!("mirror: accept failed: {e}"));
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        set_send_buffer(&stream, config.send_buffer_bytes);
+        let mirror = Arc::clone(&mirror);
+        let config = config.clone();
+        let shutdown = shutdown_rx.clone();
+        tokio::spawn(async move {
+            connection(stream, peer, mirror, config, shutdown, started).await;
+            drop(permit);
+        });
+    }
+    drop(listener);
+    // Wait for connections to drain: every permit back, or the grace period.
+    let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
+    let _ = tokio::time::timeout(config.shutdown_grace, permits.acquire_many(all)).await;
+    Ok(())
+}
+
+async fn connection(
+    stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    mirror: Arc<Server>,
+    config: Config,
+    mut shutdown: tokio::sync::watch::Receiver<bool>,
+    started: Instant,
+) {
+    let activity = Arc::new(AtomicU64::new(started.elapsed().as_millis() as u64));
+    let io = TokioIo::new(Activity {
+        inner: stream,
+        last: Arc::clone(&activity),
+        started,
+    });
+    let service = hyper::service::service_fn(move |request| {
+        let mirror = Arc::clone(&mirror);
+        async move { Ok::<_, Infallible>(handle(mirror, peer, request).await) }
+    });
+    let conn = hyper::server::conn::http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(config.header_read_timeout)
+        .keep_alive(true)
+        .serve_connection(io, service);
+    tokio::pin!(conn);
+    let idle_ms = config.idle_timeout.as_millis() as u64;
+    let tick = (config.idle_timeout / 4).max(Duration::from_millis(50));
+    loop {
+        tokio::select! {
+            _ = conn.as_mut() => return,
+            _ = shutdown.changed() => {
+                conn.as_mut().graceful_shutdown();
+                let _ = tokio::time::timeout(config.shutdown_grace, conn.as_mut()).await;
+                return;
+            }
+            _ = tokio::time::sleep(tick) => {
+                let now = started.elapsed().as_millis() as u64;
+                if now.saturating_sub(activity.load(Ordering::Relaxed)) > idle_ms {
+                    // No byte moved either way for the idle timeout: close.
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// Records when bytes last moved on a connection, for the idle timeout.
+struct Activity {
+    inner: tokio::net::TcpStream,
+    last: Arc<AtomicU64>,
+    started: Instant,
+}
+
+impl Activity {
+    fn touch(&self) {
+        self.last
+            .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+impl AsyncRead for Activity {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let result = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.touch();
+        }
+        result
+    }
+}
+
+impl AsyncWrite for Activity {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        result
+    }
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let result = Pin::new(&mut self.inner).poll_write_vectored(cx, bufs);
+        if matches!(result, Poll::Ready(Ok(n)) if n > 0) {
+            self.touch();
+        }
+        result
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+async fn handle(
+    mirror: Arc<Server>,
+    peer: SocketAddr,
+    request: Request<hyper::body::Incoming>,
+) -> Response<LoggedBody> {
+    let started = Instant::now();
+    let method = request.method().clone();
+    let path = request.uri().path().to_string();
+    let query = request.uri().query().map(str::to_string);
+    let snapshot = mirror.snapshot();
+    let (parts, body) = request.into_parts();
+    let pulled = match &mirror.site {
+        Some(site) => {
+            pull::route(
+                site,
+                &method,
+                &path,
+                &parts.headers,
+                body,
+                &peer.to_string(),
+            )
+            .await
+        }
+        None => None,
+    };
+    let response = match pulled {
+        Some(response) => response,
+        None => mirror::route(&snapshot, &method, &path, query.as_deref(), &parts.headers).await,
+    };
+    let status = response.status();
+    let path = match &query {
+        Some(q) => format!("{path}?{q}"),
+        None => path,
+    };
+    response.map(|body| LoggedBody {
+        inner: body,
+        bytes: 0,
+        record: Some(LogRecord {
+            mirror,
+            peer,
+            method,
+            path,
+            status,
+            started,
+        }),
+    })
+}
+
+struct LogRecord {
+    mirror: Arc<Server>,
+    peer: SocketAddr,
+    method: Method,
+    path: String,
+    status: StatusCode,
+    started: Instant,
+}
+
+/// A response body that counts what it sent and writes the access-log line
+/// when it is done or dropped (a client that hangs up mid-blob included).
+pub struct LoggedBody {
+    inner: Body,
+    bytes: u64,
+    record: Option<LogRecord>,
+}
+
+impl http_body::Body for LoggedBody {
+    type Data = bytes::Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<Option<Result<http_body::Frame<Self::Data>, Self::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if let Poll::Ready(Some(Ok(frame))) = &polled {
+            if let Some(data) = frame.data_ref() {
+                self.bytes += data.len() as u64;
+            }
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+impl Drop for LoggedBody {
+    fn drop(&mut self) {
+        if let Some(r) = self.record.take() {
+            let line = serde_json::json!({
+                "client": r.peer.to_string(),
+                "method": r.method.as_str(),
+                "path": r.path,
+                "status": r.status.as_u16(),
+                "bytes": self.bytes,
+                "duration_ms": r.started.elapsed().as_secs_f64() * 1000.0,
+            });
+            if let Ok(mut log) = r.mirror.log.lock() {
+                let _ = writeln!(log, "{line}");
+                let _ = log.flush();
+            }
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = int.recv() => {}
+    }
+}
+
+fn set_send_buffer(stream: &tokio::net::TcpStream, bytes: usize) {
+    use std::os::unix::io::AsRawFd;
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a descriptor we own, with a c_int value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Each connection is a descriptor; the default soft limit (1024) is lower
+/// than the connection cap.
+fn raise_fd_limit(wanted: u64) {
+    // SAFETY: getrlimit/setrlimit on a zeroed struct we own.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && (limit.rlim_cur as u64) < wanted
+        {
+            limit.rlim_cur = (wanted as libc::rlim_t).min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
