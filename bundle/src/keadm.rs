@@ -1,5 +1,8 @@
 //! The `keadm join` and `keadm reset edge` flags of each KubeEdge version
-//! edgeferry supports, as plain data (research §1.1, §1.2, §2.5).
+//! edgeferry supports, as plain data, copied from the upstream sources
+//! (`AddJoinOtherFlags` in `keadm/cmd/keadm/app/cmd/edge/join_others.go`,
+//! and `reset edge`) and checked against the real
+//! v1.23.1 keadm's `--help`.
 //!
 //! Two users: the builder's stand-in keadm (`builder::sample`) parses
 //! command lines with them exactly as the real keadm would, and the
@@ -74,7 +77,7 @@ const fn flag(
 }
 
 /// Linux `keadm join` from v1.21 (which dropped `--with-mqtt`) to v1.23:
-/// `AddJoinOtherFlags` registers the same flags in each (research §1.1, §1.2).
+/// upstream's `AddJoinOtherFlags` registers the same flags in each.
 #[rustfmt::skip]
 const JOIN_FLAGS_V1_21_TO_V1_23: &[Flag] = &[
     flag("kubeedge-version", None, FlagKind::Str, "", "Use this key to download and use the required KubeEdge version"),
@@ -94,7 +97,7 @@ const JOIN_FLAGS_V1_21_TO_V1_23: &[Flag] = &[
     flag("post-run", None, FlagKind::Str, "", "Execute the postscript after joining the node. (for example: keadm join --post-run=./test-script.sh ...)"),
 ];
 
-/// `keadm reset edge`, the same from v1.20 on (research §2.5).
+/// `keadm reset edge`: the same flags in every version from v1.20 on.
 #[rustfmt::skip]
 const RESET_EDGE_FLAGS_V1_21_TO_V1_23: &[Flag] = &[
     flag("force", None, FlagKind::Bool, "false", "Reset the node without prompting for confirmation"),
@@ -118,8 +121,8 @@ const FLAG_TABLE: &[(u32, KeadmFlags)] = &[
 /// Join flags the stand-in keadm requires, sorted as cobra reports missing
 /// flags in name order. Real keadm requires only `--cloudcore-ipport`; the
 /// stand-in also requires `--kubeedge-version` because without it real
-/// keadm goes to the internet (https://kubeedge.io/latestversion, research
-/// §2.2), which an isolated site cannot reach.
+/// keadm asks the internet (https://kubeedge.io/latestversion) for the
+/// latest version, which an isolated site cannot reach.
 pub const JOIN_REQUIRED: &[&str] = &["cloudcore-ipport", "kubeedge-version"];
 
 /// The minor version of `vMAJOR.MINOR.PATCH[suffix]`, checking that the

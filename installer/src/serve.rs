@@ -88,7 +88,7 @@ pub fn serve(options: ServeOptions, config: &Config, out: &Printer) -> Result<()
             options.store.display()
         );
     }
-    raise_fd_limit(config.max_connections as u64 + 64);
+    crate::sys::raise_fd_limit(config.max_connections as u64 + 64);
     let log: Box<dyn Write + Send> = match &options.access_log {
         Some(path) => Box::new(
             std::fs::OpenOptions::new()
@@ -229,7 +229,7 @@ async fn run(listener: tokio::net::TcpListener, mirror: Arc<Server>, config: Con
             },
         };
         let _ = stream.set_nodelay(true);
-        set_send_buffer(&stream, config.send_buffer_bytes);
+        crate::sys::set_send_buffer(&stream, config.send_buffer_bytes);
         let mirror = Arc::clone(&mirror);
         let config = config.clone();
         let shutdown = shutdown_rx.clone();
@@ -473,34 +473,5 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
-    }
-}
-
-fn set_send_buffer(stream: &tokio::net::TcpStream, bytes: usize) {
-    use std::os::unix::io::AsRawFd;
-    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
-    // SAFETY: setsockopt on a descriptor we own, with a c_int value.
-    unsafe {
-        libc::setsockopt(
-            stream.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_SNDBUF,
-            (&value as *const libc::c_int).cast(),
-            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
-        );
-    }
-}
-
-/// Each connection is a descriptor; the default soft limit (1024) is lower
-/// than the connection cap.
-fn raise_fd_limit(wanted: u64) {
-    // SAFETY: getrlimit/setrlimit on a zeroed struct we own.
-    unsafe {
-        let mut limit: libc::rlimit = std::mem::zeroed();
-        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && (limit.rlim_cur as u64) < wanted
-        {
-            limit.rlim_cur = (wanted as libc::rlim_t).min(limit.rlim_max);
-            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
-        }
     }
 }

@@ -98,3 +98,85 @@ pub fn start_writeback(file: &File) {
         libc::sync_file_range(file.as_raw_fd(), 0, 0, libc::SYNC_FILE_RANGE_WRITE);
     }
 }
+
+/// A read-only shared mapping of a whole file, unmapped on drop. The
+/// mirror serves blob bodies from it without copying them.
+pub struct Mapping {
+    address: *mut libc::c_void,
+    len: usize,
+}
+
+// SAFETY: the mapping is read-only and never changes while it exists.
+unsafe impl Send for Mapping {}
+// SAFETY: as above; shared reads of immutable memory.
+unsafe impl Sync for Mapping {}
+
+impl Mapping {
+    /// Maps the first `len` (> 0) bytes of `file`; `None` if mmap fails.
+    /// The caller promises nobody truncates or rewrites the file while the
+    /// mapping lives (store files are written once and renamed into place).
+    pub fn of(file: &File, len: usize) -> Option<Mapping> {
+        // SAFETY: a fresh read-only shared mapping of an open descriptor.
+        let address = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_SHARED,
+                file.as_raw_fd(),
+                0,
+            )
+        };
+        if address == libc::MAP_FAILED {
+            return None;
+        }
+        // SAFETY: advice on our own mapping; clients mostly read front to back.
+        unsafe {
+            libc::madvise(address, len, libc::MADV_SEQUENTIAL);
+        }
+        Some(Mapping { address, len })
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        // SAFETY: the mapping is valid for len bytes while self lives.
+        unsafe { std::slice::from_raw_parts(self.address as *const u8, self.len) }
+    }
+}
+
+impl Drop for Mapping {
+    fn drop(&mut self) {
+        // SAFETY: address and len are what mmap returned.
+        unsafe {
+            libc::munmap(self.address, self.len);
+        }
+    }
+}
+
+/// A socket's send buffer: bounds what one slow client holds in the kernel.
+pub fn set_send_buffer(stream: &impl AsRawFd, bytes: usize) {
+    let value = libc::c_int::try_from(bytes).unwrap_or(libc::c_int::MAX);
+    // SAFETY: setsockopt on a descriptor the caller owns, with a c_int value.
+    unsafe {
+        libc::setsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_SNDBUF,
+            (&value as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        );
+    }
+}
+
+/// Each connection is a descriptor; the default soft limit (1024) is lower
+/// than the connection cap.
+pub fn raise_fd_limit(wanted: u64) {
+    // SAFETY: getrlimit/setrlimit on a zeroed struct we own.
+    unsafe {
+        let mut limit: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && (limit.rlim_cur as u64) < wanted
+        {
+            limit.rlim_cur = (wanted as libc::rlim_t).min(limit.rlim_max);
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}

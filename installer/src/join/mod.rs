@@ -282,10 +282,11 @@ fn batch(
         .context("cannot start the async runtime")?;
     let ctx2 = ctx.clone();
     let mut outcomes = runtime.block_on(async move {
+        let out = *out;
         tokio::spawn(async move {
             if tokio::signal::ctrl_c().await.is_ok() {
-                eprintln!(
-                    "interrupted: stopping; the journal stays consistent and --resume continues"
+                out.warn(
+                    "interrupted: stopping; the journal stays consistent and --resume continues",
                 );
                 let _ = cancel_tx.send(true);
             }

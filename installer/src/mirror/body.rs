@@ -8,8 +8,8 @@
 //! blocking-pool hop per chunk. Each file is mapped once however many
 //! clients are pulling it. Manifests are served from memory.
 
+use crate::sys::Mapping;
 use std::collections::HashMap;
-use std::os::unix::io::AsRawFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -185,32 +185,12 @@ fn parse_range(value: &HeaderValue, len: u64) -> RangeSpec {
     }
 }
 
-/// A read-only shared mapping of a whole store file, unmapped when the last
-/// `Bytes` pointing into it is dropped.
-struct Mapping {
-    address: *mut libc::c_void,
-    len: usize,
-}
-
-// SAFETY: the mapping is read-only and never changes while it exists.
-unsafe impl Send for Mapping {}
-unsafe impl Sync for Mapping {}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        // SAFETY: address and len are what mmap returned.
-        unsafe {
-            libc::munmap(self.address, self.len);
-        }
-    }
-}
-
+/// Lets `Bytes` own one shared mapping.
 struct Shared(Arc<Mapping>);
 
 impl AsRef<[u8]> for Shared {
     fn as_ref(&self) -> &[u8] {
-        // SAFETY: the mapping is valid for len bytes while the Arc lives.
-        unsafe { std::slice::from_raw_parts(self.0.address as *const u8, self.0.len) }
+        self.0.bytes()
     }
 }
 
@@ -230,26 +210,8 @@ fn map_file(path: &Path) -> Option<Bytes> {
     if len == 0 {
         return Some(Bytes::new());
     }
-    // SAFETY: a fresh read-only shared mapping of an open file; store files
-    // are never truncated or rewritten, so the pages stay valid.
-    let address = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ,
-            libc::MAP_SHARED,
-            file.as_raw_fd(),
-            0,
-        )
-    };
-    if address == libc::MAP_FAILED {
-        return None;
-    }
-    // SAFETY: advice on our own mapping; clients mostly read front to back.
-    unsafe {
-        libc::madvise(address, len, libc::MADV_SEQUENTIAL);
-    }
-    let mapping = Arc::new(Mapping { address, len });
+    // Store files are never truncated or rewritten, so the pages stay valid.
+    let mapping = Arc::new(Mapping::of(&file, len)?);
     cache.retain(|_, weak| weak.strong_count() > 0);
     cache.insert(path.to_path_buf(), Arc::downgrade(&mapping));
     Some(Bytes::from_owner(Shared(mapping)))
