@@ -8,6 +8,8 @@ mod bench_mirror;
 mod bench_verify;
 mod ci;
 mod demo;
+#[cfg(test)]
+mod tidy;
 mod util;
 
 use std::process::ExitCode;
