@@ -30,6 +30,14 @@ fn rust_files(dir: &str) -> Vec<PathBuf> {
     out
 }
 
+/// [`rust_files`] without one file.
+fn rust_files_but(dir: &str, but: &str) -> Vec<PathBuf> {
+    rust_files(dir)
+        .into_iter()
+        .filter(|f| !f.ends_with(but))
+        .collect()
+}
+
 fn relative(path: &Path) -> String {
     path.strip_prefix(root())
         .unwrap_or(path)
@@ -63,7 +71,12 @@ fn mirror_knows_neither_joining_nor_serving() {
         "installer/src/mirror/ serves the store; it imports nothing of join/, pull/ or serve",
         lines_with(
             &rust_files("installer/src/mirror"),
-            &["crate::join", "crate::pull", "crate::serve", "crate::status"],
+            &[
+                "crate::join",
+                "crate::pull",
+                "crate::serve",
+                "crate::status",
+            ],
         ),
     );
 }
@@ -74,7 +87,13 @@ fn node_is_below_the_ways_of_reaching_a_node() {
         "installer/src/node/ is what join/, pull/ and serve stand on; it imports none of them",
         lines_with(
             &rust_files("installer/src/node"),
-            &["crate::join", "crate::pull", "crate::serve", "crate::mirror", "crate::status"],
+            &[
+                "crate::join",
+                "crate::pull",
+                "crate::serve",
+                "crate::mirror",
+                "crate::status",
+            ],
         ),
     );
 }
@@ -85,17 +104,17 @@ fn join_and_pull_are_peers() {
         "join/ (SSH) and pull/ (/join.sh) share node/, not each other",
         lines_with(&rust_files("installer/src/join"), &["crate::pull"])
             .into_iter()
-            .chain(lines_with(&rust_files("installer/src/pull"), &["crate::join"]))
+            .chain(lines_with(
+                &rust_files("installer/src/pull"),
+                &["crate::join"],
+            ))
             .collect(),
     );
 }
 
 #[test]
 fn only_sys_calls_libc_in_the_installer() {
-    let files: Vec<PathBuf> = rust_files("installer/src")
-        .into_iter()
-        .filter(|f| !f.ends_with("installer/src/sys.rs"))
-        .collect();
+    let files = rust_files_but("installer/src", "installer/src/sys.rs");
     assert_none(
         "installer: only sys.rs calls libc (each call behind a safe function)",
         lines_with(&files, &["libc::", "unsafe {", "unsafe impl", "unsafe fn"]),
@@ -104,15 +123,18 @@ fn only_sys_calls_libc_in_the_installer() {
 
 #[test]
 fn only_the_printer_talks_to_the_terminal() {
-    let files: Vec<PathBuf> = rust_files("installer/src")
-        .into_iter()
-        .filter(|f| !f.ends_with("installer/src/printer.rs"))
-        .collect();
+    let files = rust_files_but("installer/src", "installer/src/printer.rs");
     assert_none(
         "installer: output goes through printer.rs (stdout for data, --quiet, progress, node text)",
         lines_with(
             &files,
-            &["println!", "eprintln!", "print!(", "eprint!(", ".is_terminal()"],
+            &[
+                "println!",
+                "eprintln!",
+                "print!(",
+                "eprint!(",
+                ".is_terminal()",
+            ],
         ),
     );
 }
@@ -131,7 +153,13 @@ fn crates_without_unsafe_forbid_it() {
 #[test]
 fn every_unsafe_block_says_why_it_is_sound() {
     let mut hits = Vec::new();
-    for dir in ["installer/src", "tests", "xtask/src", "bundle/src", "builder/src"] {
+    for dir in [
+        "installer/src",
+        "tests",
+        "xtask/src",
+        "bundle/src",
+        "builder/src",
+    ] {
         for file in rust_files(dir) {
             if file.ends_with("xtask/src/tidy.rs") {
                 continue;
@@ -212,7 +240,8 @@ fn every_declared_dependency_is_used() {
             .collect();
         for dep in dependencies(&format!("{krate}/Cargo.toml")) {
             let path = dep.replace('-', "_");
-            if !sources.contains(&format!("{path}::")) && !sources.contains(&format!("use {path}")) {
+            if !sources.contains(&format!("{path}::")) && !sources.contains(&format!("use {path}"))
+            {
                 unused.push(format!("{krate}/Cargo.toml: {dep}"));
             }
         }
@@ -222,16 +251,25 @@ fn every_declared_dependency_is_used() {
 
 #[test]
 fn comments_stand_on_their_own() {
-    let files: Vec<PathBuf> = ["bundle/src", "builder/src", "installer/src", "tests", "xtask/src"]
-        .iter()
-        .flat_map(|d| rust_files(d))
-        .filter(|f| !f.ends_with("xtask/src/tidy.rs"))
-        .collect();
+    let files: Vec<PathBuf> = [
+        "bundle/src",
+        "builder/src",
+        "installer/src",
+        "tests",
+        "xtask/src",
+    ]
+    .iter()
+    .flat_map(|d| rust_files(d))
+    .filter(|f| !f.ends_with("xtask/src/tidy.rs"))
+    .collect();
     let mut hits = Vec::new();
     for file in &files {
         let text = fs::read_to_string(file).unwrap();
         for (i, line) in text.lines().enumerate() {
-            if line.contains("research §") || line.contains("research/") || line.contains("(research ") {
+            if line.contains("research §")
+                || line.contains("research/")
+                || line.contains("(research ")
+            {
                 hits.push(format!("{}:{}: {}", relative(file), i + 1, line.trim()));
             }
         }
@@ -261,5 +299,8 @@ fn architecture_md_names_every_installer_module() {
             missing.push(format!("installer/src/{rel} (as {name})"));
         }
     }
-    assert_none("ARCHITECTURE.md's map names every installer module", missing);
+    assert_none(
+        "ARCHITECTURE.md's map names every installer module",
+        missing,
+    );
 }

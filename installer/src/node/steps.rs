@@ -83,7 +83,7 @@ impl Step {
     }
 
     pub fn from_name(name: &str) -> Option<Step> {
-        ALL_STEPS.iter().copied().find(|s| s.name() == name)
+        all_steps().find(|s| s.name() == name)
     }
 
     /// Runs keadm, whose own timeout is enforced on the node by `timeout`.
@@ -109,16 +109,6 @@ impl Step {
     }
 }
 
-pub const ALL_STEPS: [Step; 7] = [
-    Step::Connect,
-    Step::Preflight,
-    Step::Containerd,
-    Step::Fetch,
-    Step::KeadmJoin,
-    Step::Postcheck,
-    Step::KeadmReset,
-];
-
 /// The steps of an action, in order.
 pub fn steps(action: Action) -> &'static [Step] {
     match action {
@@ -132,6 +122,14 @@ pub fn steps(action: Action) -> &'static [Step] {
         ],
         Action::Reset => &[Step::Connect, Step::Fetch, Step::KeadmReset],
     }
+}
+
+/// Every step of every action, once each, in order.
+pub fn all_steps() -> impl Iterator<Item = Step> {
+    let join = steps(Action::Join);
+    join.iter()
+        .chain(steps(Action::Reset).iter().filter(|s| !join.contains(s)))
+        .copied()
 }
 
 /// The steps of an action that run sh on the node: all but connecting,
@@ -157,7 +155,7 @@ pub fn report_step_names() -> Vec<&'static str> {
 
 /// "connect, preflight, …": for messages that list the valid names.
 pub fn all_names() -> String {
-    ALL_STEPS.map(Step::name).join(", ")
+    all_steps().map(Step::name).collect::<Vec<_>>().join(", ")
 }
 
 /// Everything any step's sh is made from, for one node (or, in pull mode,
@@ -193,13 +191,103 @@ pub fn script(step: Step, input: &StepInput) -> Option<String> {
     })
 }
 
+/// A made-up site for unit tests of the sh and of `/join.sh`.
+#[cfg(test)]
+pub mod fixture {
+    use super::*;
+
+    pub struct Site {
+        pub keadm: Vec<KeadmAsset>,
+        pub hosts: Vec<HostsFile>,
+        pub join_args: Vec<String>,
+    }
+
+    pub fn site() -> Site {
+        Site {
+            keadm: vec![KeadmAsset {
+                arch: "amd64".into(),
+                file: "keadm-v1.23.1-linux-amd64.tar.gz".into(),
+                sha256: "ab".repeat(32),
+                size: 1,
+            }],
+            hosts: super::super::hosts::hosts_files(
+                "10.0.0.5:5000",
+                &["docker.io".to_string()].into_iter().collect(),
+            ),
+            join_args: script::join_args(
+                "v1.23.1",
+                "10.0.0.2:10000",
+                Some("n1"),
+                Some("tok"),
+                &BTreeMap::new(),
+            ),
+        }
+    }
+
+    impl Site {
+        pub fn input(&self, inline_args: bool) -> StepInput<'_> {
+            StepInput {
+                version: "v1.23.1",
+                mirror: "10.0.0.5:5000",
+                keadm: &self.keadm,
+                hosts: &self.hosts,
+                preflight: PreflightParams {
+                    store_arches: vec!["amd64".into()],
+                    cri_socket: "/run/containerd/containerd.sock".into(),
+                    mirror: "10.0.0.5:5000",
+                    cloud_host: "10.0.0.2",
+                    cloud_ports: vec![10000, 10002],
+                    min_free_mib: 512,
+                },
+                join_args: if inline_args {
+                    JoinArgs::Inline(&self.join_args)
+                } else {
+                    JoinArgs::FromFile
+                },
+                reset_args: &[],
+                keadm_join_timeout: Duration::from_secs(300),
+                keadm_reset_timeout: Duration::from_secs(60),
+            }
+        }
+    }
+}
+
+/// Fails the test with sh's complaint when `text` is not valid sh.
+#[cfg(test)]
+pub fn assert_valid_sh(text: &str) {
+    let out = std::process::Command::new("sh")
+        .arg("-n")
+        .arg("-c")
+        .arg(text)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{text}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
+    fn every_step_but_connect_is_valid_sh_either_way_its_arguments_come() {
+        let site = fixture::site();
+        for inline in [true, false] {
+            for step in all_steps() {
+                match script(step, &site.input(inline)) {
+                    Some(sh) => assert_valid_sh(&sh),
+                    None => assert_eq!(step, Step::Connect),
+                }
+            }
+        }
+    }
+
+    #[test]
     fn names_round_trip_and_every_step_belongs_to_an_action() {
-        for step in ALL_STEPS {
+        for step in all_steps() {
             assert_eq!(Step::from_name(step.name()), Some(step));
             assert!(
                 steps(Action::Join).contains(&step) || steps(Action::Reset).contains(&step),

@@ -128,50 +128,13 @@ echo "edgeferry join.sh: $node joined"
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::node::script::{JoinArgs, KeadmAsset, PreflightParams};
-    use std::time::Duration;
+    use crate::node::steps::{assert_valid_sh, fixture};
 
     #[test]
     fn join_script_is_valid_sh_and_holds_no_secret_parameters() {
-        let keadm = vec![KeadmAsset {
-            arch: "amd64".into(),
-            file: "keadm-v1.23.1-linux-amd64.tar.gz".into(),
-            sha256: "ab".repeat(32),
-            size: 1,
-        }];
-        let hosts = crate::node::hosts::hosts_files(
-            "10.0.0.5:5000",
-            &["docker.io".to_string()].into_iter().collect(),
-        );
-        let text = render(&StepInput {
-            version: "v1.23.1",
-            mirror: "10.0.0.5:5000",
-            keadm: &keadm,
-            hosts: &hosts,
-            preflight: PreflightParams {
-                store_arches: vec!["amd64".into()],
-                cri_socket: "/run/containerd/containerd.sock".into(),
-                mirror: "10.0.0.5:5000",
-                cloud_host: "10.0.0.2",
-                cloud_ports: vec![10000, 10002],
-                min_free_mib: 512,
-            },
-            join_args: JoinArgs::FromFile,
-            reset_args: &[],
-            keadm_join_timeout: Duration::from_secs(300),
-            keadm_reset_timeout: Duration::from_secs(60),
-        });
-        let out = std::process::Command::new("sh")
-            .arg("-n")
-            .arg("-c")
-            .arg(&text)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        let site = fixture::site();
+        let text = render(&site.input(false));
+        assert_valid_sh(&text);
         assert!(
             text.contains(&"ab".repeat(32)),
             "the keadm sha256 is pinned in the script"
