@@ -3,18 +3,20 @@
 //! (local sources, the registry client, the layout it packs, the sample
 //! images) and the installer (the store's own indexes).
 //!
-//! Our own types rather than the `oci-spec` crate, for three reasons:
+//! Our own types rather than the `oci-spec` crate (which was declared but
+//! never used), for three reasons:
 //! - Upstream indexes and manifests are never re-encoded: their exact bytes
 //!   are stored and served, so their digests stay valid. We only *read* a
-//!   few fields of them (media type, descriptors, platform), and ignore the
-//!   rest, which `oci-spec`'s complete, validating types would reject or
-//!   normalise (Docker schema 2 lists, empty platforms, `null` fields).
+//!   few fields of them (media types, descriptors, platforms) and ignore
+//!   the rest; `oci-spec`'s complete, validating types would refuse
+//!   documents we accept today (a descriptor without a `mediaType`, a
+//!   config without a platform) for fields we never look at.
 //! - What we *write* must keep its bytes from release to release (bundle
-//!   ids, digests of synthesized manifests and store indexes depend on
-//!   them), so the field order and the omitted fields are ours to fix here;
-//!   a dependency upgrade must not change them.
-//! - The subset is small: a few dozen lines, against a crate with builders
-//!   and getters for the whole specification.
+//!   ids, the digests of synthesized manifests and of store indexes depend
+//!   on them), so the field order and the omitted fields are fixed here,
+//!   not by a dependency's next version.
+//! - The subset is small: a few structs, against a crate with builders and
+//!   getters for the whole specification.
 //!
 //! Reading is lenient (unknown fields ignored, missing ones defaulted);
 //! writing emits fields in the order the structs list them and skips
