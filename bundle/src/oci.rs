@@ -326,4 +326,38 @@ mod tests {
         .unwrap();
         assert_eq!(config.architecture, "arm64");
     }
+
+    /// The installer writes its indexes through a `serde_json::Value`
+    /// (sorted keys), which gives the bytes its `json!` literals gave.
+    #[test]
+    fn through_a_value_keys_are_sorted_as_json_literals_had_them() {
+        let mut d = Descriptor::new(MEDIA_OCI_MANIFEST, "sha256:ab", 3);
+        d.platform = Some(Platform::parse("linux/arm/v7"));
+        let index = Index {
+            schema_version: 2,
+            media_type: Some(MEDIA_OCI_INDEX.into()),
+            manifests: vec![d],
+            annotations: Some(BTreeMap::from([("k".into(), "v".into())])),
+        };
+        let literal = serde_json::json!({
+            "schemaVersion": 2,
+            "mediaType": MEDIA_OCI_INDEX,
+            "manifests": [{
+                "mediaType": MEDIA_OCI_MANIFEST,
+                "digest": "sha256:ab",
+                "size": 3,
+                "platform": {"architecture": "arm", "os": "linux", "variant": "v7"},
+            }],
+            "annotations": {"k": "v"},
+        });
+        let typed = serde_json::to_value(&index).unwrap();
+        assert_eq!(
+            serde_json::to_vec(&typed).unwrap(),
+            serde_json::to_vec(&literal).unwrap()
+        );
+        assert_eq!(
+            serde_json::to_vec_pretty(&typed).unwrap(),
+            serde_json::to_vec_pretty(&literal).unwrap()
+        );
+    }
 }
