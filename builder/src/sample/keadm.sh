@@ -391,8 +391,8 @@ yaml_str() {
 	fi
 }
 
-# The fields `keadm join` sets (research §1.1), not the full default
-# configuration of the real edgecore.
+# The fields the real `keadm join` sets from its flags, not the full
+# default configuration of the real edgecore.
 write_edgecore_yaml() {
 	if [ "$opt_hub_protocol" = quic ]; then
 		websocket_enable=false websocket_server=$host:10000
@@ -480,7 +480,7 @@ do_join() {
 	case $wait_limit in
 	'' | *[!0-9]*) fail "EDGEFERRY_STANDIN_WAIT=$wait_limit is not a whole number of seconds" ;;
 	esac
-	# util.EdgeSet and reference.ParseAnyReference (research §2.3): the
+	# As keadm's util.EdgeSet and reference.ParseAnyReference do it: the
 	# repository replaces the first path component, and a first component
 	# with a dot or a colon, or localhost, names the registry.
 	ref=kubeedge/installation-package
