@@ -439,6 +439,10 @@ fn print_plan(plan: &plan::Plan) {
     for i in &plan.images {
         println!("  {} ({})", i.reference, i.role);
     }
+    println!("steps:");
+    for (n, step) in plan.steps.iter().enumerate() {
+        println!("  {}. {step}", n + 1);
+    }
 }
 
 fn keygen(args: KeygenArgs) -> Result<()> {

@@ -235,6 +235,25 @@ fn steps(
     steps
 }
 
+impl std::fmt::Display for Step {
+    /// One line for `--dry-run`.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Step::WriteSample => write!(f, "write the SAMPLE artifacts to a temp dir"),
+            Step::ReadDir { dir } => write!(f, "read artifacts from {}", dir.display()),
+            Step::FetchFile {
+                url, checksum_url, ..
+            } => write!(f, "fetch {url}, checked against {checksum_url}"),
+            Step::FetchImage { reference } => write!(f, "fetch image {reference}"),
+            Step::CheckFile { name, checksum, .. } => {
+                write!(f, "check files/{name} against {checksum}")
+            }
+            Step::ResolveImage { reference } => write!(f, "resolve image {reference}"),
+            Step::Pack { out_file } => write!(f, "pack and sign {}", out_file.display()),
+        }
+    }
+}
+
 impl Plan {
     pub fn out_dir(&self) -> &Path {
         self.out_file.parent().unwrap_or(Path::new("."))
