@@ -234,12 +234,9 @@ impl ManifestDoc {
 pub struct ImageConfig {
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub created: Option<String>,
-    #[serde(default)]
-    pub architecture: String,
-    #[serde(default)]
-    pub os: String,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub variant: Option<String>,
+    /// `architecture`, `os` and `variant`, at the top level of the config.
+    #[serde(flatten)]
+    pub platform: Platform,
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
     pub config: Option<RunConfig>,
     #[serde(skip_deserializing, skip_serializing_if = "Option::is_none")]
@@ -324,7 +321,7 @@ mod tests {
             r#"{"architecture":"arm64","os":"linux","config":{"Cmd":null},"rootfs":{}}"#,
         )
         .unwrap();
-        assert_eq!(config.architecture, "arm64");
+        assert_eq!(config.platform.to_string(), "linux/arm64");
     }
 
     /// The installer writes its indexes through a `serde_json::Value`

@@ -88,18 +88,15 @@ pub(crate) fn available_platforms(entries: &[Descriptor]) -> String {
 /// For a single-platform image: `Ok` when its config suits `arch`, else the
 /// platform it has instead, for an error message.
 pub(crate) fn check_config(config: &ImageConfig, arch: Arch) -> Result<(), String> {
-    let variant = config.variant.as_deref();
-    if platform_rank(&config.os, &config.architecture, variant, arch).is_some() {
+    let p = &config.platform;
+    let variant = p.variant.as_deref();
+    if platform_rank(&p.os, &p.architecture, variant, arch).is_some() {
         return Ok(());
     }
-    Err(if config.architecture.is_empty() {
+    Err(if p.architecture.is_empty() {
         "no platforms".to_string()
     } else {
-        let os = if config.os.is_empty() {
-            "unknown"
-        } else {
-            &config.os
-        };
-        platform_string(os, &config.architecture, variant)
+        let os = if p.os.is_empty() { "unknown" } else { &p.os };
+        platform_string(os, &p.architecture, variant)
     })
 }

@@ -156,9 +156,7 @@ pub(super) fn write_image(
         let layer = blobs.put(MEDIA_OCI_LAYER_GZIP, &gzip(&layer_tar)?)?;
         let config = ImageConfig {
             created: Some(rfc3339_utc(MTIME)),
-            architecture: platform.architecture.clone(),
-            os: platform.os.clone(),
-            variant: platform.variant.clone(),
+            platform: platform.clone(),
             config: Some(run_config(image, arch)),
             rootfs: Some(RootFs {
                 kind: "layers".to_string(),
