@@ -136,7 +136,7 @@ pub struct OnlineArgs {
     /// Online: pull images of REGISTRY from URL instead, e.g.
     /// docker.io=http://127.0.0.1:5000 (repeatable)
     #[arg(long = "registry-mirror", value_name = "REGISTRY=URL", value_parser = crate::fetch::parse_mirror, conflicts_with_all = ["from", "sample"])]
-    pub registry_mirrors: Vec<crate::fetch::Mirror>,
+    pub registry_mirrors: Vec<crate::plan::Mirror>,
     /// Online: download cache, content-addressed and shared by all builds
     /// [default: $XDG_CACHE_HOME/edgeferry or ~/.cache/edgeferry]
     #[arg(long, value_name = "DIR", conflicts_with_all = ["from", "sample"])]
@@ -196,7 +196,7 @@ fn bundle(args: BundleArgs) -> Result<()> {
         origin: match (args.from, args.sample) {
             (Some(dir), _) => Origin::Dir(dir),
             (None, true) => Origin::Sample,
-            (None, false) => Origin::Online(crate::fetch::Online {
+            (None, false) => Origin::Online(crate::plan::Online {
                 release_base_url: args
                     .online
                     .release_base_url
@@ -438,6 +438,10 @@ fn print_plan(plan: &plan::Plan) {
     println!("images for linux/{}:", plan.arch);
     for i in &plan.images {
         println!("  {} ({})", i.reference, i.role);
+    }
+    println!("steps:");
+    for (n, step) in plan.steps.iter().enumerate() {
+        println!("  {}. {step}", n + 1);
     }
 }
 

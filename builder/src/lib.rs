@@ -1,7 +1,11 @@
 //! The connected side: gather what one KubeEdge version needs for one arch
-//! and pack it into a signed bundle. `plan` decides, `build` acts, `cli` is
-//! the command line shared by `cargo xtask bundle` and `edgeferry-builder`;
-//! `fetch` is the online origin (release assets and registries).
+//! and pack it into a signed bundle. `plan` decides (plain data, every step
+//! listed), `build` carries out the steps, `cli` is the command line shared
+//! by `cargo xtask bundle` and `edgeferry-builder`; `fetch` is the online
+//! origin (release assets and registries), `oci` the local image sources,
+//! `release` the release-asset checks, `sample` the built-in stand-ins.
+//! Imports go one way: `cli` → `build` → {`fetch`, `oci`, `release`,
+//! `sample`} → `plan` → `manifests`; nothing imports `build` or `cli`.
 
 pub mod build;
 pub mod cli;
@@ -9,4 +13,5 @@ pub mod fetch;
 pub mod manifests;
 pub mod oci;
 pub mod plan;
+pub mod release;
 pub mod sample;

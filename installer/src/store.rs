@@ -30,8 +30,8 @@ use crate::config::Config;
 use crate::sys;
 
 pub const STATE_FILE: &str = "state.json";
-pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const REF_ANNOTATION: &str = "org.opencontainers.image.ref.name";
+pub use edgeferry_bundle::oci::MEDIA_OCI_INDEX;
+use edgeferry_bundle::oci::{Descriptor, Index, Platform, ANNOTATION_REF_NAME as REF_ANNOTATION};
 
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -453,29 +453,23 @@ impl<'a> Loader<'a> {
         }
         let mut manifests = Vec::new();
         for (platform, digest) in &record.platforms {
-            let mut parts = platform.split('/');
-            let os = parts.next().unwrap_or_default();
-            let architecture = parts.next().unwrap_or_default();
-            let variant = parts.next();
-            let mut platform = serde_json::json!({"architecture": architecture, "os": os});
-            if let Some(variant) = variant {
-                platform["variant"] = variant.into();
-            }
             let info = &next.manifests[digest];
-            manifests.push(serde_json::json!({
-                "mediaType": info.media_type,
-                "digest": digest,
-                "size": info.size,
-                "platform": platform,
-            }));
+            let mut descriptor = Descriptor::new(&info.media_type, digest, info.size);
+            descriptor.platform = Some(Platform::parse(platform));
+            manifests.push(descriptor);
         }
-        let index = serde_json::json!({
-            "schemaVersion": 2,
-            "mediaType": MEDIA_OCI_INDEX,
-            "manifests": manifests,
-            "annotations": {"io.edgeferry.merged": "platforms present in this store"},
-        });
-        let bytes = serde_json::to_vec(&index)?;
+        let index = Index {
+            schema_version: 2,
+            media_type: Some(MEDIA_OCI_INDEX.to_string()),
+            manifests,
+            annotations: Some(BTreeMap::from([(
+                "io.edgeferry.merged".to_string(),
+                "platforms present in this store".to_string(),
+            )])),
+        };
+        // Through a Value, whose keys are sorted: the bytes (and digests)
+        // of indexes made by earlier releases stay the same.
+        let bytes = serde_json::to_vec(&serde_json::to_value(&index)?)?;
         let digest = format!("sha256:{}", edgeferry_bundle::hashing::sha256_hex(&bytes));
         Ok((digest, MEDIA_OCI_INDEX.to_string(), Some(bytes)))
     }
@@ -615,24 +609,28 @@ fn write_small(path: &Path, bytes: &[u8]) -> Result<()> {
 /// The store's own `index.json`: one descriptor per image reference, so
 /// `skopeo inspect oci:<store>:<reference>` works on the store itself.
 fn layout_index(state: &State) -> Vec<u8> {
-    let manifests: Vec<serde_json::Value> = state
+    let manifests = state
         .images
         .iter()
         .map(|(reference, image)| {
-            serde_json::json!({
-                "mediaType": image.media_type,
-                "digest": image.digest,
-                "size": state.manifests[&image.digest].size,
-                "annotations": {REF_ANNOTATION: reference},
-            })
+            let size = state.manifests[&image.digest].size;
+            let mut descriptor = Descriptor::new(&image.media_type, &image.digest, size);
+            descriptor.annotations = Some(BTreeMap::from([(
+                REF_ANNOTATION.to_string(),
+                reference.clone(),
+            )]));
+            descriptor
         })
         .collect();
-    let mut bytes = serde_json::to_vec_pretty(&serde_json::json!({
-        "schemaVersion": 2,
-        "mediaType": MEDIA_OCI_INDEX,
-        "manifests": manifests,
-    }))
-    .expect("index serialises");
+    let index = Index {
+        schema_version: 2,
+        media_type: Some(MEDIA_OCI_INDEX.to_string()),
+        manifests,
+        annotations: None,
+    };
+    // Through a Value, whose keys are sorted, as this file has always been.
+    let value = serde_json::to_value(&index).expect("index serialises");
+    let mut bytes = serde_json::to_vec_pretty(&value).expect("index serialises");
     bytes.push(b'\n');
     bytes
 }

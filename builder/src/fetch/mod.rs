@@ -1,13 +1,15 @@
-//! The online origin: fetch what `manifests/` lists for one version and
-//! arch (release assets over HTTPS, images over the OCI distribution
-//! protocol) into a content-addressed cache, and hand `build` the same
-//! types the local sources give: asset paths for
-//! [`crate::build::check_release_asset`] and [`crate::oci::ResolvedImage`]s
-//! whose blobs are files in the cache. A bundle built online is therefore
-//! byte-identical to one built `--from` a directory with the same content.
+//! The online origin: carry out the plan's fetch steps
+//! ([`Step::FetchFile`], [`Step::FetchImage`]: release assets over HTTPS,
+//! images over the OCI distribution protocol) into a content-addressed
+//! cache, and hand `build` the same types the local sources give: asset
+//! paths for [`crate::release::check_release_asset`] and
+//! [`crate::oci::ResolvedImage`]s whose blobs are files in the cache. A
+//! bundle built online is therefore byte-identical to one built `--from` a
+//! directory with the same content.
 //!
-//! Release assets are fetched first (they are small and fail fast), then
-//! images in plan order; downloads run one at a time.
+//! The plan lists release assets first (they are small and fail fast), then
+//! images; downloads run one at a time, in that order, sharing one HTTP
+//! client and one set of registry tokens.
 
 pub mod cache;
 #[cfg(test)]
@@ -17,13 +19,12 @@ pub mod registry;
 pub mod release;
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use anyhow::Result;
 use serde::Serialize;
 
 use crate::oci::ResolvedImage;
-use crate::plan::Plan;
+use crate::plan::{Online, Plan, Step};
 
 pub use registry::parse_mirror;
 pub use release::FetchedFile;
@@ -31,33 +32,20 @@ pub use release::FetchedFile;
 /// Upstream KubeEdge release assets.
 pub const DEFAULT_RELEASE_BASE_URL: &str = "https://github.com/kubeedge/kubeedge/releases/download";
 
-/// `--registry-mirror REGISTRY=URL`: fetch images of REGISTRY from URL.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-pub struct Mirror {
-    /// As it appears in normalized references: `docker.io`, `registry.k8s.io`.
-    pub registry: String,
-    /// `http(s)://host[:port][/prefix]`, without a trailing slash.
-    pub url: String,
-}
-
-/// Where and how the online origin fetches. Plain data: `--dry-run --json`
-/// prints it. Credentials are read from `docker_config` only when needed
-/// and are never part of this.
-#[derive(Clone, Debug, Serialize)]
-pub struct Online {
-    pub release_base_url: String,
-    pub registry_mirrors: Vec<Mirror>,
-    pub cache: PathBuf,
-    /// The docker `config.json` whose `auths` are used, if there is one.
-    pub docker_config: Option<PathBuf>,
-}
-
 /// Everything the plan needs, in the cache.
 pub struct Fetched {
     /// By planned file name; an optional asset the release lacks is absent.
     pub files: BTreeMap<String, FetchedFile>,
     /// In plan order.
     pub images: Vec<ResolvedImage>,
+}
+
+/// The references of the plan's [`Step::FetchImage`]s, in plan order.
+fn image_steps(plan: &Plan) -> impl Iterator<Item = &str> {
+    plan.steps.iter().filter_map(|step| match step {
+        Step::FetchImage { reference } => Some(reference.as_str()),
+        _ => None,
+    })
 }
 
 /// What `--dry-run` prints for the online origin.
@@ -75,18 +63,16 @@ fn client(bars: bool) -> http::Http {
     http::Http::new(http::Timeouts::default(), http::Retry::default(), bars)
 }
 
-/// Fetches (or takes from the cache) everything `plan` lists. `bars`: one
-/// progress bar per download on stderr.
+/// Runs every fetch step of `plan`, each fetching into (or taking from)
+/// the cache. `bars`: one progress bar per download on stderr.
 pub fn fetch(plan: &Plan, online: &Online, bars: bool) -> Result<Fetched> {
     let http = client(bars);
     let cache = cache::Cache::at(&online.cache);
-    let files = release::fetch(&http, &cache, &online.release_base_url, plan)?;
+    let files = release::fetch(&http, &cache, plan)?;
     let config = registry::DockerConfig::load(online.docker_config.as_deref())?;
     let registry = registry::Registry::new(&http, &cache, &online.registry_mirrors, config);
-    let images = plan
-        .images
-        .iter()
-        .map(|image| registry.fetch(&image.reference, plan.arch))
+    let images = image_steps(plan)
+        .map(|reference| registry.fetch(reference, plan.arch))
         .collect::<Result<Vec<_>>>()?;
     Ok(Fetched { files, images })
 }
@@ -96,13 +82,11 @@ pub fn fetch(plan: &Plan, online: &Online, bars: bool) -> Result<Fetched> {
 pub fn survey(plan: &Plan, online: &Online) -> Result<Survey> {
     let http = client(false);
     let cache = cache::Cache::at(&online.cache);
-    let files = release::survey(&http, &cache, &online.release_base_url, plan)?;
+    let files = release::survey(&http, &cache, plan)?;
     let config = registry::DockerConfig::load(online.docker_config.as_deref())?;
     let registry = registry::Registry::new(&http, &cache, &online.registry_mirrors, config);
-    let images = plan
-        .images
-        .iter()
-        .map(|image| registry.survey(&image.reference, plan.arch))
+    let images = image_steps(plan)
+        .map(|reference| registry.survey(reference, plan.arch))
         .collect::<Result<Vec<_>>>()?;
     let mut seen = std::collections::BTreeSet::new();
     let blob_bytes: u64 = images

@@ -17,17 +17,15 @@ use serde::Serialize;
 
 use super::cache::Cache;
 use super::http::{self, Download, Expected, Http, HttpError, Method, Response, MAX_SMALL_BODY};
-use super::Mirror;
-use crate::oci::{
-    available_platforms, canonical_platform, doc_kind, pick_platform, platform_rank,
-    platform_string, Blob, BlobSource, ConfigDoc, Descriptor, DocKind, ManifestDoc, ResolvedImage,
-    MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_LAYER_GZIP, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST,
-    MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
+use edgeferry_bundle::oci::{
+    Descriptor, DocKind, ImageConfig, ManifestDoc, ACCEPT_MANIFESTS, MEDIA_DOCKER_CONFIG,
+    MEDIA_DOCKER_LAYER_GZIP, MEDIA_DOCKER_LIST, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_CONFIG,
+    MEDIA_OCI_INDEX, MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_MANIFEST,
 };
 
-const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.v2+json";
-const MEDIA_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const MEDIA_OCI_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
+use crate::oci::platform::{available_platforms, canonical_platform, check_config, pick_platform};
+use crate::oci::{Blob, BlobSource, ResolvedImage};
+use crate::plan::Mirror;
 const DOCKER_HUB: &str = "docker.io";
 const DOCKER_HUB_ENDPOINT: &str = "https://registry-1.docker.io";
 /// The names `docker login` files Docker Hub credentials under.
@@ -700,7 +698,7 @@ impl<'a> Registry<'a> {
         if let Some((_, media_type)) = said.first() {
             return Ok(media_type.to_string());
         }
-        Ok(match doc_kind(None, doc) {
+        Ok(match doc.kind(None) {
             Ok(DocKind::Index) => MEDIA_OCI_INDEX,
             _ => MEDIA_OCI_MANIFEST,
         }
@@ -879,7 +877,7 @@ impl<'a> Registry<'a> {
     fn manifests(&self, t: &Target, arch: Arch, store: bool) -> Result<Manifests> {
         let top = self.top(t, arch, store)?;
         let top_doc = self.parse(t, &top.digest, &top.bytes)?;
-        match doc_kind(Some(&top.media_type), &top_doc) {
+        match top_doc.kind(Some(&top.media_type)) {
             Err(detail) => bail!("image {}: {} {detail}", t.reference, top.digest),
             Ok(DocKind::Manifest) => {
                 // A single-platform image: its config says which platform.
@@ -890,25 +888,14 @@ impl<'a> Registry<'a> {
                     )
                 })?;
                 let bytes = self.small_blob(t, config, store)?;
-                let config: ConfigDoc = serde_json::from_slice(&bytes).map_err(|e| {
+                let config: ImageConfig = serde_json::from_slice(&bytes).map_err(|e| {
                     anyhow::anyhow!(
                         "image {}: config {} is not valid JSON ({e}): the registry serves a broken image",
                         t.reference,
                         config.digest
                     )
                 })?;
-                let variant = config.variant.as_deref();
-                if platform_rank(&config.os, &config.architecture, variant, arch).is_none() {
-                    let os = if config.os.is_empty() {
-                        "unknown"
-                    } else {
-                        &config.os
-                    };
-                    let available = if config.architecture.is_empty() {
-                        "no platforms".to_string()
-                    } else {
-                        platform_string(os, &config.architecture, variant)
-                    };
+                if let Err(available) = check_config(&config, arch) {
                     return Err(self.no_platform(t, arch, &available));
                 }
                 Ok(Manifests {
@@ -931,7 +918,7 @@ impl<'a> Registry<'a> {
                     store,
                 )?;
                 let child_doc = self.parse(t, &child.digest, &child.bytes)?;
-                match doc_kind(Some(&child.media_type), &child_doc) {
+                match child_doc.kind(Some(&child.media_type)) {
                     Ok(DocKind::Manifest) => {}
                     Ok(DocKind::Index) => bail!(
                         "image {}: its index points to another index ({}) for {}; nested indexes are not supported",

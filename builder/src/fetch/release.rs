@@ -11,7 +11,8 @@ use serde::Serialize;
 
 use super::cache::Cache;
 use super::http::{self, Download, Expected, Http, HttpError, Method};
-use crate::plan::{Plan, PlannedFile};
+use crate::plan::{Plan, Step};
+use crate::release::parse_checksum_file;
 
 /// A checksum file is one line; anything much bigger is not one.
 const MAX_CHECKSUM_BYTES: u64 = 64 * 1024;
@@ -35,13 +36,33 @@ pub struct SurveyFile {
     pub cached: bool,
 }
 
-fn urls(base: &str, plan: &Plan, file: &PlannedFile) -> (String, String) {
-    let base = base.trim_end_matches('/');
-    let version = &plan.kubeedge_version;
-    (
-        format!("{base}/{version}/{}", file.name),
-        format!("{base}/{version}/{}", file.checksum),
-    )
+/// One [`Step::FetchFile`] of the plan.
+struct FileStep<'p> {
+    name: &'p str,
+    checksum: &'p str,
+    url: &'p str,
+    checksum_url: &'p str,
+    required: bool,
+}
+
+/// The plan's release-asset downloads, in plan order.
+fn file_steps(plan: &Plan) -> impl Iterator<Item = FileStep<'_>> {
+    plan.steps.iter().filter_map(|step| match step {
+        Step::FetchFile {
+            name,
+            checksum,
+            url,
+            checksum_url,
+            required,
+        } => Some(FileStep {
+            name,
+            checksum,
+            url,
+            checksum_url,
+            required: *required,
+        }),
+        _ => None,
+    })
 }
 
 /// The checksum file's bytes and the SHA-512 hex it holds, or `None` when
@@ -49,7 +70,7 @@ fn urls(base: &str, plan: &Plan, file: &PlannedFile) -> (String, String) {
 fn checksum(
     http: &Http,
     plan: &Plan,
-    file: &PlannedFile,
+    file: &FileStep,
     url: &str,
 ) -> Result<Option<(Vec<u8>, String)>> {
     let bytes = match http.get_small(url, &[], MAX_CHECKSUM_BYTES) {
@@ -63,7 +84,7 @@ fn checksum(
         Err(e) => bail!("fetching the checksum file {}: {e}", file.checksum),
     };
     let text = String::from_utf8_lossy(&bytes);
-    let Some(expected) = crate::build::parse_checksum_file(&text) else {
+    let Some(expected) = parse_checksum_file(&text) else {
         bail!(
             "{url} does not hold a SHA-512 hex digest: check --release-base-url (it must serve the KubeEdge release files)"
         );
@@ -71,17 +92,14 @@ fn checksum(
     Ok(Some((bytes, expected)))
 }
 
-/// Downloads every planned release asset (or takes it from the cache).
-pub fn fetch(
-    http: &Http,
-    cache: &Cache,
-    base_url: &str,
-    plan: &Plan,
-) -> Result<BTreeMap<String, FetchedFile>> {
+/// Runs every [`Step::FetchFile`] of the plan: downloads each release
+/// asset (or takes it from the cache).
+pub fn fetch(http: &Http, cache: &Cache, plan: &Plan) -> Result<BTreeMap<String, FetchedFile>> {
     let mut out = BTreeMap::new();
-    for file in &plan.files {
-        let (url, checksum_url) = urls(base_url, plan, file);
-        let Some((checksum_bytes, expected)) = checksum(http, plan, file, &checksum_url)? else {
+    for file in file_steps(plan) {
+        let url = file.url;
+        let Some((checksum_bytes, expected)) = checksum(http, plan, &file, file.checksum_url)?
+        else {
             continue;
         };
         let checksum_digest = format!("sha256:{}", sha256_hex(&checksum_bytes));
@@ -90,9 +108,9 @@ pub fn fetch(
             .sha512_path(&expected)
             .expect("checked to be 128 hex digits");
         let download = Download {
-            url: &url,
+            url,
             headers: &[],
-            label: &file.name,
+            label: file.name,
             expected: Expected::Sha512(expected.clone()),
             size: None,
             dest: &dest,
@@ -113,7 +131,7 @@ pub fn fetch(
             Err(e) => bail!("downloading release asset {}: {e}", file.name),
         }
         out.insert(
-            file.name.clone(),
+            file.name.to_string(),
             FetchedFile {
                 path: dest,
                 checksum_path,
@@ -124,13 +142,13 @@ pub fn fetch(
 }
 
 /// What `fetch` would do, with sizes from HEAD requests; nothing is written.
-pub fn survey(http: &Http, cache: &Cache, base_url: &str, plan: &Plan) -> Result<Vec<SurveyFile>> {
+pub fn survey(http: &Http, cache: &Cache, plan: &Plan) -> Result<Vec<SurveyFile>> {
     let mut out = Vec::new();
-    for file in &plan.files {
-        let (url, checksum_url) = urls(base_url, plan, file);
-        let Some((_, expected)) = checksum(http, plan, file, &checksum_url)? else {
+    for file in file_steps(plan) {
+        let url = file.url.to_string();
+        let Some((_, expected)) = checksum(http, plan, &file, file.checksum_url)? else {
             out.push(SurveyFile {
-                name: file.name.clone(),
+                name: file.name.to_string(),
                 url,
                 found: false,
                 size: None,
@@ -157,7 +175,7 @@ pub fn survey(http: &Http, cache: &Cache, base_url: &str, plan: &Plan) -> Result
             }
         };
         out.push(SurveyFile {
-            name: file.name.clone(),
+            name: file.name.to_string(),
             url,
             found: true,
             size,

@@ -13,6 +13,7 @@
 //!   and size checked against the descriptor *before* they are parsed.
 //!   Layer blobs are not read here; the packer verifies them while streaming.
 
+pub(crate) mod platform;
 mod reference;
 mod source;
 
@@ -23,17 +24,7 @@ use std::sync::Arc;
 use edgeferry_bundle::format::Arch;
 
 pub use reference::normalize_reference;
-pub(crate) use source::{
-    available_platforms, canonical_platform, doc_kind, pick_platform, platform_rank,
-    platform_string, ConfigDoc, Descriptor, DocKind, ManifestDoc, MEDIA_DOCKER_CONFIG,
-    MEDIA_DOCKER_LAYER_GZIP,
-};
 pub use source::{scan, ImageCatalog};
-
-pub const MEDIA_OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-pub const MEDIA_OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-pub const MEDIA_DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
-pub const MEDIA_DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
 
 /// Where a blob's bytes live.
 #[derive(Clone, Debug)]

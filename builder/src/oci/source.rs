@@ -11,25 +11,22 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use edgeferry_bundle::format::{sha256_hex_of_digest, Arch};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use super::{
-    normalize_reference, Blob, BlobSource, ImageError, ResolvedImage, MEDIA_DOCKER_LIST,
-    MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
+use edgeferry_bundle::oci::{
+    Descriptor, DocKind, DockerDescriptor, ImageConfig, ImageLayout, Index, Manifest, ManifestDoc,
+    ANNOTATION_CONTAINERD_NAME, ANNOTATION_REF_NAME, MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_LAYER,
+    MEDIA_DOCKER_LAYER_GZIP, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_CONFIG, MEDIA_OCI_INDEX,
+    MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_MANIFEST,
 };
+
+use super::platform::{available_platforms, canonical_platform, check_config, pick_platform};
+use super::{normalize_reference, Blob, BlobSource, ImageError, ResolvedImage};
 
 /// Index, manifest and config blobs are read whole; anything bigger than
 /// this is not one of them and would only make us buffer an attacker's file.
 const MAX_JSON_BYTES: u64 = 16 * 1024 * 1024;
-const ANNOTATION_CONTAINERD_NAME: &str = "io.containerd.image.name";
-const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
-/// BuildKit marks provenance/SBOM manifests in an index this way.
-const ANNOTATION_DOCKER_REFERENCE_TYPE: &str = "vnd.docker.reference.type";
-pub(crate) const MEDIA_DOCKER_CONFIG: &str = "application/vnd.docker.container.image.v1+json";
-const MEDIA_DOCKER_LAYER: &str = "application/vnd.docker.image.rootfs.diff.tar";
-pub(crate) const MEDIA_DOCKER_LAYER_GZIP: &str =
-    "application/vnd.docker.image.rootfs.diff.tar.gzip";
 /// Bounds symlink chains inside a tar so a loop cannot hang the scan.
 const MAX_LINK_HOPS: usize = 16;
 
@@ -127,84 +124,6 @@ impl Store {
     }
 }
 
-/// The part of an OCI/Docker descriptor we use. Unknown fields are
-/// ignored: the bytes we serve are the upstream ones, never re-serialized.
-#[derive(Clone, Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct Descriptor {
-    #[serde(default)]
-    pub(crate) media_type: Option<String>,
-    pub(crate) digest: String,
-    pub(crate) size: u64,
-    #[serde(default)]
-    pub(crate) platform: Option<Platform>,
-    #[serde(default)]
-    annotations: Option<BTreeMap<String, String>>,
-}
-
-impl Descriptor {
-    /// The descriptor's media type, or `default` when it names none.
-    pub(crate) fn media_type_or(&self, default: &str) -> String {
-        self.media_type
-            .clone()
-            .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| default.to_string())
-    }
-
-    fn annotation(&self, key: &str) -> Option<&str> {
-        self.annotations.as_ref()?.get(key).map(String::as_str)
-    }
-}
-
-#[derive(Clone, Debug, Deserialize)]
-pub(crate) struct Platform {
-    #[serde(default)]
-    architecture: String,
-    #[serde(default)]
-    os: String,
-    #[serde(default)]
-    variant: Option<String>,
-}
-
-/// An image index or an image manifest; which one is decided by media type.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub(crate) struct ManifestDoc {
-    #[serde(default)]
-    schema_version: Option<u32>,
-    #[serde(default)]
-    pub(crate) media_type: Option<String>,
-    #[serde(default)]
-    pub(crate) manifests: Option<Vec<Descriptor>>,
-    #[serde(default)]
-    pub(crate) config: Option<Descriptor>,
-    #[serde(default)]
-    pub(crate) layers: Option<Vec<Descriptor>>,
-}
-
-#[derive(Debug, Deserialize)]
-pub(crate) struct ConfigDoc {
-    #[serde(default)]
-    pub(crate) architecture: String,
-    #[serde(default)]
-    pub(crate) os: String,
-    #[serde(default)]
-    pub(crate) variant: Option<String>,
-}
-
-/// The top-level `index.json` of a layout.
-#[derive(Debug, Deserialize)]
-struct LayoutIndex {
-    #[serde(default)]
-    manifests: Vec<Descriptor>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-struct LayoutMarker {
-    image_layout_version: String,
-}
-
 /// One entry of a `docker save` `manifest.json`.
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "PascalCase")]
@@ -214,54 +133,6 @@ struct DockerSaveEntry {
     repo_tags: Option<Vec<String>>,
     #[serde(default)]
     layers: Vec<String>,
-}
-
-/// The Docker schema 2 manifest we write for a legacy `docker save`; field
-/// order is fixed here so the same input always gives the same digest.
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SynthManifest<'a> {
-    schema_version: u32,
-    media_type: &'a str,
-    config: SynthDescriptor<'a>,
-    layers: Vec<SynthDescriptor<'a>>,
-}
-
-#[derive(Serialize)]
-#[serde(rename_all = "camelCase")]
-struct SynthDescriptor<'a> {
-    media_type: &'a str,
-    size: u64,
-    digest: String,
-}
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum DocKind {
-    Index,
-    Manifest,
-}
-
-pub(crate) fn doc_kind(
-    descriptor_media_type: Option<&str>,
-    doc: &ManifestDoc,
-) -> Result<DocKind, String> {
-    let media_type = descriptor_media_type
-        .filter(|m| !m.is_empty())
-        .or(doc.media_type.as_deref().filter(|m| !m.is_empty()));
-    match media_type {
-        Some(MEDIA_OCI_INDEX | MEDIA_DOCKER_LIST) => Ok(DocKind::Index),
-        Some(MEDIA_OCI_MANIFEST | MEDIA_DOCKER_MANIFEST) => Ok(DocKind::Manifest),
-        Some(other) => Err(format!(
-            "has media type {other}, not an image index or manifest: export it again with skopeo or docker save"
-        )),
-        // OCI allows an untyped document; its fields say what it is.
-        None if doc.manifests.is_some() => Ok(DocKind::Index),
-        None if doc.config.is_some() && doc.schema_version == Some(2) => Ok(DocKind::Manifest),
-        None if doc.schema_version == Some(1) => Err(
-            "is a Docker schema 1 manifest, which is not supported: pull and export it again with a current docker or skopeo".into(),
-        ),
-        None => Err("has a document that is neither an image index nor a manifest: export it again with skopeo or docker save".into()),
-    }
 }
 
 fn io_error(path: &Path, source: io::Error) -> ImageError {
@@ -275,43 +146,6 @@ fn source_error(path: &Path, detail: impl Into<String>) -> ImageError {
     ImageError::Invalid {
         reference: format!("source {}", path.display()),
         detail: detail.into(),
-    }
-}
-
-/// `os/arch[/variant]`, as `docker` and `skopeo` print platforms.
-pub(crate) fn platform_string(os: &str, architecture: &str, variant: Option<&str>) -> String {
-    match variant.filter(|v| !v.is_empty()) {
-        Some(variant) => format!("{os}/{architecture}/{variant}"),
-        None => format!("{os}/{architecture}"),
-    }
-}
-
-pub(crate) fn canonical_platform(arch: Arch) -> String {
-    let (architecture, variant) = arch.oci_platform();
-    platform_string("linux", architecture, variant)
-}
-
-/// How well a platform suits `arch`: `Some(0)` exactly, `Some(1)` acceptably,
-/// `None` not at all. An arm image without a variant is taken only when no
-/// v7 one exists, since it may be built for an older or newer ARM.
-pub(crate) fn platform_rank(
-    os: &str,
-    architecture: &str,
-    variant: Option<&str>,
-    arch: Arch,
-) -> Option<u8> {
-    let (want_arch, _) = arch.oci_platform();
-    if os != "linux" || architecture != want_arch {
-        return None;
-    }
-    match (arch, variant.filter(|v| !v.is_empty())) {
-        (Arch::Arm, Some("v7")) => Some(0),
-        (Arch::Arm, None) => Some(1),
-        // Registries write arm64 as `arm64/v8` as often as plain `arm64`.
-        (Arch::Arm64, None | Some("v8")) => Some(0),
-        // `amd64/v2` and up need newer CPUs than KubeEdge targets.
-        (Arch::Amd64, None | Some("v1")) => Some(0),
-        _ => None,
     }
 }
 
@@ -590,7 +424,9 @@ impl Reader<'_> {
     fn resolve_layout(&self, top: &Descriptor, arch: Arch) -> Result<ResolvedImage, ImageError> {
         let (located, bytes) = self.read_verified(&top.digest, top.size)?;
         let doc: ManifestDoc = self.parse(&bytes, "image document", &located.location)?;
-        let kind = doc_kind(top.media_type.as_deref(), &doc).map_err(|d| self.invalid(d))?;
+        let kind = doc
+            .kind(top.media_type.as_deref())
+            .map_err(|d| self.invalid(d))?;
         if kind == DocKind::Manifest {
             let manifest = Blob {
                 digest: top.digest.clone(),
@@ -620,7 +456,7 @@ impl Reader<'_> {
         })?;
         let (located, bytes) = self.read_verified(&chosen.digest, chosen.size)?;
         let doc: ManifestDoc = self.parse(&bytes, "image manifest", &located.location)?;
-        match doc_kind(chosen.media_type.as_deref(), &doc).map_err(|d| self.invalid(d))? {
+        match doc.kind(chosen.media_type.as_deref()).map_err(|d| self.invalid(d))? {
             DocKind::Manifest => {}
             DocKind::Index => {
                 return Err(self.invalid(format!(
@@ -656,14 +492,14 @@ impl Reader<'_> {
             ))
         })?;
         let (located, bytes) = self.read_verified(&config_desc.digest, config_desc.size)?;
-        let config: ConfigDoc = self.parse(&bytes, "image config", &located.location)?;
+        let config: ImageConfig = self.parse(&bytes, "image config", &located.location)?;
         if check_config_platform {
             self.check_config_platform(&config, arch)?;
         }
         let default_config_type = if manifest.media_type == MEDIA_DOCKER_MANIFEST {
             MEDIA_DOCKER_CONFIG
         } else {
-            "application/vnd.oci.image.config.v1+json"
+            MEDIA_OCI_CONFIG
         };
         let config = Blob {
             digest: config_desc.digest.clone(),
@@ -674,7 +510,7 @@ impl Reader<'_> {
         let default_layer_type = if manifest.media_type == MEDIA_DOCKER_MANIFEST {
             MEDIA_DOCKER_LAYER_GZIP
         } else {
-            "application/vnd.oci.image.layer.v1.tar+gzip"
+            MEDIA_OCI_LAYER_GZIP
         };
         let layers = doc
             .layers
@@ -693,22 +529,8 @@ impl Reader<'_> {
         })
     }
 
-    fn check_config_platform(&self, config: &ConfigDoc, arch: Arch) -> Result<(), ImageError> {
-        let variant = config.variant.as_deref();
-        if platform_rank(&config.os, &config.architecture, variant, arch).is_some() {
-            return Ok(());
-        }
-        let available = if config.architecture.is_empty() {
-            "no platforms".to_string()
-        } else {
-            let os = if config.os.is_empty() {
-                "unknown"
-            } else {
-                &config.os
-            };
-            platform_string(os, &config.architecture, variant)
-        };
-        Err(ImageError::NoPlatform {
+    fn check_config_platform(&self, config: &ImageConfig, arch: Arch) -> Result<(), ImageError> {
+        check_config(config, arch).map_err(|available| ImageError::NoPlatform {
             reference: self.reference.to_string(),
             arch,
             available,
@@ -746,7 +568,7 @@ impl Reader<'_> {
                 });
             }
         }
-        let config_doc: ConfigDoc = self.parse(&bytes, "image config", &located.location)?;
+        let config_doc: ImageConfig = self.parse(&bytes, "image config", &located.location)?;
         // Before hashing layers: a wrong-arch tarball should fail fast.
         self.check_config_platform(&config_doc, arch)?;
         let config = Blob {
@@ -784,22 +606,25 @@ impl Reader<'_> {
             });
         }
 
-        let synth = SynthManifest {
+        // Docker's field order, fixed so the same input always gives the
+        // same digest.
+        let synth = Manifest {
             schema_version: 2,
-            media_type: MEDIA_DOCKER_MANIFEST,
-            config: SynthDescriptor {
-                media_type: MEDIA_DOCKER_CONFIG,
+            media_type: MEDIA_DOCKER_MANIFEST.to_string(),
+            config: DockerDescriptor {
+                media_type: MEDIA_DOCKER_CONFIG.to_string(),
                 size: config.size,
                 digest: config.digest.clone(),
             },
             layers: layers
                 .iter()
-                .map(|l| SynthDescriptor {
-                    media_type: &l.media_type,
+                .map(|l| DockerDescriptor {
+                    media_type: l.media_type.clone(),
                     size: l.size,
                     digest: l.digest.clone(),
                 })
                 .collect(),
+            annotations: None,
         };
         let bytes = serde_json::to_vec(&synth).expect("a struct of strings serializes");
         let manifest = Blob {
@@ -823,7 +648,10 @@ impl Reader<'_> {
     fn config_digests(&self, top: &Descriptor) -> Result<Vec<String>, ImageError> {
         let (located, bytes) = self.read_verified(&top.digest, top.size)?;
         let doc: ManifestDoc = self.parse(&bytes, "image document", &located.location)?;
-        match doc_kind(top.media_type.as_deref(), &doc).map_err(|d| self.invalid(d))? {
+        match doc
+            .kind(top.media_type.as_deref())
+            .map_err(|d| self.invalid(d))?
+        {
             DocKind::Manifest => Ok(doc.config.into_iter().map(|c| c.digest).collect()),
             DocKind::Index => {
                 let mut out = Vec::new();
@@ -852,45 +680,6 @@ fn manifest_media_type(desc: &Descriptor, doc: &ManifestDoc) -> String {
         .filter(|m| !m.is_empty())
         .or(doc.media_type.clone().filter(|m| !m.is_empty()))
         .unwrap_or_else(|| MEDIA_OCI_MANIFEST.to_string())
-}
-
-fn is_attestation(desc: &Descriptor) -> bool {
-    desc.annotation(ANNOTATION_DOCKER_REFERENCE_TYPE) == Some("attestation-manifest")
-        || desc
-            .platform
-            .as_ref()
-            .is_some_and(|p| p.os == "unknown" && p.architecture == "unknown")
-}
-
-pub(crate) fn pick_platform(entries: &[Descriptor], arch: Arch) -> Option<&Descriptor> {
-    entries
-        .iter()
-        .filter(|d| !is_attestation(d))
-        .filter_map(|d| {
-            let p = d.platform.as_ref()?;
-            platform_rank(&p.os, &p.architecture, p.variant.as_deref(), arch).map(|r| (r, d))
-        })
-        // min_by_key keeps the first of equals: the index's own order decides.
-        .min_by_key(|(rank, _)| *rank)
-        .map(|(_, d)| d)
-}
-
-pub(crate) fn available_platforms(entries: &[Descriptor]) -> String {
-    let mut seen: Vec<String> = Vec::new();
-    for desc in entries.iter().filter(|d| !is_attestation(d)) {
-        let platform = match &desc.platform {
-            Some(p) => platform_string(&p.os, &p.architecture, p.variant.as_deref()),
-            None => "unspecified".to_string(),
-        };
-        if !seen.contains(&platform) {
-            seen.push(platform);
-        }
-    }
-    if seen.is_empty() {
-        "no platforms".into()
-    } else {
-        seen.join(", ")
-    }
 }
 
 /// The sha256 hex a `docker save` member path promises: `<hex>.json`
@@ -958,7 +747,7 @@ fn check_layout_marker(origin: &Path, bytes: Option<&[u8]>) -> Result<(), ImageE
     let Some(bytes) = bytes else {
         return Ok(());
     };
-    let marker: LayoutMarker = serde_json::from_slice(bytes).map_err(|e| {
+    let marker: ImageLayout = serde_json::from_slice(bytes).map_err(|e| {
         source_error(
             origin,
             format!("has an unreadable oci-layout file ({e}): export it again with skopeo"),
@@ -976,7 +765,7 @@ fn check_layout_marker(origin: &Path, bytes: Option<&[u8]>) -> Result<(), ImageE
     Ok(())
 }
 
-fn parse_layout_index(origin: &Path, bytes: &[u8]) -> Result<LayoutIndex, ImageError> {
+fn parse_layout_index(origin: &Path, bytes: &[u8]) -> Result<Index, ImageError> {
     serde_json::from_slice(bytes).map_err(|e| {
         source_error(
             origin,
@@ -1286,12 +1075,11 @@ mod tests {
     use tempfile::TempDir;
 
     use super::{scan, sha256_hex};
-    use crate::oci::{
-        Blob, ImageError, ResolvedImage, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_INDEX, MEDIA_OCI_MANIFEST,
+    use crate::oci::{Blob, ImageError, ResolvedImage};
+    use edgeferry_bundle::oci::{
+        MEDIA_DOCKER_CONFIG, MEDIA_DOCKER_LAYER, MEDIA_DOCKER_MANIFEST, MEDIA_OCI_CONFIG,
+        MEDIA_OCI_INDEX, MEDIA_OCI_LAYER_GZIP as MEDIA_OCI_LAYER, MEDIA_OCI_MANIFEST,
     };
-
-    const MEDIA_OCI_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-    const MEDIA_OCI_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 
     /// Blobs of a layout under construction, by hex digest.
     #[derive(Default)]
@@ -1759,10 +1547,7 @@ mod tests {
         assert_eq!(image.manifest.media_type, MEDIA_DOCKER_MANIFEST);
         assert_eq!(read_all(&image.config), config);
         assert_eq!(read_all(&image.layers[0]), layer);
-        assert_eq!(
-            image.layers[0].media_type,
-            "application/vnd.docker.image.rootfs.diff.tar"
-        );
+        assert_eq!(image.layers[0].media_type, MEDIA_DOCKER_LAYER);
         assert_blobs_intact(&image);
         let manifest: Value = serde_json::from_slice(&read_all(&image.manifest)).unwrap();
         assert_eq!(
@@ -1771,12 +1556,12 @@ mod tests {
                 "schemaVersion": 2,
                 "mediaType": MEDIA_DOCKER_MANIFEST,
                 "config": {
-                    "mediaType": "application/vnd.docker.container.image.v1+json",
+                    "mediaType": MEDIA_DOCKER_CONFIG,
                     "size": config.len(),
                     "digest": format!("sha256:{}", sha256_hex(&config)),
                 },
                 "layers": [{
-                    "mediaType": "application/vnd.docker.image.rootfs.diff.tar",
+                    "mediaType": MEDIA_DOCKER_LAYER,
                     "size": layer.len(),
                     "digest": format!("sha256:{}", sha256_hex(&layer)),
                 }],

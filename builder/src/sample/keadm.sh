@@ -1,0 +1,651 @@
+#!/bin/sh
+# edgeferry SAMPLE stand-in for keadm @VERSION@ — not KubeEdge
+#
+# Written by edgeferry for tests and demos, where no KubeEdge release can be
+# downloaded. It checks command lines against the flags of the real keadm
+# @VERSION@, and on a test host `keadm join` and `keadm reset edge` do what
+# the real ones do, with the same step lines and messages, except that:
+#   - the installation-package image is fetched the way containerd would
+#     fetch it through the mirror that /etc/containerd/certs.d/<registry>/
+#     hosts.toml names, over HTTP with curl (or wget), and only
+#     /usr/local/bin/edgecore is taken out of it: there is no CRI, no
+#     sandbox and no copy container;
+#   - the node-name check only connects to cloudcore's certificate port;
+#   - without /run/systemd/system no unit file is written and edgecore is
+#     started in the background;
+#   - the edgecore it starts is the stand-in from the same sample set.
+# `keadm reset edge` stops edgecore and removes /etc/kubeedge/,
+# /var/log/kubeedge/, /var/lib/kubeedge/ and /var/lib/edged (a mount point
+# is emptied instead), but not /usr/local/bin/edgecore, as the real one.
+#
+# Environment:
+#   EDGEFERRY_SAMPLE_ROOT   put in front of every host path, so that unit tests
+#                can run this in a temporary directory; edgecore is then
+#                found through its pid file (/var/lib/keadm-standin/edgecore.pid)
+#                instead of pidof
+#   EDGEFERRY_STANDIN_WAIT   seconds join waits for edgecore's TLS files (default 300,
+#                as the real keadm's wait.Poll(10s, 300s))
+#
+# Fault injection: a test harness writes these files on a host.
+#   /var/lib/keadm-standin/fault          "fail": join exits 1 right after copying
+#                              edgecore out of the image; "hang": join
+#                              sleeps there until it is killed
+#   /var/lib/keadm-standin/join-seconds   a whole number N: join sleeps N seconds at
+#                              that point (models how long a real join
+#                              takes)
+set -u
+
+KEADM_VERSION='@VERSION@'
+ROOT=${EDGEFERRY_SAMPLE_ROOT:-}
+STANDIN="keadm $KEADM_VERSION (edgeferry SAMPLE stand-in, not KubeEdge)"
+STATE=$ROOT/var/lib/keadm-standin
+ACCEPT='application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json'
+tmp=
+bootstrap=
+sleeper=
+
+# Errors look like cobra's, which real keadm prints through.
+fail() {
+	printf 'Error: %s\n' "$1" >&2
+	exit 1
+}
+
+note() {
+	printf '%s: %s\n' "$STANDIN" "$*"
+}
+
+# Progress lines, numbered like the real keadm's common.Step.
+n=0
+step() {
+	n=$((n + 1))
+	printf '%s. %s\n' "$n" "$*"
+}
+
+cleanup() {
+	[ -z "$sleeper" ] || kill "$sleeper" 2>/dev/null
+	[ -z "$tmp" ] || rm -rf "$tmp"
+	# Real keadm removes the bootstrap file when join returns (a defer).
+	[ -z "$bootstrap" ] || rm -f "$bootstrap"
+}
+trap cleanup EXIT
+trap 'exit 129' HUP
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# strconv.ParseBool, as pflag uses it.
+parse_bool() {
+	case $1 in
+	1 | t | T | TRUE | true | True) echo true ;;
+	0 | f | F | FALSE | false | False) echo false ;;
+	*) fail "invalid argument \"$1\" for \"$2\" flag: strconv.ParseBool: parsing \"$1\": invalid syntax" ;;
+	esac
+}
+
+usage() {
+	cat <<'USAGE'
+@USAGE@
+USAGE
+}
+
+@JOIN_PARSER@
+join_check_required() {
+	missing=
+@REQUIRED@	[ -z "$missing" ] || fail "required flag(s) $missing not set"
+}
+
+# Real keadm validates these values too, only later; checking them first
+# lets a dry run catch them.
+join_check_values() {
+	case $opt_kubeedge_version in
+	v[0-9]*.[0-9]*.[0-9]* | [0-9]*.[0-9]*.[0-9]*) ;;
+	*) fail "--kubeedge-version \"$opt_kubeedge_version\" is not a version: offline, keadm would fail to fetch https://kubeedge.io/latestversion" ;;
+	esac
+	# net.SplitHostPort's rules, plus a non-empty host and a numeric port.
+	case $opt_cloudcore_ipport in
+	\[*\]:* | [!:]*:*) ;;
+	\[*\] | [!:]*) fail "address $opt_cloudcore_ipport: missing port in address" ;;
+	esac
+	case $opt_cloudcore_ipport in
+	\[*\]:*) ;;
+	*:*:*) fail "address $opt_cloudcore_ipport: too many colons in address" ;;
+	esac
+	case ${opt_cloudcore_ipport##*:} in
+	'' | *[!0-9]*) fail "address $opt_cloudcore_ipport: expected HOST:PORT for --cloudcore-ipport" ;;
+	esac
+	[ -n "${opt_cloudcore_ipport%:*}" ] || fail "address $opt_cloudcore_ipport: expected HOST:PORT for --cloudcore-ipport"
+	case $opt_hub_protocol in
+	websocket | quic) ;;
+	*) fail "unsupported hub of protocol: $opt_hub_protocol" ;;
+	esac
+	case $opt_cgroupdriver in
+	cgroupfs | systemd) ;;
+	*) fail "unsupported cgroupdriver $opt_cgroupdriver: use cgroupfs or systemd" ;;
+	esac
+}
+
+# --pre-run and --post-run: real keadm runs `bash <script>`.
+run_script() {
+	step "Executing $1-run script: $2"
+	/bin/bash "$2"
+}
+
+# The PIDs of running edgecore processes; fails when there are none. Real
+# keadm runs `pidof edgecore`. With EDGEFERRY_SAMPLE_ROOT set (unit tests) the PID
+# namespace is shared with the whole machine, so the stand-in edgecore's
+# pid file under $ROOT takes the place of pidof.
+edgecore_pids() {
+	if [ -z "$ROOT" ]; then
+		pidof edgecore
+		return
+	fi
+	[ -f "$STATE/edgecore.pid" ] || return 1
+	pid=$(cat "$STATE/edgecore.pid") || return 1
+	case $pid in '' | *[!0-9]*) return 1 ;; esac
+	[ "$(cat "/proc/$pid/comm" 2>/dev/null)" = edgecore ] || return 1
+	# Like pidof, skip a zombie nobody has reaped yet.
+	case $(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) in Z*) return 1 ;; esac
+	echo "$pid"
+}
+
+# Kills edgecore, waiting up to 10 s for it to go before SIGKILL.
+stop_edgecore() {
+	pids=$(edgecore_pids 2>/dev/null) || return 0
+	# shellcheck disable=SC2086
+	kill $pids 2>/dev/null
+	waited=0
+	while [ "$waited" -lt 10 ] && edgecore_pids >/dev/null 2>&1; do
+		sleep 1
+		waited=$((waited + 1))
+	done
+	# shellcheck disable=SC2086
+	if pids=$(edgecore_pids 2>/dev/null); then kill -9 $pids 2>/dev/null; fi
+	return 0
+}
+
+# reachable HOST:PORT: real keadm GETs https://<host>:<certport>/node/<name>
+# and goes on only when cloudcore answers 404. Test sites have no
+# cloudcore, only a stand-in listener on the certificate port that accepts
+# connections and closes them, so the stand-in only checks that a TCP
+# connection to that port succeeds. On failure it says why, in the words
+# of Go's net package.
+reachable() {
+	if command -v curl >/dev/null 2>&1; then
+		# Plain http://: curl forgets time_connect when a TLS handshake fails.
+		connect=$(curl -s -g --noproxy '*' -o /dev/null --connect-timeout 5 -m 5 -w '%{time_connect}' "http://$1/" 2>/dev/null)
+		rc=$?
+		# time_connect stays zero unless the TCP connection was made.
+		case $connect in *[1-9]*) return 0 ;; esac
+		case $rc in
+		6) echo "lookup: no such host" ;;
+		7) echo "connect: connection refused" ;;
+		28) echo "i/o timeout" ;;
+		*) echo "connect failed (curl exit code $rc)" ;;
+		esac
+		return 1
+	fi
+	if command -v wget >/dev/null 2>&1; then
+		out=$(timeout 10 env -u http_proxy -u HTTP_PROXY wget -O /dev/null "http://$1/" 2>&1)
+		case $out in
+		*[Rr]efused*) echo "connect: connection refused" ;;
+		*"timed out"* | *[Tt]imeout* | *unreachable*) echo "i/o timeout" ;;
+		*resolve* | *"bad address"*) echo "lookup: no such host" ;;
+		*) return 0 ;;
+		esac
+		return 1
+	fi
+	note "neither curl nor wget is installed: the node-name check is skipped" >&2
+}
+
+# http_get URL FILE ACCEPT: GETs URL into FILE; on failure says why.
+# Proxies are bypassed, since containerd reaches the site mirror directly.
+http_get() {
+	if command -v curl >/dev/null 2>&1; then
+		code=$(curl -sS -g --noproxy '*' --connect-timeout 10 -y 60 -Y 1 -H "Accept: $3" -o "$2" -w '%{http_code}' "$1" 2>"$tmp/http.err") || {
+			echo "GET $1: $(tr '\n' ' ' <"$tmp/http.err")"
+			return 1
+		}
+		[ "$code" = 200 ] || {
+			echo "GET $1: HTTP $code $(head -c 300 "$2" 2>/dev/null | tr '\n' ' ')"
+			return 1
+		}
+	elif command -v wget >/dev/null 2>&1; then
+		env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY wget -q -O "$2" --header "Accept: $3" "$1" 2>"$tmp/http.err" || {
+			echo "GET $1: wget failed $(tr '\n' ' ' <"$tmp/http.err")"
+			return 1
+		}
+	else
+		echo "GET $1: neither curl nor wget is installed"
+		return 1
+	fi
+}
+
+# containerd checks every blob, and every manifest it fetches by digest.
+valid_digest() {
+	case $1 in sha256:*) ;; *) return 1 ;; esac
+	hex=${1#sha256:}
+	[ ${#hex} -eq 64 ] || return 1
+	case $hex in *[!0-9a-f]*) return 1 ;; esac
+}
+
+digest_matches() {
+	[ "sha256:$(sha256sum "$1" | cut -d ' ' -f 1)" = "$2" ]
+}
+
+# The JSON on stdin as one line without whitespace, annotations or the
+# braces of platform objects, so that each descriptor is one flat {...}.
+# Enough for the compact indexes and manifests the sample builder writes,
+# which have no braces inside strings; key order does not matter.
+json_flat() {
+	tr -d ' \t\r\n' | sed -e 's/"annotations":{[^{}]*}//g' -e 's/"platform":{\([^{}]*\)}/"platform":(\1)/g'
+}
+
+# json_field NAME: the string value of "NAME" on each line of stdin.
+json_field() {
+	sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p"
+}
+
+# The mirror a hosts.toml sends pulls to: its first [host."..."], else its
+# server when that is plain HTTP.
+mirror_of() {
+	url=$(sed -n 's/^[[:space:]]*\[host\."\([^"]*\)"\].*$/\1/p' "$1" | head -n 1)
+	[ -n "$url" ] || url=$(sed -n 's/^[[:space:]]*server[[:space:]]*=[[:space:]]*"\(http:\/\/[^"]*\)".*$/\1/p' "$1" | head -n 1)
+	echo "${url%/}"
+}
+
+# Fetches $repo:$tag from $registry as containerd with config_path
+# /etc/containerd/certs.d would: through the mirror in the registry's (or
+# _default's) hosts.toml, the tag's index, this node's manifest, then every
+# layer into $tmp/layer1..$layer_count, each checked against its digest.
+pull_image() {
+	case $(uname -m) in
+	x86_64 | amd64) arch=amd64 variant= ;;
+	aarch64 | arm64) arch=arm64 variant= ;;
+	armv7* | armv6* | armv8l) arch=arm variant=v7 ;;
+	*) fail "failed to pull image \"$image\": $STANDIN knows no OCI platform for machine $(uname -m)" ;;
+	esac
+	certs=$ROOT/etc/containerd/certs.d
+	mirror=
+	for dir in "$registry" _default; do
+		[ -f "$certs/$dir/hosts.toml" ] || continue
+		mirror=$(mirror_of "$certs/$dir/hosts.toml")
+		[ -z "$mirror" ] || break
+	done
+	if [ -z "$mirror" ]; then
+		upstream=$registry
+		[ "$registry" != docker.io ] || upstream=registry-1.docker.io
+		fail "failed to pull image \"$image\": no mirror for $registry in /etc/containerd/certs.d/$registry/hosts.toml, so containerd would go to https://$upstream, which an isolated site cannot reach (real keadm fails there, or after 20 s with DeadlineExceeded when the sandbox image is missing too)"
+	fi
+	# containerd asks a mirror for another registry's images with ?ns=.
+	authority=${mirror#*://}
+	authority=${authority%%/*}
+	query="?ns=$registry"
+	[ "$authority" != "$registry" ] || query=
+	base=$mirror/v2/$repo
+	note "pulling $image from $mirror (certs.d/$dir/hosts.toml) for linux/$arch${variant:+/$variant}"
+
+	why=$(http_get "$base/manifests/$tag$query" "$tmp/top.json" "$ACCEPT") || fail "failed to pull image \"$image\": $why"
+	manifest=$(json_flat <"$tmp/top.json")
+	case $manifest in
+	*'"manifests":['*)
+		candidates=$(printf '%s\n' "$manifest" | tr '{}' '\n\n' | grep '"digest":' | grep "\"architecture\":\"$arch\"" | grep '"os":"linux"')
+		if [ -n "$variant" ]; then
+			pick=$(printf '%s\n' "$candidates" | grep "\"variant\":\"$variant\"" | head -n 1)
+			[ -n "$pick" ] || pick=$(printf '%s\n' "$candidates" | grep -v '"variant":' | head -n 1)
+		else
+			pick=$(printf '%s\n' "$candidates" | head -n 1)
+		fi
+		digest=$(printf '%s\n' "$pick" | json_field digest)
+		[ -n "$digest" ] || fail "failed to pull image \"$image\": no match for platform in manifest: not found (linux/$arch${variant:+/$variant})"
+		valid_digest "$digest" || fail "failed to pull image \"$image\": invalid digest \"$digest\" in the index"
+		why=$(http_get "$base/manifests/$digest$query" "$tmp/manifest.json" "$ACCEPT") || fail "failed to pull image \"$image\": $why"
+		digest_matches "$tmp/manifest.json" "$digest" || fail "failed to pull image \"$image\": manifest $digest: digest mismatch: the mirror sent other bytes"
+		manifest=$(json_flat <"$tmp/manifest.json")
+		;;
+	esac
+	case $manifest in
+	*'"layers":['*) ;;
+	*) fail "failed to pull image \"$image\": $base/manifests/$tag is neither an image index nor an image manifest" ;;
+	esac
+	layer_digests=$(printf '%s\n' "$manifest" | sed -n 's/.*"layers":\[\([^]]*\)\].*/\1/p' | tr '{},' '\n\n\n' | json_field digest)
+	[ -n "$layer_digests" ] || fail "failed to pull image \"$image\": its manifest lists no layers"
+	layer_count=0
+	for digest in $layer_digests; do
+		valid_digest "$digest" || fail "failed to pull image \"$image\": invalid layer digest \"$digest\""
+		layer_count=$((layer_count + 1))
+		why=$(http_get "$base/blobs/$digest$query" "$tmp/layer$layer_count" '*/*') || fail "failed to pull image \"$image\": $why"
+		digest_matches "$tmp/layer$layer_count" "$digest" || fail "failed to pull image \"$image\": layer $digest: digest mismatch: the mirror sent other bytes"
+	done
+}
+
+# Takes /usr/local/bin/edgecore out of the pulled layers (the last layer
+# that has it wins, as in the unpacked image) and installs it atomically.
+copy_edgecore() {
+	mkdir "$tmp/rootfs" || fail "cannot create $tmp/rootfs"
+	i=1
+	while [ "$i" -le "$layer_count" ]; do
+		layer=$tmp/layer$i
+		if [ "$(head -c 2 "$layer" | od -An -tx1 | tr -d ' \n')" = 1f8b ]; then
+			gzip -dc <"$layer" | tar -xf - -C "$tmp/rootfs" usr/local/bin/edgecore 2>/dev/null
+		else
+			tar -xf "$layer" -C "$tmp/rootfs" usr/local/bin/edgecore 2>/dev/null
+		fi
+		i=$((i + 1))
+	done
+	[ -f "$tmp/rootfs/usr/local/bin/edgecore" ] || fail "failed to copy resources: image \"$image\" has no /usr/local/bin/edgecore"
+	bin=$ROOT/usr/local/bin
+	part=$bin/.edgecore.keadm-standin.$$
+	mkdir -p "$bin" && cp "$tmp/rootfs/usr/local/bin/edgecore" "$part" && chmod 755 "$part" && mv -f "$part" "$bin/edgecore" || {
+		rm -f "$part"
+		fail "failed to copy edgecore to /usr/local/bin/edgecore"
+	}
+}
+
+# The files a test harness writes to make this join fail, hang or take long.
+standin_faults() {
+	if [ -f "$STATE/fault" ]; then
+		case $(tr -d ' \t\r\n' <"$STATE/fault") in
+		fail)
+			echo "keadm (edgeferry SAMPLE stand-in): failing on purpose (fault file)" >&2
+			exit 1
+			;;
+		hang)
+			echo "keadm (edgeferry SAMPLE stand-in): hanging on purpose (fault file)" >&2
+			cleanup
+			exec sleep 2147483647
+			;;
+		'') ;;
+		*) note "ignoring $STATE/fault: it says neither fail nor hang" ;;
+		esac
+	fi
+	if [ -f "$STATE/join-seconds" ]; then
+		seconds=$(tr -d ' \t\r\n' <"$STATE/join-seconds")
+		case $seconds in
+		'' | *[!0-9]*) note "ignoring $STATE/join-seconds: not a whole number of seconds" ;;
+		*)
+			note "taking $seconds more seconds (join-seconds file)"
+			# In the background, so that a signal ends the join at once.
+			sleep "$seconds" &
+			sleeper=$!
+			wait "$sleeper"
+			sleeper=
+			;;
+		esac
+	fi
+}
+
+# A YAML scalar for the string $1: plain where that reads back as the same
+# string, as Go's YAML marshalling writes it, else double-quoted.
+yaml_str() {
+	plain=1
+	case $1 in
+	'' | *[!A-Za-z0-9._/:=+@-]* | [!A-Za-z0-9_/]* | *: | 0[xXoO]*) plain= ;;
+	[Tt]rue | TRUE | [Ff]alse | FALSE | [Yy]es | YES | [Nn]o | NO) plain= ;;
+	[Oo]n | ON | [Oo]ff | OFF | [YyNn] | [Nn]ull | NULL) plain= ;;
+	esac
+	# Numbers, dates and the like: digits, dots and signs only.
+	case $1 in *[!0-9.+-]*) ;; *) plain= ;; esac
+	if [ -n "$plain" ]; then
+		printf '%s' "$1"
+	else
+		printf '"%s"' "$(printf '%s' "$1" | sed -e 's/\\/\\\\/g' -e 's/"/\\"/g')"
+	fi
+}
+
+# The fields the real `keadm join` sets from its flags, not the full
+# default configuration of the real edgecore.
+write_edgecore_yaml() {
+	if [ "$opt_hub_protocol" = quic ]; then
+		websocket_enable=false websocket_server=$host:10000
+		quic_enable=true quic_server=$opt_cloudcore_ipport
+	else
+		websocket_enable=true websocket_server=$opt_cloudcore_ipport
+		quic_enable=false quic_server=$host:10001
+	fi
+	{
+		cat <<EOF
+# edgecore.yaml written by $STANDIN.
+# A stand-in: only the fields keadm join sets, not the real edgecore's full
+# default configuration.
+apiVersion: edgecore.config.kubeedge.io/v1alpha2
+kind: EdgeCore
+edgeCoreVersion: $(yaml_str "$version")
+modules:
+  edgeHub:
+    enable: true
+    httpServer: $(yaml_str "https://$host:$certport")
+    token: $(yaml_str "$opt_token")
+    tlsCaFile: /etc/kubeedge/ca/rootCA.crt
+    tlsCertFile: /etc/kubeedge/certs/server.crt
+    tlsPrivateKeyFile: /etc/kubeedge/certs/server.key
+    websocket:
+      enable: $websocket_enable
+      server: $(yaml_str "$websocket_server")
+    quic:
+      enable: $quic_enable
+      server: $(yaml_str "$quic_server")
+  edgeStream:
+    tunnelServer: $(yaml_str "$host:10004")
+  edged:
+    hostnameOverride: $(yaml_str "$node")
+    tailoredKubeletConfig:
+      cgroupDriver: $opt_cgroupdriver
+      containerRuntimeEndpoint: $(yaml_str "$opt_remote_runtime_endpoint")
+      imageServiceEndpoint: $(yaml_str "$opt_remote_runtime_endpoint")
+EOF
+		set -f
+		old_ifs=$IFS
+		IFS=,
+		if [ -n "$opt_labels" ]; then
+			echo "    nodeLabels:"
+			for label in $opt_labels; do
+				key=${label%%=*}
+				value=
+				case $label in *=*) value=${label#*=} ;; esac
+				[ -z "$key" ] || echo "      $(yaml_str "$key"): $(yaml_str "$value")"
+			done
+		fi
+		if [ -n "$opt_set" ]; then
+			echo "# --set values, which real keadm merges in with Helm strvals; the"
+			echo "# stand-in only lists them:"
+			for value in $opt_set; do
+				echo "#   $value"
+			done
+		fi
+		IFS=$old_ifs
+		set +f
+	} >"$1.tmp" && mv -f "$1.tmp" "$1"
+}
+
+# Waits for the three edgeHub TLS files that edgecore fetches from
+# cloudcore: real keadm's success criterion.
+wait_for_certs() {
+	waited=0
+	while :; do
+		[ -f "$ROOT/etc/kubeedge/ca/rootCA.crt" ] &&
+			[ -f "$ROOT/etc/kubeedge/certs/server.crt" ] &&
+			[ -f "$ROOT/etc/kubeedge/certs/server.key" ] && return 0
+		[ "$waited" -lt "$wait_limit" ] || return 1
+		sleep 1
+		waited=$((waited + 1))
+	done
+}
+
+do_join() {
+	version=$opt_kubeedge_version
+	case $version in v*) ;; *) version=v$version ;; esac
+	host=${opt_cloudcore_ipport%:*}
+	certport=${opt_certport:-10002}
+	node=${opt_edgenode_name:-$(uname -n)}
+	wait_limit=${EDGEFERRY_STANDIN_WAIT:-300}
+	case $wait_limit in
+	'' | *[!0-9]*) fail "EDGEFERRY_STANDIN_WAIT=$wait_limit is not a whole number of seconds" ;;
+	esac
+	# As keadm's util.EdgeSet and reference.ParseAnyReference do it: the
+	# repository replaces the first path component, and a first component
+	# with a dot or a colon, or localhost, names the registry.
+	ref=kubeedge/installation-package
+	[ -z "$opt_image_repository" ] || ref=$opt_image_repository/installation-package
+	tag=$version
+	case ${ref%%/*} in
+	*.* | *:* | localhost) registry=${ref%%/*} repo=${ref#*/} ;;
+	*) registry=docker.io repo=$ref ;;
+	esac
+	image=$registry/$repo:$tag
+	tmp=$(mktemp -d "${TMPDIR:-/tmp}/keadm-standin.XXXXXX") || fail "cannot create a temporary directory"
+	note "joining this node; images come from the site mirror over HTTP, not through containerd"
+
+	if [ -n "$opt_pre_run" ]; then
+		run_script pre "$opt_pre_run" || fail "failed to execute the pre-run script $opt_pre_run: exit status $?"
+	fi
+
+	step "Check KubeEdge edgecore process status"
+	if edgecore_pids >/dev/null 2>&1; then
+		fail "EdgeCore is already running on this node, please run reset to clean up first"
+	fi
+
+	step "Check if the management directory is clean"
+	if [ -d "$ROOT/etc/kubeedge" ] && [ -n "$(ls -A "$ROOT/etc/kubeedge")" ]; then
+		fail "the management directory /etc/kubeedge/ is not clean, please remove it first"
+	fi
+
+	step "Check if the node name is valid"
+	url="https://$host:$certport/node/$node"
+	why=$(reachable "$host:$certport") || fail "error making request: Get \"$url\": dial tcp $host:$certport: $why"
+
+	step "Create the necessary directories"
+	mkdir -p "$ROOT/etc/kubeedge/config" "$ROOT/var/log/kubeedge" "$ROOT/var/lib/kubeedge" ||
+		fail "failed to create the directories /etc/kubeedge/config, /var/log/kubeedge and /var/lib/kubeedge"
+
+	step "Pull Images"
+	pull_image
+
+	step "Copy resources from the image to the management directory"
+	copy_edgecore
+	standin_faults
+
+	step "Generate systemd service file"
+	systemd=
+	# Real keadm writes the unit whenever systemctl is in PATH. Test hosts
+	# have systemctl but no systemd, and no private, writable /etc/systemd,
+	# so the stand-in asks what util.HasSystemd asks: is /run/systemd/system
+	# a directory?
+	if [ -d "$ROOT/run/systemd/system" ]; then
+		systemd=1
+		mkdir -p "$ROOT/etc/systemd/system" && cat >"$ROOT/etc/systemd/system/edgecore.service" <<'UNIT' || fail "failed to create /etc/systemd/system/edgecore.service"
+# Written by the edgeferry SAMPLE stand-in keadm, not KubeEdge.
+[Unit]
+Description=edgecore.service
+
+[Service]
+Type=simple
+ExecStart=/usr/local/bin/edgecore
+Restart=always
+RestartSec=10
+Environment=
+KillMode=process
+
+[Install]
+WantedBy=multi-user.target
+UNIT
+	else
+		note "no systemd on this node (/run/systemd/system is not a directory): no service file written"
+	fi
+
+	bootstrap=$ROOT/etc/kubeedge/bootstrap-edgecore.conf
+	(umask 137 && printf '%s' "$opt_token" >"$bootstrap") || fail "failed to write /etc/kubeedge/bootstrap-edgecore.conf"
+	step "Generate EdgeCore default configuration"
+	write_edgecore_yaml "$ROOT/etc/kubeedge/config/edgecore.yaml" || fail "failed to write /etc/kubeedge/config/edgecore.yaml"
+
+	step "Run EdgeCore daemon"
+	if [ -n "$systemd" ]; then
+		echo "sudo systemctl daemon-reload && sudo systemctl enable edgecore && sudo systemctl start edgecore"
+		sudo systemctl daemon-reload && sudo systemctl enable edgecore && sudo systemctl start edgecore ||
+			fail "failed to run edgecore with systemd: exit status $?"
+	else
+		echo "/usr/local/bin/edgecore > /var/log/kubeedge/edgecore.log 2>&1 &"
+		# A new session and no inherited descriptors: edgecore has to outlive
+		# the SSH session that runs keadm.
+		if command -v setsid >/dev/null 2>&1; then
+			setsid "$bin/edgecore" >"$ROOT/var/log/kubeedge/edgecore.log" 2>&1 </dev/null &
+		else
+			nohup "$bin/edgecore" >"$ROOT/var/log/kubeedge/edgecore.log" 2>&1 </dev/null &
+		fi
+	fi
+
+	wait_for_certs || fail "edge node join failed: timed out waiting for the condition"
+	rm -f "$bootstrap"
+	bootstrap=
+	echo "Install Complete!"
+
+	if [ -n "$opt_post_run" ]; then
+		run_script post "$opt_post_run" || echo "failed to execute the post-run script $opt_post_run: exit status $?"
+	fi
+}
+
+@RESET_PARSER@
+do_reset_edge() {
+	if [ -n "$opt_pre_run" ]; then
+		run_script pre "$opt_pre_run" || fail "failed to execute the pre-run script $opt_pre_run: exit status $?"
+	fi
+	if [ "$opt_force" != true ]; then
+		printf '[reset] Are you sure you want to proceed? [y/N]: '
+		read -r answer || answer=
+		case $answer in
+		y | Y) ;;
+		*) fail "aborted reset operation" ;;
+		esac
+	fi
+	note "resetting this node"
+	# TearDownEdgeCore: the service, if systemd runs it, then the process.
+	if [ -d "$ROOT/run/systemd/system" ]; then
+		systemctl stop edgecore
+		systemctl disable edgecore
+		rm -f "$ROOT/etc/systemd/system/edgecore.service"
+	fi
+	stop_edgecore
+	note "no containers to remove: the stand-in uses no container runtime"
+	# CleanDirectories(isEdge=true), which only warns about what it cannot
+	# remove. Real keadm v1.21+ also removes /var/lib/kubelet, which test
+	# hosts share with the machine. A directory that is a mount point (as
+	# on test hosts) cannot go itself, but is emptied.
+	for dir in /etc/kubeedge/ /var/log/kubeedge/ /var/lib/kubeedge/ /var/lib/edged; do
+		path=$ROOT${dir%/}
+		rm -rf "$path" 2>/dev/null
+		if [ -e "$path" ] && [ -n "$(ls -A "$path" 2>/dev/null)" ]; then
+			echo "$STANDIN: warning: failed to delete directory $dir" >&2
+		fi
+	done
+	note "removed /etc/kubeedge/, /var/log/kubeedge/, /var/lib/kubeedge/ and /var/lib/edged; /usr/local/bin/edgecore stays, as with the real keadm"
+	if [ -n "$opt_post_run" ]; then
+		run_script post "$opt_post_run" || echo "failed to execute the post-run script $opt_post_run: exit status $?"
+	fi
+}
+
+case ${1-} in
+version)
+	echo "version: version.Info{GitVersion:\"$KEADM_VERSION\"} (edgeferry SAMPLE stand-in, not KubeEdge)"
+	;;
+join)
+	shift
+	join_defaults
+	join_parse "$@"
+	join_check_required
+	join_check_values
+	do_join
+	;;
+reset)
+	[ "${2-}" = edge ] || {
+		usage >&2
+		exit 1
+	}
+	shift 2
+	reset_edge_defaults
+	reset_edge_parse "$@"
+	do_reset_edge
+	;;
+help | -h | --help) usage ;;
+*)
+	usage >&2
+	exit 1
+	;;
+esac
