@@ -1,5 +1,5 @@
 //! `edgeferry join` / `reset` against real sshd test hosts (network, mount
-//! and PID namespaces; tests/src/hosts.rs), a real `edgeferry serve` on the
+//! and PID namespaces; tests/src/hosts/), a real `edgeferry serve` on the
 //! hosts' bridge, and the sample bundle's stand-in keadm (the only
 //! stand-in: KubeEdge itself).
 

@@ -1,5 +1,5 @@
 //! `cargo xtask bench join`: `edgeferry join` against real sshd test hosts
-//! (tests/src/hosts.rs), and in the same run a plain sequential `ssh` loop
+//! (tests/src/hosts/), and in the same run a plain sequential `ssh` loop
 //! doing the same work.
 //!
 //! Input: the sample artifact set with its amd64 keadm tarball grown by
