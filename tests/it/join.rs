@@ -610,7 +610,10 @@ fn interrupt_leaves_a_consistent_journal() {
         },
     );
     std::thread::sleep(std::time::Duration::from_millis(500));
-    unsafe { libc::kill(child.pid() as i32, libc::SIGINT) };
+    // SAFETY: kill(2) takes no pointers and has no memory-safety
+    // preconditions. `child` is ours and not yet reaped (Reaped waits only
+    // below or on drop), so its pid cannot have been reused.
+    unsafe { libc::kill(child.pid() as libc::pid_t, libc::SIGINT) };
     let status = child
         .wait_timeout(std::time::Duration::from_secs(30))
         .expect("join exits promptly after Ctrl-C");

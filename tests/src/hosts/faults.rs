@@ -51,6 +51,11 @@ impl TestHosts {
                         let init = sshd
                             .init_pid()
                             .ok_or_else(|| anyhow!("{}: sshd pid unknown", host.name))?;
+                        // SAFETY: kill(2) takes no pointers and has no
+                        // memory-safety preconditions. The pid is sshd's:
+                        // unshare is alive (checked under the lock we
+                        // hold), so it has not reaped it, and no other
+                        // process can have that pid.
                         unsafe {
                             libc::kill(init as libc::pid_t, libc::SIGHUP);
                         }

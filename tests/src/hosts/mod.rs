@@ -550,6 +550,7 @@ impl Drop for TestHosts {
 /// Fails, naming the Debian package, when a tool the harness runs is
 /// missing. We are root (namespaces need it).
 fn check_tools(with_sshd: bool) -> Result<()> {
+    // SAFETY: geteuid(2) takes no arguments and cannot fail.
     if unsafe { libc::geteuid() } != 0 {
         bail!("test hosts need root (network namespaces, bind mounts)");
     }

@@ -159,6 +159,12 @@ pub(super) fn sweep_stale() {
             if let Ok(out) = Command::new("ip").args(["netns", "pids", ns]).output() {
                 for pid in String::from_utf8_lossy(&out.stdout).split_whitespace() {
                     if let Ok(pid) = pid.parse::<libc::pid_t>() {
+                        // SAFETY: kill(2) takes no pointers and has no
+                        // memory-safety preconditions. The pid was just
+                        // listed in a namespace of a dead harness; should it
+                        // exit and its pid be reused in between, a stranger
+                        // gets SIGKILL: a race as narrow as `kill $(ip netns
+                        // pids)` in a shell, accepted for a test sweep.
                         unsafe {
                             libc::kill(pid, libc::SIGKILL);
                         }

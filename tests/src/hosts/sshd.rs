@@ -103,11 +103,15 @@ impl Sshd {
             return;
         }
         match self.init_pid() {
-            // unshare is alive, so it has not reaped `init`: the pid is
-            // still that process (at worst a zombie), never a reused one.
-            Some(init) => unsafe {
-                libc::kill(init as libc::pid_t, libc::SIGKILL);
-            },
+            Some(init) => {
+                // SAFETY: kill(2) takes no pointers and has no memory-safety
+                // preconditions. And it hits the right process: unshare is
+                // alive, so it has not reaped `init`; the pid is still that
+                // process (at worst a zombie), never a reused one.
+                unsafe {
+                    libc::kill(init as libc::pid_t, libc::SIGKILL);
+                }
+            }
             None => {
                 let _ = self.unshare.kill();
             }
