@@ -12,7 +12,7 @@ const BINARIES: &[(&str, &str)] = &[
 
 /// A binary of this workspace, built in the same profile and target
 /// directory as the running test binary. The first call in a process runs
-/// `cargo build --bins` for every package in [`BINARIES`] (cargo does no
+/// `cargo build --bins` for the packages of both binaries (cargo does no
 /// work when they are fresh), so a test never drives a stale or missing
 /// binary: what `[[test]]` in the binary's own package gives, for tests
 /// that drive several packages' binaries. `cargo test` releases its build

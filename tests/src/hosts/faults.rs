@@ -11,6 +11,8 @@ use std::time::{Duration, Instant};
 use anyhow::{anyhow, bail, Result};
 
 use super::keys::write_host_key;
+#[cfg(doc)]
+use super::TestHost;
 use super::{count_in, lock, TestHosts};
 
 impl TestHosts {

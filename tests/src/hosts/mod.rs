@@ -49,11 +49,12 @@
 //! [`TestHosts::create`], which finds them through a record under
 //! [`RECORDS`] naming the dead owner.
 //!
-//! The pieces: [`netns`] (bridge, namespaces, veths, the owner records and
-//! the sweep), [`accounts`] (each host's private tree and account files),
-//! [`sshd`] (starting, watching and stopping each host's PID namespace),
-//! [`keys`] (host and client keys, the agent), [`faults`] (what a test
-//! breaks on purpose), [`cloudcore`] (the stand-in cloudcore listener).
+//! The pieces: `netns.rs` (bridge, namespaces, veths, the owner records
+//! and the sweep), `accounts.rs` (each host's private tree and account
+//! files), `sshd.rs` (starting, watching and stopping each host's PID
+//! namespace), `keys.rs` (host and client keys, the agent), `faults.rs`
+//! (what a test breaks on purpose), `cloudcore.rs` (the stand-in
+//! cloudcore listener).
 
 use std::fmt::Write as _;
 use std::fs;
