@@ -1,5 +1,5 @@
 //! `edgeferry join` / `reset` against real sshd test hosts (network, mount
-//! and PID namespaces; tests/src/hosts.rs), a real `edgeferry serve` on the
+//! and PID namespaces; tests/src/hosts/), a real `edgeferry serve` on the
 //! hosts' bridge, and the sample bundle's stand-in keadm (the only
 //! stand-in: KubeEdge itself).
 
@@ -647,7 +647,10 @@ fn interrupt_leaves_a_consistent_journal() {
         },
     );
     std::thread::sleep(std::time::Duration::from_millis(500));
-    unsafe { libc::kill(child.pid() as i32, libc::SIGINT) };
+    // SAFETY: kill(2) takes no pointers and has no memory-safety
+    // preconditions. `child` is ours and not yet reaped (Reaped waits only
+    // below or on drop), so its pid cannot have been reused.
+    unsafe { libc::kill(child.pid() as libc::pid_t, libc::SIGINT) };
     let status = child
         .wait_timeout(std::time::Duration::from_secs(30))
         .expect("join exits promptly after Ctrl-C");

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
 use edgeferry_bundle::format::{self, Arch, Entry, Manifest};
-use edgeferry_bundle::sign::SigningKey;
+use edgeferry_bundle::sign::{SigningKey, TrustedKeys};
 use edgeferry_tests::*;
 
 const EPOCH: u64 = 1_763_000_000;
@@ -154,6 +154,79 @@ fn decompress(bundle: &[u8]) -> Vec<u8> {
     zstd::decode_all(bundle).unwrap()
 }
 
+/// The chunk size the installer reads and decompresses in
+/// (bundle/src/verify.rs), so [`as_the_reader_sees_it`] stops where it does.
+const READ_CHUNK: usize = 1 << 20;
+
+/// Decompresses one zstd frame the way the installer's one-pass reader
+/// does: 1 MiB in, 1 MiB out per read, nothing allowed after the frame.
+/// Returns what came out before the first error, and whether one came.
+fn as_the_reader_sees_it(bundle: &[u8]) -> (Vec<u8>, bool) {
+    use std::io::Read;
+    let input = std::io::BufReader::with_capacity(READ_CHUNK, bundle);
+    let Ok(decoder) = zstd::stream::read::Decoder::with_buffer(input) else {
+        return (Vec::new(), true);
+    };
+    let mut decoder = decoder.single_frame();
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; READ_CHUNK];
+    loop {
+        match decoder.read(&mut buf) {
+            Ok(0) => {
+                let trailing = decoder.finish().read(&mut [0u8; 1]).map_or(true, |n| n > 0);
+                return (out, trailing);
+            }
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => return (out, true),
+        }
+    }
+}
+
+/// The exit class a load must give a bundle with one byte changed, derived
+/// from what the change does to the stream the installer reads (tar inside
+/// zstd: the manifest, its signature, then the entries; the whole file is
+/// signed too, but that signature is checked last, once the stream was
+/// read):
+/// - the manifest or its signature no longer verify, with the tar framing
+///   up to there intact: signature (3), found when the signature is read;
+/// - the stream decodes to the same entries (a zstd header bit, or text
+///   minisign does not sign): signature (3), only the whole-file
+///   signature sees it;
+/// - anything else (a tar header, an entry's bytes, a zstd block that no
+///   longer decodes, the frame's checksum): integrity (4).
+fn flip_class(plain: &[u8], mutant: &[u8], keys: &TrustedKeys) -> Expected {
+    let (decoded, failed) = as_the_reader_sees_it(mutant);
+    let entries = tar_entries(plain);
+    let (manifest, signature) = (&entries[0], &entries[1]);
+    let size = |chunk: &[u8]| {
+        let field = std::str::from_utf8(&chunk[124..135]).unwrap();
+        usize::from_str_radix(field.trim_matches('\0'), 8).unwrap()
+    };
+    let manifest_body = 512..512 + size(manifest);
+    let signature_at = manifest.len();
+    let signature_body = signature_at + 512..signature_at + 512 + size(signature);
+    let signed_end = signature_at + signature.len();
+    if decoded.len() >= signed_end {
+        let framing_intact = (0..signed_end)
+            .filter(|i| !manifest_body.contains(i) && !signature_body.contains(i))
+            .all(|i| decoded[i] == plain[i]);
+        if framing_intact {
+            let verifies = std::str::from_utf8(&decoded[signature_body])
+                .is_ok_and(|text| keys.verify(&decoded[manifest_body], text).is_ok());
+            if !verifies {
+                return (SIGNATURE, "the manifest or its signature changed");
+            }
+            if !failed && decoded[signed_end..] == plain[signed_end..] {
+                return (SIGNATURE, "only the whole-file signature sees the change");
+            }
+        }
+    }
+    (
+        INTEGRITY,
+        "the stream decodes to other bytes, or not at all",
+    )
+}
+
 /// The mutants the store must refuse, each checked the same way.
 struct Refusals {
     store: PathBuf,
@@ -163,29 +236,43 @@ struct Refusals {
     before: std::collections::BTreeMap<String, String>,
     beside: Vec<String>,
     count: usize,
+    /// How many mutants were refused per expected class and reason.
     classes: std::collections::BTreeMap<String, usize>,
 }
 
+/// The installer's exit codes for a refused bundle (installer/src/main.rs)
+/// and the `class` its `--json` result names.
+const SIGNATURE: (i32, &str) = (3, "signature");
+const INTEGRITY: (i32, &str) = (4, "integrity");
+const POLICY: (i32, &str) = (5, "policy");
+
+/// What a mutant must be refused as: the exit class, and why.
+type Expected = ((i32, &'static str), &'static str);
+
+/// A bundle's bytes and the text of its whole-file signature.
+type Mutant = (Vec<u8>, String);
+
 impl Refusals {
-    fn check(&mut self, label: &str, bundle: &[u8], signature: &str) {
+    fn check(&mut self, label: &str, expected: Expected, bundle: &[u8], signature: &str) {
         let path = self.work.join(format!("{}.tar.zst", self.count));
         std::fs::write(&path, bundle).unwrap();
         std::fs::write(format!("{}.minisig", path.display()), signature).unwrap();
-        self.check_path(label, &path);
+        self.check_path(label, expected, &path);
         std::fs::remove_file(&path).unwrap();
     }
 
-    fn check_path(&mut self, label: &str, path: &Path) {
+    fn check_path(&mut self, label: &str, expected: Expected, path: &Path) {
+        let ((code, class), why) = expected;
         let ran = load(path, &self.public, &self.store);
         assert!(
             !ran.ok,
             "mutant {} ({label}) was accepted: {}",
             self.count, ran.stdout
         );
-        assert!(
-            matches!(ran.code, Some(1 | 3 | 4 | 5)),
-            "mutant {label}: exit {:?}: {}",
+        assert_eq!(
             ran.code,
+            Some(code),
+            "mutant {label}: expected exit {code} ({class}: {why}): {}",
             ran.stderr
         );
         assert_eq!(
@@ -196,7 +283,12 @@ impl Refusals {
         );
         let result: serde_json::Value = serde_json::from_str(ran.stdout.trim())
             .unwrap_or_else(|_| panic!("mutant {label}: no JSON: {}", ran.stdout));
-        *self.classes.entry(result["class"].to_string()).or_default() += 1;
+        assert_eq!(
+            result["class"], class,
+            "mutant {label}: --json class ({why}): {}",
+            ran.stdout
+        );
+        *self.classes.entry(format!("{class}: {why}")).or_default() += 1;
         if !label.starts_with("flip") && !label.starts_with("truncated") {
             eprintln!("refused {label}: {}", ran.stderr.trim());
         }
@@ -246,17 +338,29 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
     };
     let bytes = std::fs::read(&good).unwrap();
     let signature = std::fs::read_to_string(format!("{}.minisig", good.display())).unwrap();
+    let keys = TrustedKeys::from_files(std::slice::from_ref(&s.public)).unwrap();
+    let plain = decompress(&bytes);
     let mut rng = Rng(0x5eed_cafe);
 
     for _ in 0..650 {
         let mut mutant = bytes.clone();
         let at = rng.below(mutant.len() as u64) as usize;
         mutant[at] ^= (rng.below(255) + 1) as u8;
-        refusals.check(&format!("flip at {at}"), &mutant, &signature);
+        let expected = flip_class(&plain, &mutant, &keys);
+        refusals.check(&format!("flip at {at}"), expected, &mutant, &signature);
     }
     for _ in 0..330 {
         let cut = rng.below(bytes.len() as u64) as usize;
-        refusals.check(&format!("truncated at {cut}"), &bytes[..cut], &signature);
+        // The stream ends early (at worst inside the frame's checksum):
+        // the one-pass reader sees that before the whole-file signature
+        // is checked at the end.
+        let expected = (INTEGRITY, "the file ends early");
+        refusals.check(
+            &format!("truncated at {cut}"),
+            expected,
+            &bytes[..cut],
+            &signature,
+        );
     }
 
     // Crafted archives, signed with the trusted test key.
@@ -264,9 +368,12 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
     let escape_str = escape.to_str().unwrap();
     let a: &[u8] = b"payload";
     let traversal = format!("files/../../../../../../..{escape_str}");
-    let cases: Vec<(&str, (Vec<u8>, String))> = vec![
+    // Each signed with a valid whole-file signature: only the checks
+    // inside can refuse them.
+    let cases: Vec<(&str, Expected, Mutant)> = vec![
         (
             "path traversal, listed",
+            (INTEGRITY, "an unsafe path in the signed manifest"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -277,6 +384,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "path traversal, unlisted",
+            (INTEGRITY, "an unsafe path in the stream"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -287,6 +395,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "absolute path",
+            (INTEGRITY, "an unsafe path in the stream"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -297,6 +406,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "symlink escape",
+            (INTEGRITY, "not a regular file"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -307,6 +417,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "symlink then write through it",
+            (INTEGRITY, "not a regular file"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -320,6 +431,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "hard link",
+            (INTEGRITY, "not a regular file"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -330,6 +442,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "device",
+            (INTEGRITY, "not a regular file"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -340,6 +453,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "fifo",
+            (INTEGRITY, "not a regular file"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -350,6 +464,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "directory",
+            (INTEGRITY, "not a regular file"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -360,6 +475,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "pax header",
+            (INTEGRITY, "not a plain ustar entry"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -370,6 +486,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "duplicate entry",
+            (INTEGRITY, "the stream does not match the signed manifest"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -380,6 +497,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "listed twice",
+            (INTEGRITY, "a malformed signed manifest"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -390,6 +508,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "extra entry at the end",
+            (INTEGRITY, "the stream does not match the signed manifest"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -400,6 +519,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "extra entry first",
+            (INTEGRITY, "the stream does not match the signed manifest"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -410,6 +530,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "missing entry",
+            (INTEGRITY, "the stream does not match the signed manifest"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -420,6 +541,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "wrong content",
+            (INTEGRITY, "the stream does not match the signed manifest"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -430,6 +552,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "wrong size",
+            (INTEGRITY, "the stream does not match the signed manifest"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -440,6 +563,7 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "blob named for another digest",
+            (INTEGRITY, "content does not match its name"),
             crafted(
                 &key,
                 Arch::Amd64,
@@ -453,37 +577,65 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         ),
         (
             "swapped manifest",
+            // Every signature in it is genuine (the manifest's and, as if
+            // the attacker held the key, the whole file's); what is wrong
+            // is that the entries are not the ones the manifest lists.
+            (INTEGRITY, "the stream does not match the signed manifest"),
             swapped_manifest(&key, &bytes, &std::fs::read(&later).unwrap()),
         ),
         (
             "edited manifest, old signature",
+            (SIGNATURE, "the manifest's signature does not match it"),
             edited_manifest(&key, &bytes),
         ),
-        ("unsigned", unsigned(&key, &bytes)),
-        ("signed by another key", other_key(&s.root, &bytes)),
+        (
+            "unsigned",
+            (SIGNATURE, "the manifest has no signature"),
+            unsigned(&key, &bytes),
+        ),
+        (
+            "signed by another key",
+            (SIGNATURE, "an untrusted key"),
+            other_key(&s.root, &bytes),
+        ),
     ];
-    for (label, (bundle, signature)) in &cases {
-        refusals.check(label, bundle, signature);
+    for (label, expected, (bundle, signature)) in &cases {
+        refusals.check(label, *expected, bundle, signature);
     }
     // The whole-file signature missing, or from another bundle.
     refusals.check(
         "whole-file signature of another bundle",
+        (SIGNATURE, "the whole-file signature does not match"),
         &bytes,
         &std::fs::read_to_string(format!("{}.minisig", later.display())).unwrap(),
     );
     let no_sig = refusals.work.join("nosig.tar.zst");
     std::fs::write(&no_sig, &bytes).unwrap();
-    refusals.check_path("no whole-file signature", &no_sig);
+    refusals.check_path(
+        "no whole-file signature",
+        (SIGNATURE, "the whole-file signature is missing"),
+        &no_sig,
+    );
     // An older sequence, properly signed.
-    refusals.check_path("older sequence", &older);
-    // A volume swapped in from another build.
+    refusals.check_path(
+        "older sequence",
+        (POLICY, "a downgrade of what the store holds"),
+        &older,
+    );
+    // A volume swapped in from another build: the signed volume list
+    // names each volume's sha256, and this one's differs. Integrity, not
+    // signature: the list's signature is good, a volume does not match it.
     let swapped = swapped_volume(&s);
-    refusals.check_path("volume from another build", &swapped);
+    refusals.check_path(
+        "volume from another build",
+        (INTEGRITY, "a volume does not match the signed volume list"),
+        &swapped,
+    );
 
     assert!(!escape.exists(), "something was written outside the store");
     assert!(refusals.count >= 1000, "only {} mutants", refusals.count);
     eprintln!(
-        "tamper suite: {} mutants refused, by class {:?}",
+        "tamper suite: {} mutants refused, by class and reason {:#?}",
         refusals.count, refusals.classes
     );
 }
@@ -857,14 +1009,16 @@ fn verify_names_the_class_and_skip_signature_warns() {
         .arg("--key")
         .arg(&s.public)
         .arg("--json"));
-    assert!(
-        matches!(bad.code, Some(3 | 4)),
-        "{:?} {}",
-        bad.code,
-        bad.stderr
+    let keys = TrustedKeys::from_files(std::slice::from_ref(&s.public)).unwrap();
+    let ((code, class), why) = flip_class(
+        &decompress(&std::fs::read(&bundle).unwrap()),
+        &flipped,
+        &keys,
     );
+    assert_eq!(bad.code, Some(code), "{class} ({why}): {}", bad.stderr);
     let bad: serde_json::Value = serde_json::from_str(bad.stdout.trim()).unwrap();
     assert_eq!(bad["ok"], false);
+    assert_eq!(bad["class"], class, "{why}");
 }
 
 /// A read-only bind mount of `dir`, removed on drop.

@@ -1,5 +1,5 @@
 //! Pull mode: edge nodes that nothing can reach (test hosts without sshd,
-//! tests/src/hosts.rs) join themselves by running the one-liner `edgeferry
+//! tests/src/hosts/) join themselves by running the one-liner `edgeferry
 //! serve --site-dir` prints, typed on their console ([`TestHosts::run_on`]).
 //! The mirror hands the site's parameters (cloudcore token included) only
 //! for a valid enrollment code, checks what nodes report, and `edgeferry

@@ -4,21 +4,94 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// A binary of this workspace, built in the same profile as the tests.
+/// The workspace binaries the tests drive, and their packages.
+const BINARIES: &[(&str, &str)] = &[
+    ("edgeferry", "edgeferry"),
+    ("edgeferry-builder", "edgeferry-builder"),
+];
+
+/// A binary of this workspace, built in the same profile and target
+/// directory as the running test binary. The first call in a process runs
+/// `cargo build --bins` for the packages of both binaries (cargo does no
+/// work when they are fresh), so a test never drives a stale or missing
+/// binary: what `[[test]]` in the binary's own package gives, for tests
+/// that drive several packages' binaries. `cargo test` releases its build
+/// lock before it runs tests, so the nested build does not wait for it.
 pub fn bin(name: &str) -> PathBuf {
-    let exe = std::env::current_exe().expect("test binary path");
-    // target/<profile>/deps/it-<hash> -> target/<profile>/<name>
-    let profile_dir = exe
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binary lives in target/<profile>/deps");
-    let path = profile_dir.join(name);
+    static BUILT: std::sync::OnceLock<PathBuf> = std::sync::OnceLock::new();
+    assert!(
+        BINARIES.iter().any(|(bin, _)| *bin == name),
+        "{name} is not one of the binaries the tests build: {BINARIES:?}"
+    );
+    let path = BUILT.get_or_init(build_binaries).join(name);
     assert!(
         path.exists(),
-        "missing {}: run `cargo build --workspace --bins` before the tests (`cargo xtask ci` does)",
+        "cargo built the binaries but {} is missing",
         path.display()
     );
     path
+}
+
+/// `cargo build --bins -p <each of BINARIES>` into the running test
+/// binary's profile directory (target/<profile>/deps/<test> ->
+/// target/<profile>); returns that directory. Quiet unless it fails.
+fn build_binaries() -> PathBuf {
+    let exe = std::env::current_exe().expect("test binary path");
+    let profile_dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binary lives in target/<profile>/deps")
+        .to_path_buf();
+    let profile = profile_dir
+        .file_name()
+        .and_then(|n| n.to_str())
+        .expect("profile directory name");
+    // target/<profile>, or target/<triple>/<profile> with --target.
+    let mut target_dir = profile_dir.parent().expect("target directory");
+    let mut triple = None;
+    if !target_dir.join("CACHEDIR.TAG").exists() {
+        if let Some(parent) = target_dir.parent() {
+            if parent.join("CACHEDIR.TAG").exists() {
+                triple = target_dir.file_name();
+                target_dir = parent;
+            }
+        }
+    }
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("tests/ lives in the workspace");
+    // Cargo sets CARGO for the processes it runs; outside cargo, PATH's.
+    let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+    let mut cmd = Command::new(cargo);
+    cmd.current_dir(workspace)
+        .args(["build", "--quiet", "--bins"])
+        .arg("--manifest-path")
+        .arg(workspace.join("Cargo.toml"))
+        .arg("--target-dir")
+        .arg(target_dir);
+    // The dev profile's directory is "debug"; every other profile's is
+    // its name ("release" for --release and for the bench profile).
+    if profile != "debug" {
+        cmd.args(["--profile", profile]);
+    }
+    if let Some(triple) = triple {
+        cmd.arg("--target").arg(triple);
+    }
+    for (_, package) in BINARIES {
+        cmd.args(["-p", package]);
+    }
+    let out = cmd
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap_or_else(|e| panic!("starting {cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed ({}): the tests drive the binaries it builds\n{}{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    profile_dir
 }
 
 /// Panics with what to install when a stock tool is missing.

@@ -1,5 +1,5 @@
 //! `cargo xtask bench join`: `edgeferry join` against real sshd test hosts
-//! (tests/src/hosts.rs), and in the same run a plain sequential `ssh` loop
+//! (tests/src/hosts/), and in the same run a plain sequential `ssh` loop
 //! doing the same work.
 //!
 //! Input: the sample artifact set with its amd64 keadm tarball grown by
@@ -410,8 +410,11 @@ fn ensure_input(builder: &Path, dir: &Path) -> Result<Tarball> {
 fn free_bytes(path: &Path) -> Result<u64> {
     use std::os::unix::ffi::OsStrExt;
     let c = std::ffi::CString::new(path.as_os_str().as_bytes())?;
-    // SAFETY: statvfs fills a zeroed struct we own from a valid C string.
+    // SAFETY: libc::statvfs is a plain C struct of integers, for which all
+    // zero bytes are a valid value.
     let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    // SAFETY: `c` is a valid NUL-terminated C string and `st` a struct we
+    // own, both alive for the call; statvfs only writes into `st`.
     if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
         bail!(
             "statvfs {}: {}",

@@ -250,7 +250,7 @@ fn serve_and_pull(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
     result
 }
 
-/// Three local test hosts (tests/src/hosts.rs: sshd in its own network,
+/// Three local test hosts (tests/src/hosts/: sshd in its own network,
 /// mount and PID namespaces), a mirror on their bridge, and one
 /// `edgeferry join`: dry run first, then the real thing.
 fn join_hosts(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {

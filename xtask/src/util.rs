@@ -16,7 +16,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("docker-registry", "docker-registry"),
     ("htpasswd", "apache2-utils"),
     ("containerd", "containerd"),
-    // Test hosts for `edgeferry join` (tests/src/hosts.rs): real sshd in
+    // Test hosts for `edgeferry join` (tests/src/hosts/): real sshd in
     // namespaces, the OpenSSH client, sudo and password hashes inside.
     ("/usr/sbin/sshd", "openssh-server"),
     ("ssh", "openssh-client"),
