@@ -7,6 +7,8 @@
 //! Imports go one way: `cli` → `build` → {`fetch`, `oci`, `release`,
 //! `sample`} → `plan` → `manifests`; nothing imports `build` or `cli`.
 
+#![forbid(unsafe_code)]
+
 pub mod build;
 pub mod cli;
 pub mod fetch;

@@ -4,6 +4,8 @@
 //! Both also read [`keadm`], the keadm flags of each supported KubeEdge,
 //! and [`oci`], the OCI documents and media types they exchange.
 
+#![forbid(unsafe_code)]
+
 pub mod atomic;
 pub mod format;
 pub mod hashing;

@@ -6,8 +6,6 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::{join, status};
-
 pub const EXAMPLES: &str = "\
 Examples:
   # Check a bundle (and its .minisig beside it) without writing anything
@@ -60,17 +58,17 @@ pub enum Command {
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
     /// Join edge nodes over SSH from the mirror: verifiably, in parallel, resumably
-    #[command(after_help = join::JOIN_EXAMPLES)]
-    Join(join::JoinArgs),
+    #[command(after_help = JOIN_EXAMPLES)]
+    Join(JoinArgs),
     /// Run `keadm reset edge --force` on the nodes of an inventory
-    #[command(after_help = join::RESET_EXAMPLES)]
-    Reset(join::BatchArgs),
+    #[command(after_help = RESET_EXAMPLES)]
+    Reset(BatchArgs),
     /// Pull mode: enrollment codes for nodes that join themselves via /join.sh
     #[command(subcommand, after_help = ENROLL_EXAMPLES)]
     Enroll(EnrollCommand),
     /// One table of every node: SSH joins (journals) and pull-mode joins (reports)
     #[command(after_help = STATUS_EXAMPLES)]
-    Status(status::StatusArgs),
+    Status(StatusArgs),
 }
 
 pub const ENROLL_EXAMPLES: &str = "\
@@ -215,4 +213,108 @@ pub enum StoreCommand {
         #[arg(long)]
         json: bool,
     },
+}
+
+pub const JOIN_EXAMPLES: &str = "\
+Examples:
+  # See exactly what would run on every node, touching nothing
+  edgeferry join -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --dry-run
+
+  # Join every node, 50 at a time, recording host keys on first contact
+  export KUBEEDGE_TOKEN=$(kubectl get secret -n kubeedge tokensecret -o=jsonpath='{.data.tokendata}' | base64 -d)
+  edgeferry join -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --parallel 50 --accept-new-host-keys
+
+  # After fixing what failed: continue, skipping nodes and steps already done
+  edgeferry join -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --resume
+
+  # A keadm batch config.yaml works as it is
+  edgeferry join -c config.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000
+
+Inventory format: docs/inventory.md. State (journal.jsonl, report.json,
+logs/<node>.log) goes to --state-dir, by default edgeferry-<inventory name>/
+beside the inventory.
+
+Exit codes:
+  0    every node joined (or had joined before)
+  2    some nodes failed or were not started; see report.json
+  3    nothing could start: bad inventory, store, mirror, or command line
+  130  interrupted (Ctrl-C); the journal is consistent, --resume continues";
+
+pub const RESET_EXAMPLES: &str = "\
+Examples:
+  edgeferry reset -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --limit edge-a1,edge-a2
+  # Reinstall = reset, then join again
+  edgeferry reset -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 && \\
+    edgeferry join -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --resume
+
+Runs `keadm reset edge --force` on each node (keadm comes from the mirror,
+checked against the store). The cloud's Node objects stay: delete them with
+kubectl before joining again under the same names.
+
+Exit codes: 0 all reset, 2 some failed, 3 nothing could start, 130 interrupted.";
+
+#[derive(Args, Debug)]
+pub struct BatchArgs {
+    /// Inventory: edgeferry YAML (docs/inventory.md) or a keadm batch config.yaml
+    #[arg(short = 'c', long = "config", value_name = "INVENTORY")]
+    pub inventory: PathBuf,
+    /// The store `edgeferry serve` serves
+    #[arg(long, env = "EDGEFERRY_STORE")]
+    pub store: PathBuf,
+    /// host:port where nodes reach `edgeferry serve` (else the inventory's mirror:)
+    #[arg(long, env = "EDGEFERRY_MIRROR")]
+    pub mirror: Option<String>,
+    /// Nodes worked on at once (default 20; keadm batch configs: maxRunNum)
+    #[arg(long)]
+    pub parallel: Option<usize>,
+    /// Print the per-node plan and touch nothing: no connections, no files
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Only these nodes (names or addresses, comma-separated)
+    #[arg(long, value_delimiter = ',')]
+    pub limit: Vec<String>,
+    /// Stop starting new nodes after N failures, or P% of the nodes (e.g. 10%)
+    #[arg(long, value_name = "N|P%")]
+    pub max_fail: Option<String>,
+    /// Record unknown host keys into known_hosts (first contact); a changed
+    /// key still fails
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Journal, report and per-node logs (default: edgeferry-<inventory name>/ beside it)
+    #[arg(long)]
+    pub state_dir: Option<PathBuf>,
+    /// Print report.json on stdout instead of the table
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct JoinArgs {
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// Continue the journal's run: skip joined nodes, resume failed and
+    /// interrupted ones at the step that failed
+    #[arg(long, conflicts_with = "fresh")]
+    pub resume: bool,
+    /// Like --resume, but only for the nodes that failed or were interrupted
+    #[arg(long, conflicts_with = "fresh")]
+    pub retry_failed: bool,
+    /// Set the journal aside (kept as journal.<time>.jsonl) and start over
+    #[arg(long)]
+    pub fresh: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct StatusArgs {
+    /// A pull-mode site directory (`edgeferry serve --site-dir`)
+    #[arg(long, env = "EDGEFERRY_SITE_DIR")]
+    pub site_dir: Option<PathBuf>,
+    /// A join state directory (repeatable; where journal.jsonl is)
+    #[arg(long = "state-dir")]
+    pub state_dirs: Vec<PathBuf>,
+    /// Redraw every 2 seconds until Ctrl-C
+    #[arg(long)]
+    pub watch: bool,
+    #[arg(long)]
+    pub json: bool,
 }

@@ -12,14 +12,13 @@ use std::path::{Path, PathBuf};
 
 use edgeferry_bundle::format::Arch;
 use edgeferry_bundle::verify::Class;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::node::hosts::HostsFile;
 use crate::node::inventory::{Format, NodeSpec};
 use crate::node::script::KeadmAsset;
 use crate::node::steps::{Action, Step};
 
-pub use crate::pull::enroll::Enrollments;
 pub use crate::store::State as StoreState;
 
 // ---- verify, load: --json
@@ -69,6 +68,41 @@ pub struct Failed {
 pub struct BatchFailed {
     pub ok: bool,
     pub error: String,
+}
+
+// ---- enroll list --json: enrollments.json as it is (hashes only)
+
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Enrollments {
+    pub codes: Vec<CodeRecord>,
+    pub nodes: Vec<NodeRecord>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CodeRecord {
+    pub id: String,
+    pub sha256: String,
+    pub created: u64,
+    pub expires: u64,
+    pub uses_left: u32,
+    pub uses: u32,
+    /// Node names this code hands out, in order; empty: names come from
+    /// the site's name_prefix and the node's hostname.
+    pub names: Vec<String>,
+    pub revoked: bool,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeRecord {
+    pub name: String,
+    pub hostname: String,
+    pub code_id: String,
+    pub key_sha256: String,
+    pub enrolled: u64,
+    pub client: String,
 }
 
 // ---- enroll create --json

@@ -2,30 +2,15 @@
 //! (the join journals) or by pull mode (the mirror's reports).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 
 use anyhow::Result;
 
+use crate::cli::StatusArgs;
 use crate::join::journal::{self, Status};
 use crate::node::steps::Step;
 use crate::output::{self, StatusNode};
 use crate::printer::Printer;
 use crate::pull;
-
-#[derive(clap::Args, Debug)]
-pub struct StatusArgs {
-    /// A pull-mode site directory (`edgeferry serve --site-dir`)
-    #[arg(long, env = "EDGEFERRY_SITE_DIR")]
-    pub site_dir: Option<PathBuf>,
-    /// A join state directory (repeatable; where journal.jsonl is)
-    #[arg(long = "state-dir")]
-    pub state_dirs: Vec<PathBuf>,
-    /// Redraw every 2 seconds until Ctrl-C
-    #[arg(long)]
-    pub watch: bool,
-    #[arg(long)]
-    pub json: bool,
-}
 
 pub fn collect(args: &StatusArgs) -> Result<Vec<StatusNode>> {
     let mut nodes: BTreeMap<String, StatusNode> = BTreeMap::new();

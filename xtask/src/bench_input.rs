@@ -15,6 +15,11 @@ use std::sync::Mutex;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
+use edgeferry_bundle::oci::{
+    MEDIA_OCI_CONFIG as MEDIA_CONFIG, MEDIA_OCI_INDEX as MEDIA_INDEX,
+    MEDIA_OCI_LAYER as MEDIA_LAYER_TAR, MEDIA_OCI_LAYER_GZIP as MEDIA_LAYER_GZIP,
+    MEDIA_OCI_MANIFEST as MEDIA_MANIFEST,
+};
 use flate2::write::GzEncoder;
 use flate2::Compression;
 use sha2::{Digest, Sha256, Sha512};
@@ -35,12 +40,6 @@ const MAX_ELF_FILE: u64 = 128 * MIB;
 
 pub const KUBEEDGE_VERSION: &str = "v1.23.1";
 const KEADM: &str = "keadm-v1.23.1-linux-amd64.tar.gz";
-
-const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
-const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
-const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
-const MEDIA_LAYER_GZIP: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
-const MEDIA_LAYER_TAR: &str = "application/vnd.oci.image.layer.v1.tar";
 
 /// One image: its layout directory under `images/`, full reference, tag,
 /// and layers in order.

@@ -39,6 +39,9 @@ use flate2::Compression;
 use crate::bench::{ensure_keys, load_average, machine_facts, release_binary, shell_line};
 use crate::bench_input::KUBEEDGE_VERSION;
 use crate::util::{ensure_packages, run as sh, workspace_root};
+use edgeferry_bundle::oci::{
+    ACCEPT_MANIFESTS, MEDIA_OCI_CONFIG, MEDIA_OCI_LAYER_GZIP, MEDIA_OCI_MANIFEST,
+};
 
 const PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx"),
@@ -74,7 +77,6 @@ const TARGET_FRESH_S: f64 = 1.0;
 const REFERENCE: &str = "docker.io/library/bench:1";
 const REPO: &str = "library/bench";
 const TAG: &str = "1";
-const ACCEPT_MANIFESTS: &str = "application/vnd.oci.image.index.v1+json, application/vnd.oci.image.manifest.v1+json, application/vnd.docker.distribution.manifest.list.v2+json, application/vnd.docker.distribution.manifest.v2+json";
 /// Bump when the generated input changes.
 const SPEC: &str = "edgeferry bench mirror-input v1";
 const SOURCE_DATE_EPOCH: &str = "1767225600";
@@ -593,14 +595,14 @@ fn write_bench_layout(dir: &Path) -> Result<Layer> {
     let (config_hex, config_size) = put(config.as_bytes())?;
     let manifest = serde_json::json!({
         "schemaVersion": 2,
-        "mediaType": "application/vnd.oci.image.manifest.v1+json",
+        "mediaType": MEDIA_OCI_MANIFEST,
         "config": {
-            "mediaType": "application/vnd.oci.image.config.v1+json",
+            "mediaType": MEDIA_OCI_CONFIG,
             "digest": format!("sha256:{config_hex}"),
             "size": config_size,
         },
         "layers": [{
-            "mediaType": "application/vnd.oci.image.layer.v1.tar+gzip",
+            "mediaType": MEDIA_OCI_LAYER_GZIP,
             "digest": format!("sha256:{layer_hex}"),
             "size": layer_size,
         }],
@@ -611,7 +613,7 @@ fn write_bench_layout(dir: &Path) -> Result<Layer> {
     let index = serde_json::json!({
         "schemaVersion": 2,
         "manifests": [{
-            "mediaType": "application/vnd.oci.image.manifest.v1+json",
+            "mediaType": MEDIA_OCI_MANIFEST,
             "digest": format!("sha256:{manifest_hex}"),
             "size": manifest_size,
             "annotations": {"io.containerd.image.name": REFERENCE},

@@ -171,16 +171,34 @@ fn every_unsafe_block_says_why_it_is_sound() {
                 if !code.contains("unsafe {") && !code.contains("unsafe impl") {
                     continue;
                 }
-                // The comment sits on this line or within the three above
-                // (a `let x =` line may stand between).
-                let from = i.saturating_sub(3);
-                if !lines[from..=i].iter().any(|l| l.contains("SAFETY:")) {
+                if !has_safety_comment(&lines, i) {
                     hits.push(format!("{}:{}: {}", relative(&file), i + 1, line.trim()));
                 }
             }
         }
     }
     assert_none("every unsafe block has a `// SAFETY:` comment", hits);
+}
+
+/// Whether line `i` holds, or the comment block just above it ends in,
+/// a `SAFETY:` note; one code line (`let x =`, a match arm) may stand
+/// between the comment and the `unsafe`.
+fn has_safety_comment(lines: &[&str], i: usize) -> bool {
+    if lines[i].contains("SAFETY:") {
+        return true;
+    }
+    let is_comment = |l: &str| l.trim_start().starts_with("//");
+    let mut k = i;
+    if k > 0 && !is_comment(lines[k - 1]) {
+        k -= 1; // the one code line
+    }
+    while k > 0 && is_comment(lines[k - 1]) {
+        k -= 1;
+        if lines[k].contains("SAFETY:") {
+            return true;
+        }
+    }
+    false
 }
 
 /// The `[dependencies]` names of a Cargo.toml (workspace = true or not).
@@ -302,5 +320,96 @@ fn architecture_md_names_every_installer_module() {
     assert_none(
         "ARCHITECTURE.md's map names every installer module",
         missing,
+    );
+}
+
+/// The crate's top-level modules each file imports (`crate::x`, in code,
+/// not comments), as (importer, imported) pairs of top-level names.
+fn module_edges(src: &str) -> Vec<(String, String)> {
+    let base = root().join(src);
+    let mut edges = Vec::new();
+    for file in rust_files(src) {
+        let rel = file
+            .strip_prefix(&base)
+            .unwrap()
+            .to_string_lossy()
+            .into_owned();
+        let from = rel
+            .split('/')
+            .next()
+            .unwrap()
+            .trim_end_matches(".rs")
+            .to_string();
+        let text = fs::read_to_string(&file).unwrap();
+        for line in text.lines() {
+            let code = line.split("//").next().unwrap_or("");
+            for piece in code.split("crate::").skip(1) {
+                let to: String = piece
+                    .chars()
+                    .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                    .collect();
+                if !to.is_empty() && to != from {
+                    edges.push((from.clone(), to));
+                }
+            }
+            if let Some(list) = code.trim().strip_prefix("use crate::{") {
+                for to in list.split([',', '}', ';']).map(|t| t.trim()) {
+                    let to = to.split("::").next().unwrap_or("");
+                    if !to.is_empty() && to != from && !to.contains(' ') {
+                        edges.push((from.clone(), to.to_string()));
+                    }
+                }
+            }
+        }
+    }
+    edges.sort();
+    edges.dedup();
+    edges
+}
+
+/// A cycle among the edges, if there is one, as "a -> b -> a".
+fn find_cycle(edges: &[(String, String)]) -> Option<String> {
+    fn visit(
+        node: &str,
+        edges: &[(String, String)],
+        path: &mut Vec<String>,
+        done: &mut Vec<String>,
+    ) -> Option<String> {
+        if let Some(start) = path.iter().position(|p| p == node) {
+            let mut cycle = path[start..].to_vec();
+            cycle.push(node.to_string());
+            return Some(cycle.join(" -> "));
+        }
+        if done.iter().any(|d| d == node) {
+            return None;
+        }
+        path.push(node.to_string());
+        for (_, to) in edges.iter().filter(|(from, _)| from == node) {
+            if let Some(cycle) = visit(to, edges, path, done) {
+                return Some(cycle);
+            }
+        }
+        path.pop();
+        done.push(node.to_string());
+        None
+    }
+    let mut done = Vec::new();
+    edges
+        .iter()
+        .find_map(|(from, _)| visit(from, edges, &mut Vec::new(), &mut done))
+}
+
+#[test]
+fn module_imports_form_no_cycle() {
+    let mut cycles = Vec::new();
+    for src in ["bundle/src", "builder/src", "installer/src"] {
+        let edges = module_edges(src);
+        if let Some(cycle) = find_cycle(&edges) {
+            cycles.push(format!("{src}: {cycle}"));
+        }
+    }
+    assert_none(
+        "each crate's top-level modules import one another one way (no loop)",
+        cycles,
     );
 }

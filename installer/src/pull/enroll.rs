@@ -6,44 +6,14 @@
 use std::path::Path;
 
 use anyhow::{bail, Context, Result};
-use serde::{Deserialize, Serialize};
 
 use edgeferry_bundle::hashing::sha256_hex;
 
 pub const ENROLL_FILE: &str = "enrollments.json";
 
-#[derive(Clone, Debug, Default, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Enrollments {
-    pub codes: Vec<CodeRecord>,
-    pub nodes: Vec<NodeRecord>,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct CodeRecord {
-    pub id: String,
-    pub sha256: String,
-    pub created: u64,
-    pub expires: u64,
-    pub uses_left: u32,
-    pub uses: u32,
-    /// Node names this code hands out, in order; empty: names come from
-    /// the site's name_prefix and the node's hostname.
-    pub names: Vec<String>,
-    pub revoked: bool,
-}
-
-#[derive(Clone, Debug, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NodeRecord {
-    pub name: String,
-    pub hostname: String,
-    pub code_id: String,
-    pub key_sha256: String,
-    pub enrolled: u64,
-    pub client: String,
-}
+/// The file's format is also `enroll list --json`'s, so it lives with the
+/// other outputs.
+pub use crate::output::{CodeRecord, Enrollments, NodeRecord};
 
 pub fn now() -> u64 {
     std::time::SystemTime::now()

@@ -76,14 +76,26 @@ impl TestHosts {
             std::thread::sleep(Duration::from_millis(10));
         }
         agents.push(agent);
-        ok_output(
-            Command::new("ssh-add")
-                .arg("-q")
-                .arg(self.client_key())
-                .env("SSH_AUTH_SOCK", &sock)
-                .stdin(Stdio::null()),
-        )?;
-        Ok(sock)
+        // ssh-agent creates the socket file (bind) a moment before it
+        // listens: until then ssh-add gets "Connection refused". Retry
+        // briefly rather than race it.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let added = ok_output(
+                Command::new("ssh-add")
+                    .arg("-q")
+                    .arg(self.client_key())
+                    .env("SSH_AUTH_SOCK", &sock)
+                    .stdin(Stdio::null()),
+            );
+            match added {
+                Ok(_) => return Ok(sock),
+                Err(_) if Instant::now() < deadline => {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(e),
+            }
+        }
     }
 }
 
