@@ -1138,3 +1138,53 @@ fn a_split_bundle_loads_from_read_only_media_and_bad_volumes_are_named() {
     );
     assert!(!store.exists(), "nothing was unpacked");
 }
+
+/// The printer draws progress only for a terminal, and never with
+/// EDGEFERRY_NO_PROGRESS, --quiet or --json; stdout keeps the result. A
+/// real pseudo-terminal comes from util-linux's `script`.
+#[test]
+fn progress_shows_on_a_terminal_only_and_can_be_turned_off() {
+    require_tool("script", "bsdutils");
+    let s = site();
+    let bundle = sample_bundle("amd64", VERSION, &s.key, &s.root.join("b"), EPOCH);
+    let verify = format!(
+        "{} verify {} --key {}",
+        bin("edgeferry").display(),
+        bundle.display(),
+        s.public.display()
+    );
+    let on_a_tty = |extra: &str, env: Option<(&str, &str)>| -> String {
+        let mut cmd = Command::new("script");
+        cmd.args(["-qec", &format!("{verify} {extra}"), "/dev/null"]);
+        cmd.env_remove("EDGEFERRY_NO_PROGRESS");
+        if let Some((k, v)) = env {
+            cmd.env(k, v);
+        }
+        let ran = run_ok(&mut cmd);
+        ran.stdout
+    };
+    let bar = "verifying [";
+    let plain = on_a_tty("", None);
+    assert!(plain.contains(bar), "a terminal gets a bar: {plain:?}");
+    assert!(plain.contains("ok: bundle"), "{plain:?}");
+    for (extra, env) in [
+        ("", Some(("EDGEFERRY_NO_PROGRESS", "1"))),
+        ("--quiet", None),
+        ("--json", None),
+    ] {
+        let out = on_a_tty(extra, env);
+        assert!(!out.contains(bar), "no bar with {extra:?} {env:?}: {out:?}");
+        assert!(out.contains("ok"), "{out:?}");
+    }
+    // Not a terminal: no bar, and stdout is the result alone.
+    let piped = run_ok(
+        edgeferry()
+            .arg("verify")
+            .arg(&bundle)
+            .arg("--key")
+            .arg(&s.public),
+    );
+    assert!(!piped.stderr.contains(bar), "{}", piped.stderr);
+    assert!(piped.stdout.starts_with("ok: bundle"), "{}", piped.stdout);
+    assert_eq!(piped.stdout.lines().count(), 1);
+}
