@@ -234,6 +234,11 @@ Inventory format: docs/inventory.md. State (journal.jsonl, report.json,
 logs/<node>.log) goes to --state-dir, by default edgeferry-<inventory name>/
 beside the inventory.
 
+The token goes to each node on the SSH channel's stdin, never on a command
+line (keadm itself takes it as --token while it runs; docs/inventory.md).
+What a node prints reaches the table, logs, journal and report.json with
+control characters escaped (\\x1b) and each field cut past 4 KiB.
+
 Exit codes:
   0    every node joined (or had joined before)
   2    some nodes failed or were not started; see report.json

@@ -172,11 +172,20 @@ pub struct ResumePlan {
 pub struct StepPlan {
     pub step: Step,
     pub timeout_secs: u64,
-    /// What runs on the node, secrets redacted.
+    /// What runs on the node, secrets redacted. Never holds a secret
+    /// itself: secrets go on `stdin`.
     pub command: String,
+    /// `command` byte for byte, for the executor: the redactor could
+    /// alter a word of the script that happens to equal a password.
+    #[serde(skip)]
+    pub exact_command: String,
+    /// What the command gets on its stdin, one line per element, secrets
+    /// redacted: keadm's arguments for `keadm_join`, empty otherwise.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub stdin: Vec<String>,
     /// The same with secrets, for the executor only.
     #[serde(skip)]
-    pub secret_command: String,
+    pub secret_stdin: Vec<String>,
 }
 
 // ---- join/reset: report.json and --json

@@ -99,16 +99,28 @@ impl Printer {
     }
 }
 
+/// Room kept past [`MAX_NODE_FIELD`] for the "… (N bytes cut)" note.
+const CUT_NOTE_ROOM: usize = 32;
+
 /// Node-supplied text made safe for a terminal and bounded: control
 /// characters (C0 but newline and tab, DEL, C1, so every escape sequence)
 /// are shown as `\x1b`-style escapes rather than dropped, so an operator
 /// still sees what was sent; past [`MAX_NODE_FIELD`] bytes the rest is cut
-/// with a note of how much.
+/// with a note of how much. Applying it twice changes nothing, so a field
+/// escaped when it was stored (journal, report.json) prints as stored.
 pub fn node_text(text: &str) -> String {
-    let mut out = String::with_capacity(text.len().min(MAX_NODE_FIELD));
+    let mut out = String::with_capacity(text.len().min(MAX_NODE_FIELD + CUT_NOTE_ROOM));
+    // Where a cut would go: the output length and input offset at which
+    // the output first reached MAX_NODE_FIELD.
+    let mut cut_at = None;
     for (i, c) in text.char_indices() {
-        if out.len() >= MAX_NODE_FIELD {
-            return format!("{out}… ({} bytes cut)", text.len() - i);
+        if out.len() >= MAX_NODE_FIELD && cut_at.is_none() {
+            cut_at = Some((out.len(), i));
+        }
+        if out.len() >= MAX_NODE_FIELD + CUT_NOTE_ROOM {
+            let (keep, from) = cut_at.expect("set at MAX_NODE_FIELD");
+            out.truncate(keep);
+            return format!("{out}… ({} bytes cut)", text.len() - from);
         }
         match c {
             '\n' | '\t' => out.push(c),
@@ -168,5 +180,13 @@ mod tests {
             &cut[cut.len() - 30..]
         );
         assert!(cut.len() < MAX_NODE_FIELD + 30);
+        assert_eq!(node_text(&cut), cut, "escaping twice changes nothing");
+        let hostile = format!("\x1b[2J{}", "\0".repeat(3 * MAX_NODE_FIELD));
+        let once = node_text(&hostile);
+        assert!(
+            once.ends_with(" bytes cut)") && !once.contains('\0'),
+            "{once}"
+        );
+        assert_eq!(node_text(&once), once);
     }
 }

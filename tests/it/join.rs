@@ -10,20 +10,21 @@ use edgeferry_tests::hosts::{TestHosts, CLIENT_KEY_PASSPHRASE, EDGE_PASSWORD, RO
 use edgeferry_tests::{edgeferry, list_files, loaded_sample_store, run, run_ok, Ran, Served};
 use serde_json::Value;
 
-const VERSION: &str = "v1.23.1";
-const TOKEN: &str = "3f1c0a9e8d7b6a5c.eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.edgeferry-test-token";
+pub(crate) const VERSION: &str = "v1.23.1";
+pub(crate) const TOKEN: &str =
+    "3f1c0a9e8d7b6a5c.eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.edgeferry-test-token";
 const WRONG_PASSWORD: &str = "not-the-edge-password";
 
 /// A loaded store, test hosts, and a mirror on the hosts' bridge.
-struct Site {
+pub(crate) struct Site {
     tmp: tempfile::TempDir,
     store: PathBuf,
-    hosts: TestHosts,
+    pub(crate) hosts: TestHosts,
     mirror: Served,
 }
 
 impl Site {
-    fn new(count: usize) -> Site {
+    pub(crate) fn new(count: usize) -> Site {
         let tmp = tempfile::tempdir().unwrap();
         let store = loaded_sample_store(tmp.path(), "amd64", VERSION);
         let hosts = TestHosts::create(count).unwrap();
@@ -36,11 +37,11 @@ impl Site {
         }
     }
 
-    fn path(&self, name: &str) -> PathBuf {
+    pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }
 
-    fn join(&self, inventory: &Path, extra: &[&str]) -> Ran {
+    pub(crate) fn join(&self, inventory: &Path, extra: &[&str]) -> Ran {
         self.batch("join", inventory, extra)
     }
 
@@ -67,13 +68,13 @@ impl Site {
         ran
     }
 
-    fn on(&self, i: usize, script: &str) -> String {
+    pub(crate) fn on(&self, i: usize, script: &str) -> String {
         let out = self.hosts.run_on(i, script).unwrap();
         String::from_utf8_lossy(&out.stdout).trim().to_string()
     }
 
     /// What a joined host must look like, checked inside the host.
-    fn assert_joined(&self, i: usize) {
+    pub(crate) fn assert_joined(&self, i: usize) {
         let ip = &self.hosts.host(i).ip;
         let pid = self.on(i, "pidof edgecore || true");
         assert!(!pid.is_empty(), "host {i} ({ip}): edgecore not running");
@@ -100,11 +101,11 @@ impl Site {
     }
 }
 
-fn report(state_dir: &Path) -> Value {
+pub(crate) fn report(state_dir: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(state_dir.join("report.json")).unwrap()).unwrap()
 }
 
-fn journal(state_dir: &Path) -> Vec<Value> {
+pub(crate) fn journal(state_dir: &Path) -> Vec<Value> {
     std::fs::read_to_string(state_dir.join("journal.jsonl"))
         .unwrap()
         .lines()
@@ -151,7 +152,7 @@ fn assert_no_secrets(dir: &Path, texts: &[&str]) {
     }
 }
 
-fn write(path: &Path, text: &str) {
+pub(crate) fn write(path: &Path, text: &str) {
     std::fs::write(path, text).unwrap();
 }
 

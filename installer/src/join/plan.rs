@@ -77,6 +77,12 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
             spec.token.as_ref().map(|t| t.expose()),
             &spec.flags,
         );
+        if let Some(bad) = join_args.iter().find(|a| a.contains(['\n', '\r'])) {
+            bail!(
+                "{who}: keadm argument {} holds a line break: keadm's arguments go to the node one per line; remove it from the inventory",
+                redactor.scrub(bad.split('=').next().unwrap_or(bad))
+            );
+        }
         let reset_args: Vec<String> = spec
             .flags
             .get("remote-runtime-endpoint")
@@ -97,7 +103,7 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
                 cloud_ports: ports,
                 min_free_mib: config.join.min_free_mib,
             },
-            join_args: script::JoinArgs::Inline(&join_args),
+            join_args: script::JoinArgs::Stdin,
             reset_args: &reset_args,
             keadm_join_timeout: timeout(Step::KeadmJoin),
             keadm_reset_timeout: timeout(Step::KeadmReset),
@@ -105,15 +111,22 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
         let steps = steps::steps(input.action)
             .iter()
             .map(|&step| {
-                let secret_command = match steps::script(step, &step_input) {
+                let command = match steps::script(step, &step_input) {
                     Some(sh) => script::wrap(&sh, spec.sudo),
                     None => connect.clone(),
+                };
+                let secret_stdin = if step == Step::KeadmJoin {
+                    join_args.clone()
+                } else {
+                    Vec::new()
                 };
                 StepPlan {
                     step,
                     timeout_secs: timeout(step).as_secs(),
-                    command: redactor.scrub(&secret_command),
-                    secret_command,
+                    command: redactor.scrub(&command),
+                    exact_command: command,
+                    stdin: secret_stdin.iter().map(|a| redactor.scrub(a)).collect(),
+                    secret_stdin,
                 }
             })
             .collect();
@@ -273,6 +286,12 @@ impl JoinPlan {
                 for line in st.command.lines() {
                     s.push_str(&format!("    {line}\n"));
                 }
+                if !st.stdin.is_empty() {
+                    s.push_str("    on its stdin, one per line:\n");
+                    for line in &st.stdin {
+                        s.push_str(&format!("      {line}\n"));
+                    }
+                }
             }
         }
         s
@@ -363,15 +382,23 @@ mod tests {
             join.command.starts_with("sudo -n sh -c"),
             "non-root goes through sudo"
         );
-        assert!(join.command.contains("--token=<redacted>"));
-        assert!(!join.command.contains("tok-abcdef"));
-        assert!(join.secret_command.contains("--token=tok-abcdef-123456"));
-        assert!(join.command.contains("--edgenode-name=edge-two"));
-        assert!(join.command.contains("--labels=c=d") && !join.command.contains("--labels=a=b"));
-        assert!(join.command.contains("--cgroupdriver=systemd"));
+        assert!(
+            !join.command.contains("--token"),
+            "the token never rides on the command line"
+        );
+        assert!(join.stdin.contains(&"--token=<redacted>".to_string()));
+        assert!(!join.stdin.iter().any(|a| a.contains("tok-abcdef")));
+        assert!(join
+            .secret_stdin
+            .contains(&"--token=tok-abcdef-123456".to_string()));
+        let has = |a: &str| join.stdin.iter().any(|s| s == a);
+        assert!(has("--edgenode-name=edge-two"));
+        assert!(has("--labels=c=d") && !has("--labels=a=b"));
+        assert!(has("--cgroupdriver=systemd"));
+        assert!(plan.render().contains("      --token=<redacted>\n"));
         assert!(plan.nodes[0].name.starts_with("edge-"));
         let json = serde_json::to_string(&plan).unwrap();
-        assert!(!json.contains("tok-abcdef") && !json.contains("secret_command"));
+        assert!(!json.contains("tok-abcdef") && !json.contains("secret_stdin"));
         assert!(plan
             .render()
             .contains("keadm arm64: keadm-v1.23.1-linux-arm64.tar.gz"));

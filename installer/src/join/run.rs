@@ -21,7 +21,7 @@ use crate::node::script;
 use crate::node::secret::Redactor;
 use crate::node::steps::{Action, Step};
 pub use crate::output::{HostKeyReport, NodeOutcome, NodeStatus, StepTiming};
-use crate::printer::{node_cell, Printer};
+use crate::printer::{node_cell, node_text, Printer};
 
 /// How a node enters this run.
 #[derive(Clone, Debug)]
@@ -209,11 +209,13 @@ impl NodeLog {
         }
     }
 
+    /// A node's output: every line escaped and bounded (`node_text`), so
+    /// the log shows what a node sent without obeying it.
     fn output(&mut self, bytes: &[u8]) {
         if let Some(f) = &mut self.file {
             let text = self.redactor.scrub_bytes(bytes);
-            for l in text.lines() {
-                let _ = writeln!(f, "  | {l}");
+            for l in text.split_terminator('\n') {
+                let _ = writeln!(f, "  | {}", node_text(l));
             }
         }
     }
@@ -254,7 +256,7 @@ async fn run_node(
             log.line("=== done");
         }
         Err(f) => {
-            let message = ctx.redactor.scrub(&f.message);
+            let message = node_cell(&ctx.redactor.scrub(&f.message));
             log.line(&format!("=== FAILED at {}: {message}", f.step.name()));
             out.status = if f.interrupted {
                 NodeStatus::Interrupted
@@ -290,9 +292,9 @@ fn journal(
         step,
         status,
         ms,
-        error: failure.map(|(m, _)| ctx.redactor.scrub(m)),
+        error: failure.map(|(m, _)| node_cell(&ctx.redactor.scrub(m))),
         kind: failure.map(|(_, k)| k.to_string()),
-        arch: arch.map(str::to_string),
+        arch: arch.map(node_cell),
     };
     if let Err(e) = ctx.journal.record(&event) {
         // Without a journal, resume cannot be trusted: say so loudly.
@@ -626,13 +628,17 @@ async fn run_step(
         timeout
     };
     log.line(&format!("$ {}", st.command));
+    let stdin = (!st.secret_stdin.is_empty()).then(|| {
+        log.line(&format!("< {}", st.stdin.join(" ")));
+        ssh::Stdin::Bytes(script::args_text(&st.secret_stdin).into_bytes())
+    });
     let t = Instant::now();
     let (status, captured) = exec(
         ctx,
         session,
         st.step,
-        &st.secret_command,
-        None,
+        &st.exact_command,
+        stdin,
         channel_timeout,
     )
     .await?;
@@ -647,7 +653,7 @@ async fn run_step(
     ));
     if st.step == Step::Preflight {
         if let Some(arch) = text.lines().find_map(|l| l.strip_prefix("arch=")) {
-            out.arch = Some(arch.trim().to_string());
+            out.arch = Some(node_cell(arch.trim()));
         }
     }
     let code = match status {

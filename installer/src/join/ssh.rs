@@ -124,12 +124,21 @@ pub struct HostKeyInfo {
 /// What a command sends on stdin. Files are streamed so an upload costs
 /// one chunk of memory whatever its size (nodes without curl/wget get the
 /// tarball this way).
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub enum Stdin {
-    /// Test-only until a caller needs it (dead code in the binary otherwise).
-    #[cfg(test)]
+    /// Bytes that may hold a secret (keadm's arguments): `Debug` shows
+    /// only their length.
     Bytes(Vec<u8>),
     File(PathBuf),
+}
+
+impl fmt::Debug for Stdin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Stdin::Bytes(b) => write!(f, "Bytes(<{} bytes>)", b.len()),
+            Stdin::File(p) => f.debug_tuple("File").field(p).finish(),
+        }
+    }
 }
 
 /// How a remote command ended.
@@ -823,7 +832,6 @@ impl Session {
         // Open the file first: a missing file should not start the command.
         let stdin: Option<Feed> = match stdin {
             None => None,
-            #[cfg(test)]
             Some(Stdin::Bytes(b)) => Some((PathBuf::new(), Box::new(std::io::Cursor::new(b)))),
             Some(Stdin::File(path)) => match tokio::fs::File::open(&path).await {
                 Ok(f) => Some((path, Box::new(f))),

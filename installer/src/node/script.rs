@@ -240,17 +240,31 @@ pub fn upload_target(version: &str, file: &str) -> String {
     )
 }
 
-/// Where `keadm join` gets its arguments: baked into the command (SSH
-/// join), or read one per line from the file named by `$EF_ARGS` (pull
-/// mode, where they arrive at run time and hold the token).
+/// Where `keadm join` gets its arguments, one per line: from its stdin
+/// (SSH join: the control host sends them over the channel) or from the
+/// file named by `$EF_ARGS` (pull mode, where they arrive at run time).
+/// Either way they hold the token, so they are never part of a command
+/// line: see [`keadm_join`].
 #[derive(Clone, Copy)]
-pub enum JoinArgs<'a> {
-    Inline(&'a [String]),
+pub enum JoinArgs {
+    Stdin,
     FromFile,
 }
 
+/// The sh that `timeout` runs for `keadm join`: it reads keadm's arguments
+/// one per line from its stdin and becomes keadm with `exec`, so they are
+/// in keadm's argv only, never in this sh's, `timeout`'s or `sudo`'s.
+const BECOME_KEADM: &str =
+    r#"while IFS= read -r arg; do set -- "$@" "$arg"; done; exec "$@" </dev/null"#;
+
 /// `keadm join` with a pinned version; stopped by `timeout` on the node so
 /// a hung keadm does not linger after we give up.
+///
+/// The arguments (with the token) reach keadm without ever being on a
+/// command line of ours, where every user of the node could read them in
+/// `ps`: [`BECOME_KEADM`] reads them and execs keadm. Upstream keadm takes
+/// the token only as `--token`, so it is in keadm's own argv while keadm
+/// runs; nothing else holds it and no file of ours keeps it.
 ///
 /// Idempotent: preflight saw /etc/kubeedge empty, so if an earlier attempt
 /// of ours was cut short, whatever it left belongs to that attempt, and a
@@ -258,19 +272,11 @@ pub enum JoinArgs<'a> {
 /// non-empty /etc/kubeedge, runs again.
 pub fn keadm_join(version: &str, args: JoinArgs, timeout_secs: u64) -> String {
     let keadm = format!("{}/keadm", keadm_dir(version));
-    let set_args = match args {
-        JoinArgs::Inline(args) => {
-            let mut cmd = format!("set -- {keadm} join");
-            for a in args {
-                cmd.push(' ');
-                cmd.push_str(&quote(a));
-            }
-            cmd
-        }
-        JoinArgs::FromFile => format!(
-            "set -- {keadm} join\nwhile IFS= read -r arg; do\n\tset -- \"$@\" \"$arg\"\ndone <\"$EF_ARGS\""
-        ),
+    let from = match args {
+        JoinArgs::Stdin => "",
+        JoinArgs::FromFile => " <\"$EF_ARGS\"",
     };
+    let become_keadm = quote(BECOME_KEADM);
     format!(
         r#"set -u
 cd {NODE_DIR}/work
@@ -280,17 +286,21 @@ if [ -e "$marker" ]; then
 	{keadm} reset edge --force </dev/null || true
 fi
 : >"$marker"
-{set_args}
 if command -v timeout >/dev/null 2>&1; then
-	timeout -k 10 {timeout_secs} "$@"
+	timeout -k 10 {timeout_secs} sh -c {become_keadm} sh {keadm} join{from}
 else
-	"$@"
+	sh -c {become_keadm} sh {keadm} join{from}
 fi
 rc=$?
 [ $rc != 0 ] || rm -f "$marker"
 exit $rc
 "#
     )
+}
+
+/// keadm's arguments as [`JoinArgs`] sends them: one per line.
+pub fn args_text(args: &[String]) -> String {
+    args.iter().map(|a| format!("{a}\n")).collect()
 }
 
 /// `keadm reset edge --force`; `yes` is not needed with --force.
@@ -349,7 +359,8 @@ pub fn copy_target(relative: &str, mode: u32) -> String {
 }
 
 /// The keadm join arguments for a node, long flags with `=` so each is one
-/// word; the version is always pinned: without --kubeedge-version keadm
+/// word (and one line of [`args_text`]: the join planner refuses a value
+/// with a newline); the version is always pinned: without --kubeedge-version keadm
 /// asks the internet for the latest release.
 pub fn join_args(
     version: &str,

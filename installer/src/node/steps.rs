@@ -166,7 +166,7 @@ pub struct StepInput<'a> {
     pub keadm: &'a [KeadmAsset],
     pub hosts: &'a [HostsFile],
     pub preflight: PreflightParams<'a>,
-    pub join_args: JoinArgs<'a>,
+    pub join_args: JoinArgs,
     /// `keadm reset edge` arguments beyond `--force`.
     pub reset_args: &'a [String],
     pub keadm_join_timeout: Duration,
@@ -199,7 +199,6 @@ pub mod fixture {
     pub struct Site {
         pub keadm: Vec<KeadmAsset>,
         pub hosts: Vec<HostsFile>,
-        pub join_args: Vec<String>,
     }
 
     pub fn site() -> Site {
@@ -214,18 +213,11 @@ pub mod fixture {
                 "10.0.0.5:5000",
                 &["docker.io".to_string()].into_iter().collect(),
             ),
-            join_args: script::join_args(
-                "v1.23.1",
-                "10.0.0.2:10000",
-                Some("n1"),
-                Some("tok"),
-                &BTreeMap::new(),
-            ),
         }
     }
 
     impl Site {
-        pub fn input(&self, inline_args: bool) -> StepInput<'_> {
+        pub fn input(&self, args: JoinArgs) -> StepInput<'_> {
             StepInput {
                 version: "v1.23.1",
                 mirror: "10.0.0.5:5000",
@@ -239,11 +231,7 @@ pub mod fixture {
                     cloud_ports: vec![10000, 10002],
                     min_free_mib: 512,
                 },
-                join_args: if inline_args {
-                    JoinArgs::Inline(&self.join_args)
-                } else {
-                    JoinArgs::FromFile
-                },
+                join_args: args,
                 reset_args: &[],
                 keadm_join_timeout: Duration::from_secs(300),
                 keadm_reset_timeout: Duration::from_secs(60),
@@ -275,9 +263,9 @@ mod tests {
     #[test]
     fn every_step_but_connect_is_valid_sh_either_way_its_arguments_come() {
         let site = fixture::site();
-        for inline in [true, false] {
+        for args in [JoinArgs::Stdin, JoinArgs::FromFile] {
             for step in all_steps() {
-                match script(step, &site.input(inline)) {
+                match script(step, &site.input(args)) {
                     Some(sh) => assert_valid_sh(&sh),
                     None => assert_eq!(step, Step::Connect),
                 }

@@ -133,7 +133,7 @@ mod tests {
     #[test]
     fn join_script_is_valid_sh_and_holds_no_secret_parameters() {
         let site = fixture::site();
-        let text = render(&site.input(false));
+        let text = render(&site.input(crate::node::script::JoinArgs::FromFile));
         assert_valid_sh(&text);
         assert!(
             text.contains(&"ab".repeat(32)),
