@@ -83,17 +83,27 @@ impl Site {
         serde_json::from_str(&self.enroll_cmd(&["list", "--json"])).unwrap()
     }
 
-    /// One curl request from `from`: (status, Retry-After, body).
-    fn request(&self, from: &str, path: &str, headers: &[String], body: &[u8]) -> Reply {
-        let file = self.dir.parent().unwrap().join("request-body");
+    /// curl POSTing `body` with `headers` from the address `from`.
+    fn curl_post(&self, from: &str, headers: &[String], body: &[u8]) -> Command {
+        let file = self
+            .dir
+            .parent()
+            .unwrap()
+            .join(format!("body-{}", edgeferry_tests::sha256_hex(body)));
         std::fs::write(&file, body).unwrap();
-        let mut cmd = curl(from);
+        let mut cmd = Command::new("curl");
+        cmd.args(["-sS", "--noproxy", "*", "-m", "30", "--interface", from]);
         for h in headers {
             cmd.arg("-H").arg(h);
         }
-        cmd.arg("--data-binary")
-            .arg(format!("@{}", file.display()))
-            .args(["-o", "-", "-w", "\n%{http_code} %header{retry-after}"])
+        cmd.arg("--data-binary").arg(format!("@{}", file.display()));
+        cmd
+    }
+
+    /// One curl request from `from`: (status, Retry-After, body).
+    fn request(&self, from: &str, path: &str, headers: &[String], body: &[u8]) -> Reply {
+        let mut cmd = self.curl_post(from, headers, body);
+        cmd.args(["-o", "-", "-w", "\n%{http_code} %header{retry-after}"])
             .arg(self.mirror.url(path));
         let ran = run(&mut cmd);
         let (body, tail) = ran
@@ -118,15 +128,8 @@ impl Site {
         body: &[u8],
         n: usize,
     ) -> Vec<(u16, String)> {
-        let file = self.dir.parent().unwrap().join("flood-body");
-        std::fs::write(&file, body).unwrap();
-        let mut cmd = curl(from);
-        for h in headers {
-            cmd.arg("-H").arg(h);
-        }
-        cmd.arg("--data-binary")
-            .arg(format!("@{}", file.display()))
-            .args(["-w", "%{http_code} %header{retry-after}\n"]);
+        let mut cmd = self.curl_post(from, headers, body);
+        cmd.args(["-w", "%{http_code} %header{retry-after}\n"]);
         for _ in 0..n {
             cmd.args(["-o", "/dev/null"]).arg(self.mirror.url(path));
         }
@@ -207,12 +210,6 @@ fn assert_throttled(statuses: &[u16], burst: usize, first: u16, took: f64, refil
         rest.iter().all(|s| *s == 429 || *s == first) && passed <= regained,
         "{passed} passed after the burst in {took:.1} s (at most {regained}): {statuses:?}"
     );
-}
-
-fn curl(from: &str) -> Command {
-    let mut cmd = Command::new("curl");
-    cmd.args(["-sS", "--noproxy", "*", "-m", "30", "--interface", from]);
-    cmd
 }
 
 fn report_body(node: &str, step: &str, status: &str) -> Vec<u8> {
