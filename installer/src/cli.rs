@@ -80,11 +80,16 @@ Examples:
   edgeferry enroll create --site-dir /srv/site --names edge-berlin-1,edge-berlin-2 --uses 2
   edgeferry enroll list --site-dir /srv/site
   edgeferry enroll revoke --site-dir /srv/site 3f2a9c1d
+  edgeferry enroll revoke-node --site-dir /srv/site pull-3b9e1a
+  edgeferry enroll reset --site-dir /srv/site pull-3b9e1a
 
 Codes are shown once and stored as sha256 only. A node runs the one-liner
 `serve` prints (download /join.sh, check its sha256, run it with the code);
 the mirror answers a valid code with the site's keadm parameters, token
-included, and refuses anything else with 403.";
+included, and refuses anything else with one 403 (the reason goes to the
+mirror's log). A node name is enrolled once: a second node claiming it gets
+409 until `enroll reset` frees it. A client address that keeps being refused
+gets 429 with Retry-After, and so does a node sending too many reports.";
 
 pub const STATUS_EXAMPLES: &str = "\
 Examples:
@@ -122,6 +127,21 @@ pub enum EnrollCommand {
         #[arg(long, env = "EDGEFERRY_SITE_DIR")]
         site_dir: PathBuf,
         id: String,
+    },
+    /// Revoke an enrolled node's report key; its name stays taken
+    RevokeNode {
+        #[arg(long, env = "EDGEFERRY_SITE_DIR")]
+        site_dir: PathBuf,
+        /// The node's name, as `enroll list` shows it
+        name: String,
+    },
+    /// Forget an enrolled node so its name can enroll again (re-enrolling
+    /// it on purpose); its old report key stops working
+    Reset {
+        #[arg(long, env = "EDGEFERRY_SITE_DIR")]
+        site_dir: PathBuf,
+        /// The node's name, as `enroll list` shows it
+        name: String,
     },
 }
 

@@ -33,6 +33,42 @@ pub struct Config {
     pub mirror_workers: usize,
     /// `edgeferry join` and `reset`.
     pub join: JoinConfig,
+    /// Pull mode's `/v1/enroll` and `/v1/report`.
+    pub pull: PullConfig,
+}
+
+/// Bounds on what LAN clients and enrolled nodes may make the mirror do.
+#[derive(Clone, Debug)]
+pub struct PullConfig {
+    /// Refused enrollments and reports (bad code, bad key) one client
+    /// address may make at once; then it gets 429 until the bucket refills.
+    pub refused_burst: u32,
+    /// One more refused request is allowed per this interval.
+    pub refused_refill: Duration,
+    /// Client addresses and nodes whose buckets are kept; beyond it the
+    /// least recently seen is forgotten, so memory stays bounded.
+    pub max_tracked: usize,
+    /// Reports one node may send at once (a join sends two per step).
+    pub report_burst: u32,
+    /// One more report per node is allowed per this interval.
+    pub report_refill: Duration,
+    /// `reports.jsonl` keeps each node's latest report and this many of
+    /// the most recent ones; it is rewritten to that when it grows past
+    /// it by as many again.
+    pub report_history: usize,
+}
+
+impl Default for PullConfig {
+    fn default() -> Self {
+        PullConfig {
+            refused_burst: 20,
+            refused_refill: Duration::from_secs(3),
+            max_tracked: 4096,
+            report_burst: 64,
+            report_refill: Duration::from_secs(1),
+            report_history: 1000,
+        }
+    }
 }
 
 /// Defaults for joins: fan-out caps, retries and a timeout for every step.
@@ -97,6 +133,7 @@ impl Default for Config {
             io_event_interval: 2,
             mirror_workers: 8,
             join: JoinConfig::default(),
+            pull: PullConfig::default(),
         }
     }
 }

@@ -103,6 +103,9 @@ pub struct NodeRecord {
     pub key_sha256: String,
     pub enrolled: u64,
     pub client: String,
+    /// `enroll revoke-node`: its report key is refused, its name stays taken.
+    #[serde(default)]
+    pub revoked: bool,
 }
 
 // ---- enroll create --json

@@ -60,7 +60,7 @@ pub fn collect(args: &StatusArgs) -> Result<Vec<StatusNode>> {
                 StatusNode {
                     name: n.name.clone(),
                     mode: "pull",
-                    state: "enrolled",
+                    state: if n.revoked { "revoked" } else { "enrolled" },
                     step: None,
                     error: None,
                     last_report: Some(edgeferry_bundle::format::rfc3339_utc(n.enrolled)),
@@ -69,7 +69,10 @@ pub fn collect(args: &StatusArgs) -> Result<Vec<StatusNode>> {
             );
         }
         for r in pull::read_reports(site)? {
-            let Some(n) = nodes.get_mut(&r.node).filter(|n| n.mode == "pull") else {
+            let Some(n) = nodes
+                .get_mut(&r.node)
+                .filter(|n| n.mode == "pull" && n.state != "revoked")
+            else {
                 continue;
             };
             n.state = match (r.step.as_str(), r.status.as_str()) {

@@ -4,6 +4,7 @@
 mod bundle;
 mod fetch;
 mod harden_nodes;
+mod harden_pull;
 mod hosts;
 mod join;
 mod load;

@@ -1,5 +1,5 @@
-//! `edgeferry enroll create | list | revoke`: the operator's side of
-//! enrollment codes.
+//! `edgeferry enroll create | list | revoke | revoke-node | reset`: the
+//! operator's side of enrollment codes and enrolled nodes.
 
 use anyhow::Result;
 
@@ -68,8 +68,12 @@ pub fn enroll_cmd(command: EnrollCommand, out: &Printer) -> Result<()> {
             s.push_str("nodes:\n");
             for n in &data.nodes {
                 s.push_str(&format!(
-                    "  {}  hostname {}  code {}  from {}\n",
-                    n.name, n.hostname, n.code_id, n.client
+                    "  {}  {}  hostname {}  code {}  from {}\n",
+                    n.name,
+                    if n.revoked { "revoked" } else { "enrolled" },
+                    crate::printer::node_text(&n.hostname),
+                    n.code_id,
+                    n.client
                 ));
             }
             out.text(&s);
@@ -78,6 +82,18 @@ pub fn enroll_cmd(command: EnrollCommand, out: &Printer) -> Result<()> {
         EnrollCommand::Revoke { site_dir, id } => {
             enroll::revoke(&site_dir, &id)?;
             out.line(&format!("revoked {id}"));
+            Ok(())
+        }
+        EnrollCommand::RevokeNode { site_dir, name } => {
+            enroll::revoke_node(&site_dir, &name)?;
+            out.line(&format!("revoked node {name}: its report key is refused"));
+            Ok(())
+        }
+        EnrollCommand::Reset { site_dir, name } => {
+            enroll::reset(&site_dir, &name)?;
+            out.line(&format!(
+                "reset node {name}: its key is gone and the name may enroll again"
+            ));
             Ok(())
         }
     }

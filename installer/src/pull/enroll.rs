@@ -56,7 +56,9 @@ pub fn update<T>(site_dir: &Path, f: impl FnOnce(&mut Enrollments) -> Result<T>)
     let _lock = crate::sys::lock_dir_wait(site_dir)
         .with_context(|| format!("locking site directory {}", site_dir.display()))?;
     let mut data = read_unlocked(site_dir)?;
-    let before = serde_json::to_vec(&data)?;
+    // Compared in the form it is written in, so an `f` that changes
+    // nothing (a refused code) writes nothing.
+    let before = serde_json::to_vec_pretty(&data)?;
     let out = f(&mut data)?;
     let after = serde_json::to_vec_pretty(&data)?;
     if after != before {
@@ -132,6 +134,10 @@ pub fn revoke(site_dir: &Path, id: &str) -> Result<()> {
     })
 }
 
+/// The one answer to a client without a valid code, whatever the reason:
+/// it does not learn whether a code ever existed.
+pub const REFUSED: &str = "enrollment refused: not a valid enrollment code";
+
 /// Why a code was refused; never shown with the code itself.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Refusal {
@@ -140,18 +146,60 @@ pub enum Refusal {
     UsedUp,
     Revoked,
     NoName,
+    /// A node of this name is enrolled already.
+    Taken(String),
 }
 
 impl Refusal {
-    pub fn message(&self) -> &'static str {
+    /// For the operator's log.
+    pub fn reason(&self) -> String {
         match self {
-            Refusal::Unknown => "enrollment refused: unknown code",
-            Refusal::Expired => "enrollment refused: the code has expired",
-            Refusal::UsedUp => "enrollment refused: the code has no uses left",
-            Refusal::Revoked => "enrollment refused: the code was revoked",
-            Refusal::NoName => "enrollment refused: no valid node name for this hostname",
+            Refusal::Unknown => "unknown code".into(),
+            Refusal::Expired => "the code has expired".into(),
+            Refusal::UsedUp => "the code is used up".into(),
+            Refusal::Revoked => "the code was revoked".into(),
+            Refusal::NoName => "no valid node name for its hostname".into(),
+            Refusal::Taken(name) => format!("node {name} is enrolled already"),
         }
     }
+
+    /// For the client, which holds a valid code for the last two.
+    pub fn answer(&self) -> String {
+        match self {
+            Refusal::NoName => {
+                "enrollment refused: no valid node name for this hostname".to_string()
+            }
+            Refusal::Taken(name) => format!(
+                "enrollment refused: node {name} is already enrolled; the operator can free the name with `edgeferry enroll reset {name}`"
+            ),
+            _ => REFUSED.to_string(),
+        }
+    }
+}
+
+fn find_node<'a>(data: &'a mut Enrollments, name: &str) -> Result<&'a mut NodeRecord> {
+    data.nodes
+        .iter_mut()
+        .find(|n| n.name == name)
+        .with_context(|| format!("no enrolled node {name}: see `edgeferry enroll list`"))
+}
+
+/// Forgets an enrolled node: its report key stops working and its name
+/// may enroll again.
+pub fn reset(site_dir: &Path, name: &str) -> Result<()> {
+    update(site_dir, |data| {
+        find_node(data, name)?;
+        data.nodes.retain(|n| n.name != name);
+        Ok(())
+    })
+}
+
+/// Refuses a node's report key from now on; its name stays taken.
+pub fn revoke_node(site_dir: &Path, name: &str) -> Result<()> {
+    update(site_dir, |data| {
+        find_node(data, name)?.revoked = true;
+        Ok(())
+    })
 }
 
 pub struct Enrolled {
@@ -192,11 +240,17 @@ pub fn enroll(
         } else {
             c.names[c.uses as usize].clone()
         };
+        // A second node with the same name would take over the first one's
+        // identity; the operator frees a name with `enroll reset`.
+        if data.nodes.iter().any(|n| n.name == name) {
+            return Ok(Err(Refusal::Taken(name)));
+        }
+        let Some(c) = data.codes.iter_mut().find(|c| c.sha256 == hash) else {
+            return Ok(Err(Refusal::Unknown));
+        };
         c.uses_left -= 1;
         c.uses += 1;
         let code_id = c.id.clone();
-        // The same node enrolling again replaces its old key.
-        data.nodes.retain(|n| n.name != name);
         data.nodes.push(NodeRecord {
             name: name.clone(),
             hostname: hostname.to_string(),
@@ -204,6 +258,7 @@ pub fn enroll(
             key_sha256: sha256_hex(key.as_bytes()),
             enrolled: now,
             client: client.to_string(),
+            revoked: false,
         });
         Ok(Ok(Enrolled {
             name,
@@ -212,13 +267,13 @@ pub fn enroll(
     })
 }
 
-/// The node a report key belongs to.
+/// The node a report key belongs to, unless the key was revoked.
 pub fn node_for_key(site_dir: &Path, key: &str) -> Result<Option<String>> {
     let hash = sha256_hex(key.as_bytes());
     Ok(read(site_dir)?
         .nodes
         .into_iter()
-        .find(|n| n.key_sha256 == hash)
+        .find(|n| n.key_sha256 == hash && !n.revoked)
         .map(|n| n.name))
 }
 
@@ -243,6 +298,19 @@ mod tests {
             node_for_key(dir.path(), &a.key).unwrap(),
             Some(a.name.clone())
         );
+        let before = std::fs::read(dir.path().join(ENROLL_FILE)).unwrap();
+        assert_eq!(
+            enroll(dir.path(), &c.code, "Node_A.local", "5.6.7.8", Some("edge"))
+                .unwrap()
+                .err(),
+            Some(Refusal::Taken(a.name.clone())),
+            "a second node does not take the first one's name"
+        );
+        assert_eq!(
+            std::fs::read(dir.path().join(ENROLL_FILE)).unwrap(),
+            before,
+            "a refusal writes nothing"
+        );
         enroll(dir.path(), &c.code, "b", "x", None)
             .unwrap()
             .unwrap();
@@ -265,6 +333,10 @@ mod tests {
             enroll(dir.path(), &e.code, "c", "x", None).unwrap().err(),
             Some(Refusal::Revoked)
         );
+        revoke_node(dir.path(), &a.name).unwrap();
+        assert_eq!(node_for_key(dir.path(), &a.key).unwrap(), None);
+        reset(dir.path(), &a.name).unwrap();
+        assert!(reset(dir.path(), &a.name).is_err());
         assert_eq!(parse_duration("24h").unwrap(), 86_400);
         assert!(parse_duration("3w").is_err());
     }

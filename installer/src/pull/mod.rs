@@ -5,10 +5,12 @@
 
 pub mod command;
 pub mod enroll;
+pub mod limit;
 pub mod script;
 
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::RwLock;
+use std::sync::{Arc, Mutex, RwLock};
 
 use anyhow::{Context, Result};
 use axum::body::Body;
@@ -16,7 +18,7 @@ use axum::http::{header, HeaderMap, Method, Response, StatusCode};
 use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 
-use crate::config::Config;
+use crate::config::{Config, PullConfig};
 use crate::node::inventory::{self, SiteSpec};
 use crate::node::offer;
 use crate::node::script::{self as node_script, JoinArgs, PreflightParams};
@@ -49,6 +51,19 @@ pub struct Site {
     /// The script and its sha256, rebuilt when the store changes.
     script: RwLock<Script>,
     out: Printer,
+    limits: PullConfig,
+    /// Refused enrollments and reports per client address.
+    refused: limit::Buckets<IpAddr>,
+    /// Accepted reports per node.
+    reports: limit::Buckets<String>,
+    /// Lines in `reports.jsonl`; `None` until the first report compacts it.
+    report_lines: Arc<Mutex<Option<ReportLines>>>,
+}
+
+#[derive(Clone, Copy)]
+struct ReportLines {
+    now: usize,
+    compact_at: usize,
 }
 
 /// The printed one-liner: download, check the pinned sha256, run. A fresh
@@ -80,6 +95,18 @@ impl Site {
             min_free_mib: config.join.min_free_mib,
             script: RwLock::new(Script::default()),
             out,
+            limits: config.pull.clone(),
+            refused: limit::Buckets::new(
+                config.pull.refused_burst,
+                config.pull.refused_refill,
+                config.pull.max_tracked,
+            ),
+            reports: limit::Buckets::new(
+                config.pull.report_burst,
+                config.pull.report_refill,
+                config.pull.max_tracked,
+            ),
+            report_lines: Arc::new(Mutex::new(None)),
         };
         site.rebuild(state)?;
         Ok(site)
@@ -183,6 +210,44 @@ pub async fn route(
     }
 }
 
+/// 429 with Retry-After.
+fn too_many(text: &str, wait_secs: u64) -> Response<Body> {
+    let mut response = plain(
+        StatusCode::TOO_MANY_REQUESTS,
+        &format!("{text}: retry after {wait_secs} s"),
+    );
+    response
+        .headers_mut()
+        .insert(header::RETRY_AFTER, header::HeaderValue::from(wait_secs));
+    response
+}
+
+/// The address part of `ip:port`; a client string that is not one (never
+/// from the accept loop) shares one bucket.
+fn client_ip(client: &str) -> IpAddr {
+    client
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip())
+        .or_else(|_| client.parse::<IpAddr>())
+        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
+}
+
+impl Site {
+    /// A client address that made too many refused requests waits.
+    fn throttled(&self, client: &str) -> Option<Response<Body>> {
+        self.refused
+            .check(&client_ip(client))
+            .err()
+            .map(|wait| too_many("refused: too many refused requests from this address", wait))
+    }
+
+    /// Counts a refused request against the client's address.
+    fn refuse(&self, client: &str, status: StatusCode, text: &str) -> Response<Body> {
+        let _ = self.refused.take(&client_ip(client));
+        plain(status, text)
+    }
+}
+
 fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get(name)
@@ -191,13 +256,16 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 async fn enroll_route(site: &Site, headers: &HeaderMap, client: &str) -> Response<Body> {
+    if let Some(response) = site.throttled(client) {
+        return response;
+    }
     let Some(code) =
         header_str(headers, "x-edgeferry-code").filter(|c| !c.is_empty() && c.len() <= 128)
     else {
-        return plain(
-            StatusCode::FORBIDDEN,
-            "enrollment refused: no code (header X-Edgeferry-Code)",
-        );
+        site.out.note(&format!(
+            "mirror: enrollment from {client} refused: no code (header X-Edgeferry-Code)"
+        ));
+        return site.refuse(client, StatusCode::FORBIDDEN, enroll::REFUSED);
     };
     let hostname = header_str(headers, "x-edgeferry-hostname")
         .unwrap_or("")
@@ -208,10 +276,10 @@ async fn enroll_route(site: &Site, headers: &HeaderMap, client: &str) -> Respons
     let version = site.script.read().expect("script lock").version.clone();
     let dir = site.dir.clone();
     let code = code.to_string();
-    let client = client.to_string();
+    let client_text = client.to_string();
     let prefix = site.spec.name_prefix.clone();
     let outcome = tokio::task::spawn_blocking(move || {
-        enroll::enroll(&dir, &code, &hostname, &client, prefix.as_deref())
+        enroll::enroll(&dir, &code, &hostname, &client_text, prefix.as_deref())
     })
     .await;
     match outcome {
@@ -234,7 +302,17 @@ async fn enroll_route(site: &Site, headers: &HeaderMap, client: &str) -> Respons
                 .body(Body::from(body))
                 .expect("valid response")
         }
-        Ok(Ok(Err(refusal))) => plain(StatusCode::FORBIDDEN, refusal.message()),
+        Ok(Ok(Err(refusal))) => {
+            site.out.note(&format!(
+                "mirror: enrollment from {client} refused: {}",
+                crate::printer::node_text(&refusal.reason())
+            ));
+            let status = match refusal {
+                enroll::Refusal::Taken(_) => StatusCode::CONFLICT,
+                _ => StatusCode::FORBIDDEN,
+            };
+            site.refuse(client, status, &refusal.answer())
+        }
         Ok(Err(e)) => {
             site.out.warn(&format!(
                 "mirror: enrollment store: {}",
@@ -276,13 +354,16 @@ async fn report_route(
     body: hyper::body::Incoming,
     client: &str,
 ) -> Response<Body> {
+    if let Some(response) = site.throttled(client) {
+        return response;
+    }
     let key = header_str(headers, "authorization")
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::trim)
         .filter(|k| !k.is_empty() && k.len() <= 128)
         .map(str::to_string);
     let Some(key) = key else {
-        return plain(StatusCode::FORBIDDEN, "report refused: no node key");
+        return site.refuse(client, StatusCode::FORBIDDEN, "report refused: no node key");
     };
     // Refuse oversized bodies by their declared length, and never buffer
     // more than the limit whatever they declare.
@@ -316,13 +397,31 @@ async fn report_route(
         return plain(StatusCode::BAD_REQUEST, "report refused: message too long");
     }
     let dir = site.dir.clone();
+    let lookup_key = key.clone();
+    let owner = tokio::task::spawn_blocking(move || enroll::node_for_key(&dir, &lookup_key)).await;
+    match owner {
+        Ok(Ok(Some(node))) if node == report.node => {}
+        Ok(Ok(_)) => {
+            return site.refuse(
+                client,
+                StatusCode::FORBIDDEN,
+                "report refused: not an enrolled node, or not this key's node",
+            )
+        }
+        _ => return plain(StatusCode::INTERNAL_SERVER_ERROR, "report not stored"),
+    }
+    if let Err(wait) = site.reports.take(&report.node) {
+        return too_many(
+            &format!("report refused: node {} sent too many reports", report.node),
+            wait,
+        );
+    }
+    let dir = site.dir.clone();
     let redactor = site.redactor.clone();
     let client = client.to_string();
-    let result = tokio::task::spawn_blocking(move || -> Result<Option<()>> {
-        match enroll::node_for_key(&dir, &key)? {
-            Some(node) if node == report.node => {}
-            _ => return Ok(None),
-        }
+    let lines = Arc::clone(&site.report_lines);
+    let history = site.limits.report_history;
+    let result = tokio::task::spawn_blocking(move || -> Result<()> {
         let message: String = redactor
             .scrub(&report.message)
             .chars()
@@ -339,26 +438,70 @@ async fn report_route(
         let mut text = serde_json::to_string(&line)?;
         text.push('\n');
         let _lock = crate::sys::lock_dir_wait(&dir)?;
+        let mut count = lines.lock().expect("report lines lock");
+        let mut now = match *count {
+            Some(c) if c.now < c.compact_at => c,
+            _ => {
+                let kept = compact_reports(&dir, history)?;
+                ReportLines {
+                    now: kept,
+                    compact_at: kept + history.max(1),
+                }
+            }
+        };
         use std::io::Write;
         let mut f = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
             .open(dir.join(REPORTS_FILE))?;
         f.write_all(text.as_bytes())?;
-        Ok(Some(()))
+        now.now += 1;
+        *count = Some(now);
+        Ok(())
     })
     .await;
     match result {
-        Ok(Ok(Some(()))) => Response::builder()
+        Ok(Ok(())) => Response::builder()
             .status(StatusCode::NO_CONTENT)
             .body(Body::empty())
             .expect("valid response"),
-        Ok(Ok(None)) => plain(
-            StatusCode::FORBIDDEN,
-            "report refused: not an enrolled node, or not this key's node",
-        ),
         _ => plain(StatusCode::INTERNAL_SERVER_ERROR, "report not stored"),
     }
+}
+
+/// Rewrites `reports.jsonl` (temp file + rename) to each node's latest
+/// report plus the `history` most recent ones, in their order; returns
+/// the lines kept. Lines that do not parse are dropped.
+fn compact_reports(site_dir: &Path, history: usize) -> Result<usize> {
+    let path = site_dir.join(REPORTS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
+    };
+    let parsed: Vec<(&str, ReportLine)> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok().map(|r| (l, r)))
+        .collect();
+    let mut latest = std::collections::HashMap::new();
+    for (i, (_, r)) in parsed.iter().enumerate() {
+        latest.insert(r.node.as_str(), i);
+    }
+    let recent = parsed.len().saturating_sub(history);
+    let mut kept = String::new();
+    let mut count = 0;
+    for (i, (line, r)) in parsed.iter().enumerate() {
+        if i >= recent || latest.get(r.node.as_str()) == Some(&i) {
+            kept.push_str(line);
+            kept.push('\n');
+            count += 1;
+        }
+    }
+    if count != text.lines().count() {
+        edgeferry_bundle::atomic::write_file(&path, kept.as_bytes(), 0o600)
+            .with_context(|| format!("compacting {}", path.display()))?;
+    }
+    Ok(count)
 }
 
 pub fn read_reports(site_dir: &Path) -> Result<Vec<ReportLine>> {
