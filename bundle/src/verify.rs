@@ -521,12 +521,7 @@ fn check_manifest(manifest: &Manifest) -> Result<(), VerifyError> {
                 detail: "listed twice in the manifest".into(),
             });
         }
-        if entry.sha256.len() != 64
-            || !entry
-                .sha256
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        if !format::valid_hex(&entry.sha256, 64) {
             return Err(VerifyError::Entry {
                 path: entry.path.clone(),
                 detail: "its sha256 in the manifest is not 64 lowercase hex digits".into(),
@@ -543,7 +538,9 @@ fn check_manifest(manifest: &Manifest) -> Result<(), VerifyError> {
             }
         }
     }
-    Ok(())
+    manifest
+        .check_fields()
+        .map_err(|e| VerifyError::Manifest(e.to_string()))
 }
 
 #[derive(Debug)]
@@ -650,10 +647,24 @@ impl<R: io::BufRead> TarReader<R> {
         Ok(())
     }
 
-    /// After the first zero block: only zero blocks may follow, then the
-    /// zstd frame must end and so must the input.
+    /// After the first zero block: the second one, then at most
+    /// [`format::MAX_ZEROS_AFTER_TAR_END`] zero bytes; then the zstd frame
+    /// must end and so must the input. The bound is checked per chunk, so
+    /// a frame of gigabytes of zeros is refused after a few kilobytes.
     fn finish(mut self) -> Result<(), VerifyError> {
+        let mut block = [0u8; 512];
+        self.read_exact(
+            &mut block,
+            "the second of the two zero blocks that end the tar archive",
+        )?;
+        if block.iter().any(|&b| b != 0) {
+            return Err(VerifyError::Trailing(format!(
+                "a non-zero block after the end of the tar archive at byte {}",
+                self.position - 512
+            )));
+        }
         let mut buf = vec![0u8; 64 * 1024];
+        let mut zeros = 0u64;
         loop {
             match self.inner.read(&mut buf) {
                 Ok(0) => break,
@@ -661,6 +672,14 @@ impl<R: io::BufRead> TarReader<R> {
                     if buf[..n].iter().any(|&b| b != 0) {
                         return Err(VerifyError::Trailing(format!(
                             "non-zero bytes after the end of the tar archive at byte {}",
+                            self.position
+                        )));
+                    }
+                    zeros += n as u64;
+                    if zeros > format::MAX_ZEROS_AFTER_TAR_END {
+                        return Err(VerifyError::Trailing(format!(
+                            "more than {} zero bytes after the end of the tar archive at byte {}, refused unread",
+                            format::MAX_ZEROS_AFTER_TAR_END,
                             self.position
                         )));
                     }
