@@ -3,6 +3,7 @@
 
 mod bundle;
 mod fetch;
+mod harden_bundle;
 mod hosts;
 mod join;
 mod load;
