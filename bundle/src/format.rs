@@ -139,114 +139,6 @@ impl Manifest {
         copy.bundle_id = String::new();
         crate::hashing::sha256_hex(&copy.to_bytes())[..32].to_string()
     }
-
-    /// Every field against its grammar (docs/bundle-format.md, "Field
-    /// grammar"): a signature says who made a manifest, not that its text
-    /// is safe to print, to put in an HTTP header or to make a directory of.
-    /// Entry paths and hashes are the reader's own check (`verify.rs`).
-    pub fn check_fields(&self) -> Result<(), FieldError> {
-        let check = |ok: bool, field: &dyn Fn() -> String, value: &str, rule: &'static str| {
-            if ok {
-                Ok(())
-            } else {
-                Err(FieldError::new(field(), value, rule))
-            }
-        };
-        check(
-            valid_hex(&self.bundle_id, 32),
-            &|| "bundle_id".into(),
-            &self.bundle_id,
-            "is not 32 lowercase hex digits",
-        )?;
-        check(
-            valid_version(&self.kubeedge_version),
-            &|| "kubeedge_version".into(),
-            &self.kubeedge_version,
-            "is not a KubeEdge version such as v1.23.1",
-        )?;
-        check(
-            valid_created(&self.created),
-            &|| "created".into(),
-            &self.created,
-            "is not an RFC 3339 UTC time such as 2025-11-13T02:13:20Z",
-        )?;
-        check(
-            valid_text(&self.builder),
-            &|| "builder".into(),
-            &self.builder,
-            "is not 1 to 200 printable ASCII characters",
-        )?;
-        let listed =
-            |path: &str| path.starts_with("files/") && self.entries.iter().any(|e| e.path == path);
-        for (i, file) in self.files.iter().enumerate() {
-            check(
-                listed(&file.path),
-                &|| format!("files[{i}].path"),
-                &file.path,
-                "is not an entry under files/ listed in entries",
-            )?;
-            if let Some(path) = &file.checksum_path {
-                check(
-                    listed(path),
-                    &|| format!("files[{i}].checksum_path"),
-                    path,
-                    "is not an entry under files/ listed in entries",
-                )?;
-            }
-            if let Some(sha512) = &file.sha512 {
-                check(
-                    valid_hex(sha512, 128),
-                    &|| format!("files[{i}].sha512"),
-                    sha512,
-                    "is not 128 lowercase hex digits",
-                )?;
-            }
-        }
-        for (i, image) in self.images.iter().enumerate() {
-            if let Err(rule) = crate::oci::check_full_reference(&image.reference) {
-                return Err(FieldError::new(
-                    format!("images[{i}].reference"),
-                    &image.reference,
-                    rule,
-                ));
-            }
-            let digests = [
-                ("manifest_digest", Some(&image.manifest_digest)),
-                ("index_digest", image.index_digest.as_ref()),
-            ];
-            for (name, digest) in digests {
-                if let Some(digest) = digest {
-                    check(
-                        sha256_hex_of_digest(digest).is_some(),
-                        &|| format!("images[{i}].{name}"),
-                        digest,
-                        "is not sha256:<64 lowercase hex digits>",
-                    )?;
-                }
-            }
-            let media_types = [
-                ("manifest_media_type", Some(&image.manifest_media_type)),
-                ("index_media_type", image.index_media_type.as_ref()),
-            ];
-            for (name, media_type) in media_types {
-                if let Some(media_type) = media_type {
-                    check(
-                        crate::oci::valid_media_type(media_type),
-                        &|| format!("images[{i}].{name}"),
-                        media_type,
-                        "is not an RFC 6838 media type type/subtype",
-                    )?;
-                }
-            }
-            check(
-                valid_platform(&image.platform),
-                &|| format!("images[{i}].platform"),
-                &image.platform,
-                "is not os/architecture[/variant] of [a-z0-9]",
-            )?;
-        }
-        Ok(())
-    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -372,7 +264,7 @@ pub struct FieldError {
 }
 
 impl FieldError {
-    fn new(field: impl Into<String>, value: &str, rule: &'static str) -> FieldError {
+    pub fn new(field: impl Into<String>, value: &str, rule: &'static str) -> FieldError {
         let mut shown: String = value
             .chars()
             .take(MAX_SHOWN_CHARS)
