@@ -334,3 +334,39 @@ fn one_slow_client_cannot_hold_the_whole_connection_cap() {
     }
     assert_eq!((refused, held), (50, 10));
 }
+
+#[test]
+fn a_rotted_media_type_in_the_store_is_served_untyped_not_a_panic() {
+    require_tool("curl", "curl");
+    let tmp = tempfile::tempdir().unwrap();
+    let store = loaded_sample_store(tmp.path(), "arm64", VERSION);
+    // What a store loaded before manifest fields were checked (or a disk
+    // that rotted) may hold: media types that are no header value.
+    let path = store.join("state.json");
+    let mut state: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    for section in ["images", "manifests"] {
+        for record in state[section].as_object_mut().unwrap().values_mut() {
+            record["media_type"] =
+                "application/vnd.oci.image.manifest.v1+json\r\nX-Injected: 1".into();
+        }
+    }
+    std::fs::write(&path, serde_json::to_vec(&state).unwrap()).unwrap();
+    let server = Served::start(&store);
+    let headers = head(&server.url(&format!(
+        "/v2/kubeedge/installation-package/manifests/{VERSION}"
+    )));
+    let field = |name: &str| {
+        headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    };
+    assert_eq!(
+        field("content-type"),
+        Some("application/octet-stream"),
+        "{headers:?}"
+    );
+    assert_eq!(field("x-injected"), None, "{headers:?}");
+    assert!(!server.stderr().contains("panicked"), "{}", server.stderr());
+}

@@ -201,7 +201,7 @@ pub async fn handle(
         let stored = Stored {
             source: body::Source::File(&path),
             digest,
-            content_type: "application/octet-stream",
+            content_type: body::UNTYPED,
             registry: true,
             immutable: true,
         };
