@@ -542,6 +542,14 @@ fn check_manifest(manifest: &Manifest) -> Result<(), VerifyError> {
     check_fields(manifest).map_err(|e| VerifyError::Manifest(e.to_string()))
 }
 
+/// An optional image field: its name, value, grammar and the rule's text.
+type OptionalField<'a> = (
+    &'static str,
+    Option<&'a String>,
+    &'a dyn Fn(&str) -> bool,
+    &'static str,
+);
+
 /// Every field against its grammar (docs/bundle-format.md, "Field
 /// grammar"): a signature says who made a manifest, not that its text
 /// is safe to print, to put in an HTTP header or to make a directory of.
@@ -554,30 +562,35 @@ fn check_fields(manifest: &Manifest) -> Result<(), format::FieldError> {
             Err(format::FieldError::new(field(), value, rule))
         }
     };
-    check(
-        format::valid_hex(&manifest.bundle_id, 32),
-        &|| "bundle_id".into(),
-        &manifest.bundle_id,
-        "is not 32 lowercase hex digits",
-    )?;
-    check(
-        format::valid_version(&manifest.kubeedge_version),
-        &|| "kubeedge_version".into(),
-        &manifest.kubeedge_version,
-        "is not a KubeEdge version such as v1.23.1",
-    )?;
-    check(
-        format::valid_created(&manifest.created),
-        &|| "created".into(),
-        &manifest.created,
-        "is not an RFC 3339 UTC time such as 2025-11-13T02:13:20Z",
-    )?;
-    check(
-        format::valid_text(&manifest.builder),
-        &|| "builder".into(),
-        &manifest.builder,
-        "is not 1 to 200 printable ASCII characters",
-    )?;
+    let scalars = [
+        (
+            "bundle_id",
+            &manifest.bundle_id,
+            format::valid_hex(&manifest.bundle_id, 32),
+            "is not 32 lowercase hex digits",
+        ),
+        (
+            "kubeedge_version",
+            &manifest.kubeedge_version,
+            format::valid_version(&manifest.kubeedge_version),
+            "is not a KubeEdge version such as v1.23.1",
+        ),
+        (
+            "created",
+            &manifest.created,
+            format::valid_created(&manifest.created),
+            "is not an RFC 3339 UTC time such as 2025-11-13T02:13:20Z",
+        ),
+        (
+            "builder",
+            &manifest.builder,
+            format::valid_text(&manifest.builder),
+            "is not 1 to 200 printable ASCII characters",
+        ),
+    ];
+    for (field, value, ok, rule) in scalars {
+        check(ok, &|| field.into(), value, rule)?;
+    }
     let listed =
         |path: &str| path.starts_with("files/") && manifest.entries.iter().any(|e| e.path == path);
     for (i, file) in manifest.files.iter().enumerate() {
@@ -612,32 +625,38 @@ fn check_fields(manifest: &Manifest) -> Result<(), format::FieldError> {
                 rule,
             ));
         }
-        let digests = [
-            ("manifest_digest", Some(&image.manifest_digest)),
-            ("index_digest", image.index_digest.as_ref()),
+        let is_digest = |d: &str| format::sha256_hex_of_digest(d).is_some();
+        const DIGEST_RULE: &str = "is not sha256:<64 lowercase hex digits>";
+        const MEDIA_RULE: &str = "is not an RFC 6838 media type type/subtype";
+        let optional: [OptionalField<'_>; 4] = [
+            (
+                "manifest_digest",
+                Some(&image.manifest_digest),
+                &is_digest,
+                DIGEST_RULE,
+            ),
+            (
+                "index_digest",
+                image.index_digest.as_ref(),
+                &is_digest,
+                DIGEST_RULE,
+            ),
+            (
+                "manifest_media_type",
+                Some(&image.manifest_media_type),
+                &oci::valid_media_type,
+                MEDIA_RULE,
+            ),
+            (
+                "index_media_type",
+                image.index_media_type.as_ref(),
+                &oci::valid_media_type,
+                MEDIA_RULE,
+            ),
         ];
-        for (name, digest) in digests {
-            if let Some(digest) = digest {
-                check(
-                    format::sha256_hex_of_digest(digest).is_some(),
-                    &|| format!("images[{i}].{name}"),
-                    digest,
-                    "is not sha256:<64 lowercase hex digits>",
-                )?;
-            }
-        }
-        let media_types = [
-            ("manifest_media_type", Some(&image.manifest_media_type)),
-            ("index_media_type", image.index_media_type.as_ref()),
-        ];
-        for (name, media_type) in media_types {
-            if let Some(media_type) = media_type {
-                check(
-                    oci::valid_media_type(media_type),
-                    &|| format!("images[{i}].{name}"),
-                    media_type,
-                    "is not an RFC 6838 media type type/subtype",
-                )?;
+        for (name, value, valid, rule) in optional {
+            if let Some(value) = value {
+                check(valid(value), &|| format!("images[{i}].{name}"), value, rule)?;
             }
         }
         check(

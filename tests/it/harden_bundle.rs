@@ -5,7 +5,7 @@
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
@@ -59,7 +59,7 @@ fn write_bundle(
     name: &str,
     manifest: Manifest,
     end: &[u8],
-) -> std::path::PathBuf {
+) -> PathBuf {
     let (mut tar, id) = signed_tar(key, manifest, &[regular("files/keadm.tar.gz", DATA)]);
     tar.extend_from_slice(end);
     let (bundle, signature) = sign_whole(key, tar, &id);
@@ -67,6 +67,14 @@ fn write_bundle(
     std::fs::write(&path, bundle).unwrap();
     std::fs::write(format!("{}.minisig", path.display()), signature).unwrap();
     path
+}
+
+/// A scratch directory and a fresh key pair in it: (dir, key, public key).
+fn signer() -> (tempfile::TempDir, SigningKey, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (key_path, public) = keygen(&tmp.path().join("keys"));
+    let key = SigningKey::from_file(&key_path).unwrap();
+    (tmp, key, public)
 }
 
 fn verify(bundle: &Path, public: &Path) -> Ran {
@@ -109,9 +117,7 @@ fn assert_refused(ran: &Ran, names: &str, what: &str) {
 
 #[test]
 fn signed_manifests_with_fields_outside_their_grammar_are_refused_with_exit_4() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (key_path, public) = keygen(&tmp.path().join("keys"));
-    let key = SigningKey::from_file(&key_path).unwrap();
+    let (tmp, key, public) = signer();
 
     let good = write_bundle(&key, tmp.path(), "sane", sane(), &[0u8; 1024]);
     let ran = verify(&good, &public);
@@ -193,18 +199,14 @@ fn signed_manifests_with_fields_outside_their_grammar_are_refused_with_exit_4() 
 
 #[test]
 fn a_tar_end_of_one_zero_block_is_refused() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (key_path, public) = keygen(&tmp.path().join("keys"));
-    let key = SigningKey::from_file(&key_path).unwrap();
+    let (tmp, key, public) = signer();
     let bundle = write_bundle(&key, tmp.path(), "one-block", sane(), &[0u8; 512]);
     assert_refused(&verify(&bundle, &public), "truncated", "one end block");
 }
 
 #[test]
 fn a_zero_bomb_after_the_tar_end_is_refused_without_inflating_it() {
-    let tmp = tempfile::tempdir().unwrap();
-    let (key_path, public) = keygen(&tmp.path().join("keys"));
-    let key = SigningKey::from_file(&key_path).unwrap();
+    let (tmp, key, public) = signer();
     let (tar, id) = signed_tar(&key, sane(), &[regular("files/keadm.tar.gz", DATA)]);
     // The tar end, then 2 GiB of zeros in one zstd frame: about a megabyte.
     let mut encoder = zstd::Encoder::new(Vec::new(), 1).unwrap();
