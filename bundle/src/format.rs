@@ -21,6 +21,11 @@ pub const MAX_SIGNATURE_BYTES: u64 = 4096;
 /// Paths fit the 100-byte ustar name field, so no PAX or GNU extension
 /// headers are ever needed and readers can refuse them outright.
 pub const MAX_PATH_BYTES: usize = 100;
+/// After the two zero blocks that end the tar stream, readers accept at
+/// most this many more zero bytes (one 10240-byte record, as `tar`
+/// pads archives) before the zstd frame must end: more is refused as it
+/// arrives, so a small file cannot make a reader inflate gigabytes.
+pub const MAX_ZEROS_AFTER_TAR_END: u64 = 10240;
 /// Every entry's mtime is this value (or `SOURCE_DATE_EPOCH`-derived
 /// creation time); readers ignore it.
 pub const ENTRY_MODE: u32 = 0o644;
@@ -241,10 +246,123 @@ pub fn check_entry_path(path: &str) -> Result<(), PathError> {
     Ok(())
 }
 
+/// The longest `kubeedge_version` a reader accepts.
+pub const MAX_VERSION_BYTES: usize = 64;
+/// The longest free text (`builder`) a reader accepts.
+pub const MAX_TEXT_BYTES: usize = 200;
+/// How much of a refused value an error message shows.
+const MAX_SHOWN_CHARS: usize = 80;
+
+/// A manifest field outside its grammar: which field, its value (escaped
+/// and cut short) and the rule it breaks.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{field} {value} {rule}")]
+pub struct FieldError {
+    pub field: String,
+    pub value: String,
+    pub rule: &'static str,
+}
+
+impl FieldError {
+    pub fn new(field: impl Into<String>, value: &str, rule: &'static str) -> FieldError {
+        let mut shown: String = value
+            .chars()
+            .take(MAX_SHOWN_CHARS)
+            .collect::<String>()
+            .escape_debug()
+            .to_string();
+        if value.chars().nth(MAX_SHOWN_CHARS).is_some() {
+            shown.push_str("...");
+        }
+        FieldError {
+            field: field.into(),
+            value: format!("\"{shown}\""),
+            rule,
+        }
+    }
+}
+
+/// `len` lowercase hex digits.
+pub fn valid_hex(s: &str, len: usize) -> bool {
+    s.len() == len && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// A KubeEdge tag: `v<major>.<minor>.<patch>`, optionally `-<pre-release>`
+/// of `[0-9A-Za-z.-]`, at most [`MAX_VERSION_BYTES`].
+pub fn valid_version(version: &str) -> bool {
+    let Some(rest) = version.strip_prefix('v') else {
+        return false;
+    };
+    let (core, pre) = match rest.split_once('-') {
+        Some((core, pre)) => (core, Some(pre)),
+        None => (rest, None),
+    };
+    let number = |n: &str| !n.is_empty() && n.len() <= 9 && n.bytes().all(|b| b.is_ascii_digit());
+    version.len() <= MAX_VERSION_BYTES
+        && core.split('.').count() == 3
+        && core.split('.').all(number)
+        && pre.is_none_or(|p| {
+            !p.is_empty()
+                && p.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'.' || b == b'-')
+        })
+}
+
+/// RFC 3339 in UTC: `YYYY-MM-DDTHH:MM:SS`, optional `.fraction`, then `Z`.
+pub fn valid_created(created: &str) -> bool {
+    let b = created.as_bytes();
+    let digits = |range: std::ops::Range<usize>| {
+        b.get(range)
+            .is_some_and(|d| d.iter().all(u8::is_ascii_digit))
+    };
+    let fixed = b.len() >= 20
+        && digits(0..4)
+        && b[4] == b'-'
+        && digits(5..7)
+        && b[7] == b'-'
+        && digits(8..10)
+        && b[10] == b'T'
+        && digits(11..13)
+        && b[13] == b':'
+        && digits(14..16)
+        && b[16] == b':'
+        && digits(17..19);
+    if !fixed || b[b.len() - 1] != b'Z' {
+        return false;
+    }
+    match &b[19..b.len() - 1] {
+        [] => true,
+        [b'.', fraction @ ..] => {
+            (1..=9).contains(&fraction.len()) && fraction.iter().all(u8::is_ascii_digit)
+        }
+        _ => false,
+    }
+}
+
+/// Printable ASCII (space to `~`), 1 to [`MAX_TEXT_BYTES`] bytes: safe to
+/// print on any terminal.
+pub fn valid_text(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_TEXT_BYTES
+        && text.bytes().all(|b| (b' '..=b'~').contains(&b))
+}
+
+/// `os/architecture[/variant]`, each 1 to 32 of `[a-z0-9]`.
+pub fn valid_platform(platform: &str) -> bool {
+    let parts = platform.split('/').count();
+    (2..=3).contains(&parts)
+        && platform.split('/').all(|p| {
+            !p.is_empty()
+                && p.len() <= 32
+                && p.bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+        })
+}
+
 /// `sha256:<64 hex>` → the hex part, or `None` if malformed.
 pub fn sha256_hex_of_digest(digest: &str) -> Option<&str> {
     let hex = digest.strip_prefix("sha256:")?;
-    (hex.len() == 64 && hex.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))).then_some(hex)
+    valid_hex(hex, 64).then_some(hex)
 }
 
 /// Bundle path of a blob in the image layout.
@@ -295,6 +413,45 @@ mod tests {
             assert!(check_entry_path(bad).is_err(), "{bad:?} accepted");
         }
         assert!(check_entry_path(&format!("files/{}", "a".repeat(100))).is_err());
+    }
+
+    #[test]
+    fn field_grammar() {
+        for good in ["v1.23.1", "v1.22.0-rc.1", "v10.0.0"] {
+            assert!(valid_version(good), "{good:?} refused");
+        }
+        for bad in [
+            "",
+            "1.23.1",
+            "v1.23",
+            "v1.23.x",
+            "v1.23.1\n",
+            "v1.23.1 x",
+            "v1.23.1-",
+            "v1.2.3-$(x)",
+        ] {
+            assert!(!valid_version(bad), "{bad:?} accepted");
+        }
+        assert!(valid_created("2025-11-13T02:13:20Z"));
+        assert!(valid_created("2025-11-13T02:13:20.5Z"));
+        for bad in [
+            "",
+            "2025-11-13",
+            "2025-11-13T02:13:20",
+            "2025-11-13T02:13:20Z\u{1b}",
+            "2025-11-13T02:13:20.Z",
+        ] {
+            assert!(!valid_created(bad), "{bad:?} accepted");
+        }
+        assert!(valid_text("edgeferry-builder 0.1.0"));
+        assert!(!valid_text("a\u{1b}[2J") && !valid_text("") && !valid_text(&"a".repeat(201)));
+        assert!(valid_platform("linux/arm/v7") && valid_platform("linux/amd64"));
+        assert!(
+            !valid_platform("linux") && !valid_platform("linux/../x") && !valid_platform("a/b/c/d")
+        );
+        let shown =
+            FieldError::new("builder", &format!("\u{1b}{}", "x".repeat(200)), "r").to_string();
+        assert!(!shown.contains('\u{1b}') && shown.len() < 120, "{shown}");
     }
 
     #[test]

@@ -56,6 +56,132 @@ pub const ANNOTATION_INDEX_DIGEST: &str = "io.edgeferry.upstream-index.digest";
 /// The one image layout version we read (any 1.x) and write.
 pub const IMAGE_LAYOUT_VERSION: &str = "1.0.0";
 
+/// Docker's limit on `domain/path`, without tag or digest.
+pub const MAX_NAME_LEN: usize = 255;
+/// Docker's limit on a tag.
+pub const MAX_TAG_LEN: usize = 128;
+/// RFC 6838: a type or subtype name is at most 127 characters.
+const MAX_MEDIA_NAME_LEN: usize = 127;
+
+/// A registry host: DNS labels or a bracketed IPv6 literal, optionally
+/// with a port.
+pub fn valid_domain(domain: &str) -> bool {
+    let valid_port = |port: &str| {
+        !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
+    };
+    if let Some(rest) = domain.strip_prefix('[') {
+        // Bracketed IPv6 literal, optionally with a port.
+        let Some((inside, after)) = rest.split_once(']') else {
+            return false;
+        };
+        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(valid_port);
+        return port_ok
+            && !inside.is_empty()
+            && inside.bytes().all(|b| b.is_ascii_hexdigit() || b == b':');
+    }
+    let (host, port_ok) = match domain.split_once(':') {
+        Some((host, port)) => (host, valid_port(port)),
+        None => (domain, true),
+    };
+    port_ok
+        && !host.is_empty()
+        && host.split('.').all(|label| {
+            let b = label.as_bytes();
+            !b.is_empty()
+                && b[0].is_ascii_alphanumeric()
+                && b[b.len() - 1].is_ascii_alphanumeric()
+                && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
+        })
+}
+
+/// A repository path component: `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`.
+pub fn valid_path_component(component: &str) -> bool {
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let b = component.as_bytes();
+    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
+        return false;
+    }
+    let mut i = 0;
+    while i < b.len() {
+        if alnum(b[i]) {
+            i += 1;
+            continue;
+        }
+        let start = i;
+        while i < b.len() && !alnum(b[i]) {
+            i += 1;
+        }
+        let sep = &component[start..i];
+        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|c| c == b'-')) {
+            return false;
+        }
+    }
+    true
+}
+
+/// A tag: `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`.
+pub fn valid_tag(tag: &str) -> bool {
+    let b = tag.as_bytes();
+    !b.is_empty()
+        && b.len() <= MAX_TAG_LEN
+        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
+        && b.iter()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
+}
+
+/// A full, normalized image reference as bundles carry it:
+/// `host[:port]/component(/component)*` then `:tag`, `@sha256:<hex>` or
+/// both. Unlike what a user types, the registry host is never implied.
+pub fn check_full_reference(reference: &str) -> Result<(), &'static str> {
+    let (rest, digest) = match reference.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (reference, None),
+    };
+    if digest.is_some_and(|d| crate::format::sha256_hex_of_digest(d).is_none()) {
+        return Err("its digest is not sha256:<64 lowercase hex digits>");
+    }
+    let (name, tag) = match rest.rfind(':') {
+        Some(i) if !rest[i + 1..].contains('/') => (&rest[..i], Some(&rest[i + 1..])),
+        _ => (rest, None),
+    };
+    if tag.is_none() && digest.is_none() {
+        return Err("it has neither a tag nor a digest");
+    }
+    if tag.is_some_and(|t| !valid_tag(t)) {
+        return Err("its tag is not 1 to 128 of [A-Za-z0-9_.-] starting with [A-Za-z0-9_]");
+    }
+    if name.len() > MAX_NAME_LEN {
+        return Err("its name is longer than 255 characters");
+    }
+    let Some((domain, path)) = name.split_once('/') else {
+        return Err("it names no registry host: host/repository:tag");
+    };
+    if !(domain.contains(['.', ':']) || domain == "localhost") || !valid_domain(domain) {
+        return Err("it does not start with a registry host such as docker.io or localhost:5000");
+    }
+    if !path.split('/').all(valid_path_component) {
+        return Err("a repository component is not [a-z0-9] joined by '.', '_', '__' or '-'");
+    }
+    Ok(())
+}
+
+/// An RFC 6838 media type without parameters: `type/subtype`, each a
+/// restricted-name (a letter or digit, then letters, digits and
+/// `!#$&-^_.+`, at most 127 characters).
+pub fn valid_media_type(media_type: &str) -> bool {
+    let restricted_name = |name: &str| {
+        let b = name.as_bytes();
+        !b.is_empty()
+            && b.len() <= MAX_MEDIA_NAME_LEN
+            && b[0].is_ascii_alphanumeric()
+            && b.iter()
+                .all(|c| c.is_ascii_alphanumeric() || b"!#$&-^_.+".contains(c))
+    };
+    media_type
+        .split_once('/')
+        .is_some_and(|(kind, sub)| restricted_name(kind) && restricted_name(sub))
+}
+
 /// A content descriptor. `media_type` is optional on reading (OCI allows
 /// untyped descriptors) and always set by our writers.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -301,6 +427,45 @@ mod tests {
             r#"{"mediaType":"application/vnd.docker.container.image.v1+json","size":1,"digest":"sha256:cd"}"#
         );
         assert_eq!(ImageLayout::bytes(), br#"{"imageLayoutVersion":"1.0.0"}"#);
+    }
+
+    #[test]
+    fn full_references_and_media_types() {
+        const HEX: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        for good in [
+            "docker.io/kubeedge/installation-package:v1.23.1".to_string(),
+            "registry.k8s.io/pause:3.10".to_string(),
+            "localhost:5000/a/b__c:1".to_string(),
+            "[::1]:5000/x:1".to_string(),
+            format!("docker.io/library/busybox@sha256:{HEX}"),
+        ] {
+            assert_eq!(check_full_reference(&good), Ok(()), "{good}");
+        }
+        for bad in [
+            "../../etc/x:1",
+            "kubeedge/pause:3.6",
+            "docker.io/kubeedge/pause",
+            "docker.io/../x:1",
+            "docker.io/Kube/x:1",
+            "docker.io/x:1\r\nHost: y",
+            "docker.io/x:-1",
+            "docker.io/x@sha256:zz",
+        ] {
+            assert!(check_full_reference(bad).is_err(), "{bad:?} accepted");
+        }
+        for good in [MEDIA_OCI_MANIFEST, MEDIA_DOCKER_LIST, "application/json"] {
+            assert!(valid_media_type(good), "{good}");
+        }
+        for bad in [
+            "",
+            "application",
+            "application/json; charset=utf-8",
+            "a/b\r\nX: 1",
+            "/json",
+            "a/b/c",
+        ] {
+            assert!(!valid_media_type(bad), "{bad:?} accepted");
+        }
     }
 
     #[test]

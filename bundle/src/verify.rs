@@ -12,6 +12,7 @@ use sha2::{Digest, Sha256};
 
 use crate::format::{self, Entry, Manifest};
 use crate::hashing::hex;
+use crate::oci;
 use crate::sign::{SignatureError, TrustedKeys, Verified};
 
 /// Why a bundle was refused. `class()` groups them for exit codes.
@@ -521,12 +522,7 @@ fn check_manifest(manifest: &Manifest) -> Result<(), VerifyError> {
                 detail: "listed twice in the manifest".into(),
             });
         }
-        if entry.sha256.len() != 64
-            || !entry
-                .sha256
-                .bytes()
-                .all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
+        if !format::valid_hex(&entry.sha256, 64) {
             return Err(VerifyError::Entry {
                 path: entry.path.clone(),
                 detail: "its sha256 in the manifest is not 64 lowercase hex digits".into(),
@@ -542,6 +538,133 @@ fn check_manifest(manifest: &Manifest) -> Result<(), VerifyError> {
                 });
             }
         }
+    }
+    check_fields(manifest).map_err(|e| VerifyError::Manifest(e.to_string()))
+}
+
+/// An optional image field: its name, value, grammar and the rule's text.
+type OptionalField<'a> = (
+    &'static str,
+    Option<&'a String>,
+    &'a dyn Fn(&str) -> bool,
+    &'static str,
+);
+
+/// Every field against its grammar (docs/bundle-format.md, "Field
+/// grammar"): a signature says who made a manifest, not that its text
+/// is safe to print, to put in an HTTP header or to make a directory of.
+/// Entry paths and hashes are checked above, in [`check_manifest`].
+fn check_fields(manifest: &Manifest) -> Result<(), format::FieldError> {
+    let check = |ok: bool, field: &dyn Fn() -> String, value: &str, rule: &'static str| {
+        if ok {
+            Ok(())
+        } else {
+            Err(format::FieldError::new(field(), value, rule))
+        }
+    };
+    let scalars = [
+        (
+            "bundle_id",
+            &manifest.bundle_id,
+            format::valid_hex(&manifest.bundle_id, 32),
+            "is not 32 lowercase hex digits",
+        ),
+        (
+            "kubeedge_version",
+            &manifest.kubeedge_version,
+            format::valid_version(&manifest.kubeedge_version),
+            "is not a KubeEdge version such as v1.23.1",
+        ),
+        (
+            "created",
+            &manifest.created,
+            format::valid_created(&manifest.created),
+            "is not an RFC 3339 UTC time such as 2025-11-13T02:13:20Z",
+        ),
+        (
+            "builder",
+            &manifest.builder,
+            format::valid_text(&manifest.builder),
+            "is not 1 to 200 printable ASCII characters",
+        ),
+    ];
+    for (field, value, ok, rule) in scalars {
+        check(ok, &|| field.into(), value, rule)?;
+    }
+    let listed =
+        |path: &str| path.starts_with("files/") && manifest.entries.iter().any(|e| e.path == path);
+    for (i, file) in manifest.files.iter().enumerate() {
+        check(
+            listed(&file.path),
+            &|| format!("files[{i}].path"),
+            &file.path,
+            "is not an entry under files/ listed in entries",
+        )?;
+        if let Some(path) = &file.checksum_path {
+            check(
+                listed(path),
+                &|| format!("files[{i}].checksum_path"),
+                path,
+                "is not an entry under files/ listed in entries",
+            )?;
+        }
+        if let Some(sha512) = &file.sha512 {
+            check(
+                format::valid_hex(sha512, 128),
+                &|| format!("files[{i}].sha512"),
+                sha512,
+                "is not 128 lowercase hex digits",
+            )?;
+        }
+    }
+    for (i, image) in manifest.images.iter().enumerate() {
+        if let Err(rule) = oci::check_full_reference(&image.reference) {
+            return Err(format::FieldError::new(
+                format!("images[{i}].reference"),
+                &image.reference,
+                rule,
+            ));
+        }
+        let is_digest = |d: &str| format::sha256_hex_of_digest(d).is_some();
+        const DIGEST_RULE: &str = "is not sha256:<64 lowercase hex digits>";
+        const MEDIA_RULE: &str = "is not an RFC 6838 media type type/subtype";
+        let optional: [OptionalField<'_>; 4] = [
+            (
+                "manifest_digest",
+                Some(&image.manifest_digest),
+                &is_digest,
+                DIGEST_RULE,
+            ),
+            (
+                "index_digest",
+                image.index_digest.as_ref(),
+                &is_digest,
+                DIGEST_RULE,
+            ),
+            (
+                "manifest_media_type",
+                Some(&image.manifest_media_type),
+                &oci::valid_media_type,
+                MEDIA_RULE,
+            ),
+            (
+                "index_media_type",
+                image.index_media_type.as_ref(),
+                &oci::valid_media_type,
+                MEDIA_RULE,
+            ),
+        ];
+        for (name, value, valid, rule) in optional {
+            if let Some(value) = value {
+                check(valid(value), &|| format!("images[{i}].{name}"), value, rule)?;
+            }
+        }
+        check(
+            format::valid_platform(&image.platform),
+            &|| format!("images[{i}].platform"),
+            &image.platform,
+            "is not os/architecture[/variant] of [a-z0-9]",
+        )?;
     }
     Ok(())
 }
@@ -650,10 +773,24 @@ impl<R: io::BufRead> TarReader<R> {
         Ok(())
     }
 
-    /// After the first zero block: only zero blocks may follow, then the
-    /// zstd frame must end and so must the input.
+    /// After the first zero block: the second one, then at most
+    /// [`format::MAX_ZEROS_AFTER_TAR_END`] zero bytes; then the zstd frame
+    /// must end and so must the input. The bound is checked per chunk, so
+    /// a frame of gigabytes of zeros is refused after a few kilobytes.
     fn finish(mut self) -> Result<(), VerifyError> {
+        let mut block = [0u8; 512];
+        self.read_exact(
+            &mut block,
+            "the second of the two zero blocks that end the tar archive",
+        )?;
+        if block.iter().any(|&b| b != 0) {
+            return Err(VerifyError::Trailing(format!(
+                "a non-zero block after the end of the tar archive at byte {}",
+                self.position - 512
+            )));
+        }
         let mut buf = vec![0u8; 64 * 1024];
+        let mut zeros = 0u64;
         loop {
             match self.inner.read(&mut buf) {
                 Ok(0) => break,
@@ -661,6 +798,14 @@ impl<R: io::BufRead> TarReader<R> {
                     if buf[..n].iter().any(|&b| b != 0) {
                         return Err(VerifyError::Trailing(format!(
                             "non-zero bytes after the end of the tar archive at byte {}",
+                            self.position
+                        )));
+                    }
+                    zeros += n as u64;
+                    if zeros > format::MAX_ZEROS_AFTER_TAR_END {
+                        return Err(VerifyError::Trailing(format!(
+                            "more than {} zero bytes after the end of the tar archive at byte {}, refused unread",
+                            format::MAX_ZEROS_AFTER_TAR_END,
                             self.position
                         )));
                     }

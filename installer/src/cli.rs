@@ -171,6 +171,10 @@ pub struct ServeArgs {
     /// Connections served at once
     #[arg(long)]
     pub max_connections: Option<usize>,
+    /// Connections served at once from one source address (more are
+    /// answered 503 and closed), so one client cannot hold them all
+    #[arg(long)]
+    pub max_connections_per_client: Option<usize>,
     /// Seconds without a byte moving before a connection is closed
     #[arg(long)]
     pub idle_timeout: Option<u64>,

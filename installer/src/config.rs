@@ -10,6 +10,10 @@ pub struct Config {
     pub load_space_margin_bytes: u64,
     /// Mirror: connections served at once; more wait in the listen backlog.
     pub max_connections: usize,
+    /// Mirror: connections served at once from one source address, so one
+    /// client (a slowloris, a runaway script) cannot hold the whole cap;
+    /// more from that address are answered 503 and closed.
+    pub max_connections_per_client: usize,
     /// Mirror: a client must send its request headers within this.
     pub header_read_timeout: Duration,
     /// Mirror: a connection with no byte moving either way is closed. There
@@ -125,6 +129,7 @@ impl Default for Config {
         Config {
             load_space_margin_bytes: 64 << 20,
             max_connections: 4096,
+            max_connections_per_client: 64,
             header_read_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),

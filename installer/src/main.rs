@@ -116,6 +116,9 @@ fn run(command: Command, config: Config, out: &Printer) -> anyhow::Result<()> {
             if let Some(n) = args.max_connections {
                 config.max_connections = n.max(1);
             }
+            if let Some(n) = args.max_connections_per_client {
+                config.max_connections_per_client = n.max(1);
+            }
             if let Some(secs) = args.idle_timeout {
                 config.idle_timeout = std::time::Duration::from_secs(secs.max(1));
             }

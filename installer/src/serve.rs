@@ -1,13 +1,13 @@
 //! `edgeferry serve`: the accept loop that puts the mirror (`mirror/`)
 //! and, with `--site-dir`, pull mode (`pull/`) on the LAN. Everything is
-//! bounded: a connection cap, a header-read timeout, an idle timeout (no
+//! bounded: a connection cap (and a share of it per source address), a header-read timeout, an idle timeout (no
 //! bytes moving either way) but no whole-request timeout, so multi-GB
 //! pulls finish. Every request gets one access-log line.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
 use std::io::Write;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -209,6 +209,7 @@ async fn run(listener: tokio::net::TcpListener, mirror: Arc<Server>, config: Con
         });
     }
     let permits = Arc::new(tokio::sync::Semaphore::new(config.max_connections));
+    let clients = Clients::default();
     let started = Instant::now();
     let mut shutdown = shutdown_rx.clone();
     loop {
@@ -228,6 +229,12 @@ async fn run(listener: tokio::net::TcpListener, mirror: Arc<Server>, config: Con
                 }
             },
         };
+        let Some(slot) = clients.take(peer.ip(), config.max_connections_per_client) else {
+            // Over its share: told so in one write that cannot block, then
+            // closed, and its permit is free for another client.
+            let _ = stream.try_write(TOO_MANY_FROM_CLIENT);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         crate::sys::set_send_buffer(&stream, config.send_buffer_bytes);
         let mirror = Arc::clone(&mirror);
@@ -235,6 +242,7 @@ async fn run(listener: tokio::net::TcpListener, mirror: Arc<Server>, config: Con
         let shutdown = shutdown_rx.clone();
         tokio::spawn(async move {
             connection(stream, peer, mirror, config, shutdown, started).await;
+            drop(slot);
             drop(permit);
         });
     }
@@ -243,6 +251,49 @@ async fn run(listener: tokio::net::TcpListener, mirror: Arc<Server>, config: Con
     let all = u32::try_from(config.max_connections).unwrap_or(u32::MAX);
     let _ = tokio::time::timeout(config.shutdown_grace, permits.acquire_many(all)).await;
     Ok(())
+}
+
+/// The answer to a connection over `max_connections_per_client`.
+const TOO_MANY_FROM_CLIENT: &[u8] = b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: text/plain\r\nContent-Length: 56\r\nConnection: close\r\nRetry-After: 1\r\n\r\ntoo many connections from your address: retry after one\n";
+
+/// Connections open per source address.
+#[derive(Clone, Default)]
+struct Clients(Arc<Mutex<HashMap<IpAddr, usize>>>);
+
+impl Clients {
+    /// A slot for one more connection from `ip`, or `None` when it already
+    /// holds `cap`. An IPv4-mapped IPv6 address counts as its IPv4 one.
+    fn take(&self, ip: IpAddr, cap: usize) -> Option<ClientSlot> {
+        let ip = ip.to_canonical();
+        let mut open = self.0.lock().expect("client table lock");
+        let count = open.entry(ip).or_insert(0);
+        if *count >= cap {
+            return None;
+        }
+        *count += 1;
+        Some(ClientSlot {
+            clients: self.clone(),
+            ip,
+        })
+    }
+}
+
+/// One open connection counted against its address; released on drop.
+struct ClientSlot {
+    clients: Clients,
+    ip: IpAddr,
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self.clients.0.lock().expect("client table lock");
+        if let Some(count) = open.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
 }
 
 async fn connection(

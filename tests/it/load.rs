@@ -7,6 +7,7 @@ use std::process::{Command, Stdio};
 
 use edgeferry_bundle::format::{self, Arch, Entry, Manifest};
 use edgeferry_bundle::sign::{SigningKey, TrustedKeys};
+use edgeferry_tests::crafted::{regular, sign_whole, signed_tar, special, Raw};
 use edgeferry_tests::*;
 
 const EPOCH: u64 = 1_763_000_000;
@@ -46,52 +47,6 @@ fn bundle_name(arch: &str) -> String {
     format!("edgeferry-kubeedge-{VERSION}-linux-{arch}.tar.zst")
 }
 
-/// A raw tar entry, for archives no honest builder would write.
-struct Raw {
-    name: Vec<u8>,
-    kind: u8,
-    data: Vec<u8>,
-    link: Vec<u8>,
-}
-
-fn regular(name: &str, data: &[u8]) -> Raw {
-    Raw {
-        name: name.as_bytes().to_vec(),
-        kind: b'0',
-        data: data.to_vec(),
-        link: Vec::new(),
-    }
-}
-
-fn special(name: &str, kind: u8, link: &str) -> Raw {
-    Raw {
-        name: name.as_bytes().to_vec(),
-        kind,
-        data: Vec::new(),
-        link: link.as_bytes().to_vec(),
-    }
-}
-
-fn append_raw(tar: &mut Vec<u8>, raw: &Raw) {
-    let mut h = [0u8; 512];
-    h[..raw.name.len().min(100)].copy_from_slice(&raw.name[..raw.name.len().min(100)]);
-    h[100..108].copy_from_slice(b"0000644\0");
-    h[108..116].copy_from_slice(b"0000000\0");
-    h[116..124].copy_from_slice(b"0000000\0");
-    h[124..136].copy_from_slice(format!("{:011o}\0", raw.data.len()).as_bytes());
-    h[136..148].copy_from_slice(format!("{:011o}\0", EPOCH).as_bytes());
-    h[156] = raw.kind;
-    h[157..157 + raw.link.len()].copy_from_slice(&raw.link);
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    h[148..156].copy_from_slice(format!("{sum:06o}\0 ").as_bytes());
-    tar.extend_from_slice(&h);
-    tar.extend_from_slice(&raw.data);
-    tar.resize(tar.len().div_ceil(512) * 512, 0);
-}
-
 /// A bundle whose manifest (listing `listed`) is signed by `key` and whose
 /// stream after the signature is `stream`, with a valid whole-file
 /// signature: only the inner checks can refuse it.
@@ -102,7 +57,7 @@ fn crafted(
     listed: &[(&str, &[u8])],
     stream: &[Raw],
 ) -> (Vec<u8>, String) {
-    let mut manifest = Manifest {
+    let manifest = Manifest {
         format_version: 1,
         bundle_id: String::new(),
         kubeedge_version: VERSION.into(),
@@ -122,32 +77,9 @@ fn crafted(
             })
             .collect(),
     };
-    manifest.bundle_id = manifest.compute_id();
-    let manifest_bytes = manifest.to_bytes();
-    let signature = key.sign_bytes(&manifest_bytes, &format::trusted_comment(&manifest));
-    let mut tar = Vec::new();
-    append_raw(&mut tar, &regular(format::MANIFEST_PATH, &manifest_bytes));
-    append_raw(
-        &mut tar,
-        &regular(format::SIGNATURE_PATH, signature.as_bytes()),
-    );
-    for raw in stream {
-        append_raw(&mut tar, raw);
-    }
+    let (mut tar, id) = signed_tar(key, manifest, stream);
     tar.extend_from_slice(&[0u8; 1024]);
-    sign_whole(key, tar, &manifest.bundle_id)
-}
-
-fn sign_whole(key: &SigningKey, tar: Vec<u8>, id: &str) -> (Vec<u8>, String) {
-    let mut encoder = zstd::Encoder::new(Vec::new(), 3).unwrap();
-    encoder.include_checksum(true).unwrap();
-    encoder.write_all(&tar).unwrap();
-    let compressed = encoder.finish().unwrap();
-    let sig = key.sign_bytes(
-        &compressed,
-        &format!("edgeferry-bundle-file name=crafted id={id}"),
-    );
-    (compressed, sig)
+    sign_whole(key, tar, &id)
 }
 
 fn decompress(bundle: &[u8]) -> Vec<u8> {

@@ -617,6 +617,7 @@ pub fn printed_hosts_files(banner: &str) -> Vec<(String, String)> {
     }
     files
 }
+pub mod crafted;
 pub mod fetch_fixtures;
 pub mod hosts;
 pub mod tamper;

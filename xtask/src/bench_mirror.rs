@@ -162,6 +162,10 @@ pub fn run() -> Result<()> {
         format!("127.0.0.1:{our_port}"),
         "--access-log".into(),
         "/dev/null".into(),
+        // Every bench client comes from 127.0.0.1: the per-address share
+        // must hold them all, as nginx and the registry have no such cap.
+        "--max-connections-per-client".into(),
+        (CLIENTS + MANIFEST_THREADS + IDLE_CONNECTIONS + 64).to_string(),
     ];
     commands.push(shell_line(&ours_args));
     let ours = Server::start(

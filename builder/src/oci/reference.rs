@@ -3,15 +3,13 @@
 //! entry and an OCI annotation all meet on the same string.
 
 use edgeferry_bundle::format::sha256_hex_of_digest;
+use edgeferry_bundle::oci::{valid_domain, valid_path_component, valid_tag, MAX_NAME_LEN};
 
 const DEFAULT_DOMAIN: &str = "docker.io";
 /// Docker still accepts the old index host and files it under `docker.io`.
 const LEGACY_DEFAULT_DOMAIN: &str = "index.docker.io";
 const OFFICIAL_REPO_PREFIX: &str = "library/";
 const DEFAULT_TAG: &str = "latest";
-/// Docker's limit on `domain/path`, without tag or digest.
-const MAX_NAME_LEN: usize = 255;
-const MAX_TAG_LEN: usize = 128;
 
 /// Normalizes an image reference to `registry/repository:tag`,
 /// `registry/repository@sha256:<hex>` or both tag and digest, the way
@@ -120,70 +118,6 @@ fn is_domain_like(first: &str) -> bool {
     first.contains(['.', ':'])
         || first == "localhost"
         || first.bytes().any(|b| b.is_ascii_uppercase())
-}
-
-fn valid_domain(domain: &str) -> bool {
-    let valid_port = |port: &str| {
-        !port.is_empty() && port.len() <= 5 && port.bytes().all(|b| b.is_ascii_digit())
-    };
-    if let Some(rest) = domain.strip_prefix('[') {
-        // Bracketed IPv6 literal, optionally with a port.
-        let Some((inside, after)) = rest.split_once(']') else {
-            return false;
-        };
-        let port_ok = after.is_empty() || after.strip_prefix(':').is_some_and(valid_port);
-        return port_ok
-            && !inside.is_empty()
-            && inside.bytes().all(|b| b.is_ascii_hexdigit() || b == b':');
-    }
-    let (host, port_ok) = match domain.split_once(':') {
-        Some((host, port)) => (host, valid_port(port)),
-        None => (domain, true),
-    };
-    port_ok
-        && !host.is_empty()
-        && host.split('.').all(|label| {
-            let b = label.as_bytes();
-            !b.is_empty()
-                && b[0].is_ascii_alphanumeric()
-                && b[b.len() - 1].is_ascii_alphanumeric()
-                && b.iter().all(|c| c.is_ascii_alphanumeric() || *c == b'-')
-        })
-}
-
-/// `[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*`
-fn valid_path_component(component: &str) -> bool {
-    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
-    let b = component.as_bytes();
-    if b.is_empty() || !alnum(b[0]) || !alnum(b[b.len() - 1]) {
-        return false;
-    }
-    let mut i = 0;
-    while i < b.len() {
-        if alnum(b[i]) {
-            i += 1;
-            continue;
-        }
-        let start = i;
-        while i < b.len() && !alnum(b[i]) {
-            i += 1;
-        }
-        let sep = &component[start..i];
-        if !(sep == "." || sep == "_" || sep == "__" || sep.bytes().all(|c| c == b'-')) {
-            return false;
-        }
-    }
-    true
-}
-
-/// `[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}`
-fn valid_tag(tag: &str) -> bool {
-    let b = tag.as_bytes();
-    !b.is_empty()
-        && b.len() <= MAX_TAG_LEN
-        && (b[0].is_ascii_alphanumeric() || b[0] == b'_')
-        && b.iter()
-            .all(|c| c.is_ascii_alphanumeric() || matches!(c, b'_' | b'.' | b'-'))
 }
 
 #[cfg(test)]

@@ -39,6 +39,9 @@ pub struct Stored<'a> {
     pub immutable: bool,
 }
 
+/// The content type of bytes of no known type.
+pub const UNTYPED: &str = "application/octet-stream";
+
 /// Builds the response for GET or HEAD of `stored`, honouring Range and
 /// conditional headers. `None` if the file is not there.
 pub async fn serve(
@@ -53,10 +56,15 @@ pub async fn serve(
     let len = content.len() as u64;
     let etag = format!("\"{}\"", stored.digest);
 
+    // A stored media type that is no header value (a store loaded before
+    // manifest fields were checked, or a rotted state.json) must not
+    // panic the connection: the bytes go out untyped.
+    let content_type =
+        HeaderValue::from_str(stored.content_type).unwrap_or(HeaderValue::from_static(UNTYPED));
     let mut builder = Response::builder()
         .header(header::ETAG, &etag)
         .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::CONTENT_TYPE, stored.content_type)
+        .header(header::CONTENT_TYPE, content_type)
         .header(
             header::CACHE_CONTROL,
             if stored.immutable {

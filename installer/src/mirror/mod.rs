@@ -142,7 +142,7 @@ pub async fn route(
                     headers,
                     &store::blob_path(&snapshot.store, &record.sha256),
                     &digest,
-                    "application/octet-stream",
+                    body::UNTYPED,
                 )
                 .await
             }

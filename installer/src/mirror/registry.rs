@@ -139,15 +139,7 @@ pub async fn handle(
     }
     let rest = path.strip_prefix("/v2").unwrap_or(path);
     if rest == "/" || rest.is_empty() {
-        return Response::builder()
-            .header(header::CONTENT_TYPE, "application/json")
-            .header("Docker-Distribution-API-Version", "registry/2.0")
-            .body(if method == Method::HEAD {
-                Body::empty()
-            } else {
-                Body::from("{}")
-            })
-            .expect("valid response");
+        return json(method, &serde_json::json!({}));
     }
     let params = parse_query(query);
     let ns = params.get("ns").map(String::as_str);
@@ -209,7 +201,7 @@ pub async fn handle(
         let stored = Stored {
             source: body::Source::File(&path),
             digest,
-            content_type: "application/octet-stream",
+            content_type: body::UNTYPED,
             registry: true,
             immutable: true,
         };
