@@ -3,6 +3,7 @@
 
 mod bundle;
 mod fetch;
+mod harden_store;
 mod hosts;
 mod join;
 mod load;
