@@ -16,14 +16,17 @@ Examples:
   edgeferry load /media/usb/ --key edgeferry.pub --store /srv/edgeferry     # a directory of volumes
 
   edgeferry store list --store /srv/edgeferry
+  edgeferry store check --store /srv/edgeferry   # hash every blob and file
 
 Exit codes:
   0  success
-  1  any other failure (I/O, a damaged store, a lock held by another load)
+  1  any other failure (I/O, an unreadable store, a lock held by a load into the same store)
   2  bad command line
   3  signature: unsigned, unknown key, bad signature, swapped manifest, missing .minisig
   4  integrity: corrupt, truncated, tampered or unsafe content, bad or missing volume
-  5  refused by policy: an older sequence (downgrade), not enough space";
+  5  refused by policy: a downgrade (a bundle built before the newest one
+     loaded for its arch, by any key; or a lower sequence from the same
+     key), not enough space or no space left mid-load";
 
 #[derive(Parser)]
 #[command(
@@ -133,7 +136,11 @@ Examples:
 On start it prints the containerd hosts.toml files and keadm flags nodes need.
 Access log: one JSON line per request (client, method, path, status, bytes,
 duration_ms) on stdout, or appended to --access-log. Stops on SIGINT/SIGTERM,
-letting transfers in flight finish.";
+letting transfers in flight finish.
+
+Each release file is hashed once per store state, before the first /files/
+answer; a file whose sha256 no longer matches gets 500, never its bytes
+(repair with `edgeferry store check --repair`).";
 
 #[derive(Args)]
 pub struct ServeArgs {

@@ -13,7 +13,14 @@
 //! sibling work directory (new blobs streamed in as they are verified,
 //! existing ones hard-linked), then swaps the two directories with one
 //! `renameat2(RENAME_EXCHANGE)`. Killed before the swap, the store is
-//! byte-identical to before; after it, it is complete.
+//! byte-identical to before; after it, it is complete. Loads lock
+//! `.<store name>.lock` beside the store, so loads into other stores in the
+//! same directory run alongside.
+//!
+//! Blobs rot on disk. A load re-hashes every blob it would reuse from the
+//! store and stages the bundle's copy of any that no longer match (a first
+//! load into an empty store reuses nothing and pays nothing); [`check`]
+//! hashes the whole store.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
