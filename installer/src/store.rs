@@ -913,3 +913,25 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     // Normalise `.` and trailing slashes so the parent is the real parent.
     Ok(path.components().collect())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_builders_utc_form_is_ordered() {
+        assert!(is_utc_timestamp("2025-11-13T02:13:20Z"));
+        for bad in [
+            "2025-11-13T02:13:20+00:00",
+            "2025-11-13 02:13:20Z",
+            "9999",
+            "2025-11-13T02:13:20.5Z",
+            "２025-11-13T02:13:20Z",
+            "",
+        ] {
+            assert!(!is_utc_timestamp(bad), "{bad}");
+        }
+        // The form orders as the times it names.
+        assert!("2025-11-13T02:13:20Z" < "2025-11-13T10:00:00Z");
+    }
+}
