@@ -48,7 +48,7 @@ pub enum VerifyError {
     Trailing(String),
     #[error("bundle is not a valid zstd stream ({0}): it is corrupt, copy it again")]
     Decompress(String),
-    #[error("writing entry {path}: {source}")]
+    #[error("writing entry {path}")]
     Sink {
         path: String,
         #[source]

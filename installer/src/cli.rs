@@ -16,14 +16,17 @@ Examples:
   edgeferry load /media/usb/ --key edgeferry.pub --store /srv/edgeferry     # a directory of volumes
 
   edgeferry store list --store /srv/edgeferry
+  edgeferry store check --store /srv/edgeferry   # hash every blob and file
 
 Exit codes:
   0  success
-  1  any other failure (I/O, a damaged store, a lock held by another load)
+  1  any other failure (I/O, an unreadable store, a lock held by a load into the same store)
   2  bad command line
   3  signature: unsigned, unknown key, bad signature, swapped manifest, missing .minisig
   4  integrity: corrupt, truncated, tampered or unsafe content, bad or missing volume
-  5  refused by policy: an older sequence (downgrade), not enough space";
+  5  refused by policy: a downgrade (a bundle built before the newest one
+     loaded for its arch, by any key; or a lower sequence from the same
+     key), not enough space or no space left mid-load";
 
 #[derive(Parser)]
 #[command(
@@ -153,7 +156,11 @@ Examples:
 On start it prints the containerd hosts.toml files and keadm flags nodes need.
 Access log: one JSON line per request (client, method, path, status, bytes,
 duration_ms) on stdout, or appended to --access-log. Stops on SIGINT/SIGTERM,
-letting transfers in flight finish.";
+letting transfers in flight finish.
+
+Each release file is hashed once per store state, before the first /files/
+answer; a file whose sha256 no longer matches gets 500, never its bytes
+(repair with `edgeferry store check --repair`).";
 
 #[derive(Args)]
 pub struct ServeArgs {
@@ -189,6 +196,16 @@ pub struct SourceArgs {
     /// A bundle file, a volume list (*.volumes.json), a directory holding
     /// one of them, or - for standard input (then --signature is needed)
     pub bundle: PathBuf,
+    #[command(flatten)]
+    pub trust: TrustArgs,
+    /// Machine-readable result on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Who vouches for a bundle.
+#[derive(Args, Clone)]
+pub struct TrustArgs {
     /// A trusted minisign public key (repeatable)
     #[arg(long = "key", value_name = "PUB")]
     pub keys: Vec<PathBuf>,
@@ -201,9 +218,6 @@ pub struct SourceArgs {
     /// Accept an unsigned bundle or one from an unknown key (DANGEROUS)
     #[arg(long)]
     pub insecure_skip_signature: bool,
-    /// Machine-readable result on stdout
-    #[arg(long)]
-    pub json: bool,
 }
 
 #[derive(Args)]
@@ -219,7 +233,8 @@ pub struct LoadArgs {
     /// The store directory (created on first load)
     #[arg(long, env = "EDGEFERRY_STORE")]
     pub store: PathBuf,
-    /// Load a bundle older than one already loaded from the same key
+    /// Load a bundle built before one already loaded for its arch (by any
+    /// key, or unsigned), or with a lower sequence from the same key
     #[arg(long)]
     pub allow_downgrade: bool,
     /// Do not wait for the data to reach the disk before publishing it
@@ -237,6 +252,40 @@ pub enum StoreCommand {
         #[arg(long)]
         json: bool,
     },
+    /// Hash every blob and release file in a store; --repair takes good
+    /// copies of damaged ones from a bundle
+    #[command(after_help = STORE_CHECK_EXAMPLES)]
+    Check(StoreCheckArgs),
+}
+
+pub const STORE_CHECK_EXAMPLES: &str = "\
+Examples:
+  edgeferry store check --store /srv/edgeferry
+  edgeferry store check --store /srv/edgeferry --repair /media/usb/ --key edgeferry.pub
+
+Reads every byte of the store. A repair verifies the bundle as `load` does
+and swaps in a store whose damaged blobs are replaced; the bundle must be
+one already loaded into the store.
+
+Exit codes:
+  0  every blob and file has the hash it is named by (after --repair: again)
+  1  the check could not run (not a store, unreadable, a lock held by a load)
+  3, 4, 5  the --repair bundle was refused, as for `load`
+  4  damage found (and, with --repair, not all of it repaired)";
+
+#[derive(Args)]
+pub struct StoreCheckArgs {
+    #[arg(long, env = "EDGEFERRY_STORE")]
+    pub store: PathBuf,
+    /// Machine-readable report on stdout
+    #[arg(long)]
+    pub json: bool,
+    /// A bundle (file, volume list or directory) holding good copies of
+    /// the damaged blobs
+    #[arg(long, value_name = "BUNDLE")]
+    pub repair: Option<PathBuf>,
+    #[command(flatten)]
+    pub trust: TrustArgs,
 }
 
 pub const JOIN_EXAMPLES: &str = "\

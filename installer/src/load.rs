@@ -8,19 +8,19 @@ use anyhow::{Context, Result};
 use edgeferry_bundle::sign::TrustedKeys;
 use edgeferry_bundle::verify::{self, CheckOnly, Trust};
 
-use crate::cli::{LoadArgs, SourceArgs};
+use crate::cli::{LoadArgs, SourceArgs, StoreCheckArgs, TrustArgs};
 use crate::config::Config;
 use crate::output;
 use crate::printer::Printer;
 use crate::{input, store};
 
-fn trusted_keys(source: &SourceArgs, out: &Printer) -> Result<Option<TrustedKeys>> {
-    if source.insecure_skip_signature {
+fn trusted_keys(trust: &TrustArgs, out: &Printer) -> Result<Option<TrustedKeys>> {
+    if trust.insecure_skip_signature {
         out.warn("WARNING: --insecure-skip-signature: nobody vouches for this bundle; anyone could have made it");
         return Ok(None);
     }
-    let mut files = source.keys.clone();
-    files.extend(source.trust_file.clone());
+    let mut files = trust.keys.clone();
+    files.extend(trust.trust_file.clone());
     if files.is_empty() {
         anyhow::bail!("no trusted key: pass --key <edgeferry.pub> or --trust-file <file>");
     }
@@ -33,8 +33,12 @@ fn verify_into(
     sink: &mut dyn verify::Sink,
     out: &Printer,
 ) -> Result<verify::Outcome> {
-    let keys = trusted_keys(source, out)?;
-    let opened = input::open(&source.bundle, keys.as_ref(), source.signature.as_deref())?;
+    let keys = trusted_keys(&source.trust, out)?;
+    let opened = input::open(
+        &source.bundle,
+        keys.as_ref(),
+        source.trust.signature.as_deref(),
+    )?;
     let reader: Box<dyn Read + Send> = match out.bytes_bar(opened.size.unwrap_or(0), "verifying") {
         Some(bar) => Box::new(bar.wrap_read(opened.reader)),
         None => opened.reader,
@@ -94,10 +98,23 @@ pub fn load_cmd(args: &LoadArgs, config: &Config, out: &Printer) -> Result<()> {
         store::LoadOptions {
             allow_downgrade: args.allow_downgrade,
             no_sync: args.no_sync,
+            repair_only: false,
         },
     )?;
-    let outcome = verify_into(&args.source, &mut loader, out)?;
-    let report = loader.commit(&outcome.manifest, outcome.signer.as_ref())?;
+    let no_space = |err: anyhow::Error| {
+        if store::is_no_space(&err) {
+            err.context(format!(
+                "no space left on the filesystem of {}: free some space or pick another --store",
+                args.store.display()
+            ))
+        } else {
+            err
+        }
+    };
+    let outcome = verify_into(&args.source, &mut loader, out).map_err(no_space)?;
+    let report = loader
+        .commit(&outcome.manifest, outcome.signer.as_ref())
+        .map_err(no_space)?;
     let m = &outcome.manifest;
     if out.json() {
         return out.data(&output::Loaded {
@@ -110,7 +127,16 @@ pub fn load_cmd(args: &LoadArgs, config: &Config, out: &Printer) -> Result<()> {
             changed: report.changed,
             new_blobs: report.new_blobs,
             new_bytes: report.new_bytes,
+            repaired_blobs: report.repaired.len(),
         });
+    }
+    if !report.repaired.is_empty() {
+        out.warn(&format!(
+            "repaired {} damaged blobs in {} from the bundle: {}",
+            report.repaired.len(),
+            args.store.display(),
+            report.repaired.join(", ")
+        ));
     }
     if report.changed {
         out.line(&format!(
@@ -170,4 +196,69 @@ pub fn store_list(store_dir: &Path, out: &Printer) -> Result<()> {
     }
     out.text(&s);
     Ok(())
+}
+
+/// `store check`: hashes everything; with `--repair`, swaps in good copies
+/// from a bundle and checks again. Returns whether the store is intact.
+pub fn store_check(args: &StoreCheckArgs, config: &Config, out: &Printer) -> Result<bool> {
+    let mut checked = store::check(&args.store)?;
+    let mut repaired = Vec::new();
+    if let (Some(bundle), false) = (&args.repair, checked.damaged.is_empty()) {
+        let mut loader = store::Loader::new(
+            &args.store,
+            config,
+            store::LoadOptions {
+                allow_downgrade: true,
+                no_sync: false,
+                repair_only: true,
+            },
+        )?;
+        let source = SourceArgs {
+            bundle: bundle.clone(),
+            trust: args.trust.clone(),
+            json: args.json,
+        };
+        let outcome = verify_into(&source, &mut loader, out)?;
+        repaired = loader
+            .commit(&outcome.manifest, outcome.signer.as_ref())?
+            .repaired;
+        checked = store::check(&args.store)?;
+    }
+    let ok = checked.damaged.is_empty();
+    if out.json() {
+        out.data(&output::StoreChecked {
+            ok,
+            store: &args.store,
+            blobs: checked.blobs,
+            bytes: checked.bytes,
+            files: checked.files,
+            damaged: &checked.damaged,
+            repaired: &repaired,
+        })?;
+        return Ok(ok);
+    }
+    let mut s = String::new();
+    for sha in &repaired {
+        s.push_str(&format!("repaired  blobs/sha256/{sha}\n"));
+    }
+    for d in &checked.damaged {
+        s.push_str(&format!("damaged  {}  {}\n", d.path, d.problem));
+    }
+    s.push_str(&format!(
+        "{}: {} blobs ({} bytes) and {} release files checked, {} damaged\n",
+        args.store.display(),
+        checked.blobs,
+        checked.bytes,
+        checked.files,
+        checked.damaged.len()
+    ));
+    out.text(&s);
+    if !ok {
+        out.warn(&format!(
+            "{} is damaged: repair it with `edgeferry store check --store {} --repair <bundle>` from a bundle that holds those blobs",
+            args.store.display(),
+            args.store.display()
+        ));
+    }
+    Ok(ok)
 }

@@ -34,6 +34,7 @@ fn main() -> ExitCode {
         Command::Verify(a) => a.source.json,
         Command::Load(a) => a.source.json,
         Command::Store(StoreCommand::List { json, .. }) => *json,
+        Command::Store(StoreCommand::Check(a)) => a.json,
         Command::Enroll(EnrollCommand::Create { json, .. } | EnrollCommand::List { json, .. }) => {
             *json
         }
@@ -48,8 +49,16 @@ fn main() -> ExitCode {
         Command::Reset(args) => return batch_exit(join::reset_cmd(args, &config, &out), &out),
         _ => {}
     }
-    match run(cli.command, config, &out) {
-        Ok(()) => ExitCode::SUCCESS,
+    let result = match &cli.command {
+        Command::Store(StoreCommand::Check(args)) => {
+            load::store_check(args, &config, &out).map(|intact| intact.then_some(()))
+        }
+        _ => run(cli.command, config, &out).map(Some),
+    };
+    match result {
+        Ok(Some(())) => ExitCode::SUCCESS,
+        // store check found damage: the report says what; integrity's code.
+        Ok(None) => ExitCode::from(exit_code(Some(Class::Integrity))),
         Err(err) => {
             let class = classify(&err);
             let message = format!("{err:#}");
@@ -86,6 +95,10 @@ fn batch_exit(result: anyhow::Result<u8>, out: &Printer) -> ExitCode {
 }
 
 fn classify(err: &anyhow::Error) -> Option<Class> {
+    // A full disk is the "not enough space" refusal, wherever it struck.
+    if edgeferry::store::is_no_space(err) {
+        return Some(Class::Policy);
+    }
     err.chain().find_map(|cause| {
         if let Some(v) = cause.downcast_ref::<VerifyError>() {
             return Some(v.class());
@@ -108,6 +121,7 @@ fn run(command: Command, config: Config, out: &Printer) -> anyhow::Result<()> {
         Command::Verify(args) => load::verify_cmd(&args.source, out),
         Command::Load(args) => load::load_cmd(&args, &config, out),
         Command::Store(StoreCommand::List { store, .. }) => load::store_list(&store, out),
+        Command::Store(StoreCommand::Check(_)) => unreachable!("handled in main"),
         Command::Join(_) | Command::Reset(_) => unreachable!("handled in main"),
         Command::Enroll(command) => pull::command::enroll_cmd(command, out),
         Command::Status(args) => status::run(&args, out),

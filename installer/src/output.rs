@@ -52,6 +52,29 @@ pub struct Loaded<'a> {
     pub changed: bool,
     pub new_blobs: usize,
     pub new_bytes: u64,
+    /// Blobs the store had but found damaged on disk, replaced by the
+    /// bundle's good copies.
+    pub repaired_blobs: usize,
+}
+
+// ---- store check: --json
+
+pub use crate::store::Damage;
+
+/// `store check --json`: what was read and what is damaged.
+#[derive(Debug, Serialize)]
+pub struct StoreChecked<'a> {
+    /// true: nothing damaged (after a repair, if one ran).
+    pub ok: bool,
+    pub store: &'a Path,
+    /// Blobs hashed and their bytes; release files checked.
+    pub blobs: usize,
+    pub bytes: u64,
+    pub files: usize,
+    /// What is still damaged.
+    pub damaged: &'a [Damage],
+    /// sha256 of the blobs `--repair` replaced (empty without it).
+    pub repaired: &'a [String],
 }
 
 /// Any command but join/reset, with `--json`, when it fails (one line).

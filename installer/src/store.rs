@@ -13,7 +13,14 @@
 //! sibling work directory (new blobs streamed in as they are verified,
 //! existing ones hard-linked), then swaps the two directories with one
 //! `renameat2(RENAME_EXCHANGE)`. Killed before the swap, the store is
-//! byte-identical to before; after it, it is complete.
+//! byte-identical to before; after it, it is complete. Loads lock
+//! `.<store name>.lock` beside the store, so loads into other stores in the
+//! same directory run alongside.
+//!
+//! Blobs rot on disk. A load re-hashes every blob it would reuse from the
+//! store and stages the bundle's copy of any that no longer match (a first
+//! load into an empty store reuses nothing and pays nothing); [`check`]
+//! hashes the whole store.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
@@ -124,6 +131,18 @@ impl State {
     }
 }
 
+/// Whether `err` comes from a full filesystem (no bytes or no inodes left).
+pub fn is_no_space(err: &anyhow::Error) -> bool {
+    err.chain().any(|cause| {
+        cause.downcast_ref::<io::Error>().is_some_and(|e| {
+            matches!(
+                e.kind(),
+                io::ErrorKind::StorageFull | io::ErrorKind::QuotaExceeded
+            )
+        })
+    })
+}
+
 pub fn blob_path(store: &Path, digest_or_hex: &str) -> PathBuf {
     let hex = digest_or_hex
         .strip_prefix("sha256:")
@@ -137,6 +156,10 @@ pub struct LoadOptions {
     /// Skip the flush to disk before the swap. A power cut soon after can
     /// then leave a store whose files are not what its state says.
     pub no_sync: bool,
+    /// `store check --repair`: take only good copies of damaged or missing
+    /// blobs from a bundle already loaded; what the store holds stays as
+    /// it is.
+    pub repair_only: bool,
 }
 
 /// A load in progress: the [`Sink`] that stages verified entries, then
@@ -152,6 +175,9 @@ pub struct Loader<'a> {
     /// Small entries needed after verification (the bundle's index.json).
     captured: BTreeMap<String, Vec<u8>>,
     open: Option<(PathBuf, PathBuf)>,
+    /// Store blobs this bundle also carries, found damaged on disk: staged
+    /// again from the bundle.
+    repaired: BTreeSet<String>,
 }
 
 /// The sibling directory a load builds in; removed unless committed.
@@ -175,6 +201,8 @@ pub struct LoadReport {
     pub changed: bool,
     pub new_blobs: usize,
     pub new_bytes: u64,
+    /// Store blobs found damaged and replaced by the bundle's copies (sha256).
+    pub repaired: Vec<String>,
 }
 
 impl<'a> Loader<'a> {
@@ -185,11 +213,21 @@ impl<'a> Loader<'a> {
             .context("the store cannot be the root directory")?
             .to_path_buf();
         fs::create_dir_all(&parent).with_context(|| format!("creating {}", parent.display()))?;
-        let lock = sys::lock_dir(&parent).map_err(|e| {
-            anyhow::anyhow!(
-                "another load holds the lock on {} ({e}): wait for it to finish",
-                parent.display()
-            )
+        // One lock per store, beside it (the store itself is swapped out).
+        let lock_path = parent.join(format!(
+            ".{}.lock",
+            store.file_name().unwrap_or_default().to_string_lossy()
+        ));
+        let lock = sys::lock_file(&lock_path).map_err(|e| {
+            if e.kind() == io::ErrorKind::WouldBlock {
+                anyhow::anyhow!(
+                    "another load holds the lock on {} ({}): wait for it to finish",
+                    store.display(),
+                    lock_path.display()
+                )
+            } else {
+                anyhow::Error::new(e).context(format!("locking {}", lock_path.display()))
+            }
         })?;
         let state = State::read(&store)?;
         let loader = Loader {
@@ -202,6 +240,7 @@ impl<'a> Loader<'a> {
             work: None,
             captured: BTreeMap::new(),
             open: None,
+            repaired: BTreeSet::new(),
         };
         loader.remove_stale_work_dirs();
         Ok(loader)
@@ -246,7 +285,18 @@ impl<'a> Loader<'a> {
 
     /// Publishes what was staged. Returns without touching the store when the
     /// bundle adds nothing (loading the same bundle twice).
-    pub fn commit(mut self, manifest: &Manifest, signer: Option<&Verified>) -> Result<LoadReport> {
+    pub fn commit(self, manifest: &Manifest, signer: Option<&Verified>) -> Result<LoadReport> {
+        if self.options.repair_only {
+            if !self.state.bundles.contains_key(&manifest.bundle_id) {
+                bail!(
+                    "bundle {} was never loaded into {}: repair from a bundle the store holds (store list names them), or load this one",
+                    manifest.bundle_id,
+                    self.store.display()
+                );
+            }
+            let next = self.state.clone();
+            return self.publish(manifest, next, Vec::new());
+        }
         let mut next = self.state.clone();
         let signer_id = signer.map(|s| s.key_id.clone());
         next.bundles.insert(
@@ -363,19 +413,38 @@ impl<'a> Loader<'a> {
             record.media_type = media_type;
         }
 
-        if next == self.state {
+        self.publish(manifest, next, synthesized)
+    }
+
+    /// Builds the next store in the work directory and swaps it in; returns
+    /// without touching the store when nothing changes.
+    fn publish(
+        mut self,
+        manifest: &Manifest,
+        next: State,
+        synthesized: Vec<(String, Vec<u8>)>,
+    ) -> Result<LoadReport> {
+        let repaired: Vec<String> = self.repaired.iter().cloned().collect();
+        if next == self.state && repaired.is_empty() {
             return Ok(LoadReport {
                 bundle_id: manifest.bundle_id.clone(),
                 changed: false,
                 new_blobs: 0,
                 new_bytes: 0,
+                repaired,
             });
         }
         let work = self.work_path().to_path_buf();
         let (mut new_blobs, mut new_bytes) = (0, 0);
         for entry in fs::read_dir(work.join("blobs/sha256"))? {
-            new_blobs += 1;
-            new_bytes += entry?.metadata()?.len();
+            let entry = entry?;
+            if !self
+                .repaired
+                .contains(entry.file_name().to_string_lossy().as_ref())
+            {
+                new_blobs += 1;
+                new_bytes += entry.metadata()?.len();
+            }
         }
         for (digest, bytes) in &synthesized {
             let path = blob_path(&work, digest);
@@ -433,6 +502,7 @@ impl<'a> Loader<'a> {
             changed: true,
             new_blobs,
             new_bytes,
+            repaired,
         })
     }
 
@@ -496,6 +566,56 @@ impl<'a> Loader<'a> {
     }
 }
 
+impl Loader<'_> {
+    /// The rollback rule across keys: per arch, the store never goes back
+    /// to a bundle built before the newest one it has loaded, whoever
+    /// signed either (another trusted key, or nobody with
+    /// --insecure-skip-signature). Same-key sequences are checked as well.
+    fn refuse_older_than_loaded(&self, manifest: &Manifest) -> Result<(), String> {
+        let newest = self
+            .state
+            .bundles
+            .iter()
+            .filter(|(_, b)| b.arch == manifest.arch)
+            .max_by(|a, b| a.1.created.cmp(&b.1.created));
+        let Some((id, newest)) = newest else {
+            return Ok(());
+        };
+        if !is_utc_timestamp(&manifest.created) {
+            return Err(format!(
+                "bundle {} has created time {:?}, not YYYY-MM-DDTHH:MM:SSZ: it cannot be ordered against the bundles in the store, refusing a possible downgrade (pass --allow-downgrade if you mean it)",
+                manifest.bundle_id,
+                manifest.created.chars().take(40).collect::<String>()
+            ));
+        }
+        if manifest.created < newest.created {
+            return Err(format!(
+                "bundle {} was created {} but the store has loaded bundle {id} for {} created {} (signed by {}): refusing a downgrade (pass --allow-downgrade if you mean it)",
+                manifest.bundle_id,
+                manifest.created,
+                manifest.arch,
+                newest.created,
+                newest.signer.as_deref().unwrap_or("nobody")
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// `YYYY-MM-DDTHH:MM:SSZ`, the one form the builder writes: such strings
+/// order as the times they name.
+fn is_utc_timestamp(s: &str) -> bool {
+    let b = s.as_bytes();
+    b.len() == 20
+        && b.iter().enumerate().all(|(i, c)| match i {
+            4 | 7 => *c == b'-',
+            10 => *c == b'T',
+            13 | 16 => *c == b':',
+            19 => *c == b'Z',
+            _ => c.is_ascii_digit(),
+        })
+}
+
 impl Sink for Loader<'_> {
     fn manifest(&mut self, manifest: &Manifest, signer: Option<&Verified>) -> Result<(), String> {
         if let Some(signer) = signer {
@@ -508,6 +628,9 @@ impl Sink for Loader<'_> {
                     ));
                 }
             }
+        }
+        if !self.options.allow_downgrade {
+            self.refuse_older_than_loaded(manifest)?;
         }
         let needed: u64 = manifest
             .entries
@@ -546,8 +669,21 @@ impl Sink for Loader<'_> {
             let buffer = self.captured.entry(entry.path.clone()).or_default();
             return Ok(Some(Box::new(buffer)));
         }
-        if self.have_blob(&entry.sha256) {
+        let staged = self
+            .work
+            .as_ref()
+            .is_some_and(|w| blob_path(&w.path, &entry.sha256).exists());
+        if staged {
             return Ok(None);
+        }
+        let kept = blob_path(&self.store, &entry.sha256);
+        if kept.exists() {
+            // A blob the store already has is reused only if it still has
+            // its hash: one read of it, paid only for blobs a reload shares.
+            if blob_is_intact(&kept, entry.size, &entry.sha256)? {
+                return Ok(None);
+            }
+            self.repaired.insert(entry.sha256.clone());
         }
         let target = blob_path(self.work_path(), &entry.sha256);
         let partial = target.with_extension("partial");
@@ -567,6 +703,139 @@ impl Sink for Loader<'_> {
         }
         Ok(())
     }
+}
+
+/// Whether the file at `path` has `size` bytes whose sha256 is `sha256`.
+pub fn blob_is_intact(path: &Path, size: u64, sha256: &str) -> io::Result<bool> {
+    let file = fs::File::open(path)?;
+    if file.metadata()?.len() != size {
+        return Ok(false);
+    }
+    let (actual, _) = edgeferry_bundle::hashing::sha256_reader(file)?;
+    Ok(actual == sha256)
+}
+
+/// One damaged thing `store check` found.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct Damage {
+    /// The path in the store, e.g. `blobs/sha256/<hex>` or `files/<name>`.
+    pub path: String,
+    /// The sha256 the thing is named or recorded by.
+    pub sha256: String,
+    /// `hash` (bytes changed), `missing` (referenced but absent), `stray`
+    /// (a name in blobs/ that is no sha256).
+    pub problem: &'static str,
+}
+
+/// What `check` read.
+#[derive(Debug, Default)]
+pub struct Checked {
+    pub blobs: usize,
+    pub bytes: u64,
+    pub files: usize,
+    pub damaged: Vec<Damage>,
+}
+
+/// Hashes every blob of the store and checks that every blob its state
+/// and manifests name is there and every release file is its blob.
+pub fn check(store: &Path) -> Result<Checked> {
+    use std::os::unix::fs::MetadataExt;
+    if !store.join(STATE_FILE).exists() {
+        bail!(
+            "{} is not an edgeferry store: load a bundle into it first",
+            store.display()
+        );
+    }
+    let state = State::read(store)?;
+    let mut checked = Checked::default();
+    let blobs = store.join("blobs/sha256");
+    let mut present = BTreeSet::new();
+    let mut names: Vec<_> = fs::read_dir(&blobs)
+        .with_context(|| format!("reading {}", blobs.display()))?
+        .collect::<io::Result<Vec<_>>>()
+        .with_context(|| format!("reading {}", blobs.display()))?;
+    names.sort_by_key(|e| e.file_name());
+    for entry in names {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let path = format!("blobs/sha256/{name}");
+        if format::sha256_hex_of_digest(&format!("sha256:{name}")).is_none() {
+            checked.damaged.push(Damage {
+                path,
+                sha256: String::new(),
+                problem: "stray",
+            });
+            continue;
+        }
+        let file = fs::File::open(entry.path())
+            .with_context(|| format!("opening {}", entry.path().display()))?;
+        let (actual, len) = edgeferry_bundle::hashing::sha256_reader(file)
+            .with_context(|| format!("reading {}", entry.path().display()))?;
+        checked.blobs += 1;
+        checked.bytes += len;
+        if actual != name {
+            checked.damaged.push(Damage {
+                path,
+                sha256: name.clone(),
+                problem: "hash",
+            });
+        }
+        present.insert(name);
+    }
+    // Everything the state and the manifests it lists refer to.
+    let mut wanted: BTreeSet<String> = state.files.values().map(|f| f.sha256.clone()).collect();
+    for digest in state.manifests.keys() {
+        let Some(hex) = format::sha256_hex_of_digest(digest) else {
+            continue;
+        };
+        wanted.insert(hex.to_string());
+        if let Ok(bytes) = fs::read(blob_path(store, hex)) {
+            let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+            let config = value["config"]["digest"].as_str();
+            let layers = value["layers"].as_array().into_iter().flatten();
+            for digest in config
+                .into_iter()
+                .chain(layers.filter_map(|l| l["digest"].as_str()))
+            {
+                if let Some(hex) = format::sha256_hex_of_digest(digest) {
+                    wanted.insert(hex.to_string());
+                }
+            }
+        }
+    }
+    for hex in wanted.difference(&present) {
+        checked.damaged.push(Damage {
+            path: format!("blobs/sha256/{hex}"),
+            sha256: hex.clone(),
+            problem: "missing",
+        });
+    }
+    for (name, record) in &state.files {
+        checked.files += 1;
+        let path = store.join("files").join(name);
+        let same_inode = match (
+            fs::metadata(&path),
+            fs::metadata(blob_path(store, &record.sha256)),
+        ) {
+            (Ok(a), Ok(b)) => Some(a.dev() == b.dev() && a.ino() == b.ino()),
+            (Err(_), _) => None,
+            (Ok(_), Err(_)) => Some(false),
+        };
+        let problem = match same_inode {
+            None => Some("missing"),
+            Some(true) => None,
+            Some(false) => (!blob_is_intact(&path, record.size, &record.sha256)
+                .with_context(|| format!("reading {}", path.display()))?)
+            .then_some("hash"),
+        };
+        if let Some(problem) = problem {
+            checked.damaged.push(Damage {
+                path: format!("files/{name}"),
+                sha256: record.sha256.clone(),
+                problem,
+            });
+        }
+    }
+    Ok(checked)
 }
 
 /// Flushes a staged blob and starts its writeback when the verifier is done
@@ -643,4 +912,26 @@ fn absolute(path: &Path) -> Result<PathBuf> {
     };
     // Normalise `.` and trailing slashes so the parent is the real parent.
     Ok(path.components().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_builders_utc_form_is_ordered() {
+        assert!(is_utc_timestamp("2025-11-13T02:13:20Z"));
+        for bad in [
+            "2025-11-13T02:13:20+00:00",
+            "2025-11-13 02:13:20Z",
+            "9999",
+            "2025-11-13T02:13:20.5Z",
+            "２025-11-13T02:13:20Z",
+            "",
+        ] {
+            assert!(!is_utc_timestamp(bad), "{bad}");
+        }
+        // The form orders as the times it names.
+        assert!("2025-11-13T02:13:20Z" < "2025-11-13T10:00:00Z");
+    }
 }

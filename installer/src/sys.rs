@@ -37,9 +37,14 @@ pub fn exchange(a: &Path, b: &Path) -> io::Result<()> {
 // The descriptor is never read: holding it is what holds the lock.
 pub struct Lock(#[allow(dead_code)] File);
 
-/// Locks `dir` itself (no lock file is created, so nothing is written).
-pub fn lock_dir(dir: &Path) -> io::Result<Lock> {
-    let file = File::open(dir)?;
+/// Locks the file at `path`, creating it empty if needed: a lock for one
+/// thing (a store) when its directory holds others.
+pub fn lock_file(path: &Path) -> io::Result<Lock> {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(path)?;
     // SAFETY: a valid open descriptor.
     let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
     if rc == 0 {
@@ -49,7 +54,8 @@ pub fn lock_dir(dir: &Path) -> io::Result<Lock> {
     }
 }
 
-/// Like `lock_dir`, but waits for the lock: for short critical sections
+/// Locks `dir` itself (no lock file is created, so nothing is written),
+/// waiting for the lock: for short critical sections
 /// shared by the mirror and the `enroll` command.
 pub fn lock_dir_wait(dir: &Path) -> io::Result<Lock> {
     let file = File::open(dir)?;

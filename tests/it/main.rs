@@ -6,6 +6,7 @@ mod fetch;
 mod harden_bundle;
 mod harden_nodes;
 mod harden_pull;
+mod harden_store;
 mod hosts;
 mod join;
 mod load;

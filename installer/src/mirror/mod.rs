@@ -7,8 +7,9 @@
 mod body;
 mod registry;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
 
 use anyhow::{Context, Result};
 use axum::body::Body;
@@ -29,6 +30,10 @@ pub struct Snapshot {
     /// `SHA256SUMS` and its digest (the ETag), read once per snapshot.
     sums: (bytes::Bytes, String),
     pub stamp: Option<(u64, i64, u64)>,
+    /// Per release file, whether its bytes still have their sha256: found
+    /// out on the first request in this snapshot, since `/files/` clients
+    /// (curl in /join.sh, keadm) may not check what they get.
+    files_intact: std::sync::Mutex<BTreeMap<String, Arc<OnceLock<bool>>>>,
 }
 
 impl Snapshot {
@@ -69,7 +74,33 @@ impl Snapshot {
                 (bytes::Bytes::from(bytes), digest)
             },
             stamp,
+            files_intact: std::sync::Mutex::default(),
         })
+    }
+
+    /// Whether release file `name` still has the sha256 the store records,
+    /// hashed once per snapshot off the request threads.
+    async fn file_intact(&self, name: &str) -> bool {
+        let Some(record) = self.state.files.get(name) else {
+            return false;
+        };
+        let cell = self
+            .files_intact
+            .lock()
+            .expect("not poisoned")
+            .entry(name.to_string())
+            .or_default()
+            .clone();
+        if let Some(&known) = cell.get() {
+            return known;
+        }
+        let path = store::blob_path(&self.store, &record.sha256);
+        let (size, sha256) = (record.size, record.sha256.clone());
+        tokio::task::spawn_blocking(move || {
+            *cell.get_or_init(|| store::blob_is_intact(&path, size, &sha256).unwrap_or(false))
+        })
+        .await
+        .unwrap_or(false)
     }
 
     pub fn registries(&self) -> BTreeSet<String> {
@@ -135,6 +166,9 @@ pub async fn route(
         }
         _ => match path.strip_prefix("/files/") {
             Some(name) if snapshot.state.files.contains_key(name) => {
+                if !snapshot.file_intact(name).await {
+                    return damaged(name);
+                }
                 let record = &snapshot.state.files[name];
                 let digest = format!("sha256:{}", record.sha256);
                 serve_file(
@@ -179,6 +213,17 @@ fn text(method: &Method, body: &str, content_type: &str) -> Response<Body> {
         } else {
             Body::from(body.to_string())
         })
+        .expect("valid response")
+}
+
+/// A release file whose bytes no longer match: never sent.
+fn damaged(name: &str) -> Response<Body> {
+    Response::builder()
+        .status(StatusCode::INTERNAL_SERVER_ERROR)
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(format!(
+            "files/{name} is damaged in this store (its sha256 does not match): the operator should run `edgeferry store check --repair <bundle>`\n"
+        )))
         .expect("valid response")
 }
 
