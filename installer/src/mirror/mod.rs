@@ -33,7 +33,7 @@ pub struct Snapshot {
     /// Per release file, whether its bytes still have their sha256: found
     /// out on the first request in this snapshot, since `/files/` clients
     /// (curl in /join.sh, keadm) may not check what they get.
-    files_intact: std::sync::Mutex<BTreeMap<String, Arc<OnceLock<bool>>>>,
+    files_intact: BTreeMap<String, Arc<OnceLock<bool>>>,
 }
 
 impl Snapshot {
@@ -62,7 +62,14 @@ impl Snapshot {
             })?;
             manifest_bytes.insert(digest.clone(), bytes::Bytes::from(bytes));
         }
+        // The release files are known now: one cell each, filled on demand.
+        let files_intact = state
+            .files
+            .keys()
+            .map(|n| (n.clone(), Arc::default()))
+            .collect();
         Ok(Snapshot {
+            files_intact,
             manifest_bytes,
             store: store.to_path_buf(),
             repos: registry::Repos::from_state(&state),
@@ -74,23 +81,17 @@ impl Snapshot {
                 (bytes::Bytes::from(bytes), digest)
             },
             stamp,
-            files_intact: std::sync::Mutex::default(),
         })
     }
 
     /// Whether release file `name` still has the sha256 the store records,
     /// hashed once per snapshot off the request threads.
     async fn file_intact(&self, name: &str) -> bool {
-        let Some(record) = self.state.files.get(name) else {
+        let (Some(record), Some(cell)) = (self.state.files.get(name), self.files_intact.get(name))
+        else {
             return false;
         };
-        let cell = self
-            .files_intact
-            .lock()
-            .expect("not poisoned")
-            .entry(name.to_string())
-            .or_default()
-            .clone();
+        let cell = Arc::clone(cell);
         if let Some(&known) = cell.get() {
             return known;
         }
