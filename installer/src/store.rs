@@ -788,15 +788,16 @@ pub fn check(store: &Path) -> Result<Checked> {
             continue;
         };
         wanted.insert(hex.to_string());
-        if let Ok(bytes) = fs::read(blob_path(store, hex)) {
-            let value: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
-            let config = value["config"]["digest"].as_str();
-            let layers = value["layers"].as_array().into_iter().flatten();
-            for digest in config
+        let doc = fs::read(blob_path(store, hex)).ok().and_then(|bytes| {
+            serde_json::from_slice::<edgeferry_bundle::oci::ManifestDoc>(&bytes).ok()
+        });
+        if let Some(doc) = doc {
+            let parts = doc
+                .config
                 .into_iter()
-                .chain(layers.filter_map(|l| l["digest"].as_str()))
-            {
-                if let Some(hex) = format::sha256_hex_of_digest(digest) {
+                .chain(doc.layers.into_iter().flatten());
+            for part in parts {
+                if let Some(hex) = format::sha256_hex_of_digest(&part.digest) {
                     wanted.insert(hex.to_string());
                 }
             }
