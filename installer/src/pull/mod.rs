@@ -474,11 +474,7 @@ async fn report_route(
 /// the lines kept. Lines that do not parse are dropped.
 fn compact_reports(site_dir: &Path, history: usize) -> Result<usize> {
     let path = site_dir.join(REPORTS_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
+    let text = reports_text(site_dir)?;
     let parsed: Vec<(&str, ReportLine)> = text
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok().map(|r| (l, r)))
@@ -504,13 +500,18 @@ fn compact_reports(site_dir: &Path, history: usize) -> Result<usize> {
     Ok(count)
 }
 
-pub fn read_reports(site_dir: &Path) -> Result<Vec<ReportLine>> {
+/// `reports.jsonl` as text; empty when no node has reported yet.
+fn reports_text(site_dir: &Path) -> Result<String> {
     let path = site_dir.join(REPORTS_FILE);
-    let text = match std::fs::read_to_string(&path) {
-        Ok(t) => t,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-        Err(e) => return Err(e).with_context(|| format!("reading {}", path.display())),
-    };
+    match std::fs::read_to_string(&path) {
+        Ok(t) => Ok(t),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(String::new()),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+pub fn read_reports(site_dir: &Path) -> Result<Vec<ReportLine>> {
+    let text = reports_text(site_dir)?;
     Ok(text
         .lines()
         .filter_map(|l| serde_json::from_str(l).ok())
