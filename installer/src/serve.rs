@@ -419,17 +419,7 @@ async fn handle(
     let snapshot = mirror.snapshot();
     let (parts, body) = request.into_parts();
     let pulled = match &mirror.site {
-        Some(site) => {
-            pull::route(
-                site,
-                &method,
-                &path,
-                &parts.headers,
-                body,
-                &peer.to_string(),
-            )
-            .await
-        }
+        Some(site) => pull::route(site, &method, &path, &parts.headers, body, peer).await,
         None => None,
     };
     let response = match pulled {

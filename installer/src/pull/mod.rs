@@ -8,7 +8,7 @@ pub mod enroll;
 pub mod limit;
 pub mod script;
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 
@@ -182,7 +182,7 @@ pub async fn route(
     path: &str,
     headers: &HeaderMap,
     body: hyper::body::Incoming,
-    client: &str,
+    client: SocketAddr,
 ) -> Option<Response<Body>> {
     match (path, method) {
         ("/join.sh", &Method::GET | &Method::HEAD) => {
@@ -222,28 +222,18 @@ fn too_many(text: &str, wait_secs: u64) -> Response<Body> {
     response
 }
 
-/// The address part of `ip:port`; a client string that is not one (never
-/// from the accept loop) shares one bucket.
-fn client_ip(client: &str) -> IpAddr {
-    client
-        .parse::<std::net::SocketAddr>()
-        .map(|a| a.ip())
-        .or_else(|_| client.parse::<IpAddr>())
-        .unwrap_or(IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED))
-}
-
 impl Site {
     /// A client address that made too many refused requests waits.
-    fn throttled(&self, client: &str) -> Option<Response<Body>> {
+    fn throttled(&self, client: SocketAddr) -> Option<Response<Body>> {
         self.refused
-            .check(&client_ip(client))
+            .check(&client.ip())
             .err()
             .map(|wait| too_many("refused: too many refused requests from this address", wait))
     }
 
     /// Counts a refused request against the client's address.
-    fn refuse(&self, client: &str, status: StatusCode, text: &str) -> Response<Body> {
-        let _ = self.refused.take(&client_ip(client));
+    fn refuse(&self, client: SocketAddr, status: StatusCode, text: &str) -> Response<Body> {
+        let _ = self.refused.take(&client.ip());
         plain(status, text)
     }
 }
@@ -255,7 +245,7 @@ fn header_str<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
         .map(str::trim)
 }
 
-async fn enroll_route(site: &Site, headers: &HeaderMap, client: &str) -> Response<Body> {
+async fn enroll_route(site: &Site, headers: &HeaderMap, client: SocketAddr) -> Response<Body> {
     if let Some(response) = site.throttled(client) {
         return response;
     }
@@ -352,7 +342,7 @@ async fn report_route(
     site: &Site,
     headers: &HeaderMap,
     body: hyper::body::Incoming,
-    client: &str,
+    client: SocketAddr,
 ) -> Response<Body> {
     if let Some(response) = site.throttled(client) {
         return response;
