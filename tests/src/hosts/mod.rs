@@ -54,7 +54,8 @@
 //! files), `sshd.rs` (starting, watching and stopping each host's PID
 //! namespace), `keys.rs` (host and client keys, the agent), `faults.rs`
 //! (what a test breaks on purpose), `cloudcore.rs` (the stand-in
-//! cloudcore listener).
+//! cloudcore: certificate service, hub and a kube-apiserver, with a test
+//! CA made per harness; docs/standins.md says what each copies).
 
 use std::fmt::Write as _;
 use std::fs;
@@ -68,12 +69,13 @@ use std::time::Instant;
 use anyhow::{anyhow, bail, Context, Result};
 
 use accounts::{prepare_host, Accounts};
-use cloudcore::StandinCloudcore;
+use cloudcore::{unix_now, StandinCloudcore};
+pub use cloudcore::{TestCa, APISERVER_PORT, CERT_PORT, HUB_PORT};
 use netns::{allocate_bridge, sweep_stale};
 use sshd::{Spawner, Sshd};
 
 mod accounts;
-mod cloudcore;
+pub mod cloudcore;
 mod faults;
 mod keys;
 mod netns;
@@ -93,7 +95,10 @@ pub const PASSWORD_SALT: &str = "edgeferrytests";
 /// Hosts per harness: addresses 10.213.K.10 ..= 10.213.K.249.
 pub const MAX_HOSTS: usize = 240;
 /// Ports of the stand-in cloudcore (KubeEdge's cloudhub and its cert port).
-pub const CLOUDCORE_PORTS: [u16; 2] = [10000, 10002];
+pub const CLOUDCORE_PORTS: [u16; 2] = [HUB_PORT, CERT_PORT];
+/// How long [`TestHosts::token`]'s JWT is valid: cloudcore's tokens live
+/// 2 x `tokenRefreshDuration` (12 h by default).
+pub const TOKEN_SECONDS: u64 = 24 * 3600;
 /// Directories each host has its own (empty) copy of.
 pub const PRIVATE_DIRS: &[&str] = &[
     "/etc/kubeedge",
@@ -373,10 +378,110 @@ impl TestHosts {
         &self.control_ip
     }
 
-    /// The stand-in cloudcore's address, `<control_ip>:10000` (it also
-    /// listens on 10002).
+    /// The stand-in cloudcore's address, `<control_ip>:10000` (its hub;
+    /// the certificate service listens on 10002).
     pub fn cloudcore(&self) -> String {
-        format!("{}:{}", self.control_ip, CLOUDCORE_PORTS[0])
+        format!("{}:{}", self.control_ip, HUB_PORT)
+    }
+
+    fn standin_cloudcore(&self) -> &StandinCloudcore {
+        self.cloudcore
+            .as_ref()
+            .expect("the stand-in cloudcore starts with the harness")
+    }
+
+    /// A join token the stand-in cloudcore accepts, made as cloudcore
+    /// makes one: hex sha256 of its CA's DER, `.`, a JWT (HS256, signed
+    /// with the CA key) that expires in [`TOKEN_SECONDS`].
+    pub fn token(&self) -> String {
+        self.standin_cloudcore()
+            .ca()
+            .token(unix_now() + TOKEN_SECONDS)
+    }
+
+    /// A well-formed token for another cloud: its first part is the hash
+    /// of a different CA, so edgecore refuses this cloudcore's CA.
+    pub fn wrong_token(&self) -> String {
+        let other = TestCa::new("another cloud").expect("making a test CA");
+        other.token(unix_now() + TOKEN_SECONDS)
+    }
+
+    /// The stand-in cloudcore's CA certificate, PEM.
+    pub fn cloudcore_ca_pem(&self) -> String {
+        self.standin_cloudcore().ca().pem()
+    }
+
+    /// The stand-in cloudcore's CA (to make tokens a test needs, such as
+    /// expired ones).
+    pub fn cloudcore_ca(&self) -> &TestCa {
+        self.standin_cloudcore().ca()
+    }
+
+    /// Whether node `name` holds a hub connection right now.
+    pub fn hub_connected(&self, name: &str) -> bool {
+        self.hub_nodes().iter().any(|n| n == name)
+    }
+
+    /// The node names holding a hub connection right now, sorted.
+    pub fn hub_nodes(&self) -> Vec<String> {
+        self.standin_cloudcore().connected()
+    }
+
+    /// Cloudcore goes down: its listeners close (connections to its ports
+    /// are refused) and every hub connection is dropped.
+    pub fn stop_cloudcore(&self) {
+        self.standin_cloudcore().stop();
+    }
+
+    /// Cloudcore comes back, with the same CA and registered nodes.
+    pub fn start_cloudcore(&self) -> Result<()> {
+        self.standin_cloudcore().start_listeners()
+    }
+
+    /// While `refuse` holds, the hub closes every connection, open ones
+    /// within a second and new ones at once (the stand-in edgecore then
+    /// retries and exits, as the real one does without a cloud).
+    pub fn set_hub_refuse(&self, refuse: bool) {
+        self.standin_cloudcore().set_refuse_hub(refuse);
+    }
+
+    /// The stand-in kube-apiserver's URL, `https://<control_ip>:6443`.
+    pub fn apiserver(&self) -> String {
+        format!("https://{}:{APISERVER_PORT}", self.control_ip)
+    }
+
+    /// Writes a standard kubeconfig for the stand-in kube-apiserver (its
+    /// CA inline as `certificate-authority-data`, a bearer token) and
+    /// returns its path. `GET /api/v1/nodes/<name>` there answers the Node
+    /// with Ready=True while it holds a hub connection.
+    pub fn kubeconfig(&self) -> PathBuf {
+        let path = self.path.join("kubeconfig");
+        let cloudcore = self.standin_cloudcore();
+        let text = format!(
+            "# A kubeconfig for the edgeferry test harness's stand-in kube-apiserver.\n\
+             apiVersion: v1\n\
+             kind: Config\n\
+             clusters:\n\
+             - name: edgeferry-test\n  \
+               cluster:\n    \
+                 server: {server}\n    \
+                 certificate-authority-data: {ca}\n\
+             users:\n\
+             - name: edgeferry-test-admin\n  \
+               user:\n    \
+                 token: {token}\n\
+             contexts:\n\
+             - name: edgeferry-test\n  \
+               context:\n    \
+                 cluster: edgeferry-test\n    \
+                 user: edgeferry-test-admin\n\
+             current-context: edgeferry-test\n",
+            server = self.apiserver(),
+            ca = edgeferry_bundle::sign::base64(cloudcore.ca().pem().as_bytes()),
+            token = cloudcore.api_token(),
+        );
+        fs::write(&path, text).expect("writing the test kubeconfig");
+        path
     }
 
     /// The bridge's name, `efbr<K>`.
@@ -513,8 +618,8 @@ impl TestHosts {
 
 impl Drop for TestHosts {
     fn drop(&mut self) {
-        if let Some(mut cloudcore) = self.cloudcore.take() {
-            cloudcore.shut();
+        if let Some(cloudcore) = self.cloudcore.take() {
+            cloudcore.stop();
         }
         for mut agent in lock(&self.agents).drain(..) {
             let _ = agent.kill();
