@@ -10,7 +10,6 @@
 #     hosts.toml names, over HTTP with curl (or wget), and only
 #     /usr/local/bin/edgecore is taken out of it: there is no CRI, no
 #     sandbox and no copy container;
-#   - the node-name check only connects to cloudcore's certificate port;
 #   - without /run/systemd/system no unit file is written and edgecore is
 #     started in the background;
 #   - the edgecore it starts is the stand-in from the same sample set.
@@ -25,6 +24,10 @@
 #                instead of pidof
 #   EDGEFERRY_STANDIN_WAIT   seconds join waits for edgecore's TLS files (default 300,
 #                as the real keadm's wait.Poll(10s, 300s))
+#   EDGEFERRY_STANDIN_NO_CLOUD   1, only together with EDGEFERRY_SAMPLE_ROOT: unit
+#                tests without a certificate service; the node-name check
+#                passes on any listener, and edgecore writes stand-in text
+#                instead of certificates (see edgecore)
 #
 # Fault injection: a test harness writes these files on a host.
 #   /var/lib/keadm-standin/fault          "fail": join exits 1 right after copying
@@ -162,38 +165,59 @@ stop_edgecore() {
 	return 0
 }
 
-# reachable HOST:PORT: real keadm GETs https://<host>:<certport>/node/<name>
-# and goes on only when cloudcore answers 404. Test sites have no
-# cloudcore, only a stand-in listener on the certificate port that accepts
-# connections and closes them, so the stand-in only checks that a TCP
-# connection to that port succeeds. On failure it says why, in the words
-# of Go's net package.
-reachable() {
+# node_check URL: real keadm GETs https://<host>:<certport>/node/<name>
+# without verifying the server (InsecureSkipVerify) and goes on only when
+# cloudcore answers 404; any other answer is "node already exists or
+# internal error occurred, cannot register again", and a request that
+# fails is "error making request: <Go's error>". Go's default client has no
+# timeout; the stand-in gives up after 30 s to connect and 60 s in all.
+# With EDGEFERRY_SAMPLE_ROOT and EDGEFERRY_STANDIN_NO_CLOUD=1 (unit tests
+# without a certificate service) a listener that only accepts passes.
+node_check() {
+	hostport=${1#https://}
+	hostport=${hostport%%/*}
+	no_cloud=
+	[ -z "$ROOT" ] || [ "${EDGEFERRY_STANDIN_NO_CLOUD-}" != 1 ] || no_cloud=1
 	if command -v curl >/dev/null 2>&1; then
-		# Plain http://: curl forgets time_connect when a TLS handshake fails.
-		connect=$(curl -s -g --noproxy '*' -o /dev/null --connect-timeout 5 -m 5 -w '%{time_connect}' "http://$1/" 2>/dev/null)
+		# -v: curl names the connect error (refused, no route) only there.
+		code=$(curl -v -sS -k -g --noproxy '*' --connect-timeout 30 -m 60 -o /dev/null -w '%{http_code}' "$1" 2>"$tmp/node.err")
 		rc=$?
-		# time_connect stays zero unless the TCP connection was made.
-		case $connect in *[1-9]*) return 0 ;; esac
-		case $rc in
-		6) echo "lookup: no such host" ;;
-		7) echo "connect: connection refused" ;;
-		28) echo "i/o timeout" ;;
-		*) echo "connect failed (curl exit code $rc)" ;;
+		case $rc:$(cat "$tmp/node.err") in
+		0:*) ;;
+		35:* | 52:* | 56:*)
+			[ -z "$no_cloud" ] || return 0
+			echo "Get \"$1\": EOF"
+			return 1
+			;;
+		7:*"No route to host"*) echo "Get \"$1\": dial tcp $hostport: connect: no route to host" && return 1 ;;
+		7:*"Network is unreachable"*) echo "Get \"$1\": dial tcp $hostport: connect: network is unreachable" && return 1 ;;
+		7:*) echo "Get \"$1\": dial tcp $hostport: connect: connection refused" && return 1 ;;
+		28:*) echo "Get \"$1\": dial tcp $hostport: i/o timeout" && return 1 ;;
+		6:*) echo "Get \"$1\": dial tcp: lookup ${hostport%:*}: no such host" && return 1 ;;
+		*) echo "Get \"$1\": curl exit code $rc: $(tr '\n' ' ' <"$tmp/node.err")" && return 1 ;;
 		esac
-		return 1
+	elif command -v wget >/dev/null 2>&1; then
+		out=$(timeout 60 env -u https_proxy -u HTTPS_PROXY wget --no-check-certificate -S -T 30 -O /dev/null "$1" 2>&1)
+		code=$(printf '%s\n' "$out" | sed -n 's/^ *HTTP\/[0-9.]* \([0-9]*\).*/\1/p' | tail -n 1)
+		if [ -z "$code" ]; then
+			case $out in
+			*[Rr]efused*) echo "Get \"$1\": dial tcp $hostport: connect: connection refused" ;;
+			*"No route"*) echo "Get \"$1\": dial tcp $hostport: connect: no route to host" ;;
+			*"timed out"* | *[Tt]imeout*) echo "Get \"$1\": dial tcp $hostport: i/o timeout" ;;
+			*)
+				[ -z "$no_cloud" ] || return 0
+				echo "Get \"$1\": EOF"
+				;;
+			esac
+			return 1
+		fi
+	else
+		note "neither curl nor wget is installed: the node-name check is skipped" >&2
+		return 0
 	fi
-	if command -v wget >/dev/null 2>&1; then
-		out=$(timeout 10 env -u http_proxy -u HTTP_PROXY wget -O /dev/null "http://$1/" 2>&1)
-		case $out in
-		*[Rr]efused*) echo "connect: connection refused" ;;
-		*"timed out"* | *[Tt]imeout* | *unreachable*) echo "i/o timeout" ;;
-		*resolve* | *"bad address"*) echo "lookup: no such host" ;;
-		*) return 0 ;;
-		esac
-		return 1
-	fi
-	note "neither curl nor wget is installed: the node-name check is skipped" >&2
+	[ "$code" = 404 ] && return 0
+	echo "status $code"
+	return 2
 }
 
 # http_get URL FILE ACCEPT: GETs URL into FILE; on failure says why.
@@ -509,8 +533,12 @@ do_join() {
 	fi
 
 	step "Check if the node name is valid"
-	url="https://$host:$certport/node/$node"
-	why=$(reachable "$host:$certport") || fail "error making request: Get \"$url\": dial tcp $host:$certport: $why"
+	why=$(node_check "https://$host:$certport/node/$node")
+	case $? in
+	0) ;;
+	2) fail "node already exists or internal error occurred, cannot register again" ;;
+	*) fail "error making request: $why" ;;
+	esac
 
 	step "Create the necessary directories"
 	mkdir -p "$ROOT/etc/kubeedge/config" "$ROOT/var/log/kubeedge" "$ROOT/var/lib/kubeedge" ||

@@ -41,6 +41,11 @@ pub const SAMPLE_ROOT_ENV: &str = "EDGEFERRY_SAMPLE_ROOT";
 /// Variable with the seconds the stand-in `keadm join` waits for edgecore's
 /// TLS files; 300 when unset, as the real keadm.
 pub const STANDIN_WAIT_ENV: &str = "EDGEFERRY_STANDIN_WAIT";
+/// Variable that, together with [`SAMPLE_ROOT_ENV`] only, lets unit tests
+/// run the stand-ins without a certificate service: the stand-in keadm's
+/// node-name check passes on any listener and the stand-in edgecore writes
+/// labelled stand-in text instead of certificates, connecting nowhere.
+pub const STANDIN_NO_CLOUD_ENV: &str = "EDGEFERRY_STANDIN_NO_CLOUD";
 /// The stand-ins' own directory on a node: fault files and edgecore's pid.
 pub const STANDIN_STATE_DIR: &str = "/var/lib/keadm-standin";
 /// Fault file: `fail` makes the stand-in `keadm join` exit 1 after it has
@@ -412,6 +417,7 @@ mod tests {
             .arg(&script)
             .args(args)
             .env(SAMPLE_ROOT_ENV, root)
+            .env(STANDIN_NO_CLOUD_ENV, "1")
             .envs(envs.iter().copied())
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
@@ -1036,6 +1042,7 @@ mod tests {
             .args(["join", "-e", "127.0.0.1:10000", "--kubeedge-version", V])
             .arg(format!("--certport={}", cloudcore_listener()))
             .env(SAMPLE_ROOT_ENV, root)
+            .env(STANDIN_NO_CLOUD_ENV, "1")
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
             .spawn()
@@ -1129,6 +1136,7 @@ mod tests {
         fs::write(root.join("etc/kubeedge/config/edgecore.yaml"), "x: 1\n").unwrap();
         let mut child = Command::new(&script)
             .env(SAMPLE_ROOT_ENV, root)
+            .env(STANDIN_NO_CLOUD_ENV, "1")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .spawn()

@@ -19,7 +19,7 @@ use anyhow::Result;
 use edgeferry_bundle::keadm::{self, Flag, FlagKind};
 
 #[cfg(test)]
-use super::{SAMPLE_ROOT_ENV, STANDIN_STATE_DIR, STANDIN_WAIT_ENV};
+use super::{SAMPLE_ROOT_ENV, STANDIN_NO_CLOUD_ENV, STANDIN_STATE_DIR, STANDIN_WAIT_ENV};
 
 /// The stand-in keadm. POSIX sh plus coreutils, sed, grep, tar, gzip and
 /// curl (or wget), so that it runs under dash and busybox alike.
@@ -298,12 +298,14 @@ mod tests {
             format!("${{{SAMPLE_ROOT_ENV}:-}}"),
             format!("${{{STANDIN_WAIT_ENV}:-300}}"),
             format!("$ROOT{STANDIN_STATE_DIR}"),
+            format!("${{{STANDIN_NO_CLOUD_ENV}-}}"),
         ] {
             assert!(KEADM_SH.contains(&needle), "keadm.sh lacks {needle}");
         }
         for needle in [
             format!("${{{SAMPLE_ROOT_ENV}:-}}"),
             format!("$ROOT{STANDIN_STATE_DIR}/edgecore.pid"),
+            format!("${{{STANDIN_NO_CLOUD_ENV}-}}"),
         ] {
             assert!(EDGECORE_SH.contains(&needle), "edgecore.sh lacks {needle}");
         }
