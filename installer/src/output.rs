@@ -286,7 +286,8 @@ pub struct NodeOutcome {
     pub error: Option<String>,
     /// Stable cause names: connect, connect_timeout, auth, host_key_changed,
     /// host_key_unknown, preflight, containerd, fetch, keadm_failed,
-    /// keadm_timeout, timeout, postcheck, interrupted, ...
+    /// keadm_timeout, edgecore_certificate, timeout, postcheck,
+    /// interrupted, ...
     pub error_kind: Option<String>,
     pub arch: Option<String>,
     pub bundle_id: Option<String>,

@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use edgeferry_tests::hosts::EDGE_USER;
 use edgeferry_tests::{edgeferry, list_files, run};
 
-use crate::join::{journal, report, write, Site, TOKEN, VERSION};
+use crate::join::{journal, report, write, Site, VERSION};
 
 /// The longest escaped field, plus room for its "… (N bytes cut)" note
 /// and a log line's time stamp.
@@ -90,7 +90,7 @@ fn join_token_never_reaches_a_command_line_but_keadms() {
     );
     assert_eq!(dry.code, Some(0));
     assert!(
-        dry.stdout.contains("--token=<redacted>") && !dry.stdout.contains(TOKEN),
+        dry.stdout.contains("--token=<redacted>") && !dry.stdout.contains(&site.token),
         "--dry-run still shows keadm's arguments, the token redacted:\n{}",
         dry.stdout
     );
@@ -130,7 +130,7 @@ fn join_token_never_reaches_a_command_line_but_keadms() {
     };
     let mut keadm_seen = 0;
     for sample in &samples {
-        for line in sample.lines().filter(|l| l.contains(TOKEN)) {
+        for line in sample.lines().filter(|l| l.contains(&site.token)) {
             match line.strip_prefix("ps: ") {
                 Some(args) if is_keadm(args) => keadm_seen += 1,
                 _ => panic!("the token is on the node outside keadm's argv: {line}"),
@@ -149,7 +149,7 @@ fn join_token_never_reaches_a_command_line_but_keadms() {
     for name in &argvs {
         let argv = std::fs::read_to_string(rec.join(name)).unwrap();
         assert!(
-            !argv.contains(TOKEN),
+            !argv.contains(&site.token),
             "the login shell was handed the token: {argv}"
         );
         saw_join |= argv.contains("keadm join") || argv.contains("keadm\" join");
@@ -161,7 +161,7 @@ fn join_token_never_reaches_a_command_line_but_keadms() {
         for rel in list_files(&dir) {
             let bytes = std::fs::read(dir.join(&rel)).unwrap_or_default();
             assert!(
-                !String::from_utf8_lossy(&bytes).contains(TOKEN),
+                !String::from_utf8_lossy(&bytes).contains(&site.token),
                 "{}/{rel} keeps the token after the join",
                 dir.display()
             );

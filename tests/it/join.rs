@@ -11,8 +11,6 @@ use edgeferry_tests::{edgeferry, list_files, loaded_sample_store, run, run_ok, R
 use serde_json::Value;
 
 pub(crate) const VERSION: &str = "v1.23.1";
-pub(crate) const TOKEN: &str =
-    "3f1c0a9e8d7b6a5c.eyJhbGciOiJIUzI1NiIsInR5cCI6IkpXVCJ9.edgeferry-test-token";
 const WRONG_PASSWORD: &str = "not-the-edge-password";
 
 /// A loaded store, test hosts, and a mirror on the hosts' bridge.
@@ -21,6 +19,8 @@ pub(crate) struct Site {
     store: PathBuf,
     pub(crate) hosts: TestHosts,
     mirror: Served,
+    /// A join token the hosts' stand-in cloudcore accepts.
+    pub(crate) token: String,
 }
 
 impl Site {
@@ -29,11 +29,13 @@ impl Site {
         let store = loaded_sample_store(tmp.path(), "amd64", VERSION);
         let hosts = TestHosts::create(count).unwrap();
         let mirror = Served::start_on(&store, hosts.control_ip(), std::iter::empty::<&str>());
+        let token = hosts.token();
         Site {
             tmp,
             store,
             hosts,
             mirror,
+            token,
         }
     }
 
@@ -56,7 +58,7 @@ impl Site {
             .arg("--mirror")
             .arg(&self.mirror.addr)
             .args(extra)
-            .env("EF_TEST_TOKEN", TOKEN)
+            .env("EF_TEST_TOKEN", &self.token)
             .env("EF_TEST_EDGE_PASSWORD", EDGE_PASSWORD)
             .env("EF_TEST_PASSPHRASE", CLIENT_KEY_PASSPHRASE)
             .env("SSH_AUTH_SOCK", agent)
@@ -123,9 +125,9 @@ fn node<'a>(report: &'a Value, name: &str) -> &'a Value {
 }
 
 /// Every file under `dir` and every text given: none holds a secret.
-fn assert_no_secrets(dir: &Path, texts: &[&str]) {
+fn assert_no_secrets(token: &str, dir: &Path, texts: &[&str]) {
     let secrets = [
-        TOKEN,
+        token,
         EDGE_PASSWORD,
         ROOT_PASSWORD,
         CLIENT_KEY_PASSPHRASE,
@@ -493,7 +495,7 @@ fn join_twenty_hosts_with_faults_then_resume() {
         reset.stdout.as_str(),
         third.stdout.as_str(),
     ];
-    assert_no_secrets(&state, &outputs);
+    assert_no_secrets(&site.token, &state, &outputs);
 }
 
 /// A `keadm batch` config.yaml, unchanged: templating, copyFrom with a
@@ -531,8 +533,9 @@ fn keadm_batch_config_works_unchanged() {
     write(
         &config,
         &format!(
-            "keadm:\n  download:\n    enable: false\n  keadmVersion: {VERSION}\n  archGroup:\n    - amd64\n  offlinePackageDir: /opt/keadm\n  cmdTplArgs:\n    cmd: join --cloudcore-ipport={cloud} --kubeedge-version={VERSION}\n    token: {TOKEN}\nnodes:\n{nodes}maxRunNum: 2\n",
-            cloud = h.cloudcore()
+            "keadm:\n  download:\n    enable: false\n  keadmVersion: {VERSION}\n  archGroup:\n    - amd64\n  offlinePackageDir: /opt/keadm\n  cmdTplArgs:\n    cmd: join --cloudcore-ipport={cloud} --kubeedge-version={VERSION}\n    token: {token}\nnodes:\n{nodes}maxRunNum: 2\n",
+            cloud = h.cloudcore(),
+            token = site.token
         ),
     );
     let home = site.path("home");
@@ -570,7 +573,7 @@ fn keadm_batch_config_works_unchanged() {
     let learned = std::fs::read_to_string(home.join(".ssh/known_hosts")).unwrap();
     assert_eq!(learned.lines().count(), 3, "{learned}");
     assert!(ran.stdout.contains("3 new host key(s) recorded"));
-    assert_no_secrets(&state, &[&ran.stdout, &ran.stderr]);
+    assert_no_secrets(&site.token, &state, &[&ran.stdout, &ran.stderr]);
 
     // The same command again with --resume: every node is done, nothing runs.
     let again = run(edgeferry()
@@ -631,7 +634,7 @@ fn interrupt_leaves_a_consistent_journal() {
             .arg(&site.mirror.addr)
             .arg("--state-dir")
             .arg(&state)
-            .env("EF_TEST_TOKEN", TOKEN)
+            .env("EF_TEST_TOKEN", &site.token)
             .stdin(std::process::Stdio::null())
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null()),

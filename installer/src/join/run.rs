@@ -19,7 +19,7 @@ use crate::config::JoinConfig;
 use crate::node::inventory::AuthSpec;
 use crate::node::script;
 use crate::node::secret::Redactor;
-use crate::node::steps::{Action, Step};
+use crate::node::steps::{Action, Step, EDGECORE_CERTIFICATE};
 pub use crate::output::{HostKeyReport, NodeOutcome, NodeStatus, StepTiming};
 use crate::printer::{node_cell, node_text, Printer};
 
@@ -685,6 +685,17 @@ async fn run_step(
                 "keadm did not finish within {}s and was stopped on the node: check the node's log, or raise timeouts.{}",
                 st.timeout_secs,
                 info.name
+            ),
+        ));
+    }
+    if st.step == Step::KeadmJoin && code == Some(script::EDGECORE_FAILED) {
+        return Err(fail(
+            EDGECORE_CERTIFICATE,
+            format!(
+                "edgecore could not get its certificates, so keadm join was stopped: {}",
+                explain(&text, "edgecore:")
+                    .trim_start_matches("edgecore:")
+                    .trim_start()
             ),
         ));
     }

@@ -19,6 +19,17 @@ pub const NO_HTTP_CLIENT: u32 = 10;
 /// Exit code of coreutils `timeout` when it stopped the command.
 pub const TIMED_OUT: u32 = 124;
 
+/// Exit code of the keadm join script when edgecore logged a fatal
+/// certificate error and the script stopped keadm (which would otherwise
+/// wait its full 300 s for certificates that cannot come). Its last output
+/// line is `edgecore: <edgecore's message>`.
+pub const EDGECORE_FAILED: u32 = 12;
+
+/// What edgecore logs (through `klog.Exitf`, then it exits) when it cannot
+/// get its certificates: `certmanager.go` in kubeedge/kubeedge, as an
+/// extended regular expression.
+pub const EDGECORE_FATAL: &str = "failed to validate CA certificate|token credentials are in the wrong format|failed to get CA certificate|failed to get edge certificate";
+
 /// Single-quotes `s` for sh.
 pub fn quote(s: &str) -> String {
     if !s.is_empty()
@@ -272,8 +283,10 @@ const BECOME_KEADM: &str =
 /// non-empty /etc/kubeedge, runs again.
 pub fn keadm_join(version: &str, args: JoinArgs, timeout_secs: u64) -> String {
     let keadm = format!("{}/keadm", keadm_dir(version));
+    // An asynchronous command's stdin is /dev/null unless redirected, so
+    // the arguments on our stdin go to keadm through fd 4.
     let from = match args {
-        JoinArgs::Stdin => "",
+        JoinArgs::Stdin => " <&4",
         JoinArgs::FromFile => " <\"$EF_ARGS\"",
     };
     let become_keadm = quote(BECOME_KEADM);
@@ -286,14 +299,51 @@ if [ -e "$marker" ]; then
 	{keadm} reset edge --force </dev/null || true
 fi
 : >"$marker"
-if command -v timeout >/dev/null 2>&1; then
-	timeout -k 10 {timeout_secs} sh -c {become_keadm} sh {keadm} join{from}
-else
-	sh -c {become_keadm} sh {keadm} join{from}
+# keadm waits up to 300 s for the certificates edgecore fetches; edgecore
+# gives up at once on a bad token or CA and says so in its log. Watch that
+# log while keadm runs, and stop keadm when edgecore has failed.
+rc_file={NODE_DIR}/work/keadm-join.rc
+rm -f "$rc_file" "$rc_file.pid"
+started=$(date +%s)
+exec 4<&0
+(
+	if command -v timeout >/dev/null 2>&1; then
+		timeout -k 10 {timeout_secs} sh -c {become_keadm} sh {keadm} join{from} &
+	else
+		sh -c {become_keadm} sh {keadm} join{from} &
+	fi
+	echo $! >"$rc_file.pid"
+	wait $!
+	echo $? >"$rc_file.part" && mv -f "$rc_file.part" "$rc_file"
+) &
+exec 4<&-
+stop_keadm() {{
+	pid=$(cat "$rc_file.pid" 2>/dev/null) && kill "$pid" 2>/dev/null
+}}
+trap 'stop_keadm; exit 143' HUP INT TERM
+fatal=
+while [ ! -e "$rc_file" ]; do
+	if [ -d /run/systemd/system ] && command -v journalctl >/dev/null 2>&1; then
+		fatal=$(journalctl -u edgecore -o cat --no-pager --since "@$started" 2>/dev/null | grep -E '{EDGECORE_FATAL}' | head -n 1)
+	else
+		fatal=$(grep -E '{EDGECORE_FATAL}' /var/log/kubeedge/edgecore.log 2>/dev/null | head -n 1)
+	fi
+	if [ -n "$fatal" ]; then
+		stop_keadm
+		break
+	fi
+	sleep 1
+done
+wait
+rc=$(cat "$rc_file" 2>/dev/null) || rc=1
+rm -f "$rc_file" "$rc_file.pid"
+if [ -n "$fatal" ]; then
+	# klog's prefix ("F1202 16:01:02.000000  1234 certmanager.go:104] ") off.
+	echo "edgecore: ${{fatal#*\] }}" >&2
+	exit {EDGECORE_FAILED}
 fi
-rc=$?
-[ $rc != 0 ] || rm -f "$marker"
-exit $rc
+[ "$rc" != 0 ] || rm -f "$marker"
+exit "$rc"
 "#
     )
 }

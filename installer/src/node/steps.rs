@@ -29,6 +29,12 @@ pub enum Step {
     KeadmReset,
 }
 
+/// The cause name of a `keadm_join` that was stopped because edgecore
+/// logged that it cannot get its certificates (a token for another CA, a
+/// malformed or expired token, a certificate service that does not
+/// answer): see `script::EDGECORE_FAILED`.
+pub const EDGECORE_CERTIFICATE: &str = "edgecore_certificate";
+
 /// What to do to the nodes of an inventory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
