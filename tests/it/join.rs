@@ -39,6 +39,14 @@ impl Site {
         }
     }
 
+    pub(crate) fn store(&self) -> &Path {
+        &self.store
+    }
+
+    pub(crate) fn mirror_addr(&self) -> &str {
+        &self.mirror.addr
+    }
+
     pub(crate) fn path(&self, name: &str) -> PathBuf {
         self.tmp.path().join(name)
     }

@@ -206,6 +206,7 @@ if ! openssl x509 -in "$cert_file" -noout >/dev/null 2>&1 || ! openssl pkey -in 
 	fi
 	openssl x509 -inform DER -in "$tmp/ca.der" -out "$tmp/ca.pem" 2>/dev/null ||
 		exitf certmanager.go:104 "failed to parse the CA certificate, error: x509: malformed certificate"
+	mkdir -p "${ca_file%/*}" "${cert_file%/*}" "${key_file%/*}" 2>/dev/null
 	cp "$tmp/ca.pem" "$ca_file.part.$$" 2>/dev/null && put "$ca_file" 644 ||
 		exitf certmanager.go:104 "failed to save the CA certificate to file: $ca_file, error: cannot write it"
 
@@ -227,7 +228,7 @@ if ! openssl x509 -in "$cert_file" -noout >/dev/null 2>&1 || ! openssl pkey -in 
 		exitf certmanager.go:104 "failed to get edge certificate from the cloudcore, error: $(head -c 300 "$tmp/edge.der" | tr '\n' ' ')"
 	openssl x509 -inform DER -in "$tmp/edge.der" -out "$cert_file.part.$$" 2>/dev/null ||
 		exitf certmanager.go:104 "failed to save the edge key and certificate to file: $cert_file, error: the cloudcore sent no certificate"
-	mkdir -p "${key_file%/*}" && cp "$tmp/key.pem" "$key_file.part.$$" && put "$key_file" 600 && put "$cert_file" 644 ||
+	cp "$tmp/key.pem" "$key_file.part.$$" && put "$key_file" 600 && put "$cert_file" 644 ||
 		exitf certmanager.go:104 "failed to save the edge key and certificate to file: $cert_file, error: cannot write it"
 	klog I certmanager.go:1 "wrote ${ca_file#"$ROOT"}, ${cert_file#"$ROOT"} and ${key_file#"$ROOT"} from $http_server"
 fi
