@@ -77,7 +77,6 @@ const TARGET_RSS_MIB: f64 = 200.0;
 const MIN_FREE_GB: f64 = 20.0;
 /// For every run; see [`join_run`].
 const TIMEOUTS: &str = "timeouts: {connect: 120, preflight: 600, containerd: 600, postcheck: 600}";
-const TOKEN: &str = "0123456789abcdef.eyJhbGciOiJIUzI1NiJ9.edgeferry-bench-token";
 const STEPS: [&str; 6] = [
     "connect",
     "preflight",
@@ -581,7 +580,7 @@ struct Measured {
 /// named after `name`. Not wait4 on a child of ours: it would start with
 /// our RSS high-water mark (exec keeps it), so its ru_maxrss would be at
 /// least ours; time(1) is small.
-fn measured(args: &[String], dir: &Path, name: &str) -> Result<Measured> {
+fn measured(args: &[String], dir: &Path, name: &str, token: &str) -> Result<Measured> {
     let rss_file = dir.join(format!("{name}.time"));
     let (busy0, total0) = machine_cpu();
     let started = Instant::now();
@@ -598,7 +597,7 @@ fn measured(args: &[String], dir: &Path, name: &str) -> Result<Measured> {
         .arg(&rss_file)
         .args(["setpriv", "--pdeathsig", "KILL", "--"])
         .args(args)
-        .env("EF_BENCH_TOKEN", TOKEN)
+        .env("EF_BENCH_TOKEN", token)
         .stdin(Stdio::null())
         .stdout(fs::File::create(dir.join(format!("{name}.stdout")))?)
         .stderr(fs::File::create(dir.join(format!("{name}.stderr")))?)
@@ -665,7 +664,7 @@ fn join_run(site: &Site, edgeferry: &Path, store: &Path, p: usize, label: String
         "--json".into(),
     ];
     println!("\nbench: {label}: {}", shell_line(&args));
-    let m = measured(&args, &site.dir, "join")?;
+    let m = measured(&args, &site.dir, "join", &site.hosts.token())?;
     let report: Value = fs::read(state.join("report.json"))
         .ok()
         .and_then(|b| serde_json::from_slice(&b).ok())
@@ -756,11 +755,14 @@ echo "{sum}  $d/{file}.part" | sha256sum -c --status
 tar -xzf "$d/{file}.part" -C "$d" {top}/keadm/keadm {top}/version
 rm -f "$d/{file}.part"
 cd /var/lib/edgeferry/work
-"$d/{top}/keadm/keadm" join --kubeedge-version={KUBEEDGE_VERSION} --cloudcore-ipport={cloud} --edgenode-name="$node" --token={TOKEN}
+"$d/{top}/keadm/keadm" join --kubeedge-version={KUBEEDGE_VERSION} --cloudcore-ipport={cloud} --edgenode-name="$node" --token={token}
 "#,
         mirror = site.mirror.addr,
         sum = tarball.sha256,
         cloud = h.cloudcore(),
+        // The baseline passes the token on keadm's command line, as a
+        // hand-written loop (and keadm batch) does.
+        token = quote(&h.token()),
     )?;
     let remote_path = site.dir.join("remote.sh");
     fs::write(&remote_path, &remote)?;
@@ -776,7 +778,7 @@ cd /var/lib/edgeferry/work
     fs::write(&loop_path, &script)?;
     let args = vec!["sh".to_string(), loop_path.display().to_string()];
     println!("\nbench: sequential ssh loop: {}", shell_line(&args));
-    let m = measured(&args, &site.dir, "loop")?;
+    let m = measured(&args, &site.dir, "loop", "")?;
     if m.code != 0 {
         bail!(
             "the ssh loop exited {}; see {}/loop.stderr",

@@ -257,12 +257,16 @@ fn join_hosts(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
     use edgeferry_tests::hosts::TestHosts;
     println!("\n== edgeferry join: 3 local test hosts over SSH, through the mirror");
     let hosts = TestHosts::create(3)?;
+    // A token the hosts' stand-in cloudcore accepts, passed through the
+    // environment as a real one would be.
+    let token = hosts.token();
     let server = Mirror::start(
         edgeferry,
         store,
         hosts.control_ip(),
         &demo.join("join-access.log"),
         None,
+        &token,
         "release files:",
     )?;
     let mirror = server.address.clone();
@@ -303,7 +307,7 @@ fn join_hosts(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
                     .arg("--state-dir")
                     .arg(&state)
                     .args(extra)
-                    .env("DEMO_KUBEEDGE_TOKEN", DEMO_TOKEN)
+                    .env("DEMO_KUBEEDGE_TOKEN", &token)
                     .stdin(std::process::Stdio::null()),
             )
         };
@@ -376,6 +380,7 @@ fn pull_join(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
         hosts.control_ip(),
         &demo.join("pull-access.log"),
         Some(&site),
+        &hosts.token(),
         "one-liner: ",
     )?;
     // The banner's last lines: the join script's sha256 and the one-liner
@@ -476,6 +481,7 @@ impl Mirror {
         ip: &str,
         access_log: &Path,
         site_dir: Option<&Path>,
+        token: &str,
         until: &str,
     ) -> Result<Mirror> {
         use std::io::{BufRead, BufReader};
@@ -487,7 +493,7 @@ impl Mirror {
             .arg(access_log)
             .arg("--store")
             .arg(store)
-            .env("DEMO_KUBEEDGE_TOKEN", DEMO_TOKEN)
+            .env("DEMO_KUBEEDGE_TOKEN", token)
             .stderr(std::process::Stdio::piped());
         if let Some(site) = site_dir {
             cmd.arg("--site-dir").arg(site);
@@ -530,7 +536,3 @@ impl Drop for Mirror {
         let _ = self.child.wait();
     }
 }
-
-/// Not a real token: the demo has no cloudcore. Passed through the
-/// environment, as a real one would be.
-const DEMO_TOKEN: &str = "demo0123456789.not-a-real-kubeedge-token";

@@ -44,7 +44,8 @@ pub const CERT_PORT: u16 = 10002;
 /// The stand-in kube-apiserver's port.
 pub const APISERVER_PORT: u16 = 6443;
 /// Connections one listener serves at once; more are closed at accept.
-const MAX_CONNECTIONS: usize = 64;
+/// Above [`super::MAX_HOSTS`]: every host may hold a hub connection.
+const MAX_CONNECTIONS: usize = 2 * super::MAX_HOSTS;
 /// A request's head (line and headers) must arrive within this.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Largest request head and body we read.
