@@ -58,8 +58,9 @@ pub const STANDIN_EDGECORE_PID_FILE: &str = "/var/lib/keadm-standin/edgecore.pid
 pub struct SampleSpec {
     /// e.g. `v1.23.1`
     pub kubeedge_version: String,
-    /// Full reference, e.g. `registry.k8s.io/pause:3.10`.
-    pub pause_image: String,
+    /// Full references of the sandbox images, e.g. `registry.k8s.io/pause:3.10`;
+    /// each gets a pause stand-in, in `images/pause` then `images/pause-2`, ….
+    pub pause_images: Vec<String>,
     /// Full reference, e.g. `docker.io/library/eclipse-mosquitto:1.6.15`.
     pub mosquitto_image: String,
     /// Full reference, e.g. `docker.io/kubeedge/installation-package:v1.23.1`.
@@ -74,13 +75,24 @@ impl SampleSpec {
     pub fn for_version(kubeedge_version: &str) -> SampleSpec {
         SampleSpec {
             kubeedge_version: kubeedge_version.to_string(),
-            pause_image: "registry.k8s.io/pause:3.10".to_string(),
+            pause_images: ["3.6", "3.8", "3.10"]
+                .iter()
+                .map(|tag| format!("registry.k8s.io/pause:{tag}"))
+                .collect(),
             mosquitto_image: "docker.io/library/eclipse-mosquitto:1.6.15".to_string(),
             installation_package_image: format!(
                 "docker.io/kubeedge/installation-package:{kubeedge_version}"
             ),
             extra_images: Vec::new(),
         }
+    }
+}
+
+/// `images/pause`, `images/pause-2`, …: where the `i`th sandbox image goes.
+fn pause_dir_name(i: usize) -> String {
+    match i {
+        0 => "pause".to_string(),
+        _ => format!("pause-{}", i + 1),
     }
 }
 
@@ -97,16 +109,18 @@ pub fn write_sample_dir(dir: &Path, spec: &SampleSpec) -> Result<()> {
             kind: ImageKind::InstallationPackage,
         },
         SampleImage {
-            dir_name: "pause".into(),
-            reference: &spec.pause_image,
-            kind: ImageKind::Pause,
-        },
-        SampleImage {
             dir_name: "mosquitto".into(),
             reference: &spec.mosquitto_image,
             kind: ImageKind::Workload,
         },
     ];
+    for (i, reference) in spec.pause_images.iter().enumerate() {
+        images.push(SampleImage {
+            dir_name: pause_dir_name(i),
+            reference,
+            kind: ImageKind::Pause,
+        });
+    }
     for (i, reference) in spec.extra_images.iter().enumerate() {
         images.push(SampleImage {
             dir_name: format!("extra-{}", i + 1),
@@ -236,8 +250,18 @@ mod tests {
         for (path, data) in &fa {
             assert!(data == &fb[path], "{} differs between runs", path.display());
         }
-        // 4 release assets and their checksums per arch, 4 images.
+        // 4 release assets and their checksums per arch, 6 images.
         assert_eq!(fa.keys().filter(|p| p.starts_with("files")).count(), 12);
+        let images: Vec<_> = fs::read_dir(a.path().join("images"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            images,
+            ["extra-1", "installation-package", "mosquitto", "pause", "pause-2", "pause-3"]
+        );
         for image in ["installation-package", "pause", "mosquitto", "extra-1"] {
             assert!(fa.contains_key(&Path::new("images").join(image).join("index.json")));
         }
@@ -310,7 +334,9 @@ mod tests {
         let spec = spec();
         for (name, reference) in [
             ("installation-package", &spec.installation_package_image),
-            ("pause", &spec.pause_image),
+            ("pause", &spec.pause_images[0]),
+            ("pause-2", &spec.pause_images[1]),
+            ("pause-3", &spec.pause_images[2]),
             ("mosquitto", &spec.mosquitto_image),
             ("extra-1", &spec.extra_images[0]),
         ] {
@@ -380,7 +406,7 @@ mod tests {
                     assert!(find("usr/local/bin/edgecore").is_some());
                     assert!(find("usr/local/bin/keadm").is_some());
                 }
-                if name == "pause" {
+                if name.starts_with("pause") {
                     assert!(find("bin/busybox").is_some());
                     assert_eq!(config["config"]["Cmd"][0], "/pause");
                 }
