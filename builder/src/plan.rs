@@ -365,7 +365,10 @@ mod tests {
         assert_eq!(
             images(&planned),
             [
-                ("docker.io/kubeedge/installation-package:v1.23.1", "installation-package"),
+                (
+                    "docker.io/kubeedge/installation-package:v1.23.1",
+                    "installation-package"
+                ),
                 ("registry.k8s.io/pause:3.6", "pause"),
                 ("registry.k8s.io/pause:3.8", "pause"),
                 ("registry.k8s.io/pause:3.10", "pause"),
@@ -374,7 +377,10 @@ mod tests {
             ]
         );
         let mut req = request(Origin::Sample);
-        req.pause_images = vec!["easzlab/pause:3.9".into(), "registry.k8s.io/pause:3.6".into()];
+        req.pause_images = vec![
+            "easzlab/pause:3.9".into(),
+            "registry.k8s.io/pause:3.6".into(),
+        ];
         let planned = super::plan(&req).unwrap();
         assert_eq!(
             images(&planned)[1..3],
