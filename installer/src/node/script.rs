@@ -161,7 +161,7 @@ fi
 if [ -z "$sandbox" ] && command -v crictl >/dev/null 2>&1; then
 	cri_info=$(timeout 10 crictl --runtime-endpoint unix://{cri} info 2>/dev/null | tr -d ' 	')
 	sandbox=$(printf '%s
-' "$cri_info" | sed -n 's/^"sandboxImage":"\([^"]*\)".*//p' | head -n 1)
+' "$cri_info" | sed -n 's/^"sandboxImage":"\([^"]*\)".*/\1/p' | head -n 1)
 	case $cri_info in *'"restrictOOMScoreAdj":true'*) restrict=true ;; esac
 	[ -z "$sandbox" ] || {{ ctd_from="crictl info"; sandbox_key=cri; }}
 fi
@@ -619,31 +619,29 @@ mod tests {
 
     /// [`sandbox_check`] with a fake `containerd` that prints `dump`.
     fn run_sandbox_check(dump: &str, store: &[&str]) -> String {
+        run_with_fakes(
+            &[("containerd", format!("cat <<'EOF'\n{dump}\nEOF"))],
+            store,
+        )
+    }
+
+    /// [`sandbox_check`] with fake commands (name, sh body) first in PATH.
+    fn run_with_fakes(fakes: &[(&str, String)], store: &[&str]) -> String {
         let dir = tempfile::tempdir().unwrap();
-        let fake = dir.path().join("containerd");
-        std::fs::write(&fake, format!("#!/bin/sh\ncat <<'EOF'\n{dump}\nEOF\n")).unwrap();
-        std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
-            .unwrap();
+        for (name, body) in fakes {
+            let fake = dir.path().join(name);
+            std::fs::write(&fake, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
         let store: Vec<String> = store.iter().map(|s| s.to_string()).collect();
         let script = format!(
             "PATH={}:$PATH\nfails=\nfail() {{ fails=\"${{fails:+$fails; }}$1\"; }}\n{}\necho \"fails=$fails\"\n",
             dir.path().display(),
             sandbox_check(&store, "/run/containerd/containerd.sock")
         );
-        assert_valid(&script);
+        super::super::steps::assert_valid_sh(&script);
         sh(&script)
-    }
-
-    fn assert_valid(script: &str) {
-        let out = std::process::Command::new("sh")
-            .args(["-n", "-c", script])
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
     }
 
     #[test]
@@ -686,6 +684,46 @@ mod tests {
         assert!(out.contains(
             "or set sandbox under [plugins.'io.containerd.cri.v1.images'.pinned_images] in /etc/containerd/config.toml to one of them"
         ), "{out}");
+    }
+
+    #[test]
+    fn crictl_info_answers_when_containerd_cannot() {
+        let info = r#"{
+  "config": {
+    "sandboxImage": "registry.k8s.io/pause:3.9",
+    "restrictOOMScoreAdj": true
+  }
+}"#;
+        let out = run_with_fakes(
+            &[
+                ("containerd", "exit 1".to_string()),
+                ("crictl", format!("cat <<'EOF'\n{info}\nEOF")),
+            ],
+            &["registry.k8s.io/pause:3.6"],
+        );
+        assert!(
+            out.contains("sandbox=registry.k8s.io/pause:3.9 (crictl info)\n"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with(
+                "fails=containerd on this node uses sandbox image registry.k8s.io/pause:3.9 (crictl info) \
+                 but the store has registry.k8s.io/pause:3.6: load a bundle built with --pause-image \
+                 registry.k8s.io/pause:3.9, or set containerd's sandbox image to one of them\n"
+            ),
+            "{out}"
+        );
+        // Neither answers: said in the log, not a failure (restrict unknown,
+        // so only the oom_score_adj check may fail).
+        let out = run_with_fakes(
+            &[
+                ("containerd", "exit 1".to_string()),
+                ("crictl", "exit 1".to_string()),
+            ],
+            &["registry.k8s.io/pause:3.6"],
+        );
+        assert!(out.starts_with("sandbox=unknown: "), "{out}");
+        assert!(!out.contains("uses sandbox image"), "{out}");
     }
 
     /// Whether root here may lower oom_score_adj (CAP_SYS_RESOURCE).
