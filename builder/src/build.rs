@@ -178,17 +178,19 @@ pub fn sample_spec(plan: &Plan) -> sample::SampleSpec {
             .map(|i| i.reference.clone())
             .unwrap_or_default()
     };
+    let all_of = |role: &str| {
+        plan.images
+            .iter()
+            .filter(|i| i.role == role)
+            .map(|i| i.reference.clone())
+            .collect()
+    };
     sample::SampleSpec {
         kubeedge_version: plan.kubeedge_version.clone(),
         installation_package_image: by_role("installation-package"),
-        pause_image: by_role("pause"),
+        pause_images: all_of("pause"),
         mosquitto_image: by_role("mqtt"),
-        extra_images: plan
-            .images
-            .iter()
-            .filter(|i| i.role == "extra")
-            .map(|i| i.reference.clone())
-            .collect(),
+        extra_images: all_of("extra"),
     }
 }
 

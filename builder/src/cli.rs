@@ -102,9 +102,11 @@ pub struct BundleArgs {
     /// Output directory for the bundle, its .minisig and SHA256SUMS
     #[arg(long, default_value = "bundles")]
     pub out: PathBuf,
-    /// The nodes' containerd sandbox image, if not the manifest's default
-    #[arg(long)]
-    pub pause_image: Option<String>,
+    /// A sandbox (pause) image the nodes' containerd uses (repeatable); given,
+    /// it replaces the default set (registry.k8s.io/pause:3.6, 3.8 and 3.10:
+    /// the built-in defaults of containerd 1.6, 1.7 and 2.x)
+    #[arg(long = "pause-image", value_name = "REF")]
+    pub pause_images: Vec<String>,
     /// An extra workload image to carry (repeatable)
     #[arg(long = "image", value_name = "REF")]
     pub images: Vec<String>,
@@ -211,7 +213,7 @@ fn bundle(args: BundleArgs) -> Result<()> {
                 docker_config: docker_config_path(args.online.docker_config)?,
             }),
         },
-        pause_image: args.pause_image,
+        pause_images: args.pause_images,
         extra_images: args.images,
         out_dir: args.out,
         level: args.level,
@@ -303,7 +305,7 @@ fn sample_dir(args: SampleArgs) -> Result<()> {
         kubeedge_version: args.kubeedge_version,
         arch: Arch::Amd64,
         origin: Origin::Sample,
-        pause_image: None,
+        pause_images: Vec::new(),
         extra_images: Vec::new(),
         out_dir: PathBuf::from("."),
         level: 3,

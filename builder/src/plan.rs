@@ -53,7 +53,9 @@ pub struct Request {
     pub kubeedge_version: String,
     pub arch: Arch,
     pub origin: Origin,
-    pub pause_image: Option<String>,
+    /// `--pause-image`: the sandbox images to carry instead of the
+    /// manifest's (empty: the manifest's).
+    pub pause_images: Vec<String>,
     pub extra_images: Vec<String>,
     pub out_dir: PathBuf,
     pub level: i32,
@@ -158,9 +160,19 @@ pub fn plan(request: &Request) -> Result<Plan> {
         }
         Ok(())
     };
+    // --pause-image replaces the manifest's sandbox images, in the place
+    // of the first of them.
+    let mut pause_done = false;
     for image in &manifest.images {
-        match (&request.pause_image, image.role.as_str()) {
-            (Some(pause), "pause") => add(pause, "pause")?,
+        match image.role.as_str() {
+            "pause" if !request.pause_images.is_empty() => {
+                if !pause_done {
+                    for pause in &request.pause_images {
+                        add(pause, "pause")?;
+                    }
+                    pause_done = true;
+                }
+            }
             _ => add(&image.reference, &image.role)?,
         }
     }
@@ -274,7 +286,7 @@ mod tests {
             kubeedge_version: "v1.23.1".into(),
             arch: Arch::Arm64,
             origin,
-            pause_image: None,
+            pause_images: Vec::new(),
             extra_images: vec!["nginx:1.27".into()],
             out_dir: PathBuf::from("out"),
             level: 3,
@@ -300,7 +312,7 @@ mod tests {
         let planned = super::plan(&request(Origin::Dir("artifacts".into()))).unwrap();
         let mut expected = vec!["read_dir"];
         expected.extend(["check_file"; 2]);
-        expected.extend(["resolve_image"; 4]);
+        expected.extend(["resolve_image"; 6]);
         expected.push("pack");
         assert_eq!(names(&planned), expected);
         assert_eq!(
@@ -318,7 +330,7 @@ mod tests {
         };
         let planned = super::plan(&request(Origin::Online(online))).unwrap();
         let mut expected = vec!["fetch_file"; 2];
-        expected.extend(["fetch_image"; 4]);
+        expected.extend(["fetch_image"; 6]);
         expected.extend(["check_file"; 2]);
         expected.push("pack");
         assert_eq!(names(&planned), expected);
@@ -338,5 +350,45 @@ mod tests {
             names(&super::plan(&request(Origin::Sample)).unwrap())[0],
             "write_sample"
         );
+    }
+
+    fn images(plan: &Plan) -> Vec<(&str, &str)> {
+        plan.images
+            .iter()
+            .map(|i| (i.reference.as_str(), i.role.as_str()))
+            .collect()
+    }
+
+    #[test]
+    fn pause_images_default_to_containerd_defaults_and_flags_replace_them() {
+        let planned = super::plan(&request(Origin::Sample)).unwrap();
+        assert_eq!(
+            images(&planned),
+            [
+                (
+                    "docker.io/kubeedge/installation-package:v1.23.1",
+                    "installation-package"
+                ),
+                ("registry.k8s.io/pause:3.6", "pause"),
+                ("registry.k8s.io/pause:3.8", "pause"),
+                ("registry.k8s.io/pause:3.10", "pause"),
+                ("docker.io/library/eclipse-mosquitto:1.6.15", "mqtt"),
+                ("docker.io/library/nginx:1.27", "extra"),
+            ]
+        );
+        let mut req = request(Origin::Sample);
+        req.pause_images = vec![
+            "easzlab/pause:3.9".into(),
+            "registry.k8s.io/pause:3.6".into(),
+        ];
+        let planned = super::plan(&req).unwrap();
+        assert_eq!(
+            images(&planned)[1..3],
+            [
+                ("docker.io/easzlab/pause:3.9", "pause"),
+                ("registry.k8s.io/pause:3.6", "pause"),
+            ]
+        );
+        assert_eq!(planned.images.len(), 5);
     }
 }

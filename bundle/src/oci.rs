@@ -165,6 +165,126 @@ pub fn check_full_reference(reference: &str) -> Result<(), &'static str> {
     Ok(())
 }
 
+// Image reference normalization, the way Docker's
+// `reference.ParseNormalizedNamed` does it, so that a name written by hand
+// in `manifests/`, a `RepoTags` entry, an OCI annotation and a node's
+// containerd `sandbox_image` all meet on the same string.
+
+const DEFAULT_DOMAIN: &str = "docker.io";
+/// Docker still accepts the old index host and files it under `docker.io`.
+const LEGACY_DEFAULT_DOMAIN: &str = "index.docker.io";
+const OFFICIAL_REPO_PREFIX: &str = "library/";
+const DEFAULT_TAG: &str = "latest";
+
+/// Normalizes an image reference to `registry/repository:tag`,
+/// `registry/repository@sha256:<hex>` or both tag and digest, the way
+/// Docker does: `eclipse-mosquitto:1.6.15` becomes
+/// `docker.io/library/eclipse-mosquitto:1.6.15`.
+pub fn normalize_reference(s: &str) -> Result<String, String> {
+    let fail = |why: &str| Err(format!("image reference {s:?} {why}"));
+    if s.is_empty() {
+        return Err(
+            "image reference is empty: give a name such as docker.io/library/eclipse-mosquitto:1.6.15"
+                .into(),
+        );
+    }
+    if s.chars().any(|c| c.is_whitespace() || c.is_control()) {
+        return fail("contains whitespace: remove it");
+    }
+
+    let (rest, digest) = match s.split_once('@') {
+        Some((name, digest)) => (name, Some(digest)),
+        None => (s, None),
+    };
+    if let Some(digest) = digest {
+        if crate::format::sha256_hex_of_digest(digest).is_none() {
+            return fail(
+                "has a digest that is not sha256:<64 lowercase hex digits>: fix the digest",
+            );
+        }
+    }
+
+    // A ':' after the last '/' starts the tag; one before it is a registry port.
+    let (name, tag) = match rest.rfind(':') {
+        Some(i) if !rest[i + 1..].contains('/') => (&rest[..i], Some(&rest[i + 1..])),
+        _ => (rest, None),
+    };
+    if let Some(tag) = tag {
+        if !valid_tag(tag) {
+            return fail(
+                "has an invalid tag: a tag is 1 to 128 of [A-Za-z0-9_.-] and does not start with '.' or '-'",
+            );
+        }
+    }
+    if name.is_empty() {
+        return fail("names no repository: write it as repository:tag, e.g. docker.io/kubeedge/installation-package:v1.23.1");
+    }
+
+    let (domain, path) = match name.split_once('/') {
+        Some((first, rest)) if is_domain_like(first) => (first, rest),
+        _ => (DEFAULT_DOMAIN, name),
+    };
+    if !valid_domain(domain) {
+        return fail("has an invalid registry host: write it as host[:port], e.g. registry.k8s.io or localhost:5000");
+    }
+    let domain = if domain == LEGACY_DEFAULT_DOMAIN {
+        DEFAULT_DOMAIN
+    } else {
+        domain
+    };
+
+    for component in path.split('/') {
+        if component.is_empty() {
+            return fail("has an empty path component: remove the extra '/'");
+        }
+        if component.bytes().any(|b| b.is_ascii_uppercase()) {
+            return fail(
+                "has uppercase letters in its repository name: repository names are lowercase",
+            );
+        }
+        if !valid_path_component(component) {
+            return fail(
+                "has an invalid repository name: components are [a-z0-9] joined by '.', '_', '__' or '-'",
+            );
+        }
+    }
+
+    let mut out = String::with_capacity(s.len() + DEFAULT_DOMAIN.len() + 16);
+    out.push_str(domain);
+    out.push('/');
+    if domain == DEFAULT_DOMAIN && !path.contains('/') {
+        out.push_str(OFFICIAL_REPO_PREFIX);
+    }
+    out.push_str(path);
+    if out.len() > MAX_NAME_LEN {
+        return fail("is longer than 255 characters without its tag: use a shorter name");
+    }
+    match (tag, digest) {
+        (Some(tag), _) => {
+            out.push(':');
+            out.push_str(tag);
+        }
+        (None, None) => {
+            out.push(':');
+            out.push_str(DEFAULT_TAG);
+        }
+        (None, Some(_)) => {}
+    }
+    if let Some(digest) = digest {
+        out.push('@');
+        out.push_str(digest);
+    }
+    Ok(out)
+}
+
+/// Docker's rule for telling `host/repo` from `user/repo`: a first component
+/// with a dot, a port or capitals cannot be a Docker Hub user.
+fn is_domain_like(first: &str) -> bool {
+    first.contains(['.', ':'])
+        || first == "localhost"
+        || first.bytes().any(|b| b.is_ascii_uppercase())
+}
+
 /// An RFC 6838 media type without parameters: `type/subtype`, each a
 /// restricted-name (a letter or digit, then letters, digits and
 /// `!#$&-^_.+`, at most 127 characters).

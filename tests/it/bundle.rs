@@ -103,6 +103,8 @@ fn sample_arm64_bundle_passes_stock_tools() {
         references,
         [
             "docker.io/kubeedge/installation-package:v1.23.1",
+            "registry.k8s.io/pause:3.6",
+            "registry.k8s.io/pause:3.8",
             "registry.k8s.io/pause:3.10",
             "docker.io/library/eclipse-mosquitto:1.6.15"
         ]

@@ -317,10 +317,19 @@ impl PullSite {
     /// Nothing of a join happened on host `i`.
     fn assert_untouched(&self, i: usize) {
         let name = &self.hosts.host(i).name;
-        for dir in ["/etc/kubeedge", "/usr/local/bin", "/etc/containerd"] {
+        for dir in ["/etc/kubeedge", "/usr/local/bin"] {
             let files = list_files(&self.hosts.private(i, dir));
             assert!(files.is_empty(), "{name}: {dir} holds {files:?}");
         }
+        // Only the harness's own containerd config, as it wrote it.
+        let dir = self.hosts.private(i, "/etc/containerd");
+        let files = list_files(&dir);
+        assert_eq!(files.len(), 1, "{name}: /etc/containerd holds {files:?}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("config.toml")).unwrap(),
+            edgeferry_tests::hosts::CONTAINERD_CONFIG,
+            "{name}: /etc/containerd/config.toml changed"
+        );
         let out = self.console(i, "pidof edgecore");
         assert!(!out.status.success(), "{name}: edgecore runs");
     }

@@ -541,7 +541,10 @@ fn the_registry_api_serves_manifests_tags_and_catalog_read_only() {
         assert_eq!(list.json(), json!({"name": name, "tags": tags}));
     }
     let pause = curl(&server, "/v2/pause/tags/list?ns=registry.k8s.io", &[]);
-    assert_eq!(pause.json(), json!({"name": "pause", "tags": ["3.10"]}));
+    assert_eq!(
+        pause.json(),
+        json!({"name": "pause", "tags": ["3.10", "3.6", "3.8"]})
+    );
 
     // Unknown things: 404 with the spec's JSON errors.
     let package = "/v2/kubeedge/installation-package";

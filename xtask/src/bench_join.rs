@@ -86,7 +86,7 @@ const STEPS: [&str; 6] = [
     "postcheck",
 ];
 /// Bump when the generated input changes.
-const SPEC: &str = "edgeferry bench join-input v1";
+const SPEC: &str = "edgeferry bench join-input v2";
 const SOURCE_DATE_EPOCH: &str = "1767225600";
 
 /// The grown keadm tarball.

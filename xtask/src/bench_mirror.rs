@@ -78,7 +78,7 @@ const REFERENCE: &str = "docker.io/library/bench:1";
 const REPO: &str = "library/bench";
 const TAG: &str = "1";
 /// Bump when the generated input changes.
-const SPEC: &str = "edgeferry bench mirror-input v1";
+const SPEC: &str = "edgeferry bench mirror-input v2";
 const SOURCE_DATE_EPOCH: &str = "1767225600";
 const MIB: f64 = 1024.0 * 1024.0;
 

@@ -88,6 +88,8 @@ pub fn run() -> Result<()> {
             .args(["--arch", "amd64", "--kubeedge-version", KUBEEDGE_VERSION])
             .arg("--from")
             .arg(&input.dir)
+            // The bench input carries one sandbox image, not the default three.
+            .args(["--pause-image", "registry.k8s.io/pause:3.10"])
             .arg("--key")
             .arg(&key)
             .arg("--out")

@@ -38,7 +38,7 @@ pub fn run() -> Result<()> {
                 online: Default::default(),
                 key: Some(keys.join("edgeferry.key")),
                 out: bundles.clone(),
-                pause_image: None,
+                pause_images: Vec::new(),
                 images: Vec::new(),
                 level: 3,
                 sequence: None,

@@ -8,8 +8,19 @@
 #   - the installation-package image is fetched the way containerd would
 #     fetch it through the mirror that /etc/containerd/certs.d/<registry>/
 #     hosts.toml names, over HTTP with curl (or wget), and only
-#     /usr/local/bin/edgecore is taken out of it: there is no CRI, no
-#     sandbox and no copy container;
+#     /usr/local/bin/edgecore is taken out of it: there is no CRI and no
+#     copy container;
+#   - the copy step's pod sandbox is not run, but what it needs is checked
+#     as containerd and runc would: containerd's sandbox image (from
+#     `containerd config dump`, or `config default` without
+#     /etc/containerd/config.toml; containerd 1.6's registry.k8s.io/pause:3.6,
+#     with a note, where containerd is not installed) is fetched through the
+#     mirror the same way, and a mirror without it fails with containerd's
+#     "failed to get sandbox image" error at once, where the real one fails
+#     after keadm's 20 s RunPodSandbox timeout; and where root cannot lower
+#     oom_score_adj (no CAP_SYS_RESOURCE) and containerd's config does not
+#     say restrict_oom_score_adj = true, it fails with the error runc 1.1
+#     gives containerd for the sandbox's oom_score_adj -998;
 #   - without /run/systemd/system no unit file is written and edgecore is
 #     started in the background;
 #   - the edgecore it starts is the stand-in from the same sample set.
@@ -341,6 +352,84 @@ pull_image() {
 	done
 }
 
+# The node's containerd as the copy step's RunPodSandbox meets it: its
+# sandbox image in $sandbox_ref and whether it restricts oom_score_adj in
+# $restrict. `containerd config dump` shows /etc/containerd/config.toml
+# merged over the defaults; without that file containerd runs on its
+# built-in defaults, which `containerd config default` prints.
+containerd_sandbox() {
+	sandbox_ref= restrict= conf=
+	if command -v containerd >/dev/null 2>&1; then
+		if [ -f "$ROOT/etc/containerd/config.toml" ]; then
+			conf=$(containerd --config "$ROOT/etc/containerd/config.toml" config dump 2>/dev/null) ||
+				note "containerd cannot load /etc/containerd/config.toml: the real containerd would not be running"
+		else
+			conf=$(containerd config default 2>/dev/null)
+		fi
+		# 1.x: sandbox_image in the CRI plugin's section; 2.x: sandbox in
+		# [plugins.'io.containerd.cri.v1.images'.pinned_images].
+		parsed=$(printf '%s\n' "$conf" | tr "'" '"' | awk '
+			/^[ \t]*\[/ { sec = $0; gsub(/[ \t]/, "", sec); next }
+			$2 == "=" && $1 == "sandbox_image" && sec == "[plugins.\"io.containerd.grpc.v1.cri\"]" { ref = $3 }
+			$2 == "=" && $1 == "sandbox" && sec == "[plugins.\"io.containerd.cri.v1.images\".pinned_images]" { ref = $3 }
+			$2 == "=" && $1 == "restrict_oom_score_adj" && $3 == "true" { restrict = "true" }
+			END { gsub(/"/, "", ref); print ref "|" restrict }')
+		sandbox_ref=${parsed%%|*}
+		restrict=${parsed#*|}
+	fi
+	if [ -z "$sandbox_ref" ]; then
+		note "containerd's configuration cannot be read here: taking containerd 1.6's built-in sandbox image registry.k8s.io/pause:3.6"
+		sandbox_ref=registry.k8s.io/pause:3.6
+	fi
+}
+
+# klog's line for a failed CRI call, then cobra's, as real keadm prints them.
+cri_fail() {
+	printf 'E%s %7s remote_runtime.go:193] "RunPodSandbox from runtime service failed" err="%s"\n' \
+		"$(date -u '+%m%d %H:%M:%S.000000')" "$$" "$(printf '%s' "$1" | sed 's/["\\]/\\&/g')" >&2
+	fail "edge node join failed: copy resources failed: $1"
+}
+
+# CopyResources' RunPodSandbox: containerd ensures its sandbox image (a pull
+# through the mirror, as pull_image does it; the stand-in has no image
+# store, so it always asks the mirror), then runc starts the sandbox with
+# oom_score_adj -998.
+run_sandbox() {
+	containerd_sandbox
+	# Normalized as containerd's CRI does (docker.io, library/, :latest).
+	ref=$sandbox_ref s_digest= s_tag=
+	case $ref in *@*) s_digest=${ref#*@} ref=${ref%%@*} ;; esac
+	case ${ref##*/} in *:*) s_tag=${ref##*:} ref=${ref%:*} ;; esac
+	case $ref in
+	*/*)
+		case ${ref%%/*} in
+		*.* | *:* | localhost | *[A-Z]*) s_registry=${ref%%/*} s_repo=${ref#*/} ;;
+		*) s_registry=docker.io s_repo=$ref ;;
+		esac
+		;;
+	*) s_registry=docker.io s_repo=$ref ;;
+	esac
+	[ "$s_registry" != index.docker.io ] || s_registry=docker.io
+	case $s_registry:$s_repo in docker.io:*/*) ;; docker.io:*) s_repo=library/$s_repo ;; esac
+	[ -n "$s_tag" ] || [ -n "$s_digest" ] || s_tag=latest
+	s_image=$s_registry/$s_repo${s_tag:+:$s_tag}${s_digest:+@$s_digest}
+	upstream=$s_registry
+	[ "$upstream" != docker.io ] || upstream=registry-1.docker.io
+	# In a subshell: its own layers, and pull_image's fail ends only it.
+	why=$( (
+		image=$s_image registry=$s_registry repo=$s_repo tag=${s_digest:-$s_tag}
+		tmp=$tmp/sandbox
+		mkdir "$tmp" && pull_image >/dev/null
+	) 2>&1) || {
+		why=${why#Error: }
+		note "the sandbox image did not come through the mirror: ${why#failed to pull image \"$s_image\": }"
+		cri_fail "rpc error: code = DeadlineExceeded desc = failed to get sandbox image \"$sandbox_ref\": failed to pull image \"$sandbox_ref\": failed to pull and unpack image \"$s_image\": failed to resolve reference \"$s_image\": failed to do request: Head \"https://$upstream/v2/$s_repo/manifests/${s_digest:-$s_tag}\": context deadline exceeded"
+	}
+	if ! (echo -998 >/proc/self/oom_score_adj) 2>/dev/null && [ "$restrict" != true ]; then
+		cri_fail "rpc error: code = Unknown desc = failed to create containerd task: failed to create shim task: OCI runtime create failed: runc create failed: unable to start container process: can't get final child's PID from pipe: EOF: unknown"
+	fi
+}
+
 # Takes /usr/local/bin/edgecore out of the pulled layers (the last layer
 # that has it wins, as in the unpacked image) and installs it atomically.
 copy_edgecore() {
@@ -548,6 +637,7 @@ do_join() {
 	pull_image
 
 	step "Copy resources from the image to the management directory"
+	run_sandbox
 	copy_edgecore
 	standin_faults
 

@@ -63,8 +63,9 @@ pub const STANDIN_EDGECORE_PID_FILE: &str = "/var/lib/keadm-standin/edgecore.pid
 pub struct SampleSpec {
     /// e.g. `v1.23.1`
     pub kubeedge_version: String,
-    /// Full reference, e.g. `registry.k8s.io/pause:3.10`.
-    pub pause_image: String,
+    /// Full references of the sandbox images, e.g. `registry.k8s.io/pause:3.10`;
+    /// each gets a pause stand-in, in `images/pause` then `images/pause-2`, ….
+    pub pause_images: Vec<String>,
     /// Full reference, e.g. `docker.io/library/eclipse-mosquitto:1.6.15`.
     pub mosquitto_image: String,
     /// Full reference, e.g. `docker.io/kubeedge/installation-package:v1.23.1`.
@@ -79,13 +80,24 @@ impl SampleSpec {
     pub fn for_version(kubeedge_version: &str) -> SampleSpec {
         SampleSpec {
             kubeedge_version: kubeedge_version.to_string(),
-            pause_image: "registry.k8s.io/pause:3.10".to_string(),
+            pause_images: ["3.6", "3.8", "3.10"]
+                .iter()
+                .map(|tag| format!("registry.k8s.io/pause:{tag}"))
+                .collect(),
             mosquitto_image: "docker.io/library/eclipse-mosquitto:1.6.15".to_string(),
             installation_package_image: format!(
                 "docker.io/kubeedge/installation-package:{kubeedge_version}"
             ),
             extra_images: Vec::new(),
         }
+    }
+}
+
+/// `images/pause`, `images/pause-2`, …: where the `i`th sandbox image goes.
+fn pause_dir_name(i: usize) -> String {
+    match i {
+        0 => "pause".to_string(),
+        _ => format!("pause-{}", i + 1),
     }
 }
 
@@ -102,16 +114,18 @@ pub fn write_sample_dir(dir: &Path, spec: &SampleSpec) -> Result<()> {
             kind: ImageKind::InstallationPackage,
         },
         SampleImage {
-            dir_name: "pause".into(),
-            reference: &spec.pause_image,
-            kind: ImageKind::Pause,
-        },
-        SampleImage {
             dir_name: "mosquitto".into(),
             reference: &spec.mosquitto_image,
             kind: ImageKind::Workload,
         },
     ];
+    for (i, reference) in spec.pause_images.iter().enumerate() {
+        images.push(SampleImage {
+            dir_name: pause_dir_name(i),
+            reference,
+            kind: ImageKind::Pause,
+        });
+    }
     for (i, reference) in spec.extra_images.iter().enumerate() {
         images.push(SampleImage {
             dir_name: format!("extra-{}", i + 1),
@@ -241,8 +255,25 @@ mod tests {
         for (path, data) in &fa {
             assert!(data == &fb[path], "{} differs between runs", path.display());
         }
-        // 4 release assets and their checksums per arch, 4 images.
+        // 4 release assets and their checksums per arch, 6 images.
         assert_eq!(fa.keys().filter(|p| p.starts_with("files")).count(), 12);
+        let images: Vec<_> = fs::read_dir(a.path().join("images"))
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect::<std::collections::BTreeSet<_>>()
+            .into_iter()
+            .collect();
+        assert_eq!(
+            images,
+            [
+                "extra-1",
+                "installation-package",
+                "mosquitto",
+                "pause",
+                "pause-2",
+                "pause-3"
+            ]
+        );
         for image in ["installation-package", "pause", "mosquitto", "extra-1"] {
             assert!(fa.contains_key(&Path::new("images").join(image).join("index.json")));
         }
@@ -315,7 +346,9 @@ mod tests {
         let spec = spec();
         for (name, reference) in [
             ("installation-package", &spec.installation_package_image),
-            ("pause", &spec.pause_image),
+            ("pause", &spec.pause_images[0]),
+            ("pause-2", &spec.pause_images[1]),
+            ("pause-3", &spec.pause_images[2]),
             ("mosquitto", &spec.mosquitto_image),
             ("extra-1", &spec.extra_images[0]),
         ] {
@@ -385,7 +418,7 @@ mod tests {
                     assert!(find("usr/local/bin/edgecore").is_some());
                     assert!(find("usr/local/bin/keadm").is_some());
                 }
-                if name == "pause" {
+                if name.starts_with("pause") {
                     assert!(find("bin/busybox").is_some());
                     assert_eq!(config["config"]["Cmd"][0], "/pause");
                 }
@@ -559,9 +592,11 @@ mod tests {
         assert!(root.join("etc/kubeedge/.leftover").exists());
     }
 
-    /// A read-only registry for one OCI layout, as `edgeferry serve`
-    /// answers: manifests by tag or digest and blobs, with `?ns=`. Records
-    /// every request line with its Accept header.
+    /// A read-only registry, as `edgeferry serve` answers: manifests by tag
+    /// or digest and blobs, with `?ns=` (ignored), for
+    /// `kubeedge/installation-package` from one OCI layout and `pause` (tag
+    /// 3.6, containerd 1.6's sandbox image) from the `pause` layout beside
+    /// it. Records every request line with its Accept header.
     struct Mirror {
         addr: String,
         requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
@@ -574,9 +609,26 @@ mod tests {
             let addr = listener.local_addr().unwrap().to_string();
             let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
             let log = requests.clone();
-            let top: Value =
-                serde_json::from_slice(&fs::read(layout.join("index.json")).unwrap()).unwrap();
-            let top = top["manifests"][0]["digest"].as_str().unwrap().to_string();
+            let top_of = |layout: &Path| -> Option<String> {
+                let top: Value =
+                    serde_json::from_slice(&fs::read(layout.join("index.json")).ok()?).ok()?;
+                Some(top["manifests"][0]["digest"].as_str()?.to_string())
+            };
+            let pause = layout.parent().unwrap().join("pause");
+            let repos = [
+                (
+                    "/v2/kubeedge/installation-package/",
+                    V,
+                    top_of(&layout).unwrap(),
+                    layout.clone(),
+                ),
+                (
+                    "/v2/pause/",
+                    "3.6",
+                    top_of(&pause).unwrap_or_default(),
+                    pause,
+                ),
+            ];
             std::thread::spawn(move || {
                 for stream in listener.incoming() {
                     let Ok(mut stream) = stream else { continue };
@@ -598,11 +650,11 @@ mod tests {
                         .unwrap()
                         .push(format!("{target} Accept: {accept}"));
                     let path = target.split('?').next().unwrap();
-                    let name = "/v2/kubeedge/installation-package/";
-                    let body = path.strip_prefix(name).and_then(|rest| {
+                    let body = repos.iter().find_map(|(name, tag, top, layout)| {
+                        let rest = path.strip_prefix(name)?;
                         let (kind, reference) = rest.split_once('/')?;
                         let digest = match (kind, reference) {
-                            ("manifests", V) => top.clone(),
+                            ("manifests", r) if r == *tag => top.clone(),
                             ("manifests" | "blobs", d) if d.starts_with("sha256:") => d.into(),
                             _ => return None,
                         };
@@ -651,6 +703,25 @@ mod tests {
     fn closed_port() -> u16 {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         listener.local_addr().unwrap().port()
+    }
+
+    /// The node's containerd for the copy step's sandbox: registry.k8s.io
+    /// through `mirror`, and a config.toml (containerd 1.6 layout) with
+    /// `extra` in its CRI section; restrict_oom_score_adj = true unless
+    /// `extra` says otherwise, since test machines often lack
+    /// CAP_SYS_RESOURCE.
+    fn write_containerd(root: &Path, mirror: &str, extra: &str) {
+        write_hosts_toml(root, "registry.k8s.io", mirror);
+        let restrict = if extra.contains("restrict_oom_score_adj") {
+            ""
+        } else {
+            "  restrict_oom_score_adj = true\n"
+        };
+        fs::write(
+            root.join("etc/containerd/config.toml"),
+            format!("version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n{restrict}{extra}"),
+        )
+        .unwrap();
     }
 
     fn write_hosts_toml(root: &Path, registry: &str, mirror: &str) {
@@ -727,6 +798,7 @@ mod tests {
                 None => "docker.io".to_string(),
             };
             write_hosts_toml(root, &registry, &mirror.addr);
+            write_containerd(root, &mirror.addr, "");
             // A management directory that exists but is empty is fine.
             fs::create_dir_all(root.join("etc/kubeedge")).unwrap();
             mirror.requests.lock().unwrap().clear();
@@ -792,7 +864,8 @@ mod tests {
                 Some(_) => String::new(),
                 None => "?ns=docker.io".to_string(),
             };
-            assert_eq!(requests.len(), 3, "{requests:?}");
+            // Then containerd's sandbox image, for the copy step's sandbox.
+            assert_eq!(requests.len(), 6, "{requests:?}");
             let want_accept = "Accept: application/vnd.oci.image.index.v1+json, \
                 application/vnd.oci.image.manifest.v1+json, \
                 application/vnd.docker.distribution.manifest.list.v2+json, \
@@ -800,6 +873,10 @@ mod tests {
             assert_eq!(
                 requests[0],
                 format!("/v2/kubeedge/installation-package/manifests/{V}{ns} {want_accept}")
+            );
+            assert_eq!(
+                requests[3],
+                format!("/v2/pause/manifests/3.6?ns=registry.k8s.io {want_accept}")
             );
             let index: Value = serde_json::from_slice(&blob(
                 &layout,
@@ -915,6 +992,7 @@ mod tests {
         let fresh = || {
             let tmp = tempfile::tempdir().unwrap();
             write_hosts_toml(tmp.path(), "docker.io", &mirror.addr);
+            write_containerd(tmp.path(), &mirror.addr, "");
             tmp
         };
 
@@ -1026,6 +1104,105 @@ mod tests {
         );
     }
 
+    /// The copy step's sandbox fails as containerd and runc make it fail:
+    /// a sandbox image the mirror lacks, and oom_score_adj without
+    /// CAP_SYS_RESOURCE unless containerd restricts it.
+    #[test]
+    fn standin_keadm_sandbox_fails_like_the_real_one() {
+        let sample = sample_dir();
+        let mirror = Mirror::start(sample.path().join("images/installation-package"), false);
+        let certport = cloudcore_listener();
+        let node = |extra: &str| {
+            let tmp = tempfile::tempdir().unwrap();
+            write_hosts_toml(tmp.path(), "docker.io", &mirror.addr);
+            write_containerd(tmp.path(), &mirror.addr, extra);
+            tmp
+        };
+        let last_line = |o: &Output| stderr(o).lines().last().unwrap_or("").to_string();
+
+        let tmp = node("  sandbox_image = \"registry.k8s.io/pause:3.5\"\n");
+        let out = standin_join(tmp.path(), certport, &[]);
+        assert_eq!(out.status.code(), Some(1));
+        let desc = "rpc error: code = DeadlineExceeded desc = failed to get sandbox image \"registry.k8s.io/pause:3.5\": \
+            failed to pull image \"registry.k8s.io/pause:3.5\": \
+            failed to pull and unpack image \"registry.k8s.io/pause:3.5\": \
+            failed to resolve reference \"registry.k8s.io/pause:3.5\": \
+            failed to do request: Head \"https://registry.k8s.io/v2/pause/manifests/3.5\": context deadline exceeded";
+        assert_eq!(
+            last_line(&out),
+            format!("Error: edge node join failed: copy resources failed: {desc}")
+        );
+        let err = stderr(&out);
+        assert!(
+            err.starts_with('E')
+                && err.contains(" remote_runtime.go:193] \"RunPodSandbox from runtime service failed\" err=\"rpc error: code = DeadlineExceeded desc = failed to get sandbox image \\\"registry.k8s.io/pause:3.5\\\""),
+            "{err}"
+        );
+        assert!(stdout(&out).contains("HTTP 404"), "{}", stdout(&out));
+        assert!(!tmp.path().join("usr/local/bin/edgecore").exists());
+
+        // An unqualified name is Docker Hub's.
+        let tmp = tempfile::tempdir().unwrap();
+        write_hosts_toml(tmp.path(), "docker.io", &mirror.addr);
+        fs::write(
+            tmp.path().join("etc/containerd/config.toml"),
+            "version = 2\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  restrict_oom_score_adj = true\n  sandbox_image = \"easzlab/pause:3.9\"\n",
+        )
+        .unwrap();
+        let out = standin_join(tmp.path(), certport, &[]);
+        assert!(
+            last_line(&out).contains(
+                "failed to get sandbox image \"easzlab/pause:3.9\": failed to pull image \"easzlab/pause:3.9\": failed to pull and unpack image \"docker.io/easzlab/pause:3.9\""
+            ),
+            "{}",
+            stderr(&out)
+        );
+        assert!(last_line(&out)
+            .contains("Head \"https://registry-1.docker.io/v2/easzlab/pause/manifests/3.9\""));
+
+        // Without CAP_SYS_RESOURCE (dropped from the bounding set here) and
+        // without restrict_oom_score_adj: runc 1.1's error.
+        for (extra, refused) in [
+            ("  restrict_oom_score_adj = false\n", true),
+            ("  restrict_oom_score_adj = true\n", false),
+        ] {
+            let tmp = node(extra);
+            let script = tmp.path().join("keadm");
+            fs::write(&script, keadm_script(V).unwrap()).unwrap();
+            let out = Command::new("setpriv")
+                .args(["--bounding-set", "-sys_resource", "/bin/sh"])
+                .arg(&script)
+                .args([
+                    "join",
+                    "--cloudcore-ipport=127.0.0.1:10000",
+                    "--kubeedge-version",
+                    V,
+                ])
+                .arg(format!("--certport={certport}"))
+                .env(SAMPLE_ROOT_ENV, tmp.path())
+                .env(STANDIN_WAIT_ENV, "0")
+                .output()
+                .unwrap();
+            let _guard = KillEdgecore(tmp.path());
+            let want = "Error: edge node join failed: copy resources failed: rpc error: code = Unknown desc = \
+                failed to create containerd task: failed to create shim task: OCI runtime create failed: \
+                runc create failed: unable to start container process: can't get final child's PID from pipe: EOF: unknown";
+            if refused {
+                assert_eq!(out.status.code(), Some(1));
+                assert_eq!(last_line(&out), want, "{extra}");
+                assert!(!tmp.path().join("usr/local/bin/edgecore").exists());
+            } else {
+                // Past the sandbox: edgecore was copied out of the image.
+                assert!(
+                    !stderr(&out).contains("copy resources failed"),
+                    "{}",
+                    stderr(&out)
+                );
+                assert!(tmp.path().join("usr/local/bin/edgecore").exists());
+            }
+        }
+    }
+
     #[test]
     fn standin_keadm_hangs_on_purpose_until_killed() {
         let sample = sample_dir();
@@ -1033,6 +1210,7 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let root = tmp.path();
         write_hosts_toml(root, "docker.io", &mirror.addr);
+        write_containerd(root, &mirror.addr, "");
         fs::create_dir_all(root.join(&STANDIN_STATE_DIR[1..])).unwrap();
         fs::write(root.join(&STANDIN_FAULT_FILE[1..]), "hang").unwrap();
         let script = root.join("keadm");

@@ -51,6 +51,7 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
     };
     let hosts_toml = offer::hosts_toml_for(state, &mirror);
     let store_arches: Vec<String> = bundles.keys().cloned().collect();
+    let store_images = offer::store_images(state);
 
     let mut nodes = Vec::new();
     for spec in &inv.nodes {
@@ -97,6 +98,7 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
             hosts: &hosts_toml,
             preflight: PreflightParams {
                 store_arches: store_arches.clone(),
+                store_images: store_images.clone(),
                 cri_socket,
                 mirror: &mirror,
                 cloud_host: &cloud_host,

@@ -109,6 +109,13 @@ pub fn store_offer(state: &State, wanted: Option<&str>, store_dir: &Path) -> Res
     })
 }
 
+/// Every image reference the store serves, normalized (the loader keeps
+/// references as bundles carry them: full and normalized). The node
+/// preflight compares the node's containerd sandbox image with these.
+pub fn store_images(state: &State) -> Vec<String> {
+    state.images.keys().cloned().collect()
+}
+
 /// containerd `hosts.toml` for every registry the store's images come from.
 pub fn hosts_toml_for(state: &State, mirror: &str) -> Vec<HostsFile> {
     let registries: BTreeSet<String> = state

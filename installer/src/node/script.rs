@@ -70,6 +70,10 @@ esac";
 
 pub struct PreflightParams<'a> {
     pub store_arches: Vec<String>,
+    /// Every image reference the store serves, normalized
+    /// ([`super::offer::store_images`]): the node's sandbox image must be
+    /// one of them.
+    pub store_images: Vec<String>,
     pub cri_socket: String,
     pub mirror: &'a str,
     pub cloud_host: &'a str,
@@ -77,11 +81,136 @@ pub struct PreflightParams<'a> {
     pub min_free_mib: u64,
 }
 
+/// awk over containerd's configuration as `containerd config dump` (or
+/// `config default`) prints it, with `'` turned into `"`: prints
+/// `KEY|IMAGE|RESTRICT`, where KEY says where the sandbox image was set
+/// (`sandbox_image`: containerd 1.x, `[plugins."io.containerd.grpc.v1.cri"]`;
+/// `pinned_images`: containerd 2.x,
+/// `[plugins.'io.containerd.cri.v1.images'.pinned_images] sandbox`) and
+/// RESTRICT is `true` when `restrict_oom_score_adj = true` (1.x: the CRI
+/// section; 2.x: `[plugins.'io.containerd.cri.v1.runtime']`).
+pub const CONTAINERD_AWK: &str = r#"/^[ \t]*\[/ { sec = $0; gsub(/[ \t]/, "", sec); next }
+$2 == "=" && $1 == "sandbox_image" && sec == "[plugins.\"io.containerd.grpc.v1.cri\"]" { key = "sandbox_image"; ref = $3 }
+$2 == "=" && $1 == "sandbox" && sec == "[plugins.\"io.containerd.cri.v1.images\".pinned_images]" { key = "pinned_images"; ref = $3 }
+$2 == "=" && $1 == "restrict_oom_score_adj" && $3 == "true" { restrict = "true" }
+END { gsub(/"/, "", ref); print key "|" ref "|" restrict }"#;
+
+/// sh function `ef_normalize REF`: prints REF normalized as
+/// [`edgeferry_bundle::oci::normalize_reference`] does it (docker.io and
+/// library/ implied, `:latest` when there is neither tag nor digest), which
+/// is how containerd's CRI names the image it pulls. It does not validate:
+/// a reference that is not one simply matches nothing in the store.
+pub const NORMALIZE_SH: &str = r#"ef_normalize() {
+	ref=$1 digest= tag=
+	case $ref in *@*) digest=@${ref#*@} ref=${ref%%@*} ;; esac
+	case ${ref##*/} in *:*) tag=${ref##*:} ref=${ref%:*} ;; esac
+	case $ref in
+	*/*)
+		case ${ref%%/*} in
+		*.* | *:* | localhost | *[A-Z]*) ;;
+		*) ref=docker.io/$ref ;;
+		esac
+		;;
+	*) ref=docker.io/$ref ;;
+	esac
+	case $ref in index.docker.io/*) ref=docker.io/${ref#index.docker.io/} ;; esac
+	case $ref in docker.io/*/*) ;; docker.io/*) ref=docker.io/library/${ref#docker.io/} ;; esac
+	[ -n "$tag" ] || [ -n "$digest" ] || tag=latest
+	printf '%s
+' "$ref${tag:+:$tag}$digest"
+}"#;
+
+/// The store's images a message names as the sandbox images it has: those
+/// whose repository is called `pause`, else all of them.
+fn sandbox_offer(store_images: &[String]) -> String {
+    let pause: Vec<&str> = store_images
+        .iter()
+        .map(String::as_str)
+        .filter(|r| {
+            let name = r.split('@').next().unwrap_or(r);
+            let repo = match name.rsplit_once(':') {
+                Some((repo, tag)) if !tag.contains('/') => repo,
+                _ => name,
+            };
+            repo.rsplit('/').next() == Some("pause")
+        })
+        .collect();
+    match (pause.is_empty(), store_images.is_empty()) {
+        (false, _) => pause.join(", "),
+        (true, false) => format!("no pause image, only {}", store_images.join(", ")),
+        (true, true) => "no images".to_string(),
+    }
+}
+
+/// The sandbox-image and oom_score_adj part of [`preflight`]: reads
+/// containerd's effective configuration (`containerd config dump`; without
+/// /etc/containerd/config.toml containerd runs on its built-in defaults,
+/// which `containerd config default` prints), else asks the CRI
+/// (`crictl info`), and fails when the store lacks the sandbox image, or
+/// when root cannot lower oom_score_adj and containerd does not restrict it.
+/// When neither containerd nor crictl answers it says so and goes on: the
+/// join then names the cause itself. Appends to `fails` through `fail`.
+pub fn sandbox_check(store_images: &[String], cri_socket: &str) -> String {
+    let images = store_images.join(" ");
+    format!(
+        r#"{NORMALIZE_SH}
+ctd_conf= ctd_from=
+if command -v containerd >/dev/null 2>&1; then
+	if [ -f /etc/containerd/config.toml ]; then
+		ctd_conf=$(containerd config dump 2>/dev/null) && ctd_from="containerd config dump"
+	else
+		ctd_conf=$(containerd config default 2>/dev/null) && ctd_from="containerd config default, no /etc/containerd/config.toml"
+	fi
+fi
+sandbox_key= sandbox= restrict=
+if [ -n "$ctd_from" ]; then
+	IFS='|' read -r sandbox_key sandbox restrict <<EF_CONF
+$(printf '%s
+' "$ctd_conf" | tr "'" '"' | awk {awk})
+EF_CONF
+fi
+if [ -z "$sandbox" ] && command -v crictl >/dev/null 2>&1; then
+	cri_info=$(timeout 10 crictl --runtime-endpoint unix://{cri} info 2>/dev/null | tr -d ' 	')
+	sandbox=$(printf '%s
+' "$cri_info" | sed -n 's/^"sandboxImage":"\([^"]*\)".*/\1/p' | head -n 1)
+	case $cri_info in *'"restrictOOMScoreAdj":true'*) restrict=true ;; esac
+	[ -z "$sandbox" ] || {{ ctd_from="crictl info"; sandbox_key=cri; }}
+fi
+case $sandbox_key in
+sandbox_image) set_how="set sandbox_image in /etc/containerd/config.toml" ;;
+pinned_images) set_how="set sandbox under [plugins.'io.containerd.cri.v1.images'.pinned_images] in /etc/containerd/config.toml" ;;
+*) set_how="set containerd's sandbox image" ;;
+esac
+sandbox=$(printf '%s' "$sandbox" | tr -d '
+' | cut -c1-300)
+if [ -n "$sandbox" ]; then
+	sandbox=$(ef_normalize "$sandbox")
+	echo "sandbox=$sandbox ($ctd_from)"
+	case " {images} " in
+	*" $sandbox "*) ;;
+	*) fail "containerd on this node uses sandbox image $sandbox ($ctd_from) but the store has {offer}: load a bundle built with --pause-image $sandbox, or $set_how to one of them" ;;
+	esac
+else
+	echo "sandbox=unknown: neither containerd config dump nor crictl info named containerd's sandbox image; keadm join fails after 20 s if the store lacks it"
+fi
+# runc writes oom_score_adj -998 for every CRI sandbox; lowering it needs
+# CAP_SYS_RESOURCE, unless containerd is told not to ask for it.
+if ! (echo -998 >/proc/self/oom_score_adj) 2>/dev/null && [ "$restrict" != true ]; then
+	fail "root on this node cannot lower oom_score_adj (no CAP_SYS_RESOURCE, as in some containers and VMs), so runc cannot start keadm's pod sandbox: set restrict_oom_score_adj = true in containerd's CRI runtime section of /etc/containerd/config.toml and restart containerd"
+fi"#,
+        awk = quote(CONTAINERD_AWK),
+        cri = quote(cri_socket),
+        offer = sandbox_offer(store_images),
+    )
+}
+
 /// Checks everything keadm would trip over, and a few things it would not
-/// notice until too late. Prints `arch=<arch>` and `http=<client>` for the
-/// control host; reports every failure, not just the first, on one line.
+/// notice until too late. Prints `arch=<arch>`, `sandbox=<image>` and
+/// `http=<client>` for the control host and the node's log; reports every
+/// failure, not just the first, on one line.
 pub fn preflight(p: &PreflightParams) -> String {
     let arches = p.store_arches.join(" ");
+    let sandbox = sandbox_check(&p.store_images, &p.cri_socket);
     let ports: Vec<String> = p.cloud_ports.iter().map(u16::to_string).collect();
     format!(
         r#"set -u
@@ -104,6 +233,7 @@ fi
 [ -S {cri} ] || fail "no CRI socket at {cri}: install and start containerd, or set keadm remote-runtime-endpoint"
 command -v systemctl >/dev/null 2>&1 || command -v openrc >/dev/null 2>&1 || fail "neither systemctl nor openrc: keadm needs an init system"
 command -v sudo >/dev/null 2>&1 || fail "no sudo: keadm runs 'sudo systemctl ...' even as root; install sudo"
+{sandbox}
 free=$(df -Pk /var/lib 2>/dev/null | awk 'NR==2 {{print $4}}')
 [ "${{free:-0}}" -ge {min_kib} ] || fail "only ${{free:-0}} KiB free under /var/lib: free at least {min_mib} MiB"
 if command -v curl >/dev/null 2>&1; then
@@ -451,5 +581,226 @@ mod tests {
             .unwrap();
         assert_eq!(String::from_utf8_lossy(&out.stdout), nasty);
         assert_eq!(quote("--labels=a=b,c=d"), "--labels=a=b,c=d");
+    }
+
+    const DUMP_1_6: &str = include_str!("testdata/containerd-1.6.20-config-default.toml");
+    const DUMP_2_0: &str = include_str!("testdata/containerd-2.0-config-dump.toml");
+
+    fn sh(script: &str) -> String {
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{script}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    /// The awk, as preflight runs it, over a dump.
+    fn parse(dump: &str) -> String {
+        sh(&format!(
+            "printf '%s\\n' {} | tr \"'\" '\"' | awk {}",
+            quote(dump),
+            quote(CONTAINERD_AWK)
+        ))
+        .trim_end()
+        .to_string()
+    }
+
+    #[test]
+    fn sandbox_image_is_read_from_containerd_1_and_2_dumps() {
+        assert_eq!(parse(DUMP_1_6), "sandbox_image|registry.k8s.io/pause:3.6|");
+        assert_eq!(parse(DUMP_2_0), "pinned_images|registry.k8s.io/pause:3.10|");
+        let changed = DUMP_1_6
+            .replace(
+                "restrict_oom_score_adj = false",
+                "restrict_oom_score_adj = true",
+            )
+            .replace("pause:3.6", "pause:3.5");
+        assert_eq!(
+            parse(&changed),
+            "sandbox_image|registry.k8s.io/pause:3.5|true"
+        );
+        let changed = DUMP_2_0
+            .replace(
+                "restrict_oom_score_adj = false",
+                "restrict_oom_score_adj = true",
+            )
+            .replace("'registry.k8s.io/pause:3.10'", "'easzlab/pause:3.9'");
+        assert_eq!(parse(&changed), "pinned_images|easzlab/pause:3.9|true");
+        // A key of the same name elsewhere is not the sandbox image.
+        assert_eq!(
+            parse("[plugins.\"other\"]\n  sandbox_image = \"x:1\"\n  sandbox = 'y:1'\n"),
+            "||"
+        );
+    }
+
+    #[test]
+    fn sh_normalizes_references_as_bundle_oci_does() {
+        let refs = [
+            "registry.k8s.io/pause:3.6",
+            "pause:3.9",
+            "pause",
+            "easzlab/pause:3.9",
+            "docker.io/pause:3.1",
+            "index.docker.io/kubeedge/pause:3.6",
+            "localhost/pause:1",
+            "localhost:5000/pause",
+            "10.0.0.5:5000/kubeedge/pause:3.6",
+            "registry.k8s.io/pause@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "registry.k8s.io/pause:3.10@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+            "[fd00::1]:5000/pause:3.6",
+        ];
+        let mut script = format!("{NORMALIZE_SH}\n");
+        for r in refs {
+            script.push_str(&format!("ef_normalize {}\n", quote(r)));
+        }
+        let got = sh(&script);
+        let want: Vec<String> = refs
+            .iter()
+            .map(|r| edgeferry_bundle::oci::normalize_reference(r).unwrap())
+            .collect();
+        assert_eq!(got.lines().collect::<Vec<_>>(), want);
+    }
+
+    /// [`sandbox_check`] with a fake `containerd` that prints `dump`.
+    fn run_sandbox_check(dump: &str, store: &[&str]) -> String {
+        run_with_fakes(
+            &[("containerd", format!("cat <<'EOF'\n{dump}\nEOF"))],
+            store,
+        )
+    }
+
+    /// [`sandbox_check`] with fake commands (name, sh body) first in PATH.
+    fn run_with_fakes(fakes: &[(&str, String)], store: &[&str]) -> String {
+        let dir = tempfile::tempdir().unwrap();
+        for (name, body) in fakes {
+            let fake = dir.path().join(name);
+            std::fs::write(&fake, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&fake, std::os::unix::fs::PermissionsExt::from_mode(0o755))
+                .unwrap();
+        }
+        let store: Vec<String> = store.iter().map(|s| s.to_string()).collect();
+        let script = format!(
+            "PATH={}:$PATH\nfails=\nfail() {{ fails=\"${{fails:+$fails; }}$1\"; }}\n{}\necho \"fails=$fails\"\n",
+            dir.path().display(),
+            sandbox_check(&store, "/run/containerd/containerd.sock")
+        );
+        super::super::steps::assert_valid_sh(&script);
+        sh(&script)
+    }
+
+    #[test]
+    fn sandbox_check_names_both_images_and_the_remedy() {
+        let store = [
+            "docker.io/kubeedge/installation-package:v1.23.1",
+            "registry.k8s.io/pause:3.6",
+            "registry.k8s.io/pause:3.10",
+        ];
+        let restricted = DUMP_1_6.replace(
+            "restrict_oom_score_adj = false",
+            "restrict_oom_score_adj = true",
+        );
+        let out = run_sandbox_check(&restricted, &store);
+        assert!(
+            out.contains("sandbox=registry.k8s.io/pause:3.6 (containerd config"),
+            "{out}"
+        );
+        assert!(out.ends_with("fails=\n"), "{out}");
+
+        let out = run_sandbox_check(&restricted.replace("pause:3.6", "pause:3.5"), &store);
+        assert!(out.contains(
+            "fails=containerd on this node uses sandbox image registry.k8s.io/pause:3.5 (containerd config"
+        ), "{out}");
+        assert!(out.contains(
+            " but the store has registry.k8s.io/pause:3.6, registry.k8s.io/pause:3.10: load a bundle built with --pause-image registry.k8s.io/pause:3.5, or set sandbox_image in /etc/containerd/config.toml to one of them\n"
+        ), "{out}");
+
+        let restricted = DUMP_2_0
+            .replace(
+                "restrict_oom_score_adj = false",
+                "restrict_oom_score_adj = true",
+            )
+            .replace("'registry.k8s.io/pause:3.10'", "'pause:3.9'");
+        let out = run_sandbox_check(&restricted, &store);
+        assert!(
+            out.contains("uses sandbox image docker.io/library/pause:3.9 (containerd config"),
+            "{out}"
+        );
+        assert!(out.contains(
+            "or set sandbox under [plugins.'io.containerd.cri.v1.images'.pinned_images] in /etc/containerd/config.toml to one of them"
+        ), "{out}");
+    }
+
+    #[test]
+    fn crictl_info_answers_when_containerd_cannot() {
+        let info = r#"{
+  "config": {
+    "sandboxImage": "registry.k8s.io/pause:3.9",
+    "restrictOOMScoreAdj": true
+  }
+}"#;
+        let out = run_with_fakes(
+            &[
+                ("containerd", "exit 1".to_string()),
+                ("crictl", format!("cat <<'EOF'\n{info}\nEOF")),
+            ],
+            &["registry.k8s.io/pause:3.6"],
+        );
+        assert!(
+            out.contains("sandbox=registry.k8s.io/pause:3.9 (crictl info)\n"),
+            "{out}"
+        );
+        assert!(
+            out.ends_with(
+                "fails=containerd on this node uses sandbox image registry.k8s.io/pause:3.9 (crictl info) \
+                 but the store has registry.k8s.io/pause:3.6: load a bundle built with --pause-image \
+                 registry.k8s.io/pause:3.9, or set containerd's sandbox image to one of them\n"
+            ),
+            "{out}"
+        );
+        // Neither answers: said in the log, not a failure (restrict unknown,
+        // so only the oom_score_adj check may fail).
+        let out = run_with_fakes(
+            &[
+                ("containerd", "exit 1".to_string()),
+                ("crictl", "exit 1".to_string()),
+            ],
+            &["registry.k8s.io/pause:3.6"],
+        );
+        assert!(out.starts_with("sandbox=unknown: "), "{out}");
+        assert!(!out.contains("uses sandbox image"), "{out}");
+    }
+
+    /// Whether root here may lower oom_score_adj (CAP_SYS_RESOURCE).
+    fn can_lower_oom_score_adj() -> bool {
+        std::process::Command::new("sh")
+            .args(["-c", "(echo -998 >/proc/self/oom_score_adj) 2>/dev/null"])
+            .status()
+            .unwrap()
+            .success()
+    }
+
+    #[test]
+    fn oom_score_adj_fails_by_name_only_without_the_capability_and_restrict() {
+        let store = ["registry.k8s.io/pause:3.6"];
+        let out = run_sandbox_check(DUMP_1_6, &store);
+        let refused = out.contains(
+            "fails=root on this node cannot lower oom_score_adj (no CAP_SYS_RESOURCE, as in some containers and VMs), so runc cannot start keadm's pod sandbox: set restrict_oom_score_adj = true",
+        );
+        assert_eq!(refused, !can_lower_oom_score_adj(), "{out}");
+        // With restrict_oom_score_adj = true it passes either way.
+        let out = run_sandbox_check(
+            &DUMP_1_6.replace(
+                "restrict_oom_score_adj = false",
+                "restrict_oom_score_adj = true",
+            ),
+            &store,
+        );
+        assert!(out.ends_with("fails=\n"), "{out}");
     }
 }

@@ -231,6 +231,11 @@ pub mod fixture {
                 hosts: &self.hosts,
                 preflight: PreflightParams {
                     store_arches: vec!["amd64".into()],
+                    store_images: vec![
+                        "docker.io/kubeedge/installation-package:v1.23.1".into(),
+                        "registry.k8s.io/pause:3.6".into(),
+                        "registry.k8s.io/pause:3.10".into(),
+                    ],
                     cri_socket: "/run/containerd/containerd.sock".into(),
                     mirror: "10.0.0.5:5000",
                     cloud_host: "10.0.0.2",

@@ -133,6 +133,7 @@ impl Site {
             hosts: &hosts_files,
             preflight: PreflightParams {
                 store_arches: keadm.iter().map(|a| a.arch.clone()).collect(),
+                store_images: offer::store_images(state),
                 cri_socket,
                 mirror: &self.mirror,
                 cloud_host: &cloud_host,

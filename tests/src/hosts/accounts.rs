@@ -136,6 +136,10 @@ pub(super) fn prepare_host(
         fs::write(&path, text)?;
         fs::set_permissions(&path, fs::Permissions::from_mode(mode))?;
     }
+    fs::write(
+        root.join("etc/containerd/config.toml"),
+        super::CONTAINERD_CONFIG,
+    )?;
     // A socket file where containerd's would be, for a "CRI socket
     // exists" check (nothing answers on it).
     drop(std::os::unix::net::UnixListener::bind(
@@ -177,6 +181,7 @@ pub(super) fn prepare_host(
         boots: AtomicUsize::new(0),
         host_key: Mutex::new(host_key),
         linux32: AtomicBool::new(false),
+        no_sys_resource: AtomicBool::new(false),
         sshd: Mutex::new(None),
     })
 }

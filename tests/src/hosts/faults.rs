@@ -1,5 +1,6 @@
 //! Faults a test injects on purpose: a host on the wrong architecture, a
-//! changed host key, and the stand-in keadm's fault and join-time files.
+//! host without CAP_SYS_RESOURCE, its containerd configuration, a changed
+//! host key, and the stand-in keadm's fault and join-time files.
 //! (A host going down is [`TestHosts::stop_sshd`].)
 
 use std::fs;
@@ -24,6 +25,26 @@ impl TestHosts {
         self.hosts[i].linux32.store(on, Ordering::SeqCst);
         self.stop_sshd(i);
         self.start_sshd(i)
+    }
+
+    /// Restarts host `i` (as [`TestHosts::stop_sshd`] and
+    /// [`TestHosts::start_sshd`]) with CAP_SYS_RESOURCE dropped from sshd's
+    /// bounding set (`on`) or not, so root in its sessions cannot lower
+    /// oom_score_adj, as in some containers and VMs: runc then cannot start
+    /// a CRI sandbox unless containerd says `restrict_oom_score_adj = true`.
+    /// [`TestHosts::run_on`] gets it too. Later restarts keep it.
+    pub fn restart_sshd_without_sys_resource(&self, i: usize, on: bool) -> Result<()> {
+        self.hosts[i].no_sys_resource.store(on, Ordering::SeqCst);
+        self.stop_sshd(i);
+        self.start_sshd(i)
+    }
+
+    /// Writes host `i`'s /etc/containerd/config.toml (`Some`), or removes
+    /// it (`None`: containerd then runs on its built-in defaults). Every
+    /// host starts with [`super::CONTAINERD_CONFIG`].
+    pub fn write_containerd_config(&self, i: usize, text: Option<&str>) {
+        let path = self.private(i, "/etc/containerd/config.toml");
+        write_or_remove(&path, text.map(str::to_string));
     }
 
     /// The "changed host key" fault: a new host key for host `i`, and sshd

@@ -121,6 +121,14 @@ pub const PRIVATE_FILES: &[&str] = &[
     "/etc/sudoers",
     "/etc/hosts",
 ];
+/// Every host's /etc/containerd/config.toml unless a test writes its own
+/// ([`TestHosts::write_containerd_config`]). Test machines (containers,
+/// VMs) often lack CAP_SYS_RESOURCE, where runc cannot start a CRI sandbox
+/// unless containerd restricts oom_score_adj: configured as an operator of
+/// such nodes would, so joins do not depend on the machine the tests run
+/// on. The sandbox image stays containerd's default.
+pub const CONTAINERD_CONFIG: &str =
+    "version = 2\n\n[plugins.\"io.containerd.grpc.v1.cri\"]\n  restrict_oom_score_adj = true\n";
 /// Printed by a host without sshd once its namespaces are set up (to its
 /// log, [`TestHost::log`]); [`TestHosts::create_without_sshd`] waits for it.
 const HOST_READY: &str = "edgeferry test host ready";
@@ -178,6 +186,9 @@ pub struct TestHost {
     host_key: Mutex<String>,
     /// Whether sshd runs under `setarch linux32`.
     linux32: AtomicBool,
+    /// Whether sshd (and so every session) runs without CAP_SYS_RESOURCE
+    /// in its bounding set.
+    no_sys_resource: AtomicBool,
     sshd: Mutex<Option<Sshd>>,
 }
 
@@ -605,6 +616,9 @@ impl TestHosts {
             .arg("--target")
             .arg(pid.to_string())
             .args(["--net", "--mount", "--uts", "--pid", "--"]);
+        if host.no_sys_resource.load(Ordering::SeqCst) {
+            cmd.args(["setpriv", "--bounding-set", "-sys_resource"]);
+        }
         if host.linux32.load(Ordering::SeqCst) {
             cmd.args(["setarch", "linux32"]);
         }

@@ -147,11 +147,16 @@ impl TestHosts {
         } else {
             ""
         };
+        let setpriv = if host.no_sys_resource.load(Ordering::SeqCst) {
+            "setpriv --bounding-set -sys_resource "
+        } else {
+            ""
+        };
         // Without sshd, this shell stays PID 1: its `wait` reaps any
         // child, so also the orphans (daemons) a console session leaves.
         let init = if host.has_sshd {
             format!(
-                "exec {setarch}/usr/sbin/sshd -D -e -f {cfg}",
+                "exec {setpriv}{setarch}/usr/sbin/sshd -D -e -f {cfg}",
                 cfg = sh_quote(&host.dir.join("sshd_config")),
             )
         } else {
