@@ -303,9 +303,17 @@ Examples:
   # A keadm batch config.yaml works as it is
   edgeferry join -c config.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000
 
+  # Count a node as joined only once the cloud's API shows its Node Ready
+  edgeferry join -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --verify-node-ready ~/.kube/config
+
 Inventory format: docs/inventory.md. State (journal.jsonl, report.json,
 logs/<node>.log) goes to --state-dir, by default edgeferry-<inventory name>/
 beside the inventory.
+
+A node is joined when keadm succeeded and the postcheck saw the three
+edgeHub TLS files, edgecore.yaml private to root (0600; it holds the token,
+so the postcheck repairs its mode and says so), and edgecore still running
+after the settle time with an established connection to cloudcore's hub.
 
 The token goes to each node on the SSH channel's stdin, never on a command
 line (keadm itself takes it as --token while it runs; docs/inventory.md).
@@ -380,6 +388,16 @@ pub struct JoinArgs {
     /// Set the journal aside (kept as journal.<time>.jsonl) and start over
     #[arg(long)]
     pub fresh: bool,
+    /// Seconds edgecore must keep running and connected to cloudcore's hub
+    /// after keadm's success before a node counts as joined (default 20;
+    /// else the inventory's settle:)
+    #[arg(long, value_name = "SECONDS")]
+    pub settle: Option<u64>,
+    /// After the postcheck, wait until the cloud's API shows each Node
+    /// Ready, reading it with this kubeconfig (token or client
+    /// certificate; its CA). Without it the report says "not checked"
+    #[arg(long, value_name = "KUBECONFIG")]
+    pub verify_node_ready: Option<PathBuf>,
 }
 
 #[derive(Args, Debug)]

@@ -96,7 +96,21 @@ pub struct JoinConfig {
     pub fetch_timeout: Duration,
     /// keadm itself waits up to 300 s for edgecore's certificates.
     pub keadm_join_timeout: Duration,
+    /// The postcheck's own work; the settle time and the connect grace
+    /// are added to it.
     pub postcheck_timeout: Duration,
+    /// How long edgecore must keep running (and stay connected to the hub)
+    /// after keadm reports success: real edgecore without a cloud to
+    /// register with exits about 17 s after connecting. `--settle`.
+    pub postcheck_settle: Duration,
+    /// After the settle time, how long the postcheck waits for an edgecore
+    /// that is running but not yet connected to the hub.
+    pub postcheck_connect_grace: Duration,
+    /// `--verify-node-ready`: how long the Node may take to become Ready in
+    /// the cloud's API after the postcheck passed.
+    pub node_ready_timeout: Duration,
+    /// `--verify-node-ready`: one request to the API server.
+    pub node_ready_request_timeout: Duration,
     pub keadm_reset_timeout: Duration,
     /// Free space a node needs under /var/lib.
     pub min_free_mib: u64,
@@ -117,6 +131,10 @@ impl Default for JoinConfig {
             fetch_timeout: Duration::from_secs(600),
             keadm_join_timeout: Duration::from_secs(420),
             postcheck_timeout: Duration::from_secs(60),
+            postcheck_settle: Duration::from_secs(20),
+            postcheck_connect_grace: Duration::from_secs(30),
+            node_ready_timeout: Duration::from_secs(120),
+            node_ready_request_timeout: Duration::from_secs(10),
             keadm_reset_timeout: Duration::from_secs(180),
             min_free_mib: 512,
             max_step_output: 1 << 20,

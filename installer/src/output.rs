@@ -161,6 +161,12 @@ pub struct JoinPlan {
     pub bundles: BTreeMap<String, String>,
     pub keadm: Vec<KeadmAsset>,
     pub hosts_toml: Vec<HostsFile>,
+    /// How long edgecore must keep running and connected after keadm's
+    /// success before the postcheck passes.
+    pub settle_secs: u64,
+    /// `--verify-node-ready`: the kubeconfig the Node's Ready condition is
+    /// read with after the postcheck; `null`: not checked.
+    pub verify_node_ready: Option<PathBuf>,
     pub nodes: Vec<NodePlan>,
 }
 
@@ -293,8 +299,25 @@ pub struct NodeOutcome {
     pub bundle_id: Option<String>,
     pub steps: Vec<StepTiming>,
     pub host_key: Option<HostKeyReport>,
+    /// What this run's postcheck proved and repaired; `null` when the
+    /// postcheck did not run in this run (failed earlier, or done before).
+    pub postcheck: Option<PostcheckReport>,
     pub log: PathBuf,
     pub ms: u64,
+}
+
+/// The postcheck's findings for one node.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct PostcheckReport {
+    /// `connected to HOST:PORT`, or `not checked (quic)`.
+    pub hub: Option<String>,
+    /// What the postcheck repaired, e.g. edgecore.yaml's mode.
+    pub fixed: Vec<String>,
+    /// The name the Node has in the cloud (keadm's --edgenode-name, else
+    /// the node's lowercased hostname).
+    pub node_name: Option<String>,
+    /// `--verify-node-ready`: `ready`, `not_ready`, or `not_checked`.
+    pub node_ready: &'static str,
 }
 
 // ---- status --json

@@ -4,6 +4,7 @@
 mod bundle;
 mod fetch;
 mod fidelity_certs;
+mod fidelity_postcheck;
 mod fidelity_sandbox;
 mod harden_bundle;
 mod harden_nodes;

@@ -5,6 +5,7 @@
 
 pub mod journal;
 pub mod plan;
+pub mod ready;
 pub mod report;
 pub mod run;
 pub mod ssh;
@@ -27,6 +28,7 @@ use run::{Entry, NodeStatus};
 /// nothing could start (exit 3).
 fn prepare(
     args: &BatchArgs,
+    join: Option<&JoinArgs>,
     action: Action,
     config: &Config,
     redactor: &secret::Redactor,
@@ -74,6 +76,11 @@ fn prepare(
             accept_new_host_keys: args.accept_new_host_keys,
             limit: (!limit.is_empty()).then_some(&limit),
             timeouts: &timeouts,
+            settle: join
+                .and_then(|j| j.settle)
+                .or(inv.settle)
+                .map(Duration::from_secs),
+            verify_node_ready: join.and_then(|j| j.verify_node_ready.as_deref()),
         },
         config,
         redactor,
@@ -101,6 +108,7 @@ pub fn join_cmd(args: &JoinArgs, config: &Config, out: &Printer) -> Result<u8> {
     let resume = args.resume || args.retry_failed;
     batch(
         &args.batch,
+        Some(args),
         Action::Join,
         resume,
         args.retry_failed,
@@ -111,11 +119,13 @@ pub fn join_cmd(args: &JoinArgs, config: &Config, out: &Printer) -> Result<u8> {
 }
 
 pub fn reset_cmd(args: &BatchArgs, config: &Config, out: &Printer) -> Result<u8> {
-    batch(args, Action::Reset, false, false, true, config, out)
+    batch(args, None, Action::Reset, false, false, true, config, out)
 }
 
+#[allow(clippy::too_many_arguments)]
 fn batch(
     args: &BatchArgs,
+    join: Option<&JoinArgs>,
     action: Action,
     resume: bool,
     only_failed: bool,
@@ -124,7 +134,20 @@ fn batch(
     out: &Printer,
 ) -> Result<u8> {
     let redactor = secret::Redactor::default();
-    let plan = prepare(args, action, config, &redactor)?;
+    let plan = prepare(args, join, action, config, &redactor)?;
+    // Read before anything runs: a kubeconfig we cannot use stops the run
+    // here (exit 3), not after every node has joined.
+    let api = match &plan.verify_node_ready {
+        Some(path) => {
+            let api =
+                ready::ApiClient::from_kubeconfig(path, config.join.node_ready_request_timeout)?;
+            if let Some(token) = api.token() {
+                redactor.add(token);
+            }
+            Some(Arc::new(api))
+        }
+        None => None,
+    };
     let budget = max_fail(args.max_fail.as_deref(), plan.nodes.len())?;
     if args.dry_run {
         let mut plan = plan;
@@ -184,6 +207,7 @@ fn batch(
         max_fail: budget,
         cancel: cancel_rx,
         progress: run::Progress::new(total, out),
+        api,
         plan,
     });
     let runtime = tokio::runtime::Builder::new_multi_thread()

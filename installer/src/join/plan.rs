@@ -13,7 +13,7 @@ use super::run::Entry;
 use crate::config::Config;
 use crate::node::inventory::Inventory;
 use crate::node::offer::{self, StoreOffer};
-use crate::node::script::{self, PreflightParams};
+use crate::node::script::{self, PostcheckParams, PreflightParams};
 use crate::node::secret::Redactor;
 use crate::node::steps::{self, Action, Step, StepInput};
 use crate::store::State;
@@ -32,6 +32,10 @@ pub struct PlanInput<'a> {
     pub accept_new_host_keys: bool,
     pub limit: Option<&'a BTreeSet<String>>,
     pub timeouts: &'a BTreeMap<Step, Duration>,
+    /// `--settle`: the postcheck's settle time, instead of the default.
+    pub settle: Option<Duration>,
+    /// `--verify-node-ready KUBECONFIG`.
+    pub verify_node_ready: Option<&'a Path>,
 }
 
 pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<JoinPlan> {
@@ -65,7 +69,13 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
         let (cloud_host, ports, cri_socket) =
             offer::preflight_target(&spec.cloudcore, &spec.flags, &who)?;
 
-        let timeout = |s: Step| s.timeout(config, input.timeouts);
+        let settle = input.settle.unwrap_or(config.join.postcheck_settle);
+        let grace = config.join.postcheck_connect_grace;
+        // The postcheck's own budget, plus the time it waits on purpose.
+        let timeout = |s: Step| match s {
+            Step::Postcheck => s.timeout(config, input.timeouts) + settle + grace,
+            _ => s.timeout(config, input.timeouts),
+        };
         let target = format!("{}@{}:{}", spec.user, spec.host, spec.port);
         let connect = match &spec.jump {
             Some(j) => format!("ssh {target} via {}@{}:{}", j.user, j.host, j.port),
@@ -102,8 +112,15 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
                 cri_socket,
                 mirror: &mirror,
                 cloud_host: &cloud_host,
-                cloud_ports: ports,
+                cloud_ports: ports.clone(),
                 min_free_mib: config.join.min_free_mib,
+            },
+            postcheck: PostcheckParams {
+                cloud_host: &cloud_host,
+                hub_port: ports[0],
+                hub: offer::hub_protocol(&spec.flags),
+                settle_secs: settle.as_secs(),
+                connect_grace_secs: grace.as_secs(),
             },
             join_args: script::JoinArgs::Stdin,
             reset_args: &reset_args,
@@ -184,6 +201,11 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
         bundles,
         keadm,
         hosts_toml,
+        settle_secs: input
+            .settle
+            .unwrap_or(config.join.postcheck_settle)
+            .as_secs(),
+        verify_node_ready: input.verify_node_ready.map(Path::to_path_buf),
         nodes,
     })
 }
@@ -350,6 +372,8 @@ mod tests {
                 accept_new_host_keys: false,
                 limit,
                 timeouts: &BTreeMap::new(),
+                settle: None,
+                verify_node_ready: None,
             },
             &Config::default(),
             &redactor,

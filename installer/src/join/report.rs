@@ -121,5 +121,27 @@ pub fn table(report: &Report) -> String {
         ));
     }
     s.push('\n');
+    let checked: Vec<&crate::output::PostcheckReport> = report
+        .nodes
+        .iter()
+        .filter_map(|o| o.postcheck.as_ref())
+        .collect();
+    if !checked.is_empty() {
+        let ready = checked.iter().filter(|p| p.node_ready == "ready").count();
+        if checked.iter().all(|p| p.node_ready == "not_checked") {
+            s.push_str("Node Ready in the cloud's API: not checked (pass --verify-node-ready KUBECONFIG)\n");
+        } else {
+            s.push_str(&format!(
+                "Node Ready in the cloud's API: {ready} of {} postchecked node(s)\n",
+                checked.len()
+            ));
+        }
+        let repaired = checked.iter().filter(|p| !p.fixed.is_empty()).count();
+        if repaired > 0 {
+            s.push_str(&format!(
+                "postcheck repaired {repaired} node(s) (see report.json postcheck.fixed): keadm leaves the token readable in edgecore.yaml\n"
+            ));
+        }
+    }
     s
 }

@@ -14,13 +14,14 @@ use tokio::sync::{watch, Semaphore};
 
 use super::journal::{Event, History, Journal, Status};
 use super::plan::{JoinPlan, NodePlan, StepPlan};
+use super::ready::{ApiClient, Readiness};
 use super::ssh::{self, HostKeyPolicy, SshError};
 use crate::config::JoinConfig;
 use crate::node::inventory::AuthSpec;
 use crate::node::script;
 use crate::node::secret::Redactor;
 use crate::node::steps::{Action, Step, EDGECORE_CERTIFICATE};
-pub use crate::output::{HostKeyReport, NodeOutcome, NodeStatus, StepTiming};
+pub use crate::output::{HostKeyReport, NodeOutcome, NodeStatus, PostcheckReport, StepTiming};
 use crate::printer::{node_cell, node_text, Printer};
 
 /// How a node enters this run.
@@ -64,6 +65,8 @@ pub struct Ctx {
     pub max_fail: Option<usize>,
     pub cancel: watch::Receiver<bool>,
     pub progress: Progress,
+    /// `--verify-node-ready`: the cloud's API, read after each postcheck.
+    pub api: Option<Arc<ApiClient>>,
 }
 
 struct Failure {
@@ -163,6 +166,7 @@ impl NodeOutcome {
             bundle_id: None,
             steps: Vec::new(),
             host_key: None,
+            postcheck: None,
             log: plan
                 .state_dir
                 .join("logs")
@@ -660,7 +664,17 @@ async fn run_step(
         ssh::ExitStatus::Code(c) => Some(c),
         _ => None,
     };
+    if st.step == Step::Postcheck {
+        let report = postcheck_report(&text);
+        for fixed in &report.fixed {
+            log.line(&format!("postcheck repaired: {fixed}"));
+        }
+        out.postcheck = Some(report);
+    }
     if code == Some(0) {
+        if st.step == Step::Postcheck {
+            return verify_node_ready(ctx, node, out, log).await;
+        }
         return Ok(());
     }
     if st.step == Step::Fetch && code == Some(script::NO_HTTP_CLIENT) {
@@ -707,6 +721,88 @@ async fn run_step(
             None => why,
         },
     ))
+}
+
+/// The `key=value` lines the postcheck prints for the report.
+fn postcheck_report(text: &str) -> PostcheckReport {
+    let mut r = PostcheckReport {
+        node_ready: "not_checked",
+        ..PostcheckReport::default()
+    };
+    for line in text.lines() {
+        if let Some(v) = line.strip_prefix("hub=") {
+            r.hub = Some(node_cell(v.trim()));
+        } else if let Some(v) = line.strip_prefix("fixed=") {
+            r.fixed.push(node_cell(v.trim()));
+        } else if let Some(v) = line.strip_prefix("hostname=") {
+            r.node_name = Some(node_cell(v.trim()));
+        }
+    }
+    r
+}
+
+/// `--verify-node-ready`: polls the cloud's API until the Node is Ready,
+/// within `node_ready_timeout`. A node that never gets there fails its
+/// postcheck with `node_not_ready`; the journal then resumes at the
+/// postcheck.
+async fn verify_node_ready(
+    ctx: &Ctx,
+    node: &NodePlan,
+    out: &mut NodeOutcome,
+    log: &mut NodeLog,
+) -> Result<(), Failure> {
+    let Some(api) = ctx.api.clone() else {
+        return Ok(());
+    };
+    let report = out.postcheck.get_or_insert_with(|| postcheck_report(""));
+    // keadm names the Node --edgenode-name, else the lowercased hostname.
+    let name = node
+        .spec
+        .edgenode_name
+        .clone()
+        .or_else(|| report.node_name.clone())
+        .unwrap_or_default();
+    report.node_name = Some(name.clone());
+    let fail = |message: String| Failure {
+        step: Step::Postcheck,
+        message,
+        kind: "node_not_ready".into(),
+        interrupted: false,
+    };
+    let deadline = Instant::now() + ctx.config.node_ready_timeout;
+    let mut cancel = ctx.cancel.clone();
+    let mut last;
+    loop {
+        let (api2, name2) = (api.clone(), name.clone());
+        let answer = tokio::task::spawn_blocking(move || api2.readiness(&name2))
+            .await
+            .map_err(|e| fail(format!("checking the Node's readiness: {e}")))?;
+        match answer {
+            Ok(Readiness::Ready) => {
+                log.line(&format!("node {name} is Ready in the cloud's API"));
+                report.node_ready = "ready";
+                return Ok(());
+            }
+            Ok(Readiness::NotReady(why)) => last = format!("Node {name} is not Ready: {why}"),
+            Ok(Readiness::Missing) => {
+                last = format!("the cloud's API has no Node {name}: cloudcore did not register it")
+            }
+            Err(e) => last = format!("{e:#}"),
+        }
+        let last_line = ctx.redactor.scrub(&last);
+        log.line(&last_line);
+        if Instant::now() >= deadline {
+            report.node_ready = "not_ready";
+            return Err(fail(format!(
+                "{last_line} (after {}s, --verify-node-ready)",
+                ctx.config.node_ready_timeout.as_secs()
+            )));
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => {}
+            _ = cancel.wait_for(|c| *c) => return Err(interrupted(Step::Postcheck)),
+        }
+    }
 }
 
 /// The node has no curl or wget: send the tarball over SSH, then let the

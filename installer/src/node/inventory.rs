@@ -104,6 +104,9 @@ struct OurInventory {
     /// Seconds per step name (connect, preflight, ..., keadm_join).
     #[serde(default)]
     timeouts: BTreeMap<String, u64>,
+    /// Seconds edgecore must keep running and connected after keadm's
+    /// success (the postcheck's settle time).
+    settle: Option<u64>,
     #[serde(default)]
     keadm: BTreeMap<String, FlagValue>,
     #[serde(default)]
@@ -193,6 +196,8 @@ pub struct Inventory {
     pub mirror: Option<String>,
     pub parallel: Option<usize>,
     pub timeouts: BTreeMap<String, u64>,
+    /// `settle:` seconds, if the inventory sets it.
+    pub settle: Option<u64>,
     pub nodes: Vec<NodeSpec>,
 }
 
@@ -249,6 +254,8 @@ pub struct SiteSpec {
     pub token: Option<Secret>,
     pub name_prefix: Option<String>,
     pub flags: BTreeMap<String, Vec<String>>,
+    /// `settle:` seconds for the postcheck in `/join.sh`, if set.
+    pub settle: Option<u64>,
 }
 
 pub fn read_site(path: &Path, redactor: &Redactor) -> Result<SiteSpec> {
@@ -289,6 +296,7 @@ pub fn read_site(path: &Path, redactor: &Redactor) -> Result<SiteSpec> {
         token,
         name_prefix: inv.name_prefix,
         flags,
+        settle: inv.settle,
     })
 }
 
@@ -380,6 +388,7 @@ fn from_ours(inv: OurInventory, base: &Path, redactor: &Redactor) -> Result<Inve
         mirror: inv.mirror,
         parallel: inv.parallel,
         timeouts: inv.timeouts,
+        settle: inv.settle,
         nodes,
     })
 }
@@ -744,6 +753,7 @@ fn from_batch(config: BatchConfig, base: &Path, redactor: &Redactor) -> Result<I
             config.max_run_num
         }),
         timeouts: BTreeMap::new(),
+        settle: None,
         nodes,
     })
 }

@@ -143,6 +143,19 @@ pub fn check_flags(version: &str, flags: &BTreeMap<String, Vec<String>>, who: &s
     Ok(())
 }
 
+/// How the node's edgecore will reach the hub: keadm's `--hub-protocol`
+/// (websocket unless it says quic).
+pub fn hub_protocol(flags: &BTreeMap<String, Vec<String>>) -> super::script::HubProtocol {
+    match flags
+        .get("hub-protocol")
+        .and_then(|v| v.last())
+        .map(String::as_str)
+    {
+        Some("quic") => super::script::HubProtocol::Quic,
+        _ => super::script::HubProtocol::Websocket,
+    }
+}
+
 /// The preflight's view of a node's keadm settings: the cloudcore host,
 /// the ports it must reach (hub, then cert), and the CRI socket.
 pub fn preflight_target(

@@ -495,33 +495,181 @@ pub fn keadm_reset(version: &str, args: &[String], timeout_secs: u64) -> String 
     )
 }
 
-/// What keadm's success means, checked independently: the three TLS files
-/// and a running edgecore.
-pub fn postcheck() -> String {
-    r#"set -u
+/// Where keadm writes edgecore's configuration, with the join token in
+/// clear (`modules.edgeHub.token`, upstream's behaviour): the postcheck
+/// makes it 0600 and root's.
+pub const EDGECORE_YAML: &str = "/etc/kubeedge/config/edgecore.yaml";
+
+/// How edgecore reaches cloudcore's hub (keadm's `--hub-protocol`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HubProtocol {
+    /// TCP (TLS + websocket): the connection is visible in /proc/net/tcp.
+    Websocket,
+    /// UDP: edgecore's QUIC socket is not connected, so there is no
+    /// established connection to look for.
+    Quic,
+}
+
+pub struct PostcheckParams<'a> {
+    /// cloudcore's address as the node's keadm gets it (an IP or a name).
+    pub cloud_host: &'a str,
+    /// The hub port (`--cloudcore-ipport`'s port).
+    pub hub_port: u16,
+    pub hub: HubProtocol,
+    /// edgecore must still run (and hold its hub connection) this long
+    /// after keadm said the join was complete.
+    pub settle_secs: u64,
+    /// After the settle time, how long a not yet connected edgecore may
+    /// take to connect.
+    pub connect_grace_secs: u64,
+}
+
+/// `ADDR:PORT` patterns for the hub in /proc/net/tcp and tcp6 notation
+/// (each 32-bit word of the address in the kernel's byte order, which is
+/// little-endian on every arch KubeEdge supports), or only `:PORT` when the
+/// cloud address is a name the node resolves itself.
+pub fn proc_net_patterns(cloud_host: &str, port: u16) -> Vec<String> {
+    let word = |b: [u8; 4]| format!("{:08X}", u32::from_le_bytes(b));
+    let v6 = |o: [u8; 16]| {
+        o.chunks(4)
+            .map(|c| word([c[0], c[1], c[2], c[3]]))
+            .collect::<String>()
+    };
+    let host = cloud_host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(ip)) => vec![
+            format!("{}:{port:04X}", word(ip.octets())),
+            format!("{}:{port:04X}", v6(ip.to_ipv6_mapped().octets())),
+        ],
+        Ok(std::net::IpAddr::V6(ip)) => vec![format!("{}:{port:04X}", v6(ip.octets()))],
+        Err(_) => vec![format!(":{port:04X}")],
+    }
+}
+
+/// What keadm's success means, checked independently and made to last:
+/// the three TLS files, edgecore.yaml private to root (it holds the
+/// token), and edgecore still running after a settle time with an
+/// established connection to cloudcore's hub port, held by edgecore or a
+/// process it started. Real edgecore with certificates but no cloud to
+/// register with connects and then exits about 17 s later, after keadm
+/// has already said "Install Complete!".
+///
+/// Prints `hostname=<name>` (keadm's default node name), `fixed=<what>`
+/// for what it repaired, and `hub=<state>` for the report.
+pub fn postcheck(p: &PostcheckParams) -> String {
+    let patterns = proc_net_patterns(p.cloud_host, p.hub_port).join(" ");
+    let hub = format!(
+        "{}:{}",
+        if p.cloud_host.contains(':') && !p.cloud_host.starts_with('[') {
+            format!("[{}]", p.cloud_host)
+        } else {
+            p.cloud_host.to_string()
+        },
+        p.hub_port
+    );
+    let check_hub = match p.hub {
+        HubProtocol::Websocket => 1,
+        HubProtocol::Quic => 0,
+    };
+    format!(
+        r#"set -u
+cfg={EDGECORE_YAML}
+hub={hub}
 missing=
 for f in /etc/kubeedge/ca/rootCA.crt /etc/kubeedge/certs/server.crt /etc/kubeedge/certs/server.key; do
 	[ -s "$f" ] || missing="$missing $f"
 done
-if [ -d /run/systemd/system ]; then
-	systemctl is-active --quiet edgecore && active=1 || active=0
-	how="systemctl is-active edgecore"
-else
-	pidof edgecore >/dev/null 2>&1 && active=1 || active=0
-	how="pidof edgecore"
-fi
-if [ -n "$missing" ] || [ $active = 0 ]; then
-	[ $active = 1 ] || echo "--- last lines of the edgecore log" >&2
-	[ $active = 1 ] || tail -n 20 /var/log/kubeedge/edgecore.log >&2 2>/dev/null || true
-	msg=
-	[ -z "$missing" ] || msg="missing cert files:$missing"
-	[ $active = 1 ] || msg="${msg:+$msg; }edgecore is not running ($how)"
-	echo "postcheck: $msg" >&2
+if [ -n "$missing" ]; then
+	echo "postcheck: missing cert files:$missing" >&2
 	exit 1
 fi
-echo "postcheck: certs present, edgecore running"
-"#
-    .to_string()
+echo "hostname=$(uname -n | tr 'A-Z' 'a-z')"
+# keadm writes the join token into edgecore.yaml in clear: keep it root's.
+if [ -f "$cfg" ]; then
+	was=$(stat -c '%a %u:%g' "$cfg")
+	if [ "$was" != "600 0:0" ]; then
+		chown 0:0 "$cfg" && chmod 600 "$cfg" || {{
+			echo "postcheck: $cfg (it holds the join token) is mode ${{was% *}}, owner ${{was#* }}, and could not be made 0600 root" >&2
+			exit 1
+		}}
+		echo "fixed=$cfg was mode ${{was% *}} owner ${{was#* }}, now 600 root:root"
+	fi
+fi
+if [ -d /run/systemd/system ]; then
+	how="systemctl is-active edgecore"
+	pids() {{ systemctl is-active --quiet edgecore && systemctl show -p MainPID --value edgecore; }}
+else
+	how="pidof edgecore"
+	pids() {{ pidof edgecore; }}
+fi
+# The pids of edgecore and every process under it.
+tree() {{
+	awk -v roots="$*" 'BEGIN {{ n = split(roots, r, " "); for (i = 1; i <= n; i++) keep[r[i]] = 1 }}
+	{{ f = FILENAME; sub(/^\/proc\//, "", f); sub(/\/stat$/, "", f); s = $0; sub(/^.*\) /, "", s); split(s, a, " "); parent[f] = a[2] }}
+	END {{ do {{ c = 0; for (p in parent) if (!(p in keep) && (parent[p] in keep)) {{ keep[p] = 1; c = 1 }} }} while (c); for (p in keep) print p }}' /proc/[0-9]*/stat 2>/dev/null
+}}
+# Succeeds when a process of that tree holds an established TCP connection
+# to the hub (state 01 in /proc/net/tcp, matched by socket inode).
+connected() {{
+	inodes=$(for p in $(tree "$@"); do ls -l /proc/"$p"/fd 2>/dev/null; done | sed -n 's/.*socket:\[\([0-9]*\)\].*/\1/p' | tr '\n' ' ')
+	[ -n "$inodes" ] || return 1
+	cat /proc/net/tcp /proc/net/tcp6 2>/dev/null | awk -v want="{patterns}" -v inodes=" $inodes" '
+	BEGIN {{ n = split(want, w, " ") }}
+	$4 == "01" && index(inodes, " " $10 " ") {{ for (i = 1; i <= n; i++) if (substr($3, length($3) - length(w[i]) + 1) == w[i]) found = 1 }}
+	END {{ exit !found }}'
+}}
+settle={settle}
+limit=$((settle + {grace}))
+waited=0
+seen=0
+while :; do
+	running=$(pids 2>/dev/null | tr '\n' ' ')
+	case $running in *[0-9]*) ;; *) running= ;; esac
+	if [ -z "$running" ]; then
+		echo "--- last lines of the edgecore log" >&2
+		if [ -d /run/systemd/system ]; then
+			journalctl -u edgecore -n 20 --no-pager >&2 2>/dev/null || true
+		else
+			tail -n 20 /var/log/kubeedge/edgecore.log >&2 2>/dev/null || true
+		fi
+		if [ $waited = 0 ]; then
+			echo "postcheck: edgecore is not running ($how)" >&2
+		else
+			echo "postcheck: edgecore exited ${{waited}}s into the ${{settle}}s settle time after keadm's success ($how): see the edgecore log" >&2
+		fi
+		exit 1
+	fi
+	now=0
+	if [ {check_hub} = 1 ]; then
+		# shellcheck disable=SC2086
+		if connected $running; then now=1; seen=1; fi
+	else
+		now=1
+	fi
+	if [ $waited -ge $settle ] && [ $now = 1 ]; then break; fi
+	if [ $waited -ge $limit ]; then
+		if [ $seen = 1 ]; then
+			echo "postcheck: edgecore runs but dropped its connection to cloudcore's hub $hub: check cloudcore and the node's edgecore log" >&2
+		else
+			echo "postcheck: edgecore runs but never connected to cloudcore's hub $hub within ${{limit}}s: check the cloudcore address, the hub port and firewalls" >&2
+		fi
+		exit 1
+	fi
+	sleep 1
+	waited=$((waited + 1))
+done
+if [ {check_hub} = 1 ]; then
+	echo "hub=connected to $hub"
+	echo "postcheck: certs present, edgecore running for ${{waited}}s and connected to cloudcore's hub $hub"
+else
+	echo "hub=not checked (quic)"
+	echo "postcheck: certs present, edgecore running for ${{waited}}s (hub over quic: its connection is not visible in /proc/net)"
+fi
+"#,
+        hub = quote(&hub),
+        settle = p.settle_secs,
+        grace = p.connect_grace_secs,
+    )
 }
 
 /// Uploads keadm batch `copyFrom` files (recursive, unlike keadm batch)
@@ -570,6 +718,19 @@ pub fn join_args(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hub_patterns_are_proc_net_notation() {
+        assert_eq!(
+            proc_net_patterns("127.0.0.1", 10000),
+            ["0100007F:2710", "0000000000000000FFFF00000100007F:2710"]
+        );
+        assert_eq!(
+            proc_net_patterns("[::1]", 10000),
+            ["00000000000000000000000001000000:2710"]
+        );
+        assert_eq!(proc_net_patterns("cloud.example", 443), [":01BB"]);
+    }
 
     #[test]
     fn quoting_survives_sh() {

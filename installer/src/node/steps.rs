@@ -11,7 +11,7 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::hosts::HostsFile;
-use super::script::{self, JoinArgs, KeadmAsset, PreflightParams};
+use super::script::{self, JoinArgs, KeadmAsset, PostcheckParams, PreflightParams};
 use crate::config::Config;
 
 /// One step on one node. Names are stable: journals, reports, pull-mode
@@ -172,6 +172,7 @@ pub struct StepInput<'a> {
     pub keadm: &'a [KeadmAsset],
     pub hosts: &'a [HostsFile],
     pub preflight: PreflightParams<'a>,
+    pub postcheck: PostcheckParams<'a>,
     pub join_args: JoinArgs,
     /// `keadm reset edge` arguments beyond `--force`.
     pub reset_args: &'a [String],
@@ -190,7 +191,7 @@ pub fn script(step: Step, input: &StepInput) -> Option<String> {
         Step::KeadmJoin => {
             script::keadm_join(i.version, i.join_args, i.keadm_join_timeout.as_secs())
         }
-        Step::Postcheck => script::postcheck(),
+        Step::Postcheck => script::postcheck(&i.postcheck),
         Step::KeadmReset => {
             script::keadm_reset(i.version, i.reset_args, i.keadm_reset_timeout.as_secs())
         }
@@ -241,6 +242,13 @@ pub mod fixture {
                     cloud_host: "10.0.0.2",
                     cloud_ports: vec![10000, 10002],
                     min_free_mib: 512,
+                },
+                postcheck: PostcheckParams {
+                    cloud_host: "10.0.0.2",
+                    hub_port: 10000,
+                    hub: script::HubProtocol::Websocket,
+                    settle_secs: 20,
+                    connect_grace_secs: 30,
                 },
                 join_args: args,
                 reset_args: &[],

@@ -21,7 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Config, PullConfig};
 use crate::node::inventory::{self, SiteSpec};
 use crate::node::offer;
-use crate::node::script::{self as node_script, JoinArgs, PreflightParams};
+use crate::node::script::{self as node_script, JoinArgs, PostcheckParams, PreflightParams};
 use crate::node::secret::Redactor;
 use crate::node::steps::{self, StepInput};
 use crate::printer::Printer;
@@ -48,6 +48,8 @@ pub struct Site {
     mirror: String,
     keadm_timeout: std::time::Duration,
     min_free_mib: u64,
+    settle: std::time::Duration,
+    connect_grace: std::time::Duration,
     /// The script and its sha256, rebuilt when the store changes.
     script: RwLock<Script>,
     out: Printer,
@@ -86,6 +88,9 @@ impl Site {
         let redactor = Redactor::default();
         let spec = inventory::read_site(&dir.join(SITE_FILE), &redactor)
             .with_context(|| format!("pull mode: {}", dir.join(SITE_FILE).display()))?;
+        let settle = spec
+            .settle
+            .map_or(config.join.postcheck_settle, std::time::Duration::from_secs);
         let site = Site {
             dir: dir.to_path_buf(),
             spec,
@@ -93,6 +98,8 @@ impl Site {
             mirror: mirror.to_string(),
             keadm_timeout: config.join.keadm_join_timeout,
             min_free_mib: config.join.min_free_mib,
+            settle,
+            connect_grace: config.join.postcheck_connect_grace,
             script: RwLock::new(Script::default()),
             out,
             limits: config.pull.clone(),
@@ -137,8 +144,15 @@ impl Site {
                 cri_socket,
                 mirror: &self.mirror,
                 cloud_host: &cloud_host,
-                cloud_ports: ports,
+                cloud_ports: ports.clone(),
                 min_free_mib: self.min_free_mib,
+            },
+            postcheck: PostcheckParams {
+                cloud_host: &cloud_host,
+                hub_port: ports[0],
+                hub: offer::hub_protocol(&self.spec.flags),
+                settle_secs: self.settle.as_secs(),
+                connect_grace_secs: self.connect_grace.as_secs(),
             },
             join_args: JoinArgs::FromFile,
             reset_args: &[],
