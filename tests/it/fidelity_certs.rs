@@ -62,6 +62,16 @@ fn joins_reach_the_certificate_service_and_fail_as_real_sites_fail() {
     let cloud = h.cloudcore();
 
     // A good token: certificates from the test CA, and a hub connection.
+    // An older attempt's log with a fatal line does not stop this join.
+    let stale = h.private(0, "/var/log/kubeedge/edgecore.log");
+    write(
+        &stale,
+        "F0101 00:00:00.000000       1 certmanager.go:104] Error: token credentials are in the wrong format\n",
+    );
+    let touched = run(std::process::Command::new("touch")
+        .args(["-d", "2020-01-01"])
+        .arg(&stale));
+    assert_eq!(touched.code, Some(0));
     let inv = inventory(&site, 0, "edge-good", &cloud);
     let (ran, state) = join(&site, &inv, &site.token, "good");
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
