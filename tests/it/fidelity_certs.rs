@@ -62,6 +62,16 @@ fn joins_reach_the_certificate_service_and_fail_as_real_sites_fail() {
     let cloud = h.cloudcore();
 
     // A good token: certificates from the test CA, and a hub connection.
+    // An older attempt's log with a fatal line does not stop this join.
+    let stale = h.private(0, "/var/log/kubeedge/edgecore.log");
+    write(
+        &stale,
+        "F0101 00:00:00.000000       1 certmanager.go:104] Error: token credentials are in the wrong format\n",
+    );
+    let touched = run(std::process::Command::new("touch")
+        .args(["-d", "2020-01-01"])
+        .arg(&stale));
+    assert_eq!(touched.code, Some(0));
     let inv = inventory(&site, 0, "edge-good", &cloud);
     let (ran, state) = join(&site, &inv, &site.token, "good");
     assert_eq!(ran.code, Some(0), "{}", ran.stderr);
@@ -97,10 +107,43 @@ fn joins_reach_the_certificate_service_and_fail_as_real_sites_fail() {
         .args(["-sk", "-o", "/dev/null", "-w", "%{http_code}"])
         .arg(format!("https://{}:10002/node/edge-good", h.control_ip())));
     assert_eq!(taken.stdout, "200");
-    // The stand-in kube-apiserver reports the Node Ready through the
-    // kubeconfig.
+    // The stand-in kube-apiserver, reached as the kubeconfig says, reports
+    // the Node Ready.
     let kubeconfig = std::fs::read_to_string(h.kubeconfig()).unwrap();
     assert!(kubeconfig.contains(&format!("server: {}", h.apiserver())));
+    let value = |key: &str| {
+        kubeconfig
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(key))
+            .unwrap()
+            .trim()
+            .to_string()
+    };
+    let ca_pem = edgeferry_bundle::sign::unbase64(&value("certificate-authority-data:")).unwrap();
+    assert_eq!(String::from_utf8(ca_pem).unwrap(), h.cloudcore_ca_pem());
+    let ca_file = site.path("kube-ca.pem");
+    write(&ca_file, &h.cloudcore_ca_pem());
+    let node_ready = |name: &str| {
+        let headers = site.path("kube-headers");
+        write(
+            &headers,
+            &format!("Authorization: Bearer {}\n", value("token:")),
+        );
+        let got = run(std::process::Command::new("curl")
+            .args(["-sS", "--cacert"])
+            .arg(&ca_file)
+            .arg("-H")
+            .arg(format!("@{}", headers.display()))
+            .arg(format!("{}/api/v1/nodes/{name}", h.apiserver())));
+        assert_eq!(got.code, Some(0), "{}", got.stderr);
+        let node: serde_json::Value = serde_json::from_str(&got.stdout).unwrap();
+        node["status"]["conditions"][0]["status"]
+            .as_str()
+            .map(String::from)
+            .unwrap_or_else(|| format!("{}", node["code"]))
+    };
+    assert_eq!(node_ready("edge-good"), "True");
+    assert_eq!(node_ready("edge-never"), "404");
 
     // A token for another cloud: edgecore refuses the CA and keadm is
     // stopped long before its 300 s.
@@ -129,6 +172,27 @@ fn joins_reach_the_certificate_service_and_fail_as_real_sites_fail() {
     let text = std::fs::read_to_string(state.join("report.json")).unwrap();
     assert!(!text.contains(&wrong) && !text.contains(&site.token));
 
+    // A hub that refuses: the joined node's edgecore loses its connection,
+    // retries and exits; its Node is no longer Ready.
+    h.set_hub_refuse(true);
+    edgeferry_tests::wait_for("edge-good off the hub", Duration::from_secs(10), || {
+        !h.hub_connected("edge-good")
+    });
+    assert_eq!(node_ready("edge-good"), "Unknown");
+    edgeferry_tests::wait_for(
+        "edge-good's edgecore exits",
+        Duration::from_secs(30),
+        || site.on(0, "pidof edgecore || true").is_empty(),
+    );
+    let log = std::fs::read_to_string(h.private(0, "/var/log/kubeedge/edgecore.log")).unwrap();
+    assert!(
+        log.contains(&format!(
+            "Error: failed to connect to the cloudhub wss://{cloud} 3 times in a row, last: "
+        )),
+        "{log}"
+    );
+    h.set_hub_refuse(false);
+
     // Cloudcore down: preflight finds its ports closed.
     h.stop_cloudcore();
     let inv = inventory(&site, 2, "edge-cloud-down", &cloud);
@@ -146,23 +210,6 @@ fn joins_reach_the_certificate_service_and_fail_as_real_sites_fail() {
             "preflight: cloudcore {ip}:10000 is unreachable from this node: check the address and firewalls; \
              cloudcore {ip}:10002 is unreachable from this node: check the address and firewalls"
         )
-    );
-    // The node that had joined has lost its hub connection; its edgecore
-    // retries and gives up.
-    edgeferry_tests::wait_for("edge-good off the hub", Duration::from_secs(10), || {
-        !h.hub_connected("edge-good")
-    });
-    edgeferry_tests::wait_for(
-        "edge-good's edgecore exits",
-        Duration::from_secs(30),
-        || site.on(0, "pidof edgecore || true").is_empty(),
-    );
-    let log = std::fs::read_to_string(h.private(0, "/var/log/kubeedge/edgecore.log")).unwrap();
-    assert!(
-        log.contains(&format!(
-            "Error: failed to connect to the cloudhub wss://{cloud} 3 times in a row"
-        )),
-        "{log}"
     );
     h.start_cloudcore().unwrap();
 

@@ -202,20 +202,25 @@ fn test_hosts_are_separate_ssh_machines_and_clean_up() {
     assert!(jumped.status.success(), "through host 0: {}", said(&jumped));
     assert_eq!(text(&jumped), hosts.host(2).name);
 
-    // The stand-in cloudcore accepts (and closes: curl's "empty reply").
+    // The stand-in cloudcore speaks TLS: the certificate service answers
+    // keadm's node-name check and hands out its CA; the hub wants a
+    // client certificate.
     assert!(hosts.cloudcore().starts_with(hosts.control_ip()));
     let ip = hosts.control_ip();
     let got = ssh_ok(
         &hosts,
         2,
         &format!(
-            "for p in 10000 10002; do curl -s -o /dev/null --max-time 5 http://{ip}:$p/; echo $?; done"
+            "curl -sk -o /dev/null -w '%{{http_code}}\\n' https://{ip}:10002/node/efhost-02; \
+             curl -sk https://{ip}:10002/ca.crt | openssl dgst -sha256 -r | cut -d' ' -f1; \
+             curl -sk -o /dev/null --max-time 5 https://{ip}:10000/p/efhost-02/events; echo $?"
         ),
     );
-    assert_eq!(
-        got, "52\n52",
-        "curl exit codes (52 = connected, empty reply)"
-    );
+    let lines: Vec<&str> = got.lines().collect();
+    assert_eq!(lines[0], "404", "{got}");
+    assert_eq!(lines[1], hosts.cloudcore_ca().hash(), "{got}");
+    assert_ne!(lines[2], "0", "no client certificate, no hub: {got}");
+    assert_eq!(hosts.token().split('.').count(), 4);
 
     // The stand-in keadm's knobs.
     hosts.set_fault(1, Some("hang"));

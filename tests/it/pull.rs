@@ -19,7 +19,6 @@ use serde_json::Value;
 
 const VERSION: &str = "v1.23.1";
 /// The cloudcore token: only the serve process's environment has it.
-const TOKEN: &str = "7d41c3e9a2b6f805.eyJhbGciOiJIUzI1NiJ9.edgeferry-pull-test-token";
 const TOKEN_ENV: &str = "EF_PULL_TEST_TOKEN";
 
 fn stdout(out: &Output) -> String {
@@ -134,6 +133,8 @@ struct PullSite {
     access_log: PathBuf,
     hosts: TestHosts,
     mirror: Served,
+    /// A join token the hosts' stand-in cloudcore accepts.
+    token: String,
 }
 
 impl PullSite {
@@ -155,12 +156,13 @@ impl PullSite {
         )
         .unwrap();
         let access_log = tmp.path().join("access.log");
+        let token = hosts.token();
         let mirror = Served::start_site(
             &store,
             hosts.control_ip(),
             &site,
             &["--access-log", access_log.to_str().unwrap()],
-            &[(TOKEN_ENV, TOKEN)],
+            &[(TOKEN_ENV, token.as_str())],
         );
         eprintln!(
             "pull site with {count} hosts ready in {:.2?}\n{}",
@@ -174,6 +176,7 @@ impl PullSite {
             access_log,
             hosts,
             mirror,
+            token,
         }
     }
 
@@ -363,7 +366,10 @@ impl PullSite {
             "mirror stderr was captured"
         );
         for (what, text) in &sources {
-            assert!(!text.contains(TOKEN), "{what} contains the token:\n{text}");
+            assert!(
+                !text.contains(&self.token),
+                "{what} contains the token:\n{text}"
+            );
             for s in secrets {
                 assert!(!text.contains(s), "{what} contains the secret {s}:\n{text}");
             }
@@ -497,7 +503,10 @@ fn pull_refuses_bad_codes_tampered_scripts_and_bad_reports() {
     let mut codes: Vec<String> = Vec::new();
     let refused = |(status, body): (u16, String), why: &str| {
         assert_eq!(status, 403, "{why}: {body}");
-        assert!(!body.contains(TOKEN), "{why}: the 403 body holds the token");
+        assert!(
+            !body.contains(&site.token),
+            "{why}: the 403 body holds the token"
+        );
         assert!(!body.contains("arg="), "{why}: {body}");
         body
     };
@@ -531,7 +540,7 @@ fn pull_refuses_bad_codes_tampered_scripts_and_bad_reports() {
     let (node_a, key_a) = (field("node"), field("key"));
     assert!(
         body.lines()
-            .any(|l| l.starts_with("arg=") && l.contains(TOKEN)),
+            .any(|l| l.starts_with("arg=") && l.contains(&site.token)),
         "the enrollment answer passes the token to keadm"
     );
     outputs.push(refused(
@@ -730,7 +739,7 @@ fn pull_refuses_bad_codes_tampered_scripts_and_bad_reports() {
     let (status, script) = site.http("GET", "/join.sh", &[], None);
     assert_eq!(status, 200);
     assert_eq!(sha256_hex(script.as_bytes()), sha);
-    let leaky = format!("keadm said --token={TOKEN}");
+    let leaky = format!("keadm said --token={}", site.token);
     assert_eq!(
         site.report(k, &report(&node_a, "keadm_join", "failed", &leaky), &[]),
         204

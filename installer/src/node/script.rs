@@ -434,6 +434,7 @@ fi
 # log while keadm runs, and stop keadm when edgecore has failed.
 rc_file={NODE_DIR}/work/keadm-join.rc
 rm -f "$rc_file" "$rc_file.pid"
+log=/var/log/kubeedge/edgecore.log
 started=$(date +%s)
 exec 4<&0
 (
@@ -455,8 +456,10 @@ fatal=
 while [ ! -e "$rc_file" ]; do
 	if [ -d /run/systemd/system ] && command -v journalctl >/dev/null 2>&1; then
 		fatal=$(journalctl -u edgecore -o cat --no-pager --since "@$started" 2>/dev/null | grep -E '{EDGECORE_FATAL}' | head -n 1)
-	else
-		fatal=$(grep -E '{EDGECORE_FATAL}' /var/log/kubeedge/edgecore.log 2>/dev/null | head -n 1)
+	elif [ "$(stat -c %Y "$log" 2>/dev/null || echo 0)" -ge "$started" ]; then
+		# keadm truncates the log when it starts edgecore: a log not
+		# written since we began is an older attempt's.
+		fatal=$(grep -E '{EDGECORE_FATAL}' "$log" 2>/dev/null | head -n 1)
 	fi
 	if [ -n "$fatal" ]; then
 		stop_keadm
