@@ -12,3 +12,4 @@ mod join;
 mod load;
 mod pull;
 mod serve;
+mod tls;

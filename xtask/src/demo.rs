@@ -187,7 +187,13 @@ fn serve_and_pull(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
     use std::io::{BufRead, BufReader};
     println!("\n== edgeferry serve, and a pull through it");
     let mut server = Command::new(edgeferry)
-        .args(["serve", "--listen", "127.0.0.1:0", "--access-log"])
+        .args([
+            "serve",
+            "--plain-http",
+            "--listen",
+            "127.0.0.1:0",
+            "--access-log",
+        ])
         .arg(demo.join("access.log"))
         .arg("--store")
         .arg(store)
@@ -481,6 +487,7 @@ impl Mirror {
         use std::io::{BufRead, BufReader};
         let mut cmd = Command::new(edgeferry);
         cmd.arg("serve")
+            .arg("--plain-http")
             .arg("--listen")
             .arg(format!("{ip}:0"))
             .arg("--access-log")
