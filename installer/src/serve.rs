@@ -167,7 +167,9 @@ pub fn serve(options: ServeOptions, config: &Config, out: &Printer) -> Result<()
                 &tls::site_dir(&options.store),
                 &certificate_names(local, options.advertise.as_deref(), names),
             )?),
-            TlsChoice::Files { cert, key, ca } => Some(tls::from_files(cert, key, ca.as_deref())?),
+            TlsChoice::Files { cert, key, ca } => {
+                Some(tls::from_files(cert, key, ca.as_deref())?)
+            }
         };
         let acceptor = match &identity {
             Some(identity) => {
@@ -178,9 +180,14 @@ pub fn serve(options: ServeOptions, config: &Config, out: &Printer) -> Result<()
             }
             None => None,
         };
-        let address = options.advertise.clone().unwrap_or_else(|| local.to_string());
+        // Where nodes reach us, for everything printed and for /join.sh.
+        let address = match &options.advertise {
+            Some(a) => a.clone(),
+            None if local.ip().is_unspecified() => format!("<this-host-lan-ip>:{}", local.port()),
+            None => local.to_string(),
+        };
         let endpoint = Mirror {
-            address: address.clone(),
+            address,
             ca_pem: identity.as_ref().map(|i| i.ca_pem.clone()),
         };
         let site = match &options.site_dir {
@@ -192,7 +199,9 @@ pub fn serve(options: ServeOptions, config: &Config, out: &Printer) -> Result<()
                     );
                 }
                 if identity.is_none() {
-                    out.warn("WARNING: pull mode over plain HTTP: enrollment codes, the join token and node reports cross the LAN in cleartext, where anyone on it can read them; serve without --plain-http");
+                    out.warn(
+                        "WARNING: pull mode over plain HTTP: enrollment codes, the join token and node reports cross the LAN in cleartext, where anyone on it can read them; serve without --plain-http",
+                    );
                 }
                 Some(pull::Site::open(dir, &endpoint, &snapshot.state, config, out)?)
             }
@@ -203,13 +212,17 @@ pub fn serve(options: ServeOptions, config: &Config, out: &Printer) -> Result<()
                 local.port()
             ));
         }
-        let mut text = banner(&snapshot, local, options.advertise.as_deref(), &endpoint, identity.as_ref());
+        let mut text = banner(&snapshot, local, &endpoint, identity.as_ref());
         if let Some(site) = &site {
             text.push_str(&format!(
                 "join script: {}/join.sh sha256 {}\none-liner: {}\n(codes: edgeferry enroll create --site-dir {})\n",
                 endpoint.url(),
                 site.script_sha256(),
-                pull::one_liner(&endpoint, identity.as_ref().map(|i| i.pin.as_str()), &site.script_sha256()),
+                pull::one_liner(
+                    &endpoint,
+                    identity.as_ref().map(|i| i.pin.as_str()),
+                    &site.script_sha256()
+                ),
                 site.dir.display()
             ));
         }
@@ -225,22 +238,14 @@ pub fn serve(options: ServeOptions, config: &Config, out: &Printer) -> Result<()
     })
 }
 
-/// What nodes need to pull through this mirror, printed when it starts.
+/// What nodes need to pull through this mirror (at `endpoint`), printed
+/// when it starts.
 fn banner(
     snapshot: &Snapshot,
     local: SocketAddr,
-    advertise: Option<&str>,
     endpoint: &Mirror,
     identity: Option<&tls::Identity>,
 ) -> String {
-    let advertised = Mirror {
-        address: match advertise {
-            Some(a) => a.to_string(),
-            None if local.ip().is_unspecified() => format!("<this-host-lan-ip>:{}", local.port()),
-            None => local.to_string(),
-        },
-        ca_pem: endpoint.ca_pem.clone(),
-    };
     let scheme = if endpoint.tls() { "https" } else { "http" };
     let mut s = format!(
         "edgeferry mirror: serving {} on {scheme}://{local} ({} images, {} files, read-only)\n",
@@ -261,7 +266,7 @@ fn banner(
             s.push('\n');
         }
     }
-    for file in hosts::hosts_files(&advertised, &snapshot.registries()) {
+    for file in hosts::hosts_files(endpoint, &snapshot.registries()) {
         s.push_str(&format!(
             "--- /etc/containerd/certs.d/{}/hosts.toml\n{}",
             file.dir, file.content
@@ -275,10 +280,10 @@ fn banner(
         .collect();
     for version in versions {
         s.push_str(&format!(
-            "\nkeadm join flags for KubeEdge {version}: --kubeedge-version={version}   (with the hosts.toml above, images keep their upstream names; without them add --image-repository={}/kubeedge)\n", advertised.address
+            "\nkeadm join flags for KubeEdge {version}: --kubeedge-version={version}   (with the hosts.toml above, images keep their upstream names; without them add --image-repository={}/kubeedge)\n", endpoint.address
         ));
     }
-    let url = advertised.url();
+    let url = endpoint.url();
     s.push_str(&format!(
         "release files: {url}/files/  checksums: {url}/SHA256SUMS  index: {url}/index.json\n"
     ));

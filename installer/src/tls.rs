@@ -85,7 +85,7 @@ pub fn from_files(cert: &Path, key: &Path, ca: Option<&Path>) -> Result<Identity
 /// covering every name in `names` (IP addresses or DNS names).
 pub fn site_identity(dir: &Path, names: &BTreeSet<String>) -> Result<Identity> {
     if names.is_empty() {
-        bail!("TLS: no address to put in the mirror's certificate: pass --listen <LAN IP>:PORT, --advertise HOST:PORT or --tls-name");
+        bail!("TLS: no address to put in the mirror's certificate: pass --listen <LAN IP>:PORT, --advertise HOST:PORT or --tls-name NAME (or serve --plain-http)");
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     set_mode(dir, 0o700)?;
@@ -167,7 +167,12 @@ pub fn server_config(identity: &Identity) -> Result<Arc<rustls::ServerConfig>> {
         .context("TLS protocol versions")?
         .with_no_client_auth()
         .with_single_cert(identity.chain.clone(), identity.key.clone_key())
-        .context("the TLS certificate does not match the key")?;
+        .with_context(|| {
+            format!(
+                "the TLS certificate {} and its key are not a pair: give the key the certificate was issued for",
+                identity.origin
+            )
+        })?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     Ok(Arc::new(config))
 }

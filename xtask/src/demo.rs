@@ -486,8 +486,9 @@ impl Mirror {
     ) -> Result<Mirror> {
         use std::io::{BufRead, BufReader};
         let mut cmd = Command::new(edgeferry);
+        // HTTPS, serve's default: the site certificate beside the store,
+        // which `join` finds there and pull mode's one-liner pins.
         cmd.arg("serve")
-            .arg("--plain-http")
             .arg("--listen")
             .arg(format!("{ip}:0"))
             .arg("--access-log")
@@ -511,7 +512,7 @@ impl Mirror {
             let line = lines
                 .next()
                 .with_context(|| format!("the server exited before printing {until:?}"))??;
-            if let Some(rest) = line.split(" on http://").nth(1) {
+            if let Some(rest) = line.split(" on https://").nth(1) {
                 mirror.address = rest
                     .split_whitespace()
                     .next()

@@ -178,3 +178,33 @@ pub fn preflight_target(
     }
     Ok((cloud_host, ports, cri_socket))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mirror_scheme_follows_the_value_then_whether_there_is_a_ca() {
+        let ca = || Some("PEM".to_string());
+        let m = mirror_from("10.0.0.5:5000", ca()).unwrap();
+        assert_eq!(m.url(), "https://10.0.0.5:5000");
+        let m = mirror_from("https://10.0.0.5:5000/v2/", ca()).unwrap();
+        assert_eq!((m.address.as_str(), m.tls()), ("10.0.0.5:5000", true));
+        assert_eq!(
+            mirror_from("10.0.0.5:5000", None).unwrap().url(),
+            "http://10.0.0.5:5000"
+        );
+        assert_eq!(
+            mirror_from("http://10.0.0.5:5000", ca()).unwrap(),
+            Mirror::plain("10.0.0.5:5000")
+        );
+        let err = mirror_from("https://10.0.0.5:5000", None).unwrap_err();
+        assert!(err.to_string().contains("pass --mirror-ca FILE"), "{err}");
+        let err = mirror_from("ftp://10.0.0.5:5000", None).unwrap_err();
+        assert!(
+            err.to_string().contains("is not http:// or https://"),
+            "{err}"
+        );
+        assert!(mirror_from("10.0.0.5", None).is_err());
+    }
+}
