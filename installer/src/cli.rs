@@ -329,6 +329,14 @@ Examples:
   # A keadm batch config.yaml works as it is
   edgeferry join -c config.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000
 
+  # A mirror with the site's own certificate (serve --tls-cert): the CA nodes trust
+  edgeferry join -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --mirror-ca site-ca.crt
+
+The mirror is reached over HTTPS when serve made its certificate beside
+--store (/srv/edgeferry.tls/) or with --mirror-ca; each node gets that CA
+at /etc/containerd/certs.d/edgeferry-mirror-ca.crt and trusts only it.
+--mirror http://HOST:PORT forces plain HTTP (serve --plain-http).
+
 Inventory format: docs/inventory.md. State (journal.jsonl, report.json,
 logs/<node>.log) goes to --state-dir, by default edgeferry-<inventory name>/
 beside the inventory.
