@@ -14,8 +14,12 @@ pub fn hex(bytes: &[u8]) -> String {
     out
 }
 
+pub fn sha256(data: &[u8]) -> [u8; 32] {
+    Sha256::digest(data).into()
+}
+
 pub fn sha256_hex(data: &[u8]) -> String {
-    hex(&Sha256::digest(data))
+    hex(&sha256(data))
 }
 
 /// BLAKE2b-512, minisign's prehash.

@@ -152,6 +152,17 @@ pub const SERVE_EXAMPLES: &str = "\
 Examples:
   edgeferry serve --store /srv/edgeferry --listen 10.0.0.5:5000
   edgeferry serve --store /srv/edgeferry --listen 0.0.0.0:5000 --advertise 10.0.0.5:5000 --access-log /var/log/edgeferry.jsonl
+  edgeferry serve --store /srv/edgeferry --listen 10.0.0.5:5000 --tls-cert mirror.crt --tls-key mirror.key --tls-ca site-ca.crt
+  edgeferry serve --store /srv/edgeferry --listen 10.0.0.5:5000 --plain-http
+
+HTTPS by default, with no PKI to build: the first start makes a site key
+and a self-signed certificate beside the store (/srv/edgeferry.tls/, key
+mode 0600) for the listen address, --advertise and every --tls-name; a
+later start issues the certificate again, same key, only for a name it
+does not cover. The banner prints the CA file nodes install and the key's
+pin. With TLS on there is no plain-HTTP port: a plain request gets 400.
+--plain-http serves without TLS (the pull-mode token then crosses the LAN
+in cleartext: serve warns).
 
 On start it prints the containerd hosts.toml files and keadm flags nodes need.
 Access log: one JSON line per request (client, method, path, status, bytes,
@@ -189,6 +200,21 @@ pub struct ServeArgs {
     /// enrollments and reports (see `edgeferry enroll --help`)
     #[arg(long, env = "EDGEFERRY_SITE_DIR")]
     pub site_dir: Option<PathBuf>,
+    /// Serve plain HTTP instead of HTTPS
+    #[arg(long, conflicts_with_all = ["tls_cert", "tls_name"])]
+    pub plain_http: bool,
+    /// The mirror's certificate (PEM, chain after it) instead of the site's own
+    #[arg(long, requires = "tls_key", value_name = "PEM")]
+    pub tls_cert: Option<PathBuf>,
+    /// The private key of --tls-cert (PEM)
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    pub tls_key: Option<PathBuf>,
+    /// The CA nodes trust for --tls-cert (PEM; default: --tls-cert itself)
+    #[arg(long, requires = "tls_cert", value_name = "PEM")]
+    pub tls_ca: Option<PathBuf>,
+    /// More names or addresses for the site certificate (comma-separated)
+    #[arg(long, value_delimiter = ',', conflicts_with = "tls_cert")]
+    pub tls_name: Vec<String>,
 }
 
 #[derive(Args)]
@@ -306,6 +332,14 @@ Examples:
   # Count a node as joined only once the cloud's API shows its Node Ready
   edgeferry join -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --verify-node-ready ~/.kube/config
 
+  # A mirror with the site's own certificate (serve --tls-cert): the CA nodes trust
+  edgeferry join -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --mirror-ca site-ca.crt
+
+The mirror is reached over HTTPS when serve made its certificate beside
+--store (/srv/edgeferry.tls/) or with --mirror-ca; each node gets that CA
+at /etc/containerd/certs.d/edgeferry-mirror-ca.crt and trusts only it.
+--mirror http://HOST:PORT forces plain HTTP (serve --plain-http).
+
 Inventory format: docs/inventory.md. State (journal.jsonl, report.json,
 logs/<node>.log) goes to --state-dir, by default edgeferry-<inventory name>/
 beside the inventory.
@@ -347,9 +381,15 @@ pub struct BatchArgs {
     /// The store `edgeferry serve` serves
     #[arg(long, env = "EDGEFERRY_STORE")]
     pub store: PathBuf,
-    /// host:port where nodes reach `edgeferry serve` (else the inventory's mirror:)
+    /// host:port where nodes reach `edgeferry serve` (else the inventory's
+    /// mirror:). HTTPS when `serve` made its certificate beside --store or
+    /// with --mirror-ca; http://host:port for a --plain-http mirror
     #[arg(long, env = "EDGEFERRY_MIRROR")]
     pub mirror: Option<String>,
+    /// The CA nodes trust for the mirror's certificate (PEM), when it is
+    /// not the one `serve` made beside --store (serve --tls-cert)
+    #[arg(long, env = "EDGEFERRY_MIRROR_CA", value_name = "PEM")]
+    pub mirror_ca: Option<PathBuf>,
     /// Nodes worked on at once (default 20; keadm batch configs: maxRunNum)
     #[arg(long)]
     pub parallel: Option<usize>,

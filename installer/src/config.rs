@@ -16,6 +16,9 @@ pub struct Config {
     pub max_connections_per_client: usize,
     /// Mirror: a client must send its request headers within this.
     pub header_read_timeout: Duration,
+    /// Mirror over TLS: a client must send its first byte within this, and
+    /// then finish the TLS handshake within it again, or it is dropped.
+    pub tls_handshake_timeout: Duration,
     /// Mirror: a connection with no byte moving either way is closed. There
     /// is no whole-request timeout: multi-GB downloads must finish.
     pub idle_timeout: Duration,
@@ -149,6 +152,7 @@ impl Default for Config {
             max_connections: 4096,
             max_connections_per_client: 64,
             header_read_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(10),
             idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(10),
             state_reload_interval: Duration::from_secs(2),

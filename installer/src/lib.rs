@@ -16,3 +16,4 @@ pub mod serve;
 pub mod status;
 pub mod store;
 pub mod sys;
+pub mod tls;

@@ -143,6 +143,17 @@ fn run(command: Command, config: Config, out: &Printer) -> anyhow::Result<()> {
                     advertise: args.advertise,
                     access_log: args.access_log,
                     site_dir: args.site_dir,
+                    tls: match (args.plain_http, args.tls_cert, args.tls_key) {
+                        (true, _, _) => serve::TlsChoice::Plain,
+                        (false, Some(cert), Some(key)) => serve::TlsChoice::Files {
+                            cert,
+                            key,
+                            ca: args.tls_ca,
+                        },
+                        _ => serve::TlsChoice::Site {
+                            names: args.tls_name,
+                        },
+                    },
                 },
                 &config,
                 out,

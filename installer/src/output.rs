@@ -14,7 +14,7 @@ use edgeferry_bundle::format::Arch;
 use edgeferry_bundle::verify::Class;
 use serde::{Deserialize, Serialize};
 
-use crate::node::hosts::HostsFile;
+use crate::node::hosts::{HostsFile, Mirror};
 use crate::node::inventory::{Format, NodeSpec};
 use crate::node::script::KeadmAsset;
 use crate::node::steps::{Action, Step};
@@ -153,6 +153,12 @@ pub struct JoinPlan {
     pub kubeedge_version: String,
     /// host:port the nodes reach the mirror at.
     pub mirror: String,
+    /// `https://host:port` (TLS, the CA from `--mirror-ca` or the one
+    /// `serve` made beside the store) or `http://host:port`.
+    pub mirror_url: String,
+    /// What the steps use to reach the mirror, CA included.
+    #[serde(skip)]
+    pub endpoint: Mirror,
     pub store: PathBuf,
     pub state_dir: PathBuf,
     pub parallel: usize,

@@ -1,8 +1,10 @@
 //! `edgeferry serve`: the accept loop that puts the mirror (`mirror/`)
-//! and, with `--site-dir`, pull mode (`pull/`) on the LAN. Everything is
-//! bounded: a connection cap (and a share of it per source address), a header-read timeout, an idle timeout (no
-//! bytes moving either way) but no whole-request timeout, so multi-GB
-//! pulls finish. Every request gets one access-log line.
+//! and, with `--site-dir`, pull mode (`pull/`) on the LAN, over HTTPS
+//! (`tls`) unless `--plain-http`. Everything is bounded: a connection cap
+//! (and a share of it per source address), a TLS handshake timeout, a
+//! header-read timeout, an idle timeout (no bytes moving either way) but
+//! no whole-request timeout, so multi-GB pulls finish. Every request gets
+//! one access-log line.
 
 use std::collections::{BTreeSet, HashMap};
 use std::convert::Infallible;
@@ -23,15 +25,18 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::config::Config;
 use crate::mirror::{self, Snapshot};
-use crate::node::hosts;
+use crate::node::hosts::{self, Mirror, MIRROR_CA_PATH};
 use crate::printer::Printer;
 use crate::pull;
+use crate::tls;
 
 pub struct Server {
     snapshot: RwLock<Arc<Snapshot>>,
     log: Mutex<Box<dyn Write + Send>>,
     /// Pull mode (`--site-dir`): /join.sh, /v1/enroll, /v1/report.
     site: Option<pull::Site>,
+    /// `https://host:port` when TLS is on, for the plain-HTTP refusal.
+    https_url: Option<String>,
     out: Printer,
 }
 
@@ -76,6 +81,50 @@ pub struct ServeOptions {
     pub access_log: Option<PathBuf>,
     /// Pull mode: a directory with site.yaml; enrollments and reports go there.
     pub site_dir: Option<PathBuf>,
+    pub tls: TlsChoice,
+}
+
+/// HTTPS (the default) or plain HTTP.
+pub enum TlsChoice {
+    /// `--plain-http`.
+    Plain,
+    /// The site key and certificate beside the store ([`tls::site_dir`]),
+    /// covering the listen address, `--advertise` and these names.
+    Site { names: Vec<String> },
+    /// `--tls-cert`, `--tls-key` and optionally `--tls-ca`.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+        ca: Option<PathBuf>,
+    },
+}
+
+/// The names the site certificate must cover: the listen address unless it
+/// is every interface, the host of `--advertise`, and `--tls-name`s.
+fn certificate_names(
+    local: SocketAddr,
+    advertise: Option<&str>,
+    extra: &[String],
+) -> BTreeSet<String> {
+    let mut names = BTreeSet::new();
+    if !local.ip().is_unspecified() {
+        names.insert(local.ip().to_canonical().to_string());
+    }
+    if let Some(a) = advertise {
+        let host = a.rsplit_once(':').map_or(a, |(h, _)| h);
+        names.insert(
+            host.trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string(),
+        );
+    }
+    names.extend(
+        extra
+            .iter()
+            .map(|n| n.trim().to_string())
+            .filter(|n| !n.is_empty()),
+    );
+    names
 }
 
 /// Runs the mirror until SIGINT or SIGTERM.
@@ -112,17 +161,49 @@ pub fn serve(options: ServeOptions, config: &Config, out: &Printer) -> Result<()
                 format!("listening on {}: is another server there?", options.listen)
             })?;
         let local = listener.local_addr()?;
+        let identity = match &options.tls {
+            TlsChoice::Plain => None,
+            TlsChoice::Site { names } => Some(tls::site_identity(
+                &tls::site_dir(&options.store),
+                &certificate_names(local, options.advertise.as_deref(), names),
+            )?),
+            TlsChoice::Files { cert, key, ca } => {
+                Some(tls::from_files(cert, key, ca.as_deref())?)
+            }
+        };
+        let acceptor = match &identity {
+            Some(identity) => {
+                if let Some(note) = &identity.note {
+                    out.note(note);
+                }
+                Some(tokio_rustls::TlsAcceptor::from(tls::server_config(identity)?))
+            }
+            None => None,
+        };
+        // Where nodes reach us, for everything printed and for /join.sh.
+        let address = match &options.advertise {
+            Some(a) => a.clone(),
+            None if local.ip().is_unspecified() => format!("<this-host-lan-ip>:{}", local.port()),
+            None => local.to_string(),
+        };
+        let endpoint = Mirror {
+            address,
+            ca_pem: identity.as_ref().map(|i| i.ca_pem.clone()),
+        };
         let site = match &options.site_dir {
             None => None,
             Some(dir) => {
-                let address = match &options.advertise {
-                    Some(a) => a.clone(),
-                    None if local.ip().is_unspecified() => anyhow::bail!(
+                if options.advertise.is_none() && local.ip().is_unspecified() {
+                    anyhow::bail!(
                         "pull mode needs the address nodes reach this mirror at: pass --advertise HOST:PORT"
-                    ),
-                    None => local.to_string(),
-                };
-                Some(pull::Site::open(dir, &address, &snapshot.state, config, out)?)
+                    );
+                }
+                if identity.is_none() {
+                    out.warn(
+                        "WARNING: pull mode over plain HTTP: enrollment codes, the join token and node reports cross the LAN in cleartext, where anyone on it can read them; serve without --plain-http",
+                    );
+                }
+                Some(pull::Site::open(dir, &endpoint, &snapshot.state, config, out)?)
             }
         };
         if local.ip().is_unspecified() {
@@ -131,13 +212,17 @@ pub fn serve(options: ServeOptions, config: &Config, out: &Printer) -> Result<()
                 local.port()
             ));
         }
-        let mut text = banner(&snapshot, local, options.advertise.as_deref());
+        let mut text = banner(&snapshot, local, &endpoint, identity.as_ref());
         if let Some(site) = &site {
-            let address = options.advertise.clone().unwrap_or_else(|| local.to_string());
             text.push_str(&format!(
-                "join script: http://{address}/join.sh sha256 {}\none-liner: {}\n(codes: edgeferry enroll create --site-dir {})\n",
+                "join script: {}/join.sh sha256 {}\none-liner: {}\n(codes: edgeferry enroll create --site-dir {})\n",
+                endpoint.url(),
                 site.script_sha256(),
-                pull::one_liner(&address, &site.script_sha256()),
+                pull::one_liner(
+                    &endpoint,
+                    identity.as_ref().map(|i| i.pin.as_str()),
+                    &site.script_sha256()
+                ),
                 site.dir.display()
             ));
         }
@@ -146,27 +231,42 @@ pub fn serve(options: ServeOptions, config: &Config, out: &Printer) -> Result<()
             snapshot: RwLock::new(Arc::new(snapshot)),
             log: Mutex::new(log),
             site,
+            https_url: identity.is_some().then(|| endpoint.url()),
             out,
         });
-        run(listener, mirror, config.clone()).await
+        run(listener, mirror, config.clone(), acceptor).await
     })
 }
 
-/// What nodes need to pull through this mirror, printed when it starts.
-fn banner(snapshot: &Snapshot, local: SocketAddr, advertise: Option<&str>) -> String {
-    let advertised = match advertise {
-        Some(a) => a.to_string(),
-        None if local.ip().is_unspecified() => format!("<this-host-lan-ip>:{}", local.port()),
-        None => local.to_string(),
-    };
+/// What nodes need to pull through this mirror (at `endpoint`), printed
+/// when it starts.
+fn banner(
+    snapshot: &Snapshot,
+    local: SocketAddr,
+    endpoint: &Mirror,
+    identity: Option<&tls::Identity>,
+) -> String {
+    let scheme = if endpoint.tls() { "https" } else { "http" };
     let mut s = format!(
-        "edgeferry mirror: serving {} on http://{local} ({} images, {} files, read-only)\n",
+        "edgeferry mirror: serving {} on {scheme}://{local} ({} images, {} files, read-only)\n",
         snapshot.store.display(),
         snapshot.state.images.len(),
         snapshot.state.files.len()
     );
+    if let Some(identity) = identity {
+        s.push_str(&format!(
+            "TLS: certificate {}; key pin {} (curl --pinnedpubkey)\n",
+            identity.origin, identity.pin
+        ));
+    }
     s.push_str("\nOn each node, containerd needs these files (edgeferry join writes them):\n");
-    for file in hosts::hosts_files(&advertised, &snapshot.registries()) {
+    if let Some(pem) = &endpoint.ca_pem {
+        s.push_str(&format!("=== {MIRROR_CA_PATH} (the mirror's CA)\n{pem}"));
+        if !pem.ends_with('\n') {
+            s.push('\n');
+        }
+    }
+    for file in hosts::hosts_files(endpoint, &snapshot.registries()) {
         s.push_str(&format!(
             "--- /etc/containerd/certs.d/{}/hosts.toml\n{}",
             file.dir, file.content
@@ -180,14 +280,22 @@ fn banner(snapshot: &Snapshot, local: SocketAddr, advertise: Option<&str>) -> St
         .collect();
     for version in versions {
         s.push_str(&format!(
-            "\nkeadm join flags for KubeEdge {version}: --kubeedge-version={version}   (with the hosts.toml above, images keep their upstream names; without them add --image-repository={advertised}/kubeedge)\n"
+            "\nkeadm join flags for KubeEdge {version}: --kubeedge-version={version}   (with the hosts.toml above, images keep their upstream names; without them add --image-repository={}/kubeedge)\n", endpoint.address
         ));
     }
-    s.push_str(&format!("release files: http://{advertised}/files/  checksums: http://{advertised}/SHA256SUMS  index: http://{advertised}/index.json\n"));
+    let url = endpoint.url();
+    s.push_str(&format!(
+        "release files: {url}/files/  checksums: {url}/SHA256SUMS  index: {url}/index.json\n"
+    ));
     s
 }
 
-async fn run(listener: tokio::net::TcpListener, mirror: Arc<Server>, config: Config) -> Result<()> {
+async fn run(
+    listener: tokio::net::TcpListener,
+    mirror: Arc<Server>,
+    config: Config,
+    acceptor: Option<tokio_rustls::TlsAcceptor>,
+) -> Result<()> {
     let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
     let out = mirror.out;
     tokio::spawn(async move {
@@ -240,8 +348,14 @@ async fn run(listener: tokio::net::TcpListener, mirror: Arc<Server>, config: Con
         let mirror = Arc::clone(&mirror);
         let config = config.clone();
         let shutdown = shutdown_rx.clone();
+        let acceptor = acceptor.clone();
         tokio::spawn(async move {
-            connection(stream, peer, mirror, config, shutdown, started).await;
+            match acceptor {
+                None => connection(stream, peer, mirror, config, shutdown, started, false).await,
+                Some(acceptor) => {
+                    tls_connection(acceptor, stream, peer, mirror, config, shutdown, started).await
+                }
+            }
             drop(slot);
             drop(permit);
         });
@@ -296,14 +410,50 @@ impl Drop for ClientSlot {
     }
 }
 
-async fn connection(
+/// A connection to the TLS port: a TLS handshake, finished within the
+/// handshake timeout or dropped (its slot and permit held until then, so
+/// the caps bound handshakes too); or a plain-HTTP request, answered with
+/// the one-line refusal.
+async fn tls_connection(
+    acceptor: tokio_rustls::TlsAcceptor,
     stream: tokio::net::TcpStream,
+    peer: SocketAddr,
+    mirror: Arc<Server>,
+    config: Config,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    started: Instant,
+) {
+    /// The first byte of every TLS connection: a handshake record.
+    const HANDSHAKE: u8 = 0x16;
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(config.tls_handshake_timeout, stream.peek(&mut first)).await;
+    match peeked {
+        Ok(Ok(1)) if first[0] == HANDSHAKE => {}
+        Ok(Ok(1)) => {
+            return connection(stream, peer, mirror, config, shutdown, started, true).await;
+        }
+        _ => return,
+    }
+    let accepted =
+        tokio::time::timeout(config.tls_handshake_timeout, acceptor.accept(stream)).await;
+    if let Ok(Ok(tls)) = accepted {
+        connection(tls, peer, mirror, config, shutdown, started, false).await;
+    }
+}
+
+/// Serves HTTP/1.1 on `io`; `refuse_plain`: plain HTTP reached the TLS
+/// port, and every request gets the refusal.
+async fn connection<S>(
+    stream: S,
     peer: SocketAddr,
     mirror: Arc<Server>,
     config: Config,
     mut shutdown: tokio::sync::watch::Receiver<bool>,
     started: Instant,
-) {
+    refuse_plain: bool,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let activity = Arc::new(AtomicU64::new(started.elapsed().as_millis() as u64));
     let io = TokioIo::new(Activity {
         inner: stream,
@@ -312,12 +462,12 @@ async fn connection(
     });
     let service = hyper::service::service_fn(move |request| {
         let mirror = Arc::clone(&mirror);
-        async move { Ok::<_, Infallible>(handle(mirror, peer, request).await) }
+        async move { Ok::<_, Infallible>(handle(mirror, peer, request, refuse_plain).await) }
     });
     let conn = hyper::server::conn::http1::Builder::new()
         .timer(TokioTimer::new())
         .header_read_timeout(config.header_read_timeout)
-        .keep_alive(true)
+        .keep_alive(!refuse_plain)
         .serve_connection(io, service);
     tokio::pin!(conn);
     let idle_ms = config.idle_timeout.as_millis() as u64;
@@ -342,20 +492,20 @@ async fn connection(
 }
 
 /// Records when bytes last moved on a connection, for the idle timeout.
-struct Activity {
-    inner: tokio::net::TcpStream,
+struct Activity<S> {
+    inner: S,
     last: Arc<AtomicU64>,
     started: Instant,
 }
 
-impl Activity {
+impl<S> Activity<S> {
     fn touch(&self) {
         self.last
             .store(self.started.elapsed().as_millis() as u64, Ordering::Relaxed);
     }
 }
 
-impl AsyncRead for Activity {
+impl<S: AsyncRead + Unpin> AsyncRead for Activity<S> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -370,7 +520,7 @@ impl AsyncRead for Activity {
     }
 }
 
-impl AsyncWrite for Activity {
+impl<S: AsyncWrite + Unpin> AsyncWrite for Activity<S> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut TaskContext<'_>,
@@ -411,20 +561,27 @@ async fn handle(
     mirror: Arc<Server>,
     peer: SocketAddr,
     request: Request<hyper::body::Incoming>,
+    refuse_plain: bool,
 ) -> Response<LoggedBody> {
     let started = Instant::now();
     let method = request.method().clone();
     let path = request.uri().path().to_string();
     let query = request.uri().query().map(str::to_string);
-    let snapshot = mirror.snapshot();
-    let (parts, body) = request.into_parts();
-    let pulled = match &mirror.site {
-        Some(site) => pull::route(site, &method, &path, &parts.headers, body, peer).await,
-        None => None,
-    };
-    let response = match pulled {
-        Some(response) => response,
-        None => mirror::route(&snapshot, &method, &path, query.as_deref(), &parts.headers).await,
+    let response = if refuse_plain {
+        plain_refused(&mirror, &path)
+    } else {
+        let snapshot = mirror.snapshot();
+        let (parts, body) = request.into_parts();
+        let pulled = match &mirror.site {
+            Some(site) => pull::route(site, &method, &path, &parts.headers, body, peer).await,
+            None => None,
+        };
+        match pulled {
+            Some(response) => response,
+            None => {
+                mirror::route(&snapshot, &method, &path, query.as_deref(), &parts.headers).await
+            }
+        }
     };
     let status = response.status();
     let path = match &query {
@@ -443,6 +600,21 @@ async fn handle(
             started,
         }),
     })
+}
+
+/// The answer to plain HTTP on the TLS port, whatever the path: with TLS
+/// on, nothing (an enrollment, a report, a blob) is served in cleartext.
+fn plain_refused(mirror: &Server, path: &str) -> Response<Body> {
+    let url = mirror.https_url.as_deref().unwrap_or("https://<mirror>");
+    Response::builder()
+        .status(StatusCode::BAD_REQUEST)
+        .header(axum::http::header::CONTENT_TYPE, "text/plain")
+        .header(axum::http::header::CONNECTION, "close")
+        .body(Body::from(format!(
+            "plain HTTP refused: this mirror speaks HTTPS only, so enrollment codes, the join token and reports never cross the LAN in cleartext: use {url}{}\n",
+            if path.starts_with('/') && path.len() <= 256 { path } else { "/" }
+        )))
+        .expect("valid response")
 }
 
 struct LogRecord {

@@ -15,3 +15,4 @@ mod join;
 mod load;
 mod pull;
 mod serve;
+mod tls;

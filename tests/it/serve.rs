@@ -723,15 +723,15 @@ fn skopeo_inspects_and_copies_with_the_bundle_digests() {
 }
 
 /// containerd with its own root, state and socket, killed and its mounts
-/// removed on drop.
-struct Containerd {
+/// removed on drop. Also used by tests/it/tls.rs.
+pub(crate) struct Containerd {
     process: Reaped,
     root: PathBuf,
     socket: PathBuf,
 }
 
 impl Containerd {
-    fn start(dir: &Path) -> Containerd {
+    pub(crate) fn start(dir: &Path) -> Containerd {
         require_tool("containerd", "containerd");
         require_tool("ctr", "containerd");
         std::fs::create_dir_all(dir).unwrap();
@@ -787,7 +787,7 @@ impl Containerd {
         containerd
     }
 
-    fn ctr(&self) -> Command {
+    pub(crate) fn ctr(&self) -> Command {
         let mut cmd = Command::new("ctr");
         cmd.arg("--address")
             .arg(&self.socket)

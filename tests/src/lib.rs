@@ -370,6 +370,8 @@ pub struct Served {
     pub process: Reaped,
     /// `127.0.0.1:<port>`, parsed from the start-up line.
     pub addr: String,
+    /// `http` or `https`, from the start-up line.
+    pub scheme: String,
     /// What it printed on stderr up to the end of the start-up banner.
     pub banner: String,
     stdout: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
@@ -394,8 +396,27 @@ impl Served {
     }
 
     /// As [`Served::start_with`], listening on `ip` (e.g. a test-host
-    /// bridge address) with a port the OS picks.
+    /// bridge address) with a port the OS picks. Plain HTTP
+    /// (`--plain-http`): see [`Served::start_https`] for the default.
     pub fn start_on<I, S>(store: &Path, ip: &str, extra: I) -> Served
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        let mut cmd = edgeferry();
+        cmd.arg("serve")
+            .arg("--store")
+            .arg(store)
+            .arg("--listen")
+            .arg(format!("{ip}:0"))
+            .arg("--plain-http")
+            .args(extra);
+        Served::spawn(cmd, ip, "release files:")
+    }
+
+    /// As [`Served::start_on`], over HTTPS (serve's default): the site
+    /// certificate beside the store, unless `extra` names another.
+    pub fn start_https<I, S>(store: &Path, ip: &str, extra: I) -> Served
     where
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
@@ -411,11 +432,24 @@ impl Served {
     }
 
     /// `edgeferry serve --store <store> --listen <ip>:0 --site-dir <site_dir>
-    /// <extra>` with `env` added to its environment (e.g. the variable
-    /// site.yaml names for the token): the mirror for pull mode. Returns
-    /// once the banner's `one-liner:` line is printed; see
+    /// --plain-http <extra>` with `env` added to its environment (e.g. the
+    /// variable site.yaml names for the token): the mirror for pull mode.
+    /// Returns once the banner's `one-liner:` line is printed; see
     /// [`Served::one_liner`] and [`Served::join_script`].
     pub fn start_site(
+        store: &Path,
+        ip: &str,
+        site_dir: &Path,
+        extra: &[&str],
+        env: &[(&str, &str)],
+    ) -> Served {
+        let mut with_plain = vec!["--plain-http"];
+        with_plain.extend_from_slice(extra);
+        Served::start_site_https(store, ip, site_dir, &with_plain, env)
+    }
+
+    /// As [`Served::start_site`], over HTTPS (serve's default).
+    pub fn start_site_https(
         store: &Path,
         ip: &str,
         site_dir: &Path,
@@ -483,16 +517,20 @@ impl Served {
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
         let mut banner = String::new();
         let mut addr = None;
+        let mut scheme = String::new();
         loop {
             let left = deadline.saturating_duration_since(std::time::Instant::now());
             match lines.recv_timeout(left) {
                 Ok(line) => {
                     banner.push_str(&line);
                     if let Some(rest) = line.strip_prefix("edgeferry mirror: serving ") {
-                        let after = rest
-                            .split_once(" on http://")
-                            .map(|(_, a)| a)
+                        let (s, after) = ["http", "https"]
+                            .into_iter()
+                            .find_map(|s| {
+                                rest.split_once(&format!(" on {s}://")).map(|(_, a)| (s, a))
+                            })
                             .unwrap_or_else(|| panic!("no address in {line:?}"));
+                        scheme = s.to_string();
                         let found = after.split_once(' ').map_or(after, |(a, _)| a).trim();
                         addr = Some(found.to_string());
                     }
@@ -517,6 +555,7 @@ impl Served {
         Served {
             process,
             addr,
+            scheme,
             banner,
             stdout,
             stderr,
@@ -525,7 +564,7 @@ impl Served {
     }
 
     pub fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.addr)
+        format!("{}://{}{path}", self.scheme, self.addr)
     }
 
     /// From the banner's `join script: <url> sha256 <hex>` line (pull

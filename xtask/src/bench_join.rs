@@ -440,6 +440,7 @@ impl Mirror {
             .args(["--pdeathsig", "TERM", "--"])
             .arg(edgeferry)
             .arg("serve")
+            .arg("--plain-http")
             .arg("--store")
             .arg(store)
             .arg("--listen")

@@ -15,9 +15,14 @@
 //! connections are opened and held, and a fresh client's `GET /v2/` is
 //! timed. The load generator shares the machine's CPUs with the server.
 //!
+//! Then the same blob load (wrk only) against a second `edgeferry serve`
+//! of the same store over HTTPS, its default (a site certificate; wrk
+//! does not check it), for TLS throughput next to plain HTTP.
+//!
 //! Targets (the issue's): throughput ≥ 0.8× nginx and ≥ 1.0×
 //! docker-registry; manifest p99 ≤ 20 ms under the load; peak RSS ≤ 100
-//! MiB; with 500 idle connections a fresh client is served within 1 s.
+//! MiB; with 500 idle connections a fresh client is served within 1 s;
+//! over TLS ≥ 0.7× our plain-HTTP throughput (issue 12).
 //! Missed targets are reported, not fatal. Every server is stopped by pid
 //! when this returns, on error too.
 
@@ -73,6 +78,7 @@ const TARGET_VS_REGISTRY: f64 = 1.0;
 const TARGET_P99_MS: f64 = 20.0;
 const TARGET_RSS_MIB: f64 = 100.0;
 const TARGET_FRESH_S: f64 = 1.0;
+const TARGET_TLS_VS_PLAIN: f64 = 0.7;
 
 const REFERENCE: &str = "docker.io/library/bench:1";
 const REPO: &str = "library/bench";
@@ -149,30 +155,38 @@ pub fn run() -> Result<()> {
     let blob_path = format!("/v2/{REPO}/blobs/sha256:{}", layer.hex);
     let manifest_path = format!("/v2/{REPO}/manifests/{TAG}");
 
-    let [our_port, nginx_port, registry_port] = free_ports()?;
+    let [our_port, nginx_port, registry_port, tls_port] = free_ports()?;
     let mut commands = Vec::new();
 
-    // Ours.
-    let ours_args: Vec<String> = vec![
-        edgeferry.display().to_string(),
-        "serve".into(),
-        "--store".into(),
-        store.display().to_string(),
-        "--listen".into(),
-        format!("127.0.0.1:{our_port}"),
-        "--access-log".into(),
-        "/dev/null".into(),
-        // Every bench client comes from 127.0.0.1: the per-address share
-        // must hold them all, as nginx and the registry have no such cap.
-        "--max-connections-per-client".into(),
-        (CLIENTS + MANIFEST_THREADS + IDLE_CONNECTIONS + 64).to_string(),
-    ];
+    // Ours, over plain HTTP as nginx and the registry here.
+    let serve_args = |port: u16, plain: bool| -> Vec<String> {
+        let mut args: Vec<String> = vec![
+            edgeferry.display().to_string(),
+            "serve".into(),
+            "--store".into(),
+            store.display().to_string(),
+            "--listen".into(),
+            format!("127.0.0.1:{port}"),
+            "--access-log".into(),
+            "/dev/null".into(),
+            // Every bench client comes from 127.0.0.1: the per-address share
+            // must hold them all, as nginx and the registry have no such cap.
+            "--max-connections-per-client".into(),
+            (CLIENTS + MANIFEST_THREADS + IDLE_CONNECTIONS + 64).to_string(),
+        ];
+        if plain {
+            args.push("--plain-http".into());
+        }
+        args
+    };
+    let ours_args = serve_args(our_port, true);
     commands.push(shell_line(&ours_args));
     let ours = Server::start(
         "edgeferry",
         &ours_args,
         our_port,
         &bench.join("mirror-serve.log"),
+        200,
     )?;
     let tag = Client::new(ours.addr, 64 << 10).get_once(&manifest_path, Some(ACCEPT_MANIFESTS))?;
     anyhow::ensure!(
@@ -218,6 +232,7 @@ pub fn run() -> Result<()> {
         &nginx_args,
         nginx_port,
         &nginx_dir.join("stdout.log"),
+        200,
     )?;
 
     // docker-registry, filled by skopeo from our mirror.
@@ -242,6 +257,7 @@ pub fn run() -> Result<()> {
         &registry_args,
         registry_port,
         &registry_dir.join("registry.log"),
+        200,
     )?;
     let skopeo_args: Vec<String> = vec![
         "skopeo".into(),
@@ -314,10 +330,52 @@ pub fn run() -> Result<()> {
         results.push(line);
     }
     let ours_hwm_mib = tree_hwm_kib(ours.pid()) as f64 / 1024.0;
-    let load_after = load_average();
     drop(registry);
     drop(nginx);
     drop(ours);
+
+    // Ours again, over HTTPS: the blob load only (the manifest pollers and
+    // the idle test speak plain HTTP), after an untimed check that it
+    // serves the same layer.
+    let tls_args = serve_args(tls_port, false);
+    commands.push(shell_line(&tls_args));
+    // Plain HTTP on the TLS port is answered 400: it is listening.
+    let tls = Server::start(
+        "edgeferry TLS",
+        &tls_args,
+        tls_port,
+        &bench.join("mirror-serve-tls.log"),
+        400,
+    )?;
+    let tls_url = format!("https://{}{blob_path}", tls.addr);
+    let fetched = Command::new("curl")
+        .args(["-sS", "-f", "-k", "--noproxy", "*"])
+        .arg(&tls_url)
+        .output()
+        .context("running curl")?;
+    anyhow::ensure!(
+        fetched.status.success() && sha256_hex(&fetched.stdout) == layer.hex,
+        "edgeferry over TLS serves {blob_path} as {} bytes that do not hash to it: {}",
+        fetched.stdout.len(),
+        String::from_utf8_lossy(&fetched.stderr).trim()
+    );
+    println!(
+        "\nbench: {CLIENTS} clients x GET {blob_path} for {seconds} s against edgeferry over TLS on {}",
+        tls.addr
+    );
+    let cpu_before = tree_cpu_seconds(tls.pid());
+    let tls_result = run_wrk(&tls_url, duration);
+    let tls_cpu = tree_cpu_seconds(tls.pid()) - cpu_before;
+    let tls_hwm_mib = tree_hwm_kib(tls.pid()) as f64 / 1024.0;
+    println!(
+        "  edgeferry TLS: {:.1} MiB/s, {} blobs, {} errors, server CPU {tls_cpu:.1} s, load generator CPU {:.1} s, peak RSS {tls_hwm_mib:.1} MiB",
+        tls_result.throughput(duration) / MIB,
+        tls_result.blobs,
+        tls_result.blob_errors,
+        tls_result.wrk_cpu
+    );
+    drop(tls);
+    let load_after = load_average();
 
     let versions = [
         version(
@@ -360,9 +418,9 @@ pub fn run() -> Result<()> {
         "peak RSS",
         "fresh /v2/"
     )?;
+    let mut rows: Vec<String> = Vec::new();
     for r in &results {
-        writeln!(
-            table,
+        rows.push(format!(
             "  {:<16} {:>9.1} {:>6} {:>6} {:>7.2}/{:>7.2} ms {:>8} {:>6.2}/{:>6.2} ms {:>9.1} {:>10.1} {:>6.1} MiB {:>7.1} ms",
             r.name,
             r.result.throughput(duration) / MIB,
@@ -377,7 +435,24 @@ pub fn run() -> Result<()> {
             r.client_cpu,
             r.hwm_kib as f64 / 1024.0,
             r.fresh.seconds * 1000.0,
-        )?;
+        ));
+    }
+    rows.push(format!(
+        "  {:<16} {:>9.1} {:>6} {:>6} {:>18} {:>8} {:>16} {:>9.1} {:>10.1} {:>6.1} MiB {:>10}",
+        "edgeferry TLS",
+        tls_result.throughput(duration) / MIB,
+        tls_result.blobs,
+        tls_result.blob_errors,
+        "-",
+        "-",
+        "-",
+        tls_cpu,
+        tls_result.wrk_cpu,
+        tls_hwm_mib,
+        "-",
+    ));
+    for row in &rows {
+        writeln!(table, "{row}")?;
     }
     writeln!(table, "  {:<48} {:>11}  {:>8}", "target", "value", "limit")?;
     let vs_nginx = r_ours.result.throughput(duration) / r_nginx.result.throughput(duration);
@@ -424,6 +499,13 @@ pub fn run() -> Result<()> {
         format!("< {TARGET_FRESH_S:.0} s"),
         r_ours.fresh.seconds < TARGET_FRESH_S && r_ours.fresh.status == 200,
     )?;
+    let tls_vs_plain = tls_result.throughput(duration) / r_ours.result.throughput(duration);
+    target(
+        "throughput edgeferry TLS / edgeferry plain HTTP",
+        format!("{tls_vs_plain:.3}"),
+        format!(">= {TARGET_TLS_VS_PLAIN:.1}"),
+        tls_vs_plain >= TARGET_TLS_VS_PLAIN && tls_result.blob_errors == 0,
+    )?;
     target(
         "edgeferry errors under the load",
         format!(
@@ -433,6 +515,9 @@ pub fn run() -> Result<()> {
         "0".into(),
         r_ours.result.blob_errors + r_ours.result.manifest_errors == 0,
     )?;
+    if let Some(e) = tls_result.first_error.as_deref() {
+        writeln!(table, "  first error against edgeferry TLS: {e}")?;
+    }
     for r in &results {
         if let Some(e) = r.result.first_error.as_deref() {
             writeln!(table, "  first error against {}: {e}", r.name)?;
@@ -445,7 +530,7 @@ pub fn run() -> Result<()> {
     }
     writeln!(
         table,
-        "  columns: MiB/s = body bytes received by all clients / {seconds} s; blobs = complete blob GETs; requests = manifest GETs timed under the load (by threads at nice -10: {}); unloaded = {UNLOADED_GETS} sequential manifest GETs before the load; srv CPU s = the server's user+system CPU over the load (nginx: master + workers); load CPU s = the load generator's; peak RSS = VmHWM (nginx: summed over its processes); fresh /v2/ = connect + GET /v2/ with {IDLE_CONNECTIONS} idle connections open",
+        "  columns: MiB/s = body bytes received by all clients / {seconds} s; blobs = complete blob GETs; requests = manifest GETs timed under the load (by threads at nice -10: {}); unloaded = {UNLOADED_GETS} sequential manifest GETs before the load; srv CPU s = the server's user+system CPU over the load (nginx: master + workers); load CPU s = the load generator's; peak RSS = VmHWM (nginx: summed over its processes); fresh /v2/ = connect + GET /v2/ with {IDLE_CONNECTIONS} idle connections open; edgeferry TLS = a second serve of the same store over HTTPS (the site certificate, TLS 1.3 as wrk negotiates it), the same wrk blob load without the manifest pollers",
         if r_ours.result.raised_priority { "yes" } else { "no, not root" }
     )?;
     writeln!(
@@ -709,13 +794,14 @@ http:
 }
 
 /// Free loopback ports, found by binding port 0.
-fn free_ports() -> Result<[u16; 3]> {
+fn free_ports() -> Result<[u16; 4]> {
     let listeners = [
         TcpListener::bind("127.0.0.1:0")?,
         TcpListener::bind("127.0.0.1:0")?,
         TcpListener::bind("127.0.0.1:0")?,
+        TcpListener::bind("127.0.0.1:0")?,
     ];
-    let mut ports = [0u16; 3];
+    let mut ports = [0u16; 4];
     for (port, l) in ports.iter_mut().zip(&listeners) {
         *port = l.local_addr()?.port();
     }
@@ -731,7 +817,15 @@ struct Server {
 }
 
 impl Server {
-    fn start(name: &'static str, args: &[String], port: u16, log: &Path) -> Result<Server> {
+    /// Starts it and waits until a plain `GET /v2/` gets `ready` (400 from
+    /// our TLS port: the plain-HTTP refusal).
+    fn start(
+        name: &'static str,
+        args: &[String],
+        port: u16,
+        log: &Path,
+        ready: u16,
+    ) -> Result<Server> {
         let out = fs::File::create(log).with_context(|| format!("creating {}", log.display()))?;
         let child = Command::new(&args[0])
             .args(&args[1..])
@@ -760,13 +854,13 @@ impl Server {
                 );
             }
             if let Ok(reply) = Client::new(server.addr, 64 << 10).get_once("/v2/", None) {
-                if reply.status == 200 {
+                if reply.status == ready {
                     return Ok(server);
                 }
             }
             if started.elapsed() > Duration::from_secs(20) {
                 bail!(
-                    "{name} did not answer GET /v2/ with 200 within 20 s; its log {}: {}",
+                    "{name} did not answer GET /v2/ with {ready} within 20 s; its log {}: {}",
                     server.log.display(),
                     fs::read_to_string(&server.log).unwrap_or_default().trim()
                 );
@@ -828,23 +922,8 @@ impl LoadResult {
 /// pollers against `addr` for `duration`, started together.
 fn load(addr: SocketAddr, blob: &str, manifest: &str, duration: Duration) -> LoadResult {
     let barrier = Arc::new(Barrier::new(MANIFEST_THREADS + 1));
-    let script = workspace_root().join("target/bench/wrk-summary.lua");
-    let _ = std::fs::write(
-        &script,
-        "done = function(summary, latency, requests)\n  local e = summary.errors\n  io.write(string.format(\"edgeferry-wrk bytes=%d requests=%d errors=%d\\n\", summary.bytes, summary.requests, e.connect + e.read + e.write + e.status + e.timeout))\nend\n",
-    );
-    let children_before = children_cpu_seconds();
-    let wrk = Command::new("wrk")
-        .args(["-t", &WRK_THREADS.to_string(), "-c", &CLIENTS.to_string()])
-        .arg("-d")
-        .arg(format!("{}s", duration.as_secs().max(1)))
-        // A 64 MiB body takes seconds per connection under this load.
-        .args(["--timeout", "300s", "-s"])
-        .arg(&script)
-        .arg(format!("http://{addr}{blob}"))
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn();
+    let url = format!("http://{addr}{blob}");
+    let wrk = thread::spawn(move || run_wrk(&url, duration));
     // The pollers start with wrk.
     let mut pollers = Vec::new();
     for _ in 0..MANIFEST_THREADS {
@@ -881,6 +960,54 @@ fn load(addr: SocketAddr, blob: &str, manifest: &str, duration: Duration) -> Loa
         }));
     }
     barrier.wait();
+    let mut total = wrk.join().unwrap_or_else(|_| LoadResult {
+        blob_errors: 1,
+        first_error: Some("the wrk thread panicked".into()),
+        ..LoadResult::default()
+    });
+    for handle in pollers {
+        let part = handle.join().unwrap_or_else(|_| LoadResult {
+            blob_errors: 1,
+            first_error: Some("a load thread panicked".into()),
+            ..LoadResult::default()
+        });
+        total.bytes += part.bytes;
+        total.blobs += part.blobs;
+        total.blob_errors += part.blob_errors;
+        total.manifest_errors += part.manifest_errors;
+        total.latencies_ms.extend(part.latencies_ms);
+        total.raised_priority |= part.raised_priority;
+        if total.first_error.is_none() {
+            total.first_error = part.first_error;
+        }
+    }
+    total
+        .latencies_ms
+        .sort_by(|a, b| a.partial_cmp(b).expect("latencies are numbers"));
+    total
+}
+
+/// wrk's `CLIENTS` keep-alive connections GETting `url` (http:// or
+/// https://; wrk checks no certificate) for `duration`: bytes, complete
+/// GETs, errors and the CPU wrk used.
+fn run_wrk(url: &str, duration: Duration) -> LoadResult {
+    let script = workspace_root().join("target/bench/wrk-summary.lua");
+    let _ = std::fs::write(
+        &script,
+        "done = function(summary, latency, requests)\n  local e = summary.errors\n  io.write(string.format(\"edgeferry-wrk bytes=%d requests=%d errors=%d\\n\", summary.bytes, summary.requests, e.connect + e.read + e.write + e.status + e.timeout))\nend\n",
+    );
+    let children_before = children_cpu_seconds();
+    let wrk = Command::new("wrk")
+        .args(["-t", &WRK_THREADS.to_string(), "-c", &CLIENTS.to_string()])
+        .arg("-d")
+        .arg(format!("{}s", duration.as_secs().max(1)))
+        // A 64 MiB body takes seconds per connection under this load.
+        .args(["--timeout", "300s", "-s"])
+        .arg(&script)
+        .arg(url)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn();
     let mut total = LoadResult::default();
     match wrk.and_then(|child| child.wait_with_output()) {
         Ok(out) => {
@@ -918,25 +1045,6 @@ fn load(addr: SocketAddr, blob: &str, manifest: &str, duration: Duration) -> Loa
         }
     }
     total.wrk_cpu = children_cpu_seconds() - children_before;
-    for handle in pollers {
-        let part = handle.join().unwrap_or_else(|_| LoadResult {
-            blob_errors: 1,
-            first_error: Some("a load thread panicked".into()),
-            ..LoadResult::default()
-        });
-        total.bytes += part.bytes;
-        total.blobs += part.blobs;
-        total.blob_errors += part.blob_errors;
-        total.manifest_errors += part.manifest_errors;
-        total.latencies_ms.extend(part.latencies_ms);
-        total.raised_priority |= part.raised_priority;
-        if total.first_error.is_none() {
-            total.first_error = part.first_error;
-        }
-    }
-    total
-        .latencies_ms
-        .sort_by(|a, b| a.partial_cmp(b).expect("latencies are numbers"));
     total
 }
 

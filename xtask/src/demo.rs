@@ -187,7 +187,13 @@ fn serve_and_pull(edgeferry: &Path, store: &Path, demo: &Path) -> Result<()> {
     use std::io::{BufRead, BufReader};
     println!("\n== edgeferry serve, and a pull through it");
     let mut server = Command::new(edgeferry)
-        .args(["serve", "--listen", "127.0.0.1:0", "--access-log"])
+        .args([
+            "serve",
+            "--plain-http",
+            "--listen",
+            "127.0.0.1:0",
+            "--access-log",
+        ])
         .arg(demo.join("access.log"))
         .arg("--store")
         .arg(store)
@@ -486,6 +492,8 @@ impl Mirror {
     ) -> Result<Mirror> {
         use std::io::{BufRead, BufReader};
         let mut cmd = Command::new(edgeferry);
+        // HTTPS, serve's default: the site certificate beside the store,
+        // which `join` finds there and pull mode's one-liner pins.
         cmd.arg("serve")
             .arg("--listen")
             .arg(format!("{ip}:0"))
@@ -510,7 +518,7 @@ impl Mirror {
             let line = lines
                 .next()
                 .with_context(|| format!("the server exited before printing {until:?}"))??;
-            if let Some(rest) = line.split(" on http://").nth(1) {
+            if let Some(rest) = line.split(" on https://").nth(1) {
                 mirror.address = rest
                     .split_whitespace()
                     .next()

@@ -7,7 +7,8 @@
 # the real ones do, with the same step lines and messages, except that:
 #   - the installation-package image is fetched the way containerd would
 #     fetch it through the mirror that /etc/containerd/certs.d/<registry>/
-#     hosts.toml names, over HTTP with curl (or wget), and only
+#     hosts.toml names, over HTTP or HTTPS (trusting the file its ca = line
+#     names, as containerd does) with curl (or wget), and only
 #     /usr/local/bin/edgecore is taken out of it: there is no CRI and no
 #     copy container;
 #   - the copy step's pod sandbox is not run, but what it needs is checked
@@ -233,9 +234,10 @@ node_check() {
 
 # http_get URL FILE ACCEPT: GETs URL into FILE; on failure says why.
 # Proxies are bypassed, since containerd reaches the site mirror directly.
+# $mirror_ca, if set, is the only CA an https:// mirror is checked against.
 http_get() {
 	if command -v curl >/dev/null 2>&1; then
-		code=$(curl -sS -g --noproxy '*' --connect-timeout 10 -y 60 -Y 1 -H "Accept: $3" -o "$2" -w '%{http_code}' "$1" 2>"$tmp/http.err") || {
+		code=$(curl -sS -g --noproxy '*' ${mirror_ca:+--cacert "$mirror_ca"} --connect-timeout 10 -y 60 -Y 1 -H "Accept: $3" -o "$2" -w '%{http_code}' "$1" 2>"$tmp/http.err") || {
 			echo "GET $1: $(tr '\n' ' ' <"$tmp/http.err")"
 			return 1
 		}
@@ -244,7 +246,7 @@ http_get() {
 			return 1
 		}
 	elif command -v wget >/dev/null 2>&1; then
-		env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY wget -q -O "$2" --header "Accept: $3" "$1" 2>"$tmp/http.err" || {
+		env -u http_proxy -u https_proxy -u HTTP_PROXY -u HTTPS_PROXY wget -q ${mirror_ca:+--ca-certificate="$mirror_ca"} -O "$2" --header "Accept: $3" "$1" 2>"$tmp/http.err" || {
 			echo "GET $1: wget failed $(tr '\n' ' ' <"$tmp/http.err")"
 			return 1
 		}
@@ -310,6 +312,9 @@ pull_image() {
 		[ "$registry" != docker.io ] || upstream=registry-1.docker.io
 		fail "failed to pull image \"$image\": no mirror for $registry in /etc/containerd/certs.d/$registry/hosts.toml, so containerd would go to https://$upstream, which an isolated site cannot reach (real keadm fails there, or after 20 s with DeadlineExceeded when the sandbox image is missing too)"
 	fi
+	# The CA file hosts.toml names (ca = "..."), as containerd trusts it.
+	mirror_ca=$(sed -n 's/^[[:space:]]*ca[[:space:]]*=[[:space:]]*"\([^"]*\)".*$/\1/p' "$certs/$dir/hosts.toml" | head -n 1)
+	[ -z "$mirror_ca" ] || mirror_ca=$ROOT$mirror_ca
 	# containerd asks a mirror for another registry's images with ?ns=.
 	authority=${mirror#*://}
 	authority=${authority%%/*}

@@ -71,6 +71,7 @@ fn prepare(
             store_dir: &args.store,
             state: &state,
             mirror: args.mirror.as_deref(),
+            mirror_ca: crate::tls::node_ca(&args.store, args.mirror_ca.as_deref())?,
             state_dir,
             parallel: args.parallel,
             accept_new_host_keys: args.accept_new_host_keys,

@@ -27,6 +27,8 @@ pub struct PlanInput<'a> {
     pub store_dir: &'a Path,
     pub state: &'a State,
     pub mirror: Option<&'a str>,
+    /// The CA PEM nodes trust for the mirror, if it speaks TLS.
+    pub mirror_ca: Option<String>,
     pub state_dir: PathBuf,
     pub parallel: Option<usize>,
     pub accept_new_host_keys: bool,
@@ -48,7 +50,7 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
     } = offer::store_offer(state, inv.kubeedge_version.as_deref(), input.store_dir)?;
 
     let mirror = match input.mirror.or(inv.mirror.as_deref()) {
-        Some(m) => offer::mirror_address(m)?,
+        Some(m) => offer::mirror_from(m, input.mirror_ca.clone())?,
         None => bail!(
             "no mirror address: pass --mirror HOST:PORT (where nodes reach edgeferry serve), set EDGEFERRY_MIRROR, or set mirror: in the inventory"
         ),
@@ -189,7 +191,9 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
         inventory: input.inventory_path.to_path_buf(),
         inventory_format: inv.format,
         kubeedge_version: version,
-        mirror,
+        mirror: mirror.address.clone(),
+        mirror_url: mirror.url(),
+        endpoint: mirror,
         store: input.store_dir.to_path_buf(),
         state_dir: input.state_dir.clone(),
         parallel,
@@ -239,7 +243,7 @@ impl JoinPlan {
     /// Human-readable plan for `--dry-run`.
     pub fn render(&self) -> String {
         let mut s = format!(
-            "plan: {} {} node(s), KubeEdge {}, {} at a time, mirror http://{}, host keys {}\n",
+            "plan: {} {} node(s), KubeEdge {}, {} at a time, mirror {}, host keys {}\n",
             match self.action {
                 Action::Join => "join",
                 Action::Reset => "reset",
@@ -247,7 +251,7 @@ impl JoinPlan {
             self.nodes.len(),
             self.kubeedge_version,
             self.parallel,
-            self.mirror,
+            self.mirror_url,
             self.host_keys
         );
         for a in &self.keadm {
@@ -367,6 +371,7 @@ mod tests {
                 store_dir: Path::new("/srv/store"),
                 state: &state(),
                 mirror: Some("http://10.0.0.5:5000/"),
+                mirror_ca: None,
                 state_dir: dir.path().join("state"),
                 parallel: None,
                 accept_new_host_keys: false,

@@ -838,7 +838,7 @@ async fn upload_keadm(
         return Err(fail(format!("uploading {} over SSH failed", asset.file)));
     }
     let verify = script::wrap(
-        &script::fetch(version, &ctx.plan.mirror, &ctx.plan.keadm, true),
+        &script::fetch(version, &ctx.plan.endpoint, &ctx.plan.keadm, true),
         node.spec.sudo,
     );
     log.line(&format!("$ {verify}"));

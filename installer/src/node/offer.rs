@@ -9,22 +9,36 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::hosts::{self, HostsFile};
+use super::hosts::{self, HostsFile, Mirror};
 use super::script::KeadmAsset;
 use crate::store::State;
 
-/// "host:port" from a --mirror value that may carry a scheme or a path.
-pub fn mirror_address(value: &str) -> Result<String> {
+/// The mirror from a --mirror value (`host:port`, `http://…` or
+/// `https://…`, a path ignored) and the CA PEM nodes trust for it, if the
+/// mirror speaks TLS: a bare `host:port` is HTTPS when there is a CA,
+/// plain HTTP otherwise; an explicit scheme decides.
+pub fn mirror_from(value: &str, ca_pem: Option<String>) -> Result<Mirror> {
     let v = value.trim();
-    if v.starts_with("https://") {
-        bail!("--mirror {v}: the mirror speaks plain HTTP; give host:port or http://host:port");
-    }
-    let v = v.strip_prefix("http://").unwrap_or(v);
-    let v = v.split('/').next().unwrap_or(v);
-    if v.is_empty() || !v.contains(':') {
+    let (scheme, rest) = match v.split_once("://") {
+        Some((s, rest)) => (Some(s), rest),
+        None => (None, v),
+    };
+    let address = rest.split('/').next().unwrap_or(rest);
+    if address.is_empty() || !address.contains(':') {
         bail!("--mirror {value:?} is not host:port: give the address nodes reach edgeferry serve at, e.g. 10.0.0.5:5000");
     }
-    Ok(v.to_string())
+    let ca_pem = match (scheme, ca_pem) {
+        (Some("http"), _) => None,
+        (Some("https"), None) => bail!(
+            "--mirror {v}: no CA for the mirror's certificate: serve made none beside --store; pass --mirror-ca FILE (what nodes trust), or http:// for a plain-HTTP mirror"
+        ),
+        (Some("https") | None, ca) => ca,
+        (Some(other), _) => bail!("--mirror {v}: scheme {other}:// is not http:// or https://"),
+    };
+    Ok(Mirror {
+        address: address.to_string(),
+        ca_pem,
+    })
 }
 
 /// The host part of HOST:PORT, with IPv6 brackets removed.
@@ -117,7 +131,7 @@ pub fn store_images(state: &State) -> Vec<String> {
 }
 
 /// containerd `hosts.toml` for every registry the store's images come from.
-pub fn hosts_toml_for(state: &State, mirror: &str) -> Vec<HostsFile> {
+pub fn hosts_toml_for(state: &State, mirror: &Mirror) -> Vec<HostsFile> {
     let registries: BTreeSet<String> = state
         .images
         .keys()
@@ -183,4 +197,34 @@ pub fn preflight_target(
         ports.push(certport);
     }
     Ok((cloud_host, ports, cri_socket))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_mirror_scheme_follows_the_value_then_whether_there_is_a_ca() {
+        let ca = || Some("PEM".to_string());
+        let m = mirror_from("10.0.0.5:5000", ca()).unwrap();
+        assert_eq!(m.url(), "https://10.0.0.5:5000");
+        let m = mirror_from("https://10.0.0.5:5000/v2/", ca()).unwrap();
+        assert_eq!((m.address.as_str(), m.tls()), ("10.0.0.5:5000", true));
+        assert_eq!(
+            mirror_from("10.0.0.5:5000", None).unwrap().url(),
+            "http://10.0.0.5:5000"
+        );
+        assert_eq!(
+            mirror_from("http://10.0.0.5:5000", ca()).unwrap(),
+            Mirror::plain("10.0.0.5:5000")
+        );
+        let err = mirror_from("https://10.0.0.5:5000", None).unwrap_err();
+        assert!(err.to_string().contains("pass --mirror-ca FILE"), "{err}");
+        let err = mirror_from("ftp://10.0.0.5:5000", None).unwrap_err();
+        assert!(
+            err.to_string().contains("is not http:// or https://"),
+            "{err}"
+        );
+        assert!(mirror_from("10.0.0.5", None).is_err());
+    }
 }

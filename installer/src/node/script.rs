@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::hosts::HostsFile;
+use super::hosts::{HostsFile, Mirror, MIRROR_CA_PATH};
 
 /// Where edgeferry keeps its own files on a node. Not under a directory
 /// `keadm reset edge` wipes (/etc/kubeedge, /var/lib/kubeedge, /var/log/kubeedge,
@@ -75,7 +75,7 @@ pub struct PreflightParams<'a> {
     /// one of them.
     pub store_images: Vec<String>,
     pub cri_socket: String,
-    pub mirror: &'a str,
+    pub mirror: &'a Mirror,
     pub cloud_host: &'a str,
     pub cloud_ports: Vec<u16>,
     pub min_free_mib: u64,
@@ -238,7 +238,7 @@ free=$(df -Pk /var/lib 2>/dev/null | awk 'NR==2 {{print $4}}')
 [ "${{free:-0}}" -ge {min_kib} ] || fail "only ${{free:-0}} KiB free under /var/lib: free at least {min_mib} MiB"
 if command -v curl >/dev/null 2>&1; then
 	echo http=curl
-	curl -fsS -o /dev/null --connect-timeout 5 -m 10 http://{mirror}/v2/ 2>/dev/null || fail "mirror http://{mirror}/v2/ does not answer from this node: check --mirror and that edgeferry serve listens there"
+	curl -fsS {unverified_curl}-o /dev/null --connect-timeout 5 -m 10 {mirror}/v2/ 2>/dev/null || fail "mirror {mirror}/v2/ does not answer from this node: check --mirror and that edgeferry serve listens there"
 	for port in {ports}; do
 		# Any answer means the port is reachable; 7 is "could not connect",
 		# and a timeout before connecting leaves time_connect at zero. Plain
@@ -248,7 +248,7 @@ if command -v curl >/dev/null 2>&1; then
 	done
 elif command -v wget >/dev/null 2>&1; then
 	echo http=wget
-	wget -q -T 10 -O /dev/null http://{mirror}/v2/ || fail "mirror http://{mirror}/v2/ does not answer from this node: check --mirror and that edgeferry serve listens there"
+	wget -q {unverified_wget}-T 10 -O /dev/null {mirror}/v2/ || fail "mirror {mirror}/v2/ does not answer from this node: check --mirror and that edgeferry serve listens there"
 else
 	echo http=none
 fi
@@ -259,7 +259,15 @@ fi
 echo "preflight: ok"
 "#,
         cri = quote(&p.cri_socket),
-        mirror = p.mirror,
+        mirror = p.mirror.url(),
+        // Reachability only, nothing is sent: the mirror's CA is installed
+        // by the containerd step, and every transfer after it checks it.
+        unverified_curl = if p.mirror.tls() { "-k " } else { "" },
+        unverified_wget = if p.mirror.tls() {
+            "--no-check-certificate "
+        } else {
+            ""
+        },
         cloud = if p.cloud_host.contains(':') {
             format!("[{}]", p.cloud_host)
         } else {
@@ -271,13 +279,39 @@ echo "preflight: ok"
     )
 }
 
-/// Writes containerd `hosts.toml` files for the mirror. Existing files are
-/// backed up once; containerd reads hosts.toml on each pull, so only a
-/// changed `config.toml` needs a restart.
-pub fn containerd(files: &[HostsFile]) -> String {
+/// Installs the mirror's CA at [`MIRROR_CA_PATH`] (over TLS; nothing for
+/// plain HTTP): written only when it differs, an existing file backed up
+/// once. The containerd step and the fetch step both run it, so a reset
+/// on a node whose CA file is gone still fetches keadm.
+pub fn install_ca(mirror: &Mirror) -> String {
+    let Some(pem) = &mirror.ca_pem else {
+        return String::new();
+    };
+    format!(
+        r#"ca={MIRROR_CA_PATH}
+mkdir -p "${{ca%/*}}"
+printf '%s' {pem} >"$ca.edgeferry-tmp"
+if [ -f "$ca" ] && cmp -s "$ca.edgeferry-tmp" "$ca"; then
+	rm -f "$ca.edgeferry-tmp"
+else
+	if [ -f "$ca" ] && [ ! -e "$ca.before-edgeferry" ]; then cp -p "$ca" "$ca.before-edgeferry"; fi
+	chmod 644 "$ca.edgeferry-tmp"
+	mv -f "$ca.edgeferry-tmp" "$ca"
+	echo "wrote $ca"
+fi
+"#,
+        pem = quote(pem)
+    )
+}
+
+/// Writes containerd `hosts.toml` files for the mirror, and over TLS the
+/// CA file they name. Existing files are backed up once; containerd reads
+/// hosts.toml on each pull, so only a changed `config.toml` needs a restart.
+pub fn containerd(files: &[HostsFile], mirror: &Mirror) -> String {
     let mut s = String::from(
         "set -eu\nchanged=0\nwrite() {\n\tdir=/etc/containerd/certs.d/$1\n\tmkdir -p \"$dir\"\n\ttmp=$dir/.hosts.toml.edgeferry\n\tprintf '%s' \"$2\" >\"$tmp\"\n\tif [ -f \"$dir/hosts.toml\" ] && cmp -s \"$tmp\" \"$dir/hosts.toml\"; then\n\t\trm -f \"$tmp\"\n\t\treturn\n\tfi\n\tif [ -f \"$dir/hosts.toml\" ] && [ ! -e \"$dir/hosts.toml.before-edgeferry\" ]; then\n\t\tcp -p \"$dir/hosts.toml\" \"$dir/hosts.toml.before-edgeferry\"\n\tfi\n\tmv -f \"$tmp\" \"$dir/hosts.toml\"\n\tchanged=$((changed + 1))\n\techo \"wrote $dir/hosts.toml\"\n}\n",
     );
+    s.push_str(&install_ca(mirror));
     for f in files {
         s.push_str(&format!("write {} {}\n", quote(&f.dir), quote(&f.content)));
     }
@@ -312,7 +346,7 @@ pub fn keadm_dir(version: &str) -> String {
 /// Fetches the keadm tarball from the mirror, checks its sha256 against the
 /// signed store (on the node, after the transfer), and unpacks keadm.
 /// `uploaded`: the control host has already put `<file>.part` there.
-pub fn fetch(version: &str, mirror: &str, assets: &[KeadmAsset], uploaded: bool) -> String {
+pub fn fetch(version: &str, mirror: &Mirror, assets: &[KeadmAsset], uploaded: bool) -> String {
     let dir = keadm_dir(version);
     let mut cases = String::new();
     for a in assets {
@@ -327,14 +361,18 @@ pub fn fetch(version: &str, mirror: &str, assets: &[KeadmAsset], uploaded: bool)
         "echo \"using $file uploaded over SSH\"".to_string()
     } else {
         format!(
-            r#"if command -v curl >/dev/null 2>&1; then
-	curl -fsS --connect-timeout 10 -o "$d/$file.part" "http://{mirror}/files/$file"
+            r#"{install_ca}if command -v curl >/dev/null 2>&1; then
+	curl -fsS {curl_ca}--connect-timeout 10 -o "$d/$file.part" "{url}/files/$file"
 elif command -v wget >/dev/null 2>&1; then
-	wget -q -T 30 -O "$d/$file.part" "http://{mirror}/files/$file"
+	wget -q {wget_ca}-T 30 -O "$d/$file.part" "{url}/files/$file"
 else
 	echo "no curl or wget on this node: uploading over SSH instead" >&2
 	exit {NO_HTTP_CLIENT}
-fi"#
+fi"#,
+            install_ca = install_ca(mirror),
+            url = mirror.url(),
+            curl_ca = mirror.curl_ca(),
+            wget_ca = mirror.wget_ca(),
         )
     };
     format!(

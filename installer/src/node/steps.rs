@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::hosts::HostsFile;
+use super::hosts::{HostsFile, Mirror};
 use super::script::{self, JoinArgs, KeadmAsset, PostcheckParams, PreflightParams};
 use crate::config::Config;
 
@@ -168,7 +168,7 @@ pub fn all_names() -> String {
 /// for every node: the keadm arguments then arrive at run time).
 pub struct StepInput<'a> {
     pub version: &'a str,
-    pub mirror: &'a str,
+    pub mirror: &'a Mirror,
     pub keadm: &'a [KeadmAsset],
     pub hosts: &'a [HostsFile],
     pub preflight: PreflightParams<'a>,
@@ -186,7 +186,7 @@ pub fn script(step: Step, input: &StepInput) -> Option<String> {
     Some(match step {
         Step::Connect => return None,
         Step::Preflight => script::preflight(&i.preflight),
-        Step::Containerd => script::containerd(i.hosts),
+        Step::Containerd => script::containerd(i.hosts, i.mirror),
         Step::Fetch => script::fetch(i.version, i.mirror, i.keadm, false),
         Step::KeadmJoin => {
             script::keadm_join(i.version, i.join_args, i.keadm_join_timeout.as_secs())
@@ -206,9 +206,22 @@ pub mod fixture {
     pub struct Site {
         pub keadm: Vec<KeadmAsset>,
         pub hosts: Vec<HostsFile>,
+        pub mirror: Mirror,
     }
 
     pub fn site() -> Site {
+        with_mirror(Mirror::plain("10.0.0.5:5000"))
+    }
+
+    /// The site with its mirror over TLS (a made-up CA).
+    pub fn tls_site() -> Site {
+        with_mirror(Mirror {
+            address: "10.0.0.5:5000".into(),
+            ca_pem: Some("-----BEGIN CERTIFICATE-----\nMIIB'x\n-----END CERTIFICATE-----\n".into()),
+        })
+    }
+
+    fn with_mirror(mirror: Mirror) -> Site {
         Site {
             keadm: vec![KeadmAsset {
                 arch: "amd64".into(),
@@ -217,9 +230,10 @@ pub mod fixture {
                 size: 1,
             }],
             hosts: super::super::hosts::hosts_files(
-                "10.0.0.5:5000",
+                &mirror,
                 &["docker.io".to_string()].into_iter().collect(),
             ),
+            mirror,
         }
     }
 
@@ -227,7 +241,7 @@ pub mod fixture {
         pub fn input(&self, args: JoinArgs) -> StepInput<'_> {
             StepInput {
                 version: "v1.23.1",
-                mirror: "10.0.0.5:5000",
+                mirror: &self.mirror,
                 keadm: &self.keadm,
                 hosts: &self.hosts,
                 preflight: PreflightParams {
@@ -238,7 +252,7 @@ pub mod fixture {
                         "registry.k8s.io/pause:3.10".into(),
                     ],
                     cri_socket: "/run/containerd/containerd.sock".into(),
-                    mirror: "10.0.0.5:5000",
+                    mirror: &self.mirror,
                     cloud_host: "10.0.0.2",
                     cloud_ports: vec![10000, 10002],
                     min_free_mib: 512,
@@ -281,8 +295,11 @@ mod tests {
 
     #[test]
     fn every_step_but_connect_is_valid_sh_either_way_its_arguments_come() {
-        let site = fixture::site();
-        for args in [JoinArgs::Stdin, JoinArgs::FromFile] {
+        for (site, args) in [
+            (fixture::site(), JoinArgs::Stdin),
+            (fixture::site(), JoinArgs::FromFile),
+            (fixture::tls_site(), JoinArgs::Stdin),
+        ] {
             for step in all_steps() {
                 match script(step, &site.input(args)) {
                     Some(sh) => assert_valid_sh(&sh),

@@ -19,6 +19,7 @@ use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PullConfig};
+use crate::node::hosts::Mirror;
 use crate::node::inventory::{self, SiteSpec};
 use crate::node::offer;
 use crate::node::script::{self as node_script, JoinArgs, PostcheckParams, PreflightParams};
@@ -45,7 +46,7 @@ pub struct Site {
     pub dir: PathBuf,
     spec: SiteSpec,
     redactor: Redactor,
-    mirror: String,
+    mirror: Mirror,
     keadm_timeout: std::time::Duration,
     min_free_mib: u64,
     settle: std::time::Duration,
@@ -71,16 +72,26 @@ struct ReportLines {
 /// The printed one-liner: download, check the pinned sha256, run. A fresh
 /// mktemp directory (mode 0700), not a fixed /tmp name another local user
 /// could create first and rewrite between the check and the run.
-pub fn one_liner(mirror: &str, sha256: &str) -> String {
+///
+/// Over TLS, `pin` (`sha256//…` of the mirror's public key) is the only
+/// trust: `-k` drops curl's CA-chain check, which a site certificate would
+/// fail, and `--pinnedpubkey` still aborts unless the server's key is the
+/// mirror's. The script then trusts the mirror's CA for everything else.
+pub fn one_liner(mirror: &Mirror, pin: Option<&str>, sha256: &str) -> String {
+    let trust = match pin {
+        Some(pin) if mirror.tls() => format!("-k --pinnedpubkey '{pin}' "),
+        _ => String::new(),
+    };
     format!(
-        "d=$(mktemp -d) && curl -fsS -o \"$d/join.sh\" http://{mirror}/join.sh && echo \"{sha256}  $d/join.sh\" | sha256sum -c - && sh \"$d/join.sh\" <CODE>"
+        "d=$(mktemp -d) && curl -fsS {trust}-o \"$d/join.sh\" {}/join.sh && echo \"{sha256}  $d/join.sh\" | sha256sum -c - && sh \"$d/join.sh\" <CODE>",
+        mirror.url()
     )
 }
 
 impl Site {
     pub fn open(
         dir: &Path,
-        mirror: &str,
+        mirror: &Mirror,
         state: &State,
         config: &Config,
         out: Printer,
@@ -95,7 +106,7 @@ impl Site {
             dir: dir.to_path_buf(),
             spec,
             redactor,
-            mirror: mirror.to_string(),
+            mirror: mirror.clone(),
             keadm_timeout: config.join.keadm_join_timeout,
             min_free_mib: config.join.min_free_mib,
             settle,

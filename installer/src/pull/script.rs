@@ -3,7 +3,7 @@
 //! configure a node identically; only the keadm arguments arrive at run
 //! time, from `/v1/enroll`, because they hold the token.
 
-use crate::node::script::NODE_DIR;
+use crate::node::script::{install_ca, NODE_DIR};
 use crate::node::steps::{self, Action, StepInput, DONE};
 
 /// `/join.sh` for one site. `input.join_args` must be
@@ -50,6 +50,7 @@ fi
 work={node_dir}/pull
 mkdir -p "$work" {node_dir}/work || die "cannot create $work"
 chmod 700 "$work"
+{install_ca}
 EF_ARGS=$work/keadm-args
 export EF_ARGS
 
@@ -64,10 +65,10 @@ post() {{
 	done
 	shift $n
 	if [ $http = curl ]; then
-		curl -sS -m 30 -X POST -o "$out" -w '%{{http_code}}' --data-binary "$body" "$@" "http://$MIRROR$url" 2>/dev/null || true
+		curl -sS {curl_ca}-m 30 -X POST -o "$out" -w '%{{http_code}}' --data-binary "$body" "$@" "$MIRROR$url" 2>/dev/null || true
 	else
 		# wget hides the status: exit 8 is "the server answered with an error".
-		wget -q -T 30 -O "$out" --post-data="$body" "$@" "http://$MIRROR$url" 2>/dev/null
+		wget -q {wget_ca}-T 30 -O "$out" --post-data="$body" "$@" "$MIRROR$url" 2>/dev/null
 		case $? in
 		0) echo 200 ;;
 		8) echo 4xx/5xx ;;
@@ -120,8 +121,11 @@ report {DONE} ok "joined as $node"
 echo "edgeferry join.sh: $node joined"
 "#,
         version = input.version,
-        mirror = input.mirror,
+        mirror = input.mirror.url(),
         node_dir = NODE_DIR,
+        install_ca = install_ca(input.mirror),
+        curl_ca = input.mirror.curl_ca(),
+        wget_ca = input.mirror.wget_ca(),
     )
 }
 
@@ -146,6 +150,28 @@ mod tests {
         assert!(
             text.contains("for s in preflight containerd fetch keadm_join postcheck; do"),
             "the steps come from the node step table"
+        );
+    }
+
+    #[test]
+    fn over_tls_the_script_installs_the_ca_before_it_enrolls_and_trusts_only_it() {
+        let site = fixture::tls_site();
+        let text = render(&site.input(crate::node::script::JoinArgs::FromFile));
+        assert_valid_sh(&text);
+        assert!(text.contains("MIRROR=https://10.0.0.5:5000\n"));
+        let ca = text
+            .find("ca=/etc/containerd/certs.d/edgeferry-mirror-ca.crt")
+            .unwrap();
+        let enroll = text.find("status=$(post /v1/enroll").unwrap();
+        assert!(ca < enroll, "the CA is in place before the code is sent");
+        assert!(text
+            .contains("curl -sS --cacert /etc/containerd/certs.d/edgeferry-mirror-ca.crt -m 30"));
+        assert!(text.contains(
+            "wget -q --ca-certificate=/etc/containerd/certs.d/edgeferry-mirror-ca.crt -T 30"
+        ));
+        assert!(
+            !text.contains("http://10.0.0.5"),
+            "nothing to the mirror over plain HTTP"
         );
     }
 }
