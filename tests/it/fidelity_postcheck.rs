@@ -69,17 +69,20 @@ fn joined_means_connected_private_config_and_ready() {
     let fixed = pc["fixed"].as_array().unwrap();
     assert_eq!(fixed.len(), 1, "{n}");
     assert!(
-        fixed[0]
-            .as_str()
-            .unwrap()
-            .starts_with("/etc/kubeedge/config/edgecore.yaml was mode 644 owner 0:0, now 600 root:root"),
+        fixed[0].as_str().unwrap().starts_with(
+            "/etc/kubeedge/config/edgecore.yaml was mode 644 owner 0:0, now 600 root:root"
+        ),
         "{n}"
     );
     assert_eq!(
         site.on(0, "stat -c '%a %u:%g' /etc/kubeedge/config/edgecore.yaml"),
         "600 0:0"
     );
-    assert!(h.hub_connected("pc-ok"), "the hub sees pc-ok: {:?}", h.hub_nodes());
+    assert!(
+        h.hub_connected("pc-ok"),
+        "the hub sees pc-ok: {:?}",
+        h.hub_nodes()
+    );
     assert!(
         ran.stdout.contains("Node Ready in the cloud's API: 1 of 1"),
         "{}",

@@ -1180,6 +1180,7 @@ mod tests {
                 ])
                 .arg(format!("--certport={certport}"))
                 .env(SAMPLE_ROOT_ENV, tmp.path())
+                .env(STANDIN_NO_CLOUD_ENV, "1")
                 .env(STANDIN_WAIT_ENV, "0")
                 .output()
                 .unwrap();
