@@ -18,7 +18,6 @@ use crate::serve::Containerd;
 
 const VERSION: &str = "v1.23.1";
 const PAUSE: &str = "registry.k8s.io/pause:3.10";
-const TOKEN: &str = "51e0c2d9a8b7f6e4.eyJhbGciOiJIUzI1NiJ9.edgeferry-tls-test-token";
 const TOKEN_ENV: &str = "EF_TLS_TEST_TOKEN";
 /// Where nodes keep the mirror's CA (installer/src/node/hosts.rs).
 const NODE_CA: &str = "/etc/containerd/certs.d/edgeferry-mirror-ca.crt";
@@ -269,6 +268,8 @@ fn nodes_join_over_tls_by_ssh_and_by_pull() {
     let tmp = tempfile::tempdir().unwrap();
     let store = loaded_sample_store(tmp.path(), "amd64", VERSION);
     let hosts = TestHosts::create(2).unwrap();
+    // The stand-in cloudcore's own token: edgecore checks it.
+    let token = hosts.token();
     let site = tmp.path().join("site");
     std::fs::create_dir(&site).unwrap();
     std::fs::write(
@@ -285,7 +286,7 @@ fn nodes_join_over_tls_by_ssh_and_by_pull() {
         hosts.control_ip(),
         &site,
         &["--access-log", access_log.to_str().unwrap()],
-        &[(TOKEN_ENV, TOKEN)],
+        &[(TOKEN_ENV, token.as_str())],
     );
     assert!(
         !mirror.banner.contains("WARNING: pull mode over plain HTTP"),
@@ -321,7 +322,7 @@ fn nodes_join_over_tls_by_ssh_and_by_pull() {
             .arg("--state-dir")
             .arg(tmp.path().join("state"))
             .args(extra)
-            .env(TOKEN_ENV, TOKEN)
+            .env(TOKEN_ENV, &token)
             .stdin(std::process::Stdio::null()))
     };
     let plan = join(&["--dry-run", "--json"]);
@@ -425,5 +426,5 @@ fn nodes_join_over_tls_by_ssh_and_by_pull() {
         "only host 1 enrolled: {nodes}"
     );
     let log = std::fs::read_to_string(&access_log).unwrap();
-    assert!(!log.contains(TOKEN) && !mirror.stderr().contains(TOKEN));
+    assert!(!log.contains(&token) && !mirror.stderr().contains(&token));
 }
