@@ -370,20 +370,24 @@ pub fn blob_path(digest: &str) -> Option<String> {
     sha256_hex_of_digest(digest).map(|hex| format!("images/blobs/sha256/{hex}"))
 }
 
-/// Formats unix seconds as RFC 3339 UTC without pulling in a date crate.
-pub fn rfc3339_utc(unix_seconds: u64) -> String {
-    let days = (unix_seconds / 86_400) as i64;
-    let secs_of_day = unix_seconds % 86_400;
-    // Howard Hinnant's civil_from_days.
+/// The civil date (year, month 1-12, day 1-31) `days` days after
+/// 1970-01-01, UTC: Howard Hinnant's civil_from_days.
+pub fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
     let era = z.div_euclid(146_097);
     let doe = z - era * 146_097;
     let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
     let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
     let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + i64::from(month <= 2);
+    let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
+    (yoe + era * 400 + i64::from(month <= 2), month, day)
+}
+
+/// Formats unix seconds as RFC 3339 UTC without pulling in a date crate.
+pub fn rfc3339_utc(unix_seconds: u64) -> String {
+    let (year, month, day) = civil_from_days((unix_seconds / 86_400) as i64);
+    let secs_of_day = unix_seconds % 86_400;
     format!(
         "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
         secs_of_day / 3600,

@@ -403,20 +403,20 @@ impl Served {
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
     {
-        let mut cmd = edgeferry();
-        cmd.arg("serve")
-            .arg("--store")
-            .arg(store)
-            .arg("--listen")
-            .arg(format!("{ip}:0"))
-            .arg("--plain-http")
-            .args(extra);
-        Served::spawn(cmd, ip, "release files:")
+        Served::start_listening(store, ip, Some("--plain-http"), extra)
     }
 
     /// As [`Served::start_on`], over HTTPS (serve's default): the site
     /// certificate beside the store, unless `extra` names another.
     pub fn start_https<I, S>(store: &Path, ip: &str, extra: I) -> Served
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<std::ffi::OsStr>,
+    {
+        Served::start_listening(store, ip, None, extra)
+    }
+
+    fn start_listening<I, S>(store: &Path, ip: &str, scheme: Option<&str>, extra: I) -> Served
     where
         I: IntoIterator<Item = S>,
         S: AsRef<std::ffi::OsStr>,
@@ -427,6 +427,7 @@ impl Served {
             .arg(store)
             .arg("--listen")
             .arg(format!("{ip}:0"))
+            .args(scheme)
             .args(extra);
         Served::spawn(cmd, ip, "release files:")
     }

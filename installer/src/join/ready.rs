@@ -122,6 +122,16 @@ fn pem_of(
     }
 }
 
+/// The certificates in a PEM text, in order; other blocks are skipped.
+fn certificates(pem: &[u8]) -> Vec<ureq::tls::Certificate<'static>> {
+    ureq::tls::parse_pem(pem)
+        .filter_map(|item| match item {
+            Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+            _ => None,
+        })
+        .collect()
+}
+
 impl ApiClient {
     pub fn from_kubeconfig(path: &Path, request_timeout: Duration) -> Result<ApiClient> {
         let who = format!("--verify-node-ready {}", path.display());
@@ -178,12 +188,7 @@ impl ApiClient {
         )
         .with_context(|| who.clone())?
         .with_context(|| format!("{who}: its cluster has no certificate-authority(-data): edgeferry trusts only the CA the kubeconfig names"))?;
-        let roots: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&ca)
-            .filter_map(|item| match item {
-                Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                _ => None,
-            })
-            .collect();
+        let roots = certificates(&ca);
         if roots.is_empty() {
             bail!("{who}: its certificate-authority holds no PEM certificate");
         }
@@ -205,12 +210,7 @@ impl ApiClient {
         .with_context(|| who.clone())?;
         match (cert, key) {
             (Some(cert), Some(key)) => {
-                let chain: Vec<ureq::tls::Certificate<'static>> = ureq::tls::parse_pem(&cert)
-                    .filter_map(|item| match item {
-                        Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
-                        _ => None,
-                    })
-                    .collect();
+                let chain = certificates(&cert);
                 let key = ureq::tls::PrivateKey::from_pem(&key).map_err(|_| {
                     anyhow::anyhow!("{who}: its client-key is not a PEM private key")
                 })?;

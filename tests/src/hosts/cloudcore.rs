@@ -696,26 +696,11 @@ pub(super) fn unix_now() -> u64 {
 fn set_validity(params: &mut CertificateParams, days_back: i64, days: i64) {
     let today = (unix_now() / 86_400) as i64;
     let date = |days: i64| {
-        let (y, m, d) = civil(days);
-        rcgen::date_time_ymd(y, m, d)
+        let (y, m, d) = edgeferry_bundle::format::civil_from_days(days);
+        rcgen::date_time_ymd(y as i32, m as u8, d as u8)
     };
     params.not_before = date(today - days_back);
     params.not_after = date(today + days);
-}
-
-/// The date `days` days after 1970-01-01 (Howard Hinnant's
-/// days-to-civil algorithm).
-fn civil(days: i64) -> (i32, u8, u8) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = (doy - (153 * mp + 2) / 5 + 1) as u8;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 } as u8;
-    let year = (yoe + era * 400 + i64::from(month <= 2)) as i32;
-    (year, month, day)
 }
 
 pub(super) fn pem(label: &str, der: &[u8]) -> String {
