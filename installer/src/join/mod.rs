@@ -106,34 +106,24 @@ fn max_fail(value: Option<&str>, nodes: usize) -> Result<Option<usize>> {
 }
 
 pub fn join_cmd(args: &JoinArgs, config: &Config, out: &Printer) -> Result<u8> {
-    let resume = args.resume || args.retry_failed;
-    batch(
-        &args.batch,
-        Some(args),
-        Action::Join,
-        resume,
-        args.retry_failed,
-        args.fresh,
-        config,
-        out,
-    )
+    batch(&args.batch, Some(args), config, out)
 }
 
 pub fn reset_cmd(args: &BatchArgs, config: &Config, out: &Printer) -> Result<u8> {
-    batch(args, None, Action::Reset, false, false, true, config, out)
+    batch(args, None, config, out)
 }
 
-#[allow(clippy::too_many_arguments)]
-fn batch(
-    args: &BatchArgs,
-    join: Option<&JoinArgs>,
-    action: Action,
-    resume: bool,
-    only_failed: bool,
-    fresh: bool,
-    config: &Config,
-    out: &Printer,
-) -> Result<u8> {
+/// A join (`join` holds its own flags) or, without them, a reset, which
+/// always starts fresh and runs every step.
+fn batch(args: &BatchArgs, join: Option<&JoinArgs>, config: &Config, out: &Printer) -> Result<u8> {
+    let action = if join.is_some() {
+        Action::Join
+    } else {
+        Action::Reset
+    };
+    let resume = join.is_some_and(|j| j.resume || j.retry_failed);
+    let only_failed = join.is_some_and(|j| j.retry_failed);
+    let fresh = join.is_none_or(|j| j.fresh);
     let redactor = secret::Redactor::default();
     let plan = prepare(args, join, action, config, &redactor)?;
     // Read before anything runs: a kubeconfig we cannot use stops the run

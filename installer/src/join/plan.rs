@@ -58,6 +58,8 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
     let hosts_toml = offer::hosts_toml_for(state, &mirror);
     let store_arches: Vec<String> = bundles.keys().cloned().collect();
     let store_images = offer::store_images(state);
+    let settle = input.settle.unwrap_or(config.join.postcheck_settle);
+    let grace = config.join.postcheck_connect_grace;
 
     let mut nodes = Vec::new();
     for spec in &inv.nodes {
@@ -71,8 +73,6 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
         let (cloud_host, ports, cri_socket) =
             offer::preflight_target(&spec.cloudcore, &spec.flags, &who)?;
 
-        let settle = input.settle.unwrap_or(config.join.postcheck_settle);
-        let grace = config.join.postcheck_connect_grace;
         // The postcheck's own budget, plus the time it waits on purpose.
         let timeout = |s: Step| match s {
             Step::Postcheck => s.timeout(config, input.timeouts) + settle + grace,
@@ -205,10 +205,7 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
         bundles,
         keadm,
         hosts_toml,
-        settle_secs: input
-            .settle
-            .unwrap_or(config.join.postcheck_settle)
-            .as_secs(),
+        settle_secs: settle.as_secs(),
         verify_node_ready: input.verify_node_ready.map(Path::to_path_buf),
         nodes,
     })
