@@ -472,7 +472,7 @@ fi
 # log while keadm runs, and stop keadm when edgecore has failed.
 rc_file={NODE_DIR}/work/keadm-join.rc
 rm -f "$rc_file" "$rc_file.pid"
-log=/var/log/kubeedge/edgecore.log
+log={EDGECORE_LOG}
 started=$(date +%s)
 exec 4<&0
 (
@@ -535,6 +535,10 @@ pub fn keadm_reset(version: &str, args: &[String], timeout_secs: u64) -> String 
         "set -u\nmkdir -p {NODE_DIR}/work\ncd {NODE_DIR}/work\n{cmd}\nif command -v timeout >/dev/null 2>&1; then\n\texec timeout -k 10 {timeout_secs} \"$@\"\nfi\nexec \"$@\"\n"
     )
 }
+
+/// Where keadm sends edgecore's output when no systemd runs it (under
+/// systemd it goes to the journal, `journalctl -u edgecore`).
+pub const EDGECORE_LOG: &str = "/var/log/kubeedge/edgecore.log";
 
 /// Where keadm writes edgecore's configuration, with the join token in
 /// clear (`modules.edgeHub.token`, upstream's behaviour): the postcheck
@@ -671,7 +675,7 @@ while :; do
 		if [ -d /run/systemd/system ]; then
 			journalctl -u edgecore -n 20 --no-pager >&2 2>/dev/null || true
 		else
-			tail -n 20 /var/log/kubeedge/edgecore.log >&2 2>/dev/null || true
+			tail -n 20 {EDGECORE_LOG} >&2 2>/dev/null || true
 		fi
 		if [ $waited = 0 ]; then
 			echo "postcheck: edgecore is not running ($how)" >&2
