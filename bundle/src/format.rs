@@ -13,6 +13,10 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const MANIFEST_PATH: &str = "manifest.json";
 /// Second tar entry: a minisign signature over the manifest's exact bytes.
 pub const SIGNATURE_PATH: &str = "manifest.json.minisig";
+/// The CycloneDX SBOM entry, first after the signature (issue 14). A delta
+/// and the full bundle describe the same content but mark omitted parts,
+/// so this entry is left out of the bundle id.
+pub const SBOM_PATH: &str = "sbom.cdx.json";
 /// Readers refuse a larger manifest before reading it, so a hostile bundle
 /// cannot make them buffer gigabytes ahead of the signature check.
 pub const MAX_MANIFEST_BYTES: u64 = 16 * 1024 * 1024;
