@@ -17,7 +17,10 @@
 //!
 //! Then the same blob load (wrk only) against a second `edgeferry serve`
 //! of the same store over HTTPS, its default (a site certificate; wrk
-//! does not check it), for TLS throughput next to plain HTTP.
+//! does not check it), for TLS throughput next to plain HTTP, and against
+//! nginx over HTTPS with the same certificate and the same suite order
+//! (AES-128-GCM first), the reference that shows what TLS costs any
+//! server on this machine.
 //!
 //! Targets (the issue's): throughput ≥ 0.8× nginx and ≥ 1.0×
 //! docker-registry; manifest p99 ≤ 20 ms under the load; peak RSS ≤ 100
@@ -155,7 +158,7 @@ pub fn run() -> Result<()> {
     let blob_path = format!("/v2/{REPO}/blobs/sha256:{}", layer.hex);
     let manifest_path = format!("/v2/{REPO}/manifests/{TAG}");
 
-    let [our_port, nginx_port, registry_port, tls_port] = free_ports()?;
+    let [our_port, nginx_port, registry_port, tls_port, nginx_tls_port] = free_ports()?;
     let mut commands = Vec::new();
 
     // Ours, over plain HTTP as nginx and the registry here.
@@ -215,6 +218,7 @@ pub fn run() -> Result<()> {
             nginx_port,
             &manifest_digest,
             &manifest_type,
+            None,
         ),
     )?;
     let nginx_args: Vec<String> = vec![
@@ -375,6 +379,37 @@ pub fn run() -> Result<()> {
         tls_result.wrk_cpu
     );
     drop(tls);
+    let tls_dir = store.with_file_name(format!(
+        "{}.tls",
+        store.file_name().unwrap_or_default().to_string_lossy()
+    ));
+    let nginx_tls = nginx_over_tls(
+        &bench,
+        &store,
+        &tls_dir,
+        nginx_tls_port,
+        &manifest_digest,
+        &manifest_type,
+        &mut commands,
+    )?;
+    let nginx_tls_url = format!("https://{}{blob_path}", nginx_tls.addr);
+    println!(
+        "\nbench: {CLIENTS} clients x GET {blob_path} for {seconds} s against nginx over TLS on {}",
+        nginx_tls.addr
+    );
+    let cipher_ours_like = negotiated_suite(&nginx_tls.addr);
+    let cpu_before = tree_cpu_seconds(nginx_tls.pid());
+    let nginx_tls_result = run_wrk(&nginx_tls_url, duration);
+    let nginx_tls_cpu = tree_cpu_seconds(nginx_tls.pid()) - cpu_before;
+    let nginx_tls_hwm_mib = tree_hwm_kib(nginx_tls.pid()) as f64 / 1024.0;
+    println!(
+        "  nginx TLS: {:.1} MiB/s, {} blobs, {} errors, server CPU {nginx_tls_cpu:.1} s, load generator CPU {:.1} s, suite {cipher_ours_like}",
+        nginx_tls_result.throughput(duration) / MIB,
+        nginx_tls_result.blobs,
+        nginx_tls_result.blob_errors,
+        nginx_tls_result.wrk_cpu
+    );
+    drop(nginx_tls);
     let load_after = load_average();
 
     let versions = [
@@ -451,6 +486,20 @@ pub fn run() -> Result<()> {
         tls_hwm_mib,
         "-",
     ));
+    rows.push(format!(
+        "  {:<16} {:>9.1} {:>6} {:>6} {:>18} {:>8} {:>16} {:>9.1} {:>10.1} {:>6.1} MiB {:>10}",
+        "nginx TLS",
+        nginx_tls_result.throughput(duration) / MIB,
+        nginx_tls_result.blobs,
+        nginx_tls_result.blob_errors,
+        "-",
+        "-",
+        "-",
+        nginx_tls_cpu,
+        nginx_tls_result.wrk_cpu,
+        nginx_tls_hwm_mib,
+        "-",
+    ));
     for row in &rows {
         writeln!(table, "{row}")?;
     }
@@ -515,6 +564,29 @@ pub fn run() -> Result<()> {
         "0".into(),
         r_ours.result.blob_errors + r_ours.result.manifest_errors == 0,
     )?;
+    // Not targets: what TLS costs the reference server in the same run, and
+    // ours against it, both over TLS.
+    let nginx_tls_vs_plain =
+        nginx_tls_result.throughput(duration) / r_nginx.result.throughput(duration);
+    let tls_vs_nginx_tls =
+        tls_result.throughput(duration) / nginx_tls_result.throughput(duration);
+    writeln!(
+        table,
+        "  {:<48} {:>11}  {:>8}  (reference)",
+        "throughput nginx TLS / nginx plain HTTP",
+        format!("{nginx_tls_vs_plain:.3}"),
+        "-"
+    )?;
+    writeln!(
+        table,
+        "  {:<48} {:>11}  {:>8}  (reference)",
+        "throughput edgeferry TLS / nginx TLS",
+        format!("{tls_vs_nginx_tls:.3}"),
+        "-"
+    )?;
+    if let Some(e) = nginx_tls_result.first_error.as_deref() {
+        writeln!(table, "  first error against nginx TLS: {e}")?;
+    }
     if let Some(e) = tls_result.first_error.as_deref() {
         writeln!(table, "  first error against edgeferry TLS: {e}")?;
     }
@@ -530,7 +602,7 @@ pub fn run() -> Result<()> {
     }
     writeln!(
         table,
-        "  columns: MiB/s = body bytes received by all clients / {seconds} s; blobs = complete blob GETs; requests = manifest GETs timed under the load (by threads at nice -10: {}); unloaded = {UNLOADED_GETS} sequential manifest GETs before the load; srv CPU s = the server's user+system CPU over the load (nginx: master + workers); load CPU s = the load generator's; peak RSS = VmHWM (nginx: summed over its processes); fresh /v2/ = connect + GET /v2/ with {IDLE_CONNECTIONS} idle connections open; edgeferry TLS = a second serve of the same store over HTTPS (the site certificate, TLS 1.3 as wrk negotiates it), the same wrk blob load without the manifest pollers",
+        "  columns: MiB/s = body bytes received by all clients / {seconds} s; blobs = complete blob GETs; requests = manifest GETs timed under the load (by threads at nice -10: {}); unloaded = {UNLOADED_GETS} sequential manifest GETs before the load; srv CPU s = the server's user+system CPU over the load (nginx: master + workers); load CPU s = the load generator's; peak RSS = VmHWM (nginx: summed over its processes); fresh /v2/ = connect + GET /v2/ with {IDLE_CONNECTIONS} idle connections open; edgeferry TLS = a second serve of the same store over HTTPS (the site certificate, TLS 1.3 as wrk negotiates it), the same wrk blob load without the manifest pollers; nginx TLS = nginx with the same certificate, key and suite order ({cipher_ours_like} negotiated with openssl s_client), the same load",
         if r_ours.result.raised_priority { "yes" } else { "no, not root" }
     )?;
     writeln!(
@@ -715,8 +787,88 @@ fn write_bench_layout(dir: &Path) -> Result<Layer> {
     })
 }
 
-fn nginx_config(dir: &Path, store: &Path, port: u16, manifest: &str, media_type: &str) -> String {
+/// nginx serving the store over HTTPS with the site certificate `serve`
+/// made in `tls_dir`, its suites ordered as ours (AES-128-GCM first).
+fn nginx_over_tls(
+    bench: &Path,
+    store: &Path,
+    tls_dir: &Path,
+    port: u16,
+    manifest_digest: &str,
+    manifest_type: &str,
+    commands: &mut Vec<String>,
+) -> Result<Server> {
+    let dir = bench.join("nginx-tls");
+    if dir.exists() {
+        fs::remove_dir_all(&dir)?;
+    }
+    fs::create_dir_all(&dir)?;
+    let conf = dir.join("nginx.conf");
+    let cert = tls_dir.join("mirror.crt");
+    let key = tls_dir.join("mirror.key");
+    anyhow::ensure!(
+        cert.exists() && key.exists(),
+        "edgeferry serve made no site certificate in {}",
+        tls_dir.display()
+    );
+    fs::write(
+        &conf,
+        nginx_config(
+            &dir,
+            store,
+            port,
+            manifest_digest,
+            manifest_type,
+            Some((&cert, &key)),
+        ),
+    )?;
+    let args: Vec<String> = vec![
+        "nginx".into(),
+        "-p".into(),
+        dir.display().to_string(),
+        "-e".into(),
+        dir.join("error.log").display().to_string(),
+        "-c".into(),
+        conf.display().to_string(),
+    ];
+    commands.push(shell_line(&args));
+    // Plain HTTP to nginx's TLS port is answered 400.
+    Server::start("nginx TLS", &args, port, &dir.join("stdout.log"), 400)
+}
+
+/// The TLS 1.3 suite a default OpenSSL client gets from `addr`.
+fn negotiated_suite(addr: &SocketAddr) -> String {
+    let out = Command::new("openssl")
+        .args(["s_client", "-brief", "-connect", &addr.to_string()])
+        .stdin(std::process::Stdio::null())
+        .output();
+    out.ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .find_map(|l| l.strip_prefix("Ciphersuite: ").map(str::to_string))
+        })
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn nginx_config(
+    dir: &Path,
+    store: &Path,
+    port: u16,
+    manifest: &str,
+    media_type: &str,
+    tls: Option<(&Path, &Path)>,
+) -> String {
     let d = dir.display();
+    // The suite order and protocol of `edgeferry serve` (installer/src/tls.rs).
+    let listen = match tls {
+        None => format!("listen 127.0.0.1:{port};"),
+        Some((cert, key)) => format!(
+            "listen 127.0.0.1:{port} ssl;\n        ssl_certificate {};\n        ssl_certificate_key {};\n        ssl_protocols TLSv1.2 TLSv1.3;\n        ssl_prefer_server_ciphers on;\n        ssl_conf_command Ciphersuites TLS_AES_128_GCM_SHA256:TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256;\n        ssl_conf_command Options ServerPreference;",
+            cert.display(),
+            key.display()
+        ),
+    };
     let blobs = store.join("blobs/sha256");
     let blobs = blobs.display();
     let hex = manifest.strip_prefix("sha256:").unwrap_or(manifest);
@@ -750,7 +902,7 @@ http {{
     types {{ }}
     default_type application/octet-stream;
     server {{
-        listen 127.0.0.1:{port};
+        {listen}
         location = /v2/ {{
             default_type application/json;
             return 200 '{{}}';
@@ -794,14 +946,15 @@ http:
 }
 
 /// Free loopback ports, found by binding port 0.
-fn free_ports() -> Result<[u16; 4]> {
+fn free_ports() -> Result<[u16; 5]> {
     let listeners = [
         TcpListener::bind("127.0.0.1:0")?,
         TcpListener::bind("127.0.0.1:0")?,
         TcpListener::bind("127.0.0.1:0")?,
         TcpListener::bind("127.0.0.1:0")?,
+        TcpListener::bind("127.0.0.1:0")?,
     ];
-    let mut ports = [0u16; 4];
+    let mut ports = [0u16; 5];
     for (port, l) in ports.iter_mut().zip(&listeners) {
         *port = l.local_addr()?.port();
     }
