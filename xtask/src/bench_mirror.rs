@@ -568,8 +568,7 @@ pub fn run() -> Result<()> {
     // ours against it, both over TLS.
     let nginx_tls_vs_plain =
         nginx_tls_result.throughput(duration) / r_nginx.result.throughput(duration);
-    let tls_vs_nginx_tls =
-        tls_result.throughput(duration) / nginx_tls_result.throughput(duration);
+    let tls_vs_nginx_tls = tls_result.throughput(duration) / nginx_tls_result.throughput(duration);
     writeln!(
         table,
         "  {:<48} {:>11}  {:>8}  (reference)",
