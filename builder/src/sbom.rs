@@ -166,7 +166,10 @@ pub fn sbom(input: &SbomInput, omitted: &[Entry]) -> Vec<u8> {
 
     let mut metadata_properties = vec![
         property("edgeferry:arch", input.arch.as_str()),
-        property("edgeferry:sample", if input.sample { "true" } else { "false" }),
+        property(
+            "edgeferry:sample",
+            if input.sample { "true" } else { "false" },
+        ),
     ];
     if !omitted.is_empty() {
         metadata_properties.push(property("edgeferry:delta", "true"));
@@ -374,6 +377,9 @@ mod tests {
             split_reference("localhost:5000/a/b:v1"),
             ("localhost:5000/a/b", Some("v1"))
         );
-        assert_eq!(split_reference("localhost:5000/a/b"), ("localhost:5000/a/b", None));
+        assert_eq!(
+            split_reference("localhost:5000/a/b"),
+            ("localhost:5000/a/b", None)
+        );
     }
 }

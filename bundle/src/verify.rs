@@ -506,7 +506,11 @@ fn check_manifest(manifest: &Manifest) -> Result<(), VerifyError> {
     }
     // The SBOM, when listed, is the first entry after the signature, so a
     // reviewer can read it first (docs/bundle-format.md, "The stream").
-    if let Some(i) = manifest.entries.iter().position(|e| e.path == format::SBOM_PATH) {
+    if let Some(i) = manifest
+        .entries
+        .iter()
+        .position(|e| e.path == format::SBOM_PATH)
+    {
         if i != 0 {
             return Err(VerifyError::Entry {
                 path: format::SBOM_PATH.into(),

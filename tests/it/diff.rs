@@ -83,7 +83,8 @@ fn expected(a: &Content, b: &Content, have: &BTreeMap<String, u64>) -> Value {
     let keys: BTreeSet<_> = a.images.keys().chain(b.images.keys()).collect();
     for key in keys {
         let (old, new) = (a.images.get(key), b.images.get(key));
-        let change = json!({"reference": key.0, "platform": key.1, "old_digest": old, "new_digest": new});
+        let change =
+            json!({"reference": key.0, "platform": key.1, "old_digest": old, "new_digest": new});
         match (old, new) {
             (None, Some(_)) => images.0.push(change),
             (Some(_), None) => images.1.push(change),
@@ -284,7 +285,10 @@ fn diff_of_bundles_and_stores_says_exactly_what_changed() {
         expected(&old, &merged(&[&old, &new]), &old.blobs)
     );
     assert_eq!(result["compared_arch"], Value::Null);
-    assert_eq!(result["b"]["kubeedge_versions"], json!(["v1.22.0", "v1.23.1"]));
+    assert_eq!(
+        result["b"]["kubeedge_versions"],
+        json!(["v1.22.0", "v1.23.1"])
+    );
 
     // Identical inputs: an empty diff, exit 0.
     for (a, b) in [(&new_amd64, &new_amd64), (&after, &after)] {

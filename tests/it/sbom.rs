@@ -108,7 +108,10 @@ fn every_bundle_carries_a_valid_reproducible_complete_sbom() {
     // The entry right after the signature, equal to the file beside.
     let listing = run_ok(Command::new("tar").arg("--zstd").arg("-tf").arg(&first)).stdout;
     let names: Vec<&str> = listing.lines().take(3).collect();
-    assert_eq!(names, ["manifest.json", "manifest.json.minisig", SBOM_ENTRY]);
+    assert_eq!(
+        names,
+        ["manifest.json", "manifest.json.minisig", SBOM_ENTRY]
+    );
     let unpacked = tmp.path().join("unpacked");
     unpack(&first, &unpacked);
     assert!(std::fs::read(unpacked.join(SBOM_ENTRY)).unwrap() == sbom_bytes);
@@ -127,11 +130,18 @@ fn every_bundle_carries_a_valid_reproducible_complete_sbom() {
     assert_eq!(sbom["metadata"]["component"]["version"], VERSION);
     let tool = &sbom["metadata"]["tools"]["components"][0];
     assert_eq!(
-        format!("{} {}", tool["name"].as_str().unwrap(), tool["version"].as_str().unwrap()),
+        format!(
+            "{} {}",
+            tool["name"].as_str().unwrap(),
+            tool["version"].as_str().unwrap()
+        ),
         manifest["builder"].as_str().unwrap()
     );
     let serial = sbom["serialNumber"].as_str().unwrap();
-    assert!(serial.starts_with("urn:uuid:") && serial.len() == 45, "{serial}");
+    assert!(
+        serial.starts_with("urn:uuid:") && serial.len() == 45,
+        "{serial}"
+    );
     let components = sbom["components"].as_array().unwrap();
 
     let entries = manifest["entries"].as_array().unwrap();
@@ -188,7 +198,10 @@ fn every_bundle_carries_a_valid_reproducible_complete_sbom() {
         );
         assert_eq!(component["version"], digest);
         assert_eq!(hash(component, "SHA-256"), Some(&digest[7..]));
-        assert_eq!(property(component, "edgeferry:platform"), Some("linux/arm/v7"));
+        assert_eq!(
+            property(component, "edgeferry:platform"),
+            Some("linux/arm/v7")
+        );
         assert_eq!(
             property(component, "edgeferry:index-digest"),
             image["index_digest"].as_str()
@@ -228,7 +241,13 @@ fn every_bundle_carries_a_valid_reproducible_complete_sbom() {
     assert!(!String::from_utf8_lossy(&sbom_bytes).contains("edgeferry:omitted"));
 
     // The installer verifies it like every entry.
-    run_ok(edgeferry().arg("verify").arg(&first).arg("--key").arg(&public));
+    run_ok(
+        edgeferry()
+            .arg("verify")
+            .arg(&first)
+            .arg("--key")
+            .arg(&public),
+    );
 }
 
 /// Offsets of the body of `path` in a plain tar stream.
@@ -240,7 +259,9 @@ fn body_of(tar: &[u8], path: &str) -> std::ops::Range<usize> {
             .trim_end_matches('\0')
             .to_string();
         let size = usize::from_str_radix(
-            std::str::from_utf8(&header[124..135]).unwrap().trim_matches('\0'),
+            std::str::from_utf8(&header[124..135])
+                .unwrap()
+                .trim_matches('\0'),
             8,
         )
         .unwrap();
@@ -259,8 +280,7 @@ fn a_flipped_byte_in_the_sbom_entry_is_refused_by_verify() {
     let bundle = sample_bundle("amd64", VERSION, &key, &tmp.path().join("out"), EPOCH);
     let mut tar = zstd::decode_all(&std::fs::read(&bundle).unwrap()[..]).unwrap();
     let body = body_of(&tar, SBOM_ENTRY);
-    let manifest: Value =
-        serde_json::from_slice(&tar[body_of(&tar, "manifest.json")]).unwrap();
+    let manifest: Value = serde_json::from_slice(&tar[body_of(&tar, "manifest.json")]).unwrap();
     let id = manifest["bundle_id"].as_str().unwrap().to_string();
     tar[body.start + body.len() / 2] ^= 0x01;
     // A valid whole-file signature over the changed bytes: only the
@@ -270,12 +290,18 @@ fn a_flipped_byte_in_the_sbom_entry_is_refused_by_verify() {
     let path = tmp.path().join("mutant.tar.zst");
     std::fs::write(&path, mutant).unwrap();
     std::fs::write(tmp.path().join("mutant.tar.zst.minisig"), signature).unwrap();
-    let ran = run(edgeferry().arg("verify").arg(&path).arg("--key").arg(&public));
+    let ran = run(edgeferry()
+        .arg("verify")
+        .arg(&path)
+        .arg("--key")
+        .arg(&public));
     assert_eq!(ran.code, Some(4), "{}{}", ran.stdout, ran.stderr);
     assert_eq!(ran.stderr.lines().count(), 1, "{}", ran.stderr);
     assert!(
-        ran.stderr
-            .contains(&format!("entry {SBOM_ENTRY}: expected sha256 {}", manifest["entries"][0]["sha256"].as_str().unwrap())),
+        ran.stderr.contains(&format!(
+            "entry {SBOM_ENTRY}: expected sha256 {}",
+            manifest["entries"][0]["sha256"].as_str().unwrap()
+        )),
         "{}",
         ran.stderr
     );

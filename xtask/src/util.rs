@@ -82,13 +82,7 @@ pub fn ensure_python_packages(packages: &[(&str, &str)]) -> Result<()> {
             .is_ok_and(|s| s.success());
         if !present {
             eprintln!("xtask: installing Python package {requirement}");
-            run(Command::new("python3").args([
-                "-m",
-                "pip",
-                "install",
-                "--quiet",
-                requirement,
-            ]))?;
+            run(Command::new("python3").args(["-m", "pip", "install", "--quiet", requirement]))?;
         }
     }
     Ok(())
