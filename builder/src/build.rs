@@ -21,7 +21,9 @@ use crate::oci::{self, Blob, ImageCatalog, ResolvedImage};
 use crate::plan::{Origin, Plan, Step};
 use crate::release::check_release_asset;
 use crate::sample;
+use crate::sbom::{self, SbomInput};
 
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const BUILDER: &str = concat!("edgeferry-builder ", env!("CARGO_PKG_VERSION"));
 
 /// Runs the plan's steps in order. `progress` learns the total once known,
@@ -131,7 +133,11 @@ pub fn build(plan: &Plan, key: &SigningKey, progress: &mut dyn Progress) -> Resu
                     images,
                     entries: Vec::new(),
                 };
-                let entries = std::mem::take(&mut entries);
+                let mut entries = std::mem::take(&mut entries);
+                // The SBOM describes what is packed; it is the first entry.
+                let input = SbomInput::from_build(&manifest, &entries, &resolved, VERSION);
+                let sbom_bytes = sbom::sbom(&input, &[]);
+                entries.insert(0, PackEntry::bytes(format::SBOM_PATH, sbom_bytes.clone()));
                 progress.start(entries.iter().map(|e| e.size).sum());
                 let options = PackOptions {
                     level: plan.level,
@@ -142,6 +148,7 @@ pub fn build(plan: &Plan, key: &SigningKey, progress: &mut dyn Progress) -> Resu
                     pack::pack(manifest, entries, key, plan.out_dir(), &options, &mut |n| {
                         progress.advance(n)
                     })?;
+                sbom::write_beside(&packed.bundle, &sbom_bytes)?;
                 progress.finish();
                 drop(sample_dir);
                 return Ok(packed);

@@ -255,6 +255,7 @@ fn bundle(args: BundleArgs) -> Result<()> {
         "volumes": volumes,
         "bundle": packed.bundle,
         "signature": packed.signature,
+        "sbom": crate::sbom::path_beside(&packed.bundle),
         "sha256sums": packed.sums,
         "sha256": packed.sha256,
         "size": packed.size,
@@ -283,6 +284,10 @@ fn bundle(args: BundleArgs) -> Result<()> {
             packed.manifest.bundle_id, packed.manifest.sequence, packed.size, packed.sha256
         );
         println!("  signature {}", packed.signature.display());
+        println!(
+            "  sbom {}",
+            crate::sbom::path_beside(&packed.bundle).display()
+        );
         println!("  checksums {}", packed.sums.display());
         println!("check it with stock tools:");
         println!(

@@ -3,8 +3,9 @@
 //! listed), `build` carries out the steps, `cli` is the command line shared
 //! by `cargo xtask bundle` and `edgeferry-builder`; `fetch` is the online
 //! origin (release assets and registries), `oci` the local image sources,
-//! `release` the release-asset checks, `sample` the built-in stand-ins.
-//! Imports go one way: `cli` → `build` → {`fetch`, `oci`, `release`,
+//! `release` the release-asset checks, `sample` the built-in stand-ins,
+//! `sbom` the CycloneDX SBOM every bundle carries.
+//! Imports go one way: `cli` → `build` → {`sbom`, `fetch`, `oci`, `release`,
 //! `sample`} → `plan` → `manifests`; nothing imports `build` or `cli`.
 
 #![forbid(unsafe_code)]
@@ -17,3 +18,4 @@ pub mod oci;
 pub mod plan;
 pub mod release;
 pub mod sample;
+pub mod sbom;

@@ -141,6 +141,10 @@ impl Manifest {
     pub fn compute_id(&self) -> String {
         let mut copy = self.clone();
         copy.bundle_id = String::new();
+        // The SBOM entry is left out: a delta and the full bundle of the same
+        // input share one id though their SBOMs differ in the omitted marks
+        // (the signature and the entry's hash still cover the SBOM).
+        copy.entries.retain(|e| e.path != SBOM_PATH);
         crate::hashing::sha256_hex(&copy.to_bytes())[..32].to_string()
     }
 }
@@ -213,7 +217,7 @@ pub enum PathError {
     TooLong(String),
     #[error("path {0:?} has a character outside [A-Za-z0-9._+-/]")]
     BadChar(String),
-    #[error("path {0:?} is outside manifest.json, files/ and images/")]
+    #[error("path {0:?} is outside manifest.json, sbom.cdx.json, files/ and images/")]
     OutsideLayout(String),
 }
 
@@ -242,6 +246,7 @@ pub fn check_entry_path(path: &str) -> Result<(), PathError> {
     }
     let allowed = path == MANIFEST_PATH
         || path == SIGNATURE_PATH
+        || path == SBOM_PATH
         || path.starts_with("files/")
         || path.starts_with("images/");
     if !allowed {

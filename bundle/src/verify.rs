@@ -504,6 +504,20 @@ fn check_manifest(manifest: &Manifest) -> Result<(), VerifyError> {
             "its bundle id does not match its content".into(),
         ));
     }
+    // The SBOM, when listed, is the first entry after the signature, so a
+    // reviewer can read it first (docs/bundle-format.md, "The stream").
+    if let Some(i) = manifest
+        .entries
+        .iter()
+        .position(|e| e.path == format::SBOM_PATH)
+    {
+        if i != 0 {
+            return Err(VerifyError::Entry {
+                path: format::SBOM_PATH.into(),
+                detail: format!("listed as entry {}, not first after the signature", i + 1),
+            });
+        }
+    }
     let mut seen = HashMap::new();
     for entry in &manifest.entries {
         format::check_entry_path(&entry.path).map_err(|e| VerifyError::Entry {

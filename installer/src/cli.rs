@@ -57,6 +57,9 @@ pub enum Command {
     /// Look at a store
     #[command(subcommand)]
     Store(StoreCommand),
+    /// What differs between two bundles or stores: images, tags, files, bytes
+    #[command(after_help = DIFF_EXAMPLES)]
+    Diff(DiffArgs),
     /// Serve a store on the LAN: release files and a read-only OCI registry
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
@@ -267,6 +270,51 @@ pub struct LoadArgs {
     /// (faster; a power cut right after can corrupt the store)
     #[arg(long)]
     pub no_sync: bool,
+}
+
+pub const DIFF_EXAMPLES: &str = "\
+Examples:
+  # What a new bundle changes, against the one the site has
+  edgeferry diff old/edgeferry-kubeedge-v1.22.2-linux-arm64.tar.zst \\
+    new/edgeferry-kubeedge-v1.23.1-linux-arm64.tar.zst --key edgeferry.pub
+
+  # What a bundle would add to a store (only the bundle's arch is compared)
+  edgeferry diff /srv/edgeferry /media/usb/ --key edgeferry.pub --json
+
+  edgeferry diff /srv/edgeferry /srv/edgeferry-staging
+
+Each side is a bundle (file, volume list or a directory of volumes; verified
+as `verify` does, writing nothing) or a store directory (one holding
+state.json). Images are compared per tag and platform by their platform
+manifest digest; release files by name and sha256. \"B adds\" counts the
+image blobs and release files B holds that A lacks. When one side is a
+bundle and the other a store, only the bundle's arch of the store is
+compared, and the output says so.
+
+Exit codes (like `git diff` without --exit-code, a difference is not an error):
+  0  the comparison ran (identical or not: see `identical` in --json)
+  1  a side could not be read (not a store, unreadable)
+  3, 4  a bundle side was refused (signature, integrity), as for `verify`";
+
+/// `edgeferry diff A B`.
+#[derive(Args)]
+pub struct DiffArgs {
+    /// The old side: a bundle, a volume list, a directory of volumes, or a store
+    pub a: PathBuf,
+    /// The new side, the same kinds
+    pub b: PathBuf,
+    /// A trusted minisign public key for bundle sides (repeatable)
+    #[arg(long = "key", value_name = "PUB")]
+    pub keys: Vec<PathBuf>,
+    /// A file of trusted public keys, one minisign key per two lines
+    #[arg(long, env = "EDGEFERRY_TRUST_FILE")]
+    pub trust_file: Option<PathBuf>,
+    /// Read unsigned bundles or ones from an unknown key (DANGEROUS)
+    #[arg(long)]
+    pub insecure_skip_signature: bool,
+    /// Machine-readable result on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Subcommand)]

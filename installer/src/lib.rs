@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod config;
+pub mod diff;
 pub mod input;
 pub mod join;
 pub mod load;

@@ -28,7 +28,7 @@ fn trusted_keys(trust: &TrustArgs, out: &Printer) -> Result<Option<TrustedKeys>>
 }
 
 /// Opens the input and runs the single verifying pass into `sink`.
-fn verify_into(
+pub(crate) fn verify_into(
     source: &SourceArgs,
     sink: &mut dyn verify::Sink,
     out: &Printer,

@@ -77,6 +77,71 @@ pub struct StoreChecked<'a> {
     pub repaired: &'a [String],
 }
 
+// ---- diff: --json
+
+/// `diff --json`: what B has that A does not, and the other way round.
+#[derive(Debug, Serialize)]
+pub struct Diff {
+    /// The first side (the old one).
+    pub a: DiffSide,
+    /// The second side (the new one).
+    pub b: DiffSide,
+    /// Set when one side is a bundle and the other a store: only this
+    /// arch of the store was compared (images of its platform, release
+    /// files named for it), so other arches are not listed as removed.
+    pub compared_arch: Option<Arch>,
+    /// No image, tag or file differs and B adds no bytes.
+    pub identical: bool,
+    pub images: Changes<ImageChange>,
+    pub files: Changes<FileChange>,
+    /// Blobs (image blobs and release files) B holds that A does not.
+    pub added_blobs: usize,
+    /// Their bytes: what carrying B to a site holding A would add.
+    pub added_bytes: u64,
+}
+
+/// One side of a diff.
+#[derive(Debug, Serialize)]
+pub struct DiffSide {
+    /// `bundle` or `store`.
+    pub kind: &'static str,
+    pub path: PathBuf,
+    /// KubeEdge versions it holds (one for a bundle).
+    pub kubeedge_versions: Vec<String>,
+    /// Arches it holds (one for a bundle).
+    pub arches: Vec<Arch>,
+    /// The bundle's id; `null` for a store.
+    pub bundle_id: Option<String>,
+}
+
+/// Added (only in B), removed (only in A), changed (in both, differing).
+#[derive(Debug, Serialize)]
+pub struct Changes<T> {
+    pub added: Vec<T>,
+    pub removed: Vec<T>,
+    pub changed: Vec<T>,
+}
+
+/// An image tag (full reference) on one platform, by its platform
+/// manifest digest: `old_digest` in A, `new_digest` in B.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct ImageChange {
+    pub reference: String,
+    pub platform: String,
+    pub old_digest: Option<String>,
+    pub new_digest: Option<String>,
+}
+
+/// A release file (or its checksum file) by name.
+#[derive(Debug, Serialize, PartialEq)]
+pub struct FileChange {
+    pub name: String,
+    pub old_sha256: Option<String>,
+    pub new_sha256: Option<String>,
+    pub old_size: Option<u64>,
+    pub new_size: Option<u64>,
+}
+
 /// Any command but join/reset, with `--json`, when it fails (one line).
 #[derive(Debug, Serialize)]
 pub struct Failed {

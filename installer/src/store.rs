@@ -635,6 +635,7 @@ impl Sink for Loader<'_> {
         let needed: u64 = manifest
             .entries
             .iter()
+            .filter(|e| e.path != format::SBOM_PATH)
             .filter(|e| !blob_path(&self.store, &e.sha256).exists())
             .map(|e| e.size)
             .sum::<u64>()
@@ -665,6 +666,11 @@ impl Sink for Loader<'_> {
     }
 
     fn begin_entry(&mut self, entry: &Entry) -> io::Result<Option<Box<dyn Write + '_>>> {
+        // The SBOM is verified like every entry but not kept: the mirror
+        // serves what nodes pull, and the SBOM sits beside the bundle.
+        if entry.path == format::SBOM_PATH {
+            return Ok(None);
+        }
         if entry.path == "images/index.json" || entry.path == "images/oci-layout" {
             let buffer = self.captured.entry(entry.path.clone()).or_default();
             return Ok(Some(Box::new(buffer)));

@@ -26,7 +26,8 @@ fn sample_arm64_bundle_passes_stock_tools() {
         [
             "SHA256SUMS",
             "edgeferry-kubeedge-v1.23.1-linux-arm64.tar.zst",
-            "edgeferry-kubeedge-v1.23.1-linux-arm64.tar.zst.minisig"
+            "edgeferry-kubeedge-v1.23.1-linux-arm64.tar.zst.minisig",
+            "edgeferry-kubeedge-v1.23.1-linux-arm64.tar.zst.sbom.cdx.json"
         ]
     );
     run_ok(
@@ -46,6 +47,7 @@ fn sample_arm64_bundle_passes_stock_tools() {
     let names: Vec<&str> = listing.lines().collect();
     assert_eq!(names[0], "manifest.json");
     assert_eq!(names[1], "manifest.json.minisig");
+    assert_eq!(names[2], "sbom.cdx.json");
     assert!(names.contains(&"files/keadm-v1.23.1-linux-arm64.tar.gz"));
     assert!(names.contains(&"files/checksum_keadm-v1.23.1-linux-arm64.tar.gz.txt"));
     assert!(names.contains(&"images/oci-layout"));
@@ -146,7 +148,7 @@ fn same_inputs_and_source_date_epoch_give_identical_bytes() {
     sample_bundle("amd64", "v1.22.0", &key, &second, EPOCH);
     let names = list_files(&first);
     assert_eq!(names, list_files(&second));
-    assert_eq!(names.len(), 3);
+    assert_eq!(names.len(), 4);
     for name in names {
         let a = std::fs::read(first.join(&name)).unwrap();
         let b = std::fs::read(second.join(&name)).unwrap();

@@ -2,6 +2,7 @@
 //! binaries and the host-heavy fixtures are built and set up once.
 
 mod bundle;
+mod diff;
 mod fetch;
 mod fidelity_certs;
 mod fidelity_postcheck;
@@ -14,5 +15,6 @@ mod hosts;
 mod join;
 mod load;
 mod pull;
+mod sbom;
 mod serve;
 mod tls;

@@ -2,10 +2,13 @@
 
 use anyhow::Result;
 
-use crate::util::{cargo, ensure_packages, run as sh, PACKAGES};
+use crate::util::{
+    cargo, ensure_packages, ensure_python_packages, run as sh, PACKAGES, PYTHON_PACKAGES,
+};
 
 pub fn run() -> Result<()> {
     ensure_packages(PACKAGES)?;
+    ensure_python_packages(PYTHON_PACKAGES)?;
     sh(cargo().args(["fmt", "--all", "--", "--check"]))?;
     sh(cargo().args([
         "clippy",

@@ -66,6 +66,28 @@ pub fn ensure_packages(packages: &[(&str, &str)]) -> Result<()> {
         .args(&missing))
 }
 
+/// Python packages the tests run, pinned: the CycloneDX library whose JSON
+/// schema validator checks the bundle's SBOM (tests/it/sbom.rs).
+pub const PYTHON_PACKAGES: &[(&str, &str)] = &[(
+    "cyclonedx.validation.json",
+    "cyclonedx-python-lib[json-validation]==11.12.0",
+)];
+
+/// pip installs the packages whose module does not import.
+pub fn ensure_python_packages(packages: &[(&str, &str)]) -> Result<()> {
+    for (module, requirement) in packages {
+        let present = Command::new("python3")
+            .args(["-c", &format!("import {module}")])
+            .status()
+            .is_ok_and(|s| s.success());
+        if !present {
+            eprintln!("xtask: installing Python package {requirement}");
+            run(Command::new("python3").args(["-m", "pip", "install", "--quiet", requirement]))?;
+        }
+    }
+    Ok(())
+}
+
 pub fn run(cmd: &mut Command) -> Result<()> {
     let status = cmd.status().with_context(|| format!("starting {cmd:?}"))?;
     if !status.success() {
