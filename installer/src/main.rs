@@ -11,7 +11,7 @@ use edgeferry::input::InputError;
 use edgeferry::join::report::EXIT_NOTHING_STARTED;
 use edgeferry::output;
 use edgeferry::printer::Printer;
-use edgeferry::{join, load, pull, serve, status};
+use edgeferry::{inspect, join, load, pull, serve, status};
 use edgeferry_bundle::verify::{Class, VerifyError};
 
 fn main() -> ExitCode {
@@ -33,6 +33,8 @@ fn main() -> ExitCode {
     let json = match &cli.command {
         Command::Verify(a) => a.source.json,
         Command::Load(a) => a.source.json,
+        Command::Inspect(a) => a.source.json,
+        Command::Store(StoreCommand::Inventory(a)) => a.json,
         Command::Store(StoreCommand::List { json, .. }) => *json,
         Command::Store(StoreCommand::Check(a)) => a.json,
         Command::Enroll(EnrollCommand::Create { json, .. } | EnrollCommand::List { json, .. }) => {
@@ -120,6 +122,8 @@ fn run(command: Command, config: Config, out: &Printer) -> anyhow::Result<()> {
     match command {
         Command::Verify(args) => load::verify_cmd(&args.source, out),
         Command::Load(args) => load::load_cmd(&args, &config, out),
+        Command::Inspect(args) => inspect::inspect_cmd(&args.source, out),
+        Command::Store(StoreCommand::Inventory(args)) => load::store_inventory(&args, out),
         Command::Store(StoreCommand::List { store, .. }) => load::store_list(&store, out),
         Command::Store(StoreCommand::Check(_)) => unreachable!("handled in main"),
         Command::Join(_) | Command::Reset(_) => unreachable!("handled in main"),
