@@ -196,7 +196,10 @@ mod tests {
         let kept: Vec<&str> = kept.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(
             kept,
-            ["images/index.json".to_string(), format!("images/blobs/sha256/{b}")]
+            [
+                "images/index.json".to_string(),
+                format!("images/blobs/sha256/{b}")
+            ]
         );
         let omitted: Vec<&str> = omitted.0.iter().map(|e| e.path.as_str()).collect();
         assert_eq!(

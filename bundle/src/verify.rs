@@ -405,8 +405,9 @@ fn verify_stream(
     };
 
     // Only now is the manifest parsed.
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| VerifyError::Manifest(format!("not a version-1 or version-2 manifest: {e}")))?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
+        VerifyError::Manifest(format!("not a version-1 or version-2 manifest: {e}"))
+    })?;
     check_manifest(&manifest)?;
     if let Some(signer) = &signer {
         let expected = format::trusted_comment(&manifest);
@@ -533,7 +534,8 @@ fn check_manifest(manifest: &Manifest) -> Result<(), VerifyError> {
         check_base(&delta.base).map_err(|e| VerifyError::Manifest(e.to_string()))?;
         for entry in &delta.expected_present {
             check_entry(entry, " (expected present)")?;
-            if !(entry.path.starts_with("images/blobs/sha256/") || entry.path.starts_with("files/")) {
+            if !(entry.path.starts_with("images/blobs/sha256/") || entry.path.starts_with("files/"))
+            {
                 return Err(VerifyError::Entry {
                     path: entry.path.clone(),
                     detail: "is listed as expected present, but only blobs and release files may be left out of a delta".into(),

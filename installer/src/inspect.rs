@@ -74,7 +74,11 @@ pub fn inspect_cmd(source: &SourceArgs, out: &Printer) -> Result<()> {
                 .and_then(|bytes| image_size(bytes)),
         })
         .collect();
-    let omitted: BTreeSet<&str> = m.expected_present().iter().map(|e| e.path.as_str()).collect();
+    let omitted: BTreeSet<&str> = m
+        .expected_present()
+        .iter()
+        .map(|e| e.path.as_str())
+        .collect();
     let sha512: BTreeMap<&str, &str> = m
         .files
         .iter()
@@ -134,9 +138,10 @@ fn text(i: &output::Inspected) -> String {
     );
     s.push_str(&format!(
         "signed by {}\nbuilt by {}\n",
-        i.signer.map_or("NOBODY (signature skipped)".to_string(), |k| format!(
-            "key {k}"
-        )),
+        i.signer
+            .map_or("NOBODY (signature skipped)".to_string(), |k| format!(
+                "key {k}"
+            )),
         i.builder
     ));
     if let Some(d) = &i.delta {
