@@ -126,6 +126,21 @@ pub struct BundleArgs {
     /// Split into volumes for removable media: fat32 (4 GiB - 1 byte), exfat (one volume) or bytes
     #[arg(long, value_parser = edgeferry_bundle::volumes::parse_volume_size, value_name = "fat32|exfat|BYTES")]
     pub volume_size: Option<u64>,
+    /// A delta bundle: what the site already has
+    #[command(flatten)]
+    pub delta: Box<DeltaArgs>,
+    /// Print the plan and stop: nothing is written (online, the servers are
+    /// asked for sizes)
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Machine-readable output on stdout
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The base of a delta bundle (boxed in [`BundleArgs`] to keep it small).
+#[derive(Args, Debug, Default)]
+pub struct DeltaArgs {
     /// Make a delta: leave out every blob and release file FILE holds. FILE
     /// is an inventory (`edgeferry store inventory`) or an older bundle
     /// (its .minisig beside it; verified first, see --base-key)
@@ -135,13 +150,6 @@ pub struct BundleArgs {
     /// [default: the public half of --key]
     #[arg(long = "base-key", value_name = "PUB", requires = "base")]
     pub base_keys: Vec<PathBuf>,
-    /// Print the plan and stop: nothing is written (online, the servers are
-    /// asked for sizes)
-    #[arg(long)]
-    pub dry_run: bool,
-    /// Machine-readable output on stdout
-    #[arg(long)]
-    pub json: bool,
 }
 
 /// The online origin's options (boxed in [`BundleArgs`] to keep it small).
@@ -210,10 +218,10 @@ fn bundle(args: BundleArgs) -> Result<()> {
     };
     // Loaded early only when the base is checked by its public half.
     let mut key = None;
-    let base = match &args.base {
+    let base = match &args.delta.base {
         Some(path) => {
-            let keys = if !args.base_keys.is_empty() {
-                TrustedKeys::from_files(&args.base_keys)?
+            let keys = if !args.delta.base_keys.is_empty() {
+                TrustedKeys::from_files(&args.delta.base_keys)?
             } else if let Some(key_path) = &args.key {
                 let loaded = SigningKey::from_file(key_path)?;
                 let keys = TrustedKeys::from_strings(&[&loaded.public_key_file()])?;
@@ -336,7 +344,7 @@ fn bundle(args: BundleArgs) -> Result<()> {
             println!(
                 "  DELTA against {} {}: {} entries ({} bytes) left out; a store needs them to load it",
                 delta.base.kind,
-                args.base.as_deref().unwrap_or(Path::new("")).display(),
+                args.delta.base.as_deref().unwrap_or(Path::new("")).display(),
                 omitted.0.len(),
                 omitted.bytes()
             );

@@ -110,7 +110,10 @@ fn deltas_from_an_inventory_and_from_an_old_bundle_load_into_exactly_the_full_st
     assert_eq!(printed.stdout.as_bytes(), &inventory_bytes[..]);
     let inventory = Inventory::parse(&inventory_bytes).unwrap();
     let base_manifest = manifest_of(&base);
-    assert_eq!(inventory.bundle_ids, [base_manifest.bundle_id.clone()]);
+    assert_eq!(
+        inventory.bundle_ids,
+        std::slice::from_ref(&base_manifest.bundle_id)
+    );
     assert_eq!(inventory.files.len(), 4, "two assets and their checksums");
     let summary: serde_json::Value = serde_json::from_str(&written.stdout).unwrap();
     assert_eq!(summary["ok"], true);
@@ -158,11 +161,17 @@ fn deltas_from_an_inventory_and_from_an_old_bundle_load_into_exactly_the_full_st
 
     let d = delta_m.delta.as_ref().unwrap();
     assert_eq!(d.base.kind, BaseKind::Inventory);
-    assert_eq!(d.base.bundle_ids, [base_manifest.bundle_id.clone()]);
+    assert_eq!(
+        d.base.bundle_ids,
+        std::slice::from_ref(&base_manifest.bundle_id)
+    );
     assert_eq!(d.base.kubeedge_version, None);
     let b = bundle_m.delta.as_ref().unwrap();
     assert_eq!(b.base.kind, BaseKind::Bundle);
-    assert_eq!(b.base.bundle_ids, [base_manifest.bundle_id.clone()]);
+    assert_eq!(
+        b.base.bundle_ids,
+        std::slice::from_ref(&base_manifest.bundle_id)
+    );
     assert_eq!(b.base.kubeedge_version.as_deref(), Some(BASE_VERSION));
     assert_eq!(b.base.sequence, Some(BASE_EPOCH));
     // The store holds exactly the base bundle, so both omit the same.
