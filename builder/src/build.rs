@@ -1,14 +1,15 @@
 //! Carrying out a [`Plan`], step by step in the order it lists them: get
 //! the artifacts (sample, directory or fetches), check every release asset
 //! against its upstream checksum, resolve every image to the plan's arch,
-//! lay the images out as one OCI layout, and pack it all.
+//! lay the images out as one OCI layout ([`gather`]); for a delta, leave
+//! out what the base holds ([`Gathered::split`]); and pack it all.
 
 use std::collections::BTreeMap;
 use std::io::Read;
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use edgeferry_bundle::format::{self, FileRecord, ImageRecord, Manifest};
+use edgeferry_bundle::format::{self, Delta, FileRecord, ImageRecord, Manifest};
 use edgeferry_bundle::oci::{
     Descriptor, ImageLayout, Index, Platform, ANNOTATION_INDEX_DIGEST, ANNOTATION_REF_NAME,
     MEDIA_OCI_INDEX,
@@ -16,6 +17,7 @@ use edgeferry_bundle::oci::{
 use edgeferry_bundle::pack::{self, PackEntry, PackOptions, Packed, Source};
 use edgeferry_bundle::sign::SigningKey;
 
+use crate::delta::{Base, Omitted};
 use crate::fetch;
 use crate::oci::{self, Blob, ImageCatalog, ResolvedImage};
 use crate::plan::{Origin, Plan, Step};
@@ -27,8 +29,81 @@ pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 pub const BUILDER: &str = concat!("edgeferry-builder ", env!("CARGO_PKG_VERSION"));
 
 /// Runs the plan's steps in order. `progress` learns the total once known,
-/// then each chunk.
-pub fn build(plan: &Plan, key: &SigningKey, progress: &mut dyn Progress) -> Result<Packed> {
+/// then each chunk. With a `base` (the plan then has an omit step), the
+/// bundle is a delta; the entries it left out are returned.
+pub fn build(
+    plan: &Plan,
+    key: &SigningKey,
+    base: Option<&Base>,
+    progress: &mut dyn Progress,
+) -> Result<(Packed, Omitted)> {
+    let gathered = gather(plan, progress)?;
+    let (gathered, omitted) = match base {
+        Some(base) => gathered.split(base)?,
+        None => (gathered, Omitted::default()),
+    };
+    let packed = gathered.pack(plan, key, progress)?;
+    Ok((packed, omitted))
+}
+
+/// Everything a bundle will hold, before packing: its manifest (entries
+/// not yet filled in) and its entries, in stream order.
+pub struct Gathered {
+    pub manifest: Manifest,
+    pub entries: Vec<PackEntry>,
+    /// The SBOM's view of the full content, made when gathering.
+    pub sbom_input: SbomInput,
+    /// The sample directory the entries read from lives as long as they do.
+    _sample_dir: Option<tempfile::TempDir>,
+}
+
+impl Gathered {
+    /// Moves the entries `base` holds into the manifest's
+    /// `delta.expected_present`; returns them as a value too.
+    pub fn split(mut self, base: &Base) -> Result<(Gathered, Omitted)> {
+        let (kept, omitted) = base.split(std::mem::take(&mut self.entries))?;
+        self.entries = kept;
+        self.manifest.delta = Some(Delta {
+            base: base.planned.info.clone(),
+            expected_present: omitted.0.clone(),
+        });
+        Ok((self, omitted))
+    }
+
+    pub fn pack(
+        self,
+        plan: &Plan,
+        key: &SigningKey,
+        progress: &mut dyn Progress,
+    ) -> Result<Packed> {
+        // The SBOM is the first entry; a delta's marks what it left out.
+        let sbom_bytes = sbom::sbom(&self.sbom_input, self.manifest.expected_present());
+        let mut entries = self.entries;
+        entries.insert(0, PackEntry::bytes(format::SBOM_PATH, sbom_bytes.clone()));
+        progress.start(entries.iter().map(|e| e.size).sum());
+        let options = PackOptions {
+            level: plan.level,
+            mtime: plan.created_unix,
+            ..PackOptions::default()
+        };
+        let packed = pack::pack(
+            self.manifest,
+            entries,
+            key,
+            plan.out_dir(),
+            &options,
+            &mut |n| progress.advance(n),
+        )?;
+        sbom::write_beside(&packed.bundle, &sbom_bytes)?;
+        progress.finish();
+        drop(self._sample_dir);
+        Ok(packed)
+    }
+}
+
+/// Runs the plan's steps up to the pack: the artifacts read, checked and
+/// laid out, nothing written but the sample's temp dir.
+pub fn gather(plan: &Plan, progress: &mut dyn Progress) -> Result<Gathered> {
     // The sample directory lives exactly as long as the build needs it.
     let mut sample_dir = None;
     // Where `--from`-style steps read: the directory, or the sample's.
@@ -132,27 +207,21 @@ pub fn build(plan: &Plan, key: &SigningKey, progress: &mut dyn Progress) -> Resu
                     files: std::mem::take(&mut files),
                     images,
                     entries: Vec::new(),
+                    delta: None,
                 };
-                let mut entries = std::mem::take(&mut entries);
-                // The SBOM describes what is packed; it is the first entry.
-                let input = SbomInput::from_build(&manifest, &entries, &resolved, VERSION);
-                let sbom_bytes = sbom::sbom(&input, &[]);
-                entries.insert(0, PackEntry::bytes(format::SBOM_PATH, sbom_bytes.clone()));
-                progress.start(entries.iter().map(|e| e.size).sum());
-                let options = PackOptions {
-                    level: plan.level,
-                    mtime: plan.created_unix,
-                    ..PackOptions::default()
-                };
-                let packed =
-                    pack::pack(manifest, entries, key, plan.out_dir(), &options, &mut |n| {
-                        progress.advance(n)
-                    })?;
-                sbom::write_beside(&packed.bundle, &sbom_bytes)?;
-                progress.finish();
-                drop(sample_dir);
-                return Ok(packed);
+                let entries = std::mem::take(&mut entries);
+                // What the SBOM describes: the full content, whatever a
+                // delta later leaves out of the stream.
+                let sbom_input = SbomInput::from_build(&manifest, &entries, &resolved, VERSION);
+                return Ok(Gathered {
+                    manifest,
+                    entries,
+                    sbom_input,
+                    _sample_dir: sample_dir,
+                });
             }
+            // Done after gathering, by `Gathered::split`.
+            Step::Omit { .. } => {}
         }
     }
     bail!("the plan has no pack step")

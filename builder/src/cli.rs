@@ -2,13 +2,13 @@
 //! the `edgeferry-builder` binary.
 
 use std::io::IsTerminal;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{Context, Result};
 use clap::{Args, Parser, Subcommand};
 use edgeferry_bundle::format::Arch;
-use edgeferry_bundle::sign::{self, Protection, SigningKey};
+use edgeferry_bundle::sign::{self, Protection, SigningKey, TrustedKeys};
 
 use crate::build::{self, Progress, Silent};
 use crate::plan::{self, Origin, Request};
@@ -38,6 +38,13 @@ Examples:
 
   # What would go in, without reading anything
   cargo xtask bundle --arch arm --kubeedge-version v1.22.0 --from artifacts/ --dry-run --json
+
+  # A delta: leave out what the site already has (its `edgeferry store
+  # inventory`, or the bundle it last loaded, verified with --base-key)
+  cargo xtask bundle --arch arm64 --kubeedge-version v1.23.1 --from artifacts/ \
+      --base site-a.inventory.json --key keys/edgeferry.key --out bundles/
+  cargo xtask bundle --arch arm64 --kubeedge-version v1.23.1 --from artifacts/ \
+      --base bundles/edgeferry-kubeedge-v1.22.0-linux-arm64.tar.zst --key keys/edgeferry.key --out delta/
 
   # What would be downloaded, with sizes (asks the servers, writes nothing)
   cargo xtask bundle --arch arm64 --kubeedge-version v1.23.1 --dry-run
@@ -119,6 +126,9 @@ pub struct BundleArgs {
     /// Split into volumes for removable media: fat32 (4 GiB - 1 byte), exfat (one volume) or bytes
     #[arg(long, value_parser = edgeferry_bundle::volumes::parse_volume_size, value_name = "fat32|exfat|BYTES")]
     pub volume_size: Option<u64>,
+    /// A delta bundle: what the site already has
+    #[command(flatten)]
+    pub delta: Box<DeltaArgs>,
     /// Print the plan and stop: nothing is written (online, the servers are
     /// asked for sizes)
     #[arg(long)]
@@ -126,6 +136,20 @@ pub struct BundleArgs {
     /// Machine-readable output on stdout
     #[arg(long)]
     pub json: bool,
+}
+
+/// The base of a delta bundle (boxed in [`BundleArgs`] to keep it small).
+#[derive(Args, Debug, Default)]
+pub struct DeltaArgs {
+    /// Make a delta: leave out every blob and release file FILE holds. FILE
+    /// is an inventory (`edgeferry store inventory`) or an older bundle
+    /// (its .minisig beside it; verified first, see --base-key)
+    #[arg(long, value_name = "FILE")]
+    pub base: Option<PathBuf>,
+    /// A public key that may have signed the --base bundle (repeatable)
+    /// [default: the public half of --key]
+    #[arg(long = "base-key", value_name = "PUB", requires = "base")]
+    pub base_keys: Vec<PathBuf>,
 }
 
 /// The online origin's options (boxed in [`BundleArgs`] to keep it small).
@@ -192,6 +216,25 @@ fn bundle(args: BundleArgs) -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_secs(),
     };
+    // Loaded early only when the base is checked by its public half.
+    let mut key = None;
+    let base = match &args.delta.base {
+        Some(path) => {
+            let keys = if !args.delta.base_keys.is_empty() {
+                TrustedKeys::from_files(&args.delta.base_keys)?
+            } else if let Some(key_path) = &args.key {
+                let loaded = SigningKey::from_file(key_path)?;
+                let keys = TrustedKeys::from_strings(&[&loaded.public_key_file()])?;
+                key = Some(loaded);
+                keys
+            } else {
+                // --dry-run without --key: an inventory needs no key.
+                TrustedKeys::from_strings(&[])?
+            };
+            Some(crate::delta::read_base(path, &keys)?)
+        }
+        None => None,
+    };
     let request = Request {
         kubeedge_version: args.kubeedge_version,
         arch: args.arch,
@@ -219,6 +262,7 @@ fn bundle(args: BundleArgs) -> Result<()> {
         level: args.level,
         sequence: args.sequence,
         created_unix,
+        base: base.as_ref().map(|b| b.planned.clone()),
     };
     let plan = plan::plan(&request)?;
     if args.dry_run {
@@ -240,12 +284,18 @@ fn bundle(args: BundleArgs) -> Result<()> {
         }
         return Ok(());
     }
-    let key_path = args.key.expect("clap requires --key without --dry-run");
-    let key = SigningKey::from_file(&key_path)?;
-    let packed = if !args.json && std::io::stderr().is_terminal() {
-        build::build(&plan, &key, &mut Bar::default())?
+    let key = match key {
+        Some(key) => key,
+        None => SigningKey::from_file(
+            args.key
+                .as_deref()
+                .expect("clap requires --key without --dry-run"),
+        )?,
+    };
+    let (packed, omitted) = if !args.json && std::io::stderr().is_terminal() {
+        build::build(&plan, &key, base.as_ref(), &mut Bar::default())?
     } else {
-        build::build(&plan, &key, &mut Silent)?
+        build::build(&plan, &key, base.as_ref(), &mut Silent)?
     };
     let volumes = match args.volume_size {
         Some(size) => edgeferry_bundle::volumes::split(&packed, size, &key)?,
@@ -267,6 +317,14 @@ fn bundle(args: BundleArgs) -> Result<()> {
         "entries": packed.manifest.entries.len(),
         "images": packed.manifest.images.iter().map(|i| &i.reference).collect::<Vec<_>>(),
     });
+    let mut summary = summary;
+    if let Some(delta) = &packed.manifest.delta {
+        summary["delta"] = serde_json::json!({
+            "base": delta.base,
+            "omitted_entries": omitted.0.len(),
+            "omitted_bytes": omitted.bytes(),
+        });
+    }
     if args.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
     } else {
@@ -283,6 +341,15 @@ fn bundle(args: BundleArgs) -> Result<()> {
             "  id {}  sequence {}  {} bytes  sha256 {}",
             packed.manifest.bundle_id, packed.manifest.sequence, packed.size, packed.sha256
         );
+        if let Some(delta) = &packed.manifest.delta {
+            println!(
+                "  DELTA against {} {}: {} entries ({} bytes) left out; a store needs them to load it",
+                delta.base.kind,
+                args.delta.base.as_deref().unwrap_or(Path::new("")).display(),
+                omitted.0.len(),
+                omitted.bytes()
+            );
+        }
         println!("  signature {}", packed.signature.display());
         println!(
             "  sbom {}",
@@ -316,6 +383,7 @@ fn sample_dir(args: SampleArgs) -> Result<()> {
         level: 3,
         sequence: Some(0),
         created_unix: 0,
+        base: None,
     })?;
     crate::sample::write_sample_dir(&args.out, &build::sample_spec(&plan))?;
     println!(
@@ -440,6 +508,16 @@ fn print_plan(plan: &plan::Plan) {
         println!(
             "  files/{} ({need}, checked against {})",
             f.name, f.checksum
+        );
+    }
+    if let Some(base) = &plan.base {
+        println!(
+            "delta against {} {} (bundles {}): leaves out whichever of its {} blobs ({} bytes) this bundle would carry",
+            base.info.kind,
+            base.path.display(),
+            base.info.bundle_ids.join(", "),
+            base.blobs,
+            base.bytes
         );
     }
     println!("images for linux/{}:", plan.arch);

@@ -4,14 +4,17 @@
 //! by `cargo xtask bundle` and `edgeferry-builder`; `fetch` is the online
 //! origin (release assets and registries), `oci` the local image sources,
 //! `release` the release-asset checks, `sample` the built-in stand-ins,
-//! `sbom` the CycloneDX SBOM every bundle carries.
-//! Imports go one way: `cli` → `build` → {`sbom`, `fetch`, `oci`, `release`,
-//! `sample`} → `plan` → `manifests`; nothing imports `build` or `cli`.
+//! `delta` the `--base` of a delta bundle and what it leaves out, `sbom`
+//! the CycloneDX SBOM every bundle carries.
+//! Imports go one way: `cli` → `build` → {`delta`, `sbom`, `fetch`, `oci`,
+//! `release`, `sample`} → `plan` → `manifests`; nothing imports `build` or
+//! `cli`.
 
 #![forbid(unsafe_code)]
 
 pub mod build;
 pub mod cli;
+pub mod delta;
 pub mod fetch;
 pub mod manifests;
 pub mod oci;

@@ -62,6 +62,22 @@ pub struct Request {
     pub sequence: Option<u64>,
     /// `SOURCE_DATE_EPOCH`, or now.
     pub created_unix: u64,
+    /// `--base`: what the site already has (read by `delta::read_base`);
+    /// the bundle leaves it out.
+    pub base: Option<PlannedBase>,
+}
+
+/// The base of a delta, as `--dry-run` shows it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PlannedBase {
+    /// The `--base` file.
+    pub path: PathBuf,
+    #[serde(flatten)]
+    pub info: format::BaseInfo,
+    /// Distinct blobs (by sha256) the base holds and their bytes: the most
+    /// the delta can leave out.
+    pub blobs: usize,
+    pub bytes: u64,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -77,8 +93,11 @@ pub struct Plan {
     pub level: i32,
     pub files: Vec<PlannedFile>,
     pub images: Vec<PlannedImage>,
+    /// `--base`: a delta leaves out what this holds.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub base: Option<PlannedBase>,
     /// Everything `build` will do, in order: the origin, the fetches (online
-    /// only), the checks, the pack.
+    /// only), the checks, the omissions (a delta only), the pack.
     pub steps: Vec<Step>,
 }
 
@@ -112,6 +131,9 @@ pub enum Step {
     },
     /// Resolve an image to the plan's arch from the directory's `images/`.
     ResolveImage { reference: String },
+    /// A delta: leave out every blob and release file the base holds,
+    /// listing each in the signed manifest as expected present.
+    Omit { base: PathBuf },
     /// Lay the images out as one OCI layout, sign, pack and write the bundle.
     Pack { out_file: PathBuf },
 }
@@ -182,7 +204,16 @@ pub fn plan(request: &Request) -> Result<Plan> {
     let out_file = request
         .out_dir
         .join(format::bundle_file_name(version, arch));
-    let steps = steps(&request.origin, version, &files, &images, &out_file);
+    let mut steps = steps(&request.origin, version, &files, &images, &out_file);
+    if let Some(base) = &request.base {
+        let pack = steps.len() - 1;
+        steps.insert(
+            pack,
+            Step::Omit {
+                base: base.path.clone(),
+            },
+        );
+    }
     Ok(Plan {
         kubeedge_version: version.clone(),
         arch,
@@ -194,6 +225,7 @@ pub fn plan(request: &Request) -> Result<Plan> {
         level: request.level,
         files,
         images,
+        base: request.base.clone(),
         steps,
     })
 }
@@ -261,6 +293,11 @@ impl std::fmt::Display for Step {
                 write!(f, "check files/{name} against {checksum}")
             }
             Step::ResolveImage { reference } => write!(f, "resolve image {reference}"),
+            Step::Omit { base } => write!(
+                f,
+                "leave out every blob and release file {} holds (a delta)",
+                base.display()
+            ),
             Step::Pack { out_file } => write!(f, "pack and sign {}", out_file.display()),
         }
     }
@@ -292,6 +329,7 @@ mod tests {
             level: 3,
             sequence: None,
             created_unix: 0,
+            base: None,
         }
     }
 

@@ -1,4 +1,4 @@
-//! The bundle format, version 1: names, the manifest, and the rules every
+//! The bundle format, version 2: names, the manifest, and the rules every
 //! entry obeys. `docs/bundle-format.md` is the prose version of this file;
 //! keep the two in step.
 
@@ -7,8 +7,13 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// Bumped on any change a version-1 reader could misread.
-pub const FORMAT_VERSION: u32 = 1;
+/// Bumped on any change an older reader could misread. Version 2 added
+/// delta bundles (`Manifest::delta`); readers still accept version 1.
+pub const FORMAT_VERSION: u32 = 2;
+/// Every format version a reader accepts.
+pub const READABLE_FORMAT_VERSIONS: [u32; 2] = [1, 2];
+/// The most bundle ids a delta's base may name.
+pub const MAX_BASE_BUNDLE_IDS: usize = 1024;
 /// First tar entry: the manifest, as JSON.
 pub const MANIFEST_PATH: &str = "manifest.json";
 /// Second tar entry: a minisign signature over the manifest's exact bytes.
@@ -124,6 +129,55 @@ pub struct Manifest {
     pub images: Vec<ImageRecord>,
     /// Every entry after the signature, in stream order.
     pub entries: Vec<Entry>,
+    /// Format 2, delta bundles only: what the base was and the entries left
+    /// out because it has them. Absent (no key at all) in a full bundle.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Delta>,
+}
+
+/// A delta bundle's promise: these entries are not in the stream, and the
+/// store that loads it must already hold each of them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Delta {
+    pub base: BaseInfo,
+    /// Each omitted entry (a blob under `images/blobs/sha256/` or a release
+    /// file under `files/`), sorted by path.
+    pub expected_present: Vec<Entry>,
+}
+
+/// What a delta was built against.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BaseInfo {
+    /// `inventory` (a store's `edgeferry store inventory`) or `bundle` (an
+    /// older bundle's signed manifest).
+    pub kind: BaseKind,
+    /// The bundles the base holds (an inventory: every bundle in the store;
+    /// a bundle: its own id), sorted.
+    pub bundle_ids: Vec<String>,
+    /// A bundle base's KubeEdge version.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kubeedge_version: Option<String>,
+    /// A bundle base's sequence.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sequence: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BaseKind {
+    Inventory,
+    Bundle,
+}
+
+impl fmt::Display for BaseKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            BaseKind::Inventory => "inventory",
+            BaseKind::Bundle => "bundle",
+        })
+    }
 }
 
 impl Manifest {
@@ -138,14 +192,38 @@ impl Manifest {
 
     /// sha256 over the manifest with an empty id, first 32 hex digits: the
     /// same content gives the same id, any change gives another.
+    ///
+    /// Format 1: over the manifest as it is. Format 2: over its full
+    /// content, so a delta and the full bundle of the same input share one
+    /// id: the omitted entries put back into `entries`, `delta` cleared,
+    /// the SBOM entry (which marks what a delta omitted) left out, and
+    /// `entries` sorted by path.
     pub fn compute_id(&self) -> String {
         let mut copy = self.clone();
         copy.bundle_id = String::new();
-        // The SBOM entry is left out: a delta and the full bundle of the same
-        // input share one id though their SBOMs differ in the omitted marks
-        // (the signature and the entry's hash still cover the SBOM).
-        copy.entries.retain(|e| e.path != SBOM_PATH);
+        if copy.format_version >= 2 {
+            if let Some(delta) = copy.delta.take() {
+                copy.entries.extend(delta.expected_present);
+            }
+            copy.entries.retain(|e| e.path != SBOM_PATH);
+            copy.entries.sort_by(|a, b| a.path.cmp(&b.path));
+        }
         crate::hashing::sha256_hex(&copy.to_bytes())[..32].to_string()
+    }
+
+    /// Every entry the bundle describes: those in the stream, then those a
+    /// delta left out.
+    pub fn all_entries(&self) -> impl Iterator<Item = &Entry> {
+        self.entries
+            .iter()
+            .chain(self.delta.iter().flat_map(|d| d.expected_present.iter()))
+    }
+
+    /// The entries a delta left out (none for a full bundle).
+    pub fn expected_present(&self) -> &[Entry] {
+        self.delta
+            .as_ref()
+            .map_or(&[][..], |d| d.expected_present.as_slice())
     }
 }
 
@@ -194,13 +272,14 @@ pub struct ImageRecord {
 /// and checks them against the manifest once it parses it.
 pub fn trusted_comment(m: &Manifest) -> String {
     format!(
-        "edgeferry-bundle format={} id={} kubeedge={} arch={} sequence={}{}",
+        "edgeferry-bundle format={} id={} kubeedge={} arch={} sequence={}{}{}",
         m.format_version,
         m.bundle_id,
         m.kubeedge_version,
         m.arch,
         m.sequence,
-        if m.sample { " sample" } else { "" }
+        if m.sample { " sample" } else { "" },
+        if m.delta.is_some() { " delta" } else { "" }
     )
 }
 

@@ -98,6 +98,15 @@ pub fn pack(
             bail!("entry {} is listed twice", entry.path);
         }
     }
+    for omitted in manifest.expected_present() {
+        format::check_entry_path(&omitted.path)?;
+        if !seen.insert(omitted.path.as_str()) {
+            bail!(
+                "entry {} is both packed and listed as expected present",
+                omitted.path
+            );
+        }
+    }
     manifest.entries = entries
         .iter()
         .map(|e| Entry {

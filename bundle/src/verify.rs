@@ -405,8 +405,9 @@ fn verify_stream(
     };
 
     // Only now is the manifest parsed.
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes)
-        .map_err(|e| VerifyError::Manifest(format!("not a version-1 manifest: {e}")))?;
+    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
+        VerifyError::Manifest(format!("not a version-1 or version-2 manifest: {e}"))
+    })?;
     check_manifest(&manifest)?;
     if let Some(signer) = &signer {
         let expected = format::trusted_comment(&manifest);
@@ -435,7 +436,7 @@ fn verify_stream(
                     expected.path
                 )
             } else {
-                "is not listed in the signed manifest".to_string()
+                unlisted(&manifest, &header.path)
             };
             return Err(VerifyError::Entry {
                 path: header.path,
@@ -471,16 +472,17 @@ fn verify_stream(
             })?;
     }
     if let Some(extra) = next.take() {
+        let detail = unlisted(&manifest, &extra.path);
         return Err(VerifyError::Entry {
             path: extra.path,
-            detail: "is not listed in the signed manifest".into(),
+            detail,
         });
     }
     if let Some(extra) = tar.next_header()? {
         let detail = if manifest.entries.iter().any(|e| e.path == extra.path) {
             "appears twice".to_string()
         } else {
-            "is not listed in the signed manifest".to_string()
+            unlisted(&manifest, &extra.path)
         };
         return Err(VerifyError::Entry {
             path: extra.path,
@@ -491,13 +493,27 @@ fn verify_stream(
     Ok((manifest, signer))
 }
 
+/// Why an entry in the stream that `entries` does not list is refused.
+fn unlisted(manifest: &Manifest, path: &str) -> String {
+    if manifest.expected_present().iter().any(|e| e.path == path) {
+        "is in the stream but the signed manifest lists it as left out of this delta".into()
+    } else {
+        "is not listed in the signed manifest".into()
+    }
+}
+
 fn check_manifest(manifest: &Manifest) -> Result<(), VerifyError> {
-    if manifest.format_version != format::FORMAT_VERSION {
+    if !format::READABLE_FORMAT_VERSIONS.contains(&manifest.format_version) {
         return Err(VerifyError::Manifest(format!(
-            "format version {} is not {}: use an edgeferry that reads it",
+            "format version {} is not one this edgeferry reads ({:?}): use an edgeferry that reads it",
             manifest.format_version,
-            format::FORMAT_VERSION
+            format::READABLE_FORMAT_VERSIONS
         )));
+    }
+    if manifest.format_version < 2 && manifest.delta.is_some() {
+        return Err(VerifyError::Manifest(
+            "a format 1 manifest has a delta field, which format 2 introduced".into(),
+        ));
     }
     if manifest.bundle_id != manifest.compute_id() {
         return Err(VerifyError::Manifest(
@@ -520,40 +536,96 @@ fn check_manifest(manifest: &Manifest) -> Result<(), VerifyError> {
     }
     let mut seen = HashMap::new();
     for entry in &manifest.entries {
-        format::check_entry_path(&entry.path).map_err(|e| VerifyError::Entry {
-            path: entry.path.clone(),
-            detail: format!("unsafe path in the manifest: {e}"),
-        })?;
-        if entry.path == format::MANIFEST_PATH || entry.path == format::SIGNATURE_PATH {
-            return Err(VerifyError::Entry {
-                path: entry.path.clone(),
-                detail: "listed as an ordinary entry".into(),
-            });
-        }
+        check_entry(entry, "")?;
         if seen.insert(entry.path.as_str(), ()).is_some() {
             return Err(VerifyError::Entry {
                 path: entry.path.clone(),
                 detail: "listed twice in the manifest".into(),
             });
         }
-        if !format::valid_hex(&entry.sha256, 64) {
-            return Err(VerifyError::Entry {
-                path: entry.path.clone(),
-                detail: "its sha256 in the manifest is not 64 lowercase hex digits".into(),
-            });
-        }
-        // A blob's name is its digest; a mismatch would let one blob pose
-        // as another in the store.
-        if let Some(name) = entry.path.strip_prefix("images/blobs/sha256/") {
-            if name != entry.sha256 {
+    }
+    if let Some(delta) = &manifest.delta {
+        check_base(&delta.base).map_err(|e| VerifyError::Manifest(e.to_string()))?;
+        for entry in &delta.expected_present {
+            check_entry(entry, " (expected present)")?;
+            if !(entry.path.starts_with("images/blobs/sha256/") || entry.path.starts_with("files/"))
+            {
                 return Err(VerifyError::Entry {
                     path: entry.path.clone(),
-                    detail: format!("blob is named {name} but its sha256 is {}", entry.sha256),
+                    detail: "is listed as expected present, but only blobs and release files may be left out of a delta".into(),
+                });
+            }
+            if seen.insert(entry.path.as_str(), ()).is_some() {
+                return Err(VerifyError::Entry {
+                    path: entry.path.clone(),
+                    detail: "listed twice in the manifest (as an entry and as expected present, or twice as expected present)".into(),
                 });
             }
         }
     }
     check_fields(manifest).map_err(|e| VerifyError::Manifest(e.to_string()))
+}
+
+/// One entry's path and hash rules; `role` says which list it is in.
+fn check_entry(entry: &Entry, role: &str) -> Result<(), VerifyError> {
+    format::check_entry_path(&entry.path).map_err(|e| VerifyError::Entry {
+        path: entry.path.clone(),
+        detail: format!("unsafe path in the manifest{role}: {e}"),
+    })?;
+    if entry.path == format::MANIFEST_PATH || entry.path == format::SIGNATURE_PATH {
+        return Err(VerifyError::Entry {
+            path: entry.path.clone(),
+            detail: format!("listed as an ordinary entry{role}"),
+        });
+    }
+    if !format::valid_hex(&entry.sha256, 64) {
+        return Err(VerifyError::Entry {
+            path: entry.path.clone(),
+            detail: format!("its sha256 in the manifest{role} is not 64 lowercase hex digits"),
+        });
+    }
+    // A blob's name is its digest; a mismatch would let one blob pose
+    // as another in the store.
+    if let Some(name) = entry.path.strip_prefix("images/blobs/sha256/") {
+        if name != entry.sha256 {
+            return Err(VerifyError::Entry {
+                path: entry.path.clone(),
+                detail: format!("blob is named {name} but its sha256 is {}", entry.sha256),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// A delta's base description: printed by `inspect`, so held to the same
+/// grammar as every other field.
+fn check_base(base: &format::BaseInfo) -> Result<(), format::FieldError> {
+    if base.bundle_ids.len() > format::MAX_BASE_BUNDLE_IDS {
+        return Err(format::FieldError::new(
+            "delta.base.bundle_ids",
+            &base.bundle_ids.len().to_string(),
+            "names more bundles than a reader accepts",
+        ));
+    }
+    for (i, id) in base.bundle_ids.iter().enumerate() {
+        if !format::valid_hex(id, 32) {
+            return Err(format::FieldError::new(
+                format!("delta.base.bundle_ids[{i}]"),
+                id,
+                "is not 32 lowercase hex digits",
+            ));
+        }
+    }
+    if let Some(version) = &base.kubeedge_version {
+        if !format::valid_version(version) {
+            return Err(format::FieldError::new(
+                "delta.base.kubeedge_version",
+                version,
+                "is not a KubeEdge version such as v1.23.1",
+            ));
+        }
+    }
+    Ok(())
 }
 
 /// An optional image field: its name, value, grammar and the rule's text.
@@ -606,7 +678,7 @@ fn check_fields(manifest: &Manifest) -> Result<(), format::FieldError> {
         check(ok, &|| field.into(), value, rule)?;
     }
     let listed =
-        |path: &str| path.starts_with("files/") && manifest.entries.iter().any(|e| e.path == path);
+        |path: &str| path.starts_with("files/") && manifest.all_entries().any(|e| e.path == path);
     for (i, file) in manifest.files.iter().enumerate() {
         check(
             listed(&file.path),
@@ -968,6 +1040,7 @@ mod tests {
             files: vec![],
             images: vec![],
             entries: vec![],
+            delta: None,
         };
         let entries = vec![
             PackEntry::bytes("files/a", b"hello".to_vec()),

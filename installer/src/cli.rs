@@ -18,6 +18,10 @@ Examples:
   edgeferry store list --store /srv/edgeferry
   edgeferry store check --store /srv/edgeferry   # hash every blob and file
 
+  # What is inside a bundle (verified first), and what the site already has
+  edgeferry inspect /media/usb/edgeferry-kubeedge-v1.23.1-linux-arm64.tar.zst --key edgeferry.pub
+  edgeferry store inventory --store /srv/edgeferry -o /media/usb/site-a.inventory.json
+
 Exit codes:
   0  success
   1  any other failure (I/O, an unreadable store, a lock held by a load into the same store)
@@ -26,7 +30,8 @@ Exit codes:
   4  integrity: corrupt, truncated, tampered or unsafe content, bad or missing volume
   5  refused by policy: a downgrade (a bundle built before the newest one
      loaded for its arch, by any key; or a lower sequence from the same
-     key), not enough space or no space left mid-load";
+     key), not enough space or no space left mid-load, a delta bundle
+     whose base the store does not hold";
 
 #[derive(Parser)]
 #[command(
@@ -54,6 +59,10 @@ pub enum Command {
     /// Verify a bundle and load it into a store, atomically
     #[command(after_help = EXAMPLES)]
     Load(LoadArgs),
+    /// Verify a bundle, then show what is inside: signer, version, images,
+    /// files, delta base; write nothing
+    #[command(after_help = INSPECT_EXAMPLES)]
+    Inspect(InspectArgs),
     /// Look at a store
     #[command(subcommand)]
     Store(StoreCommand),
@@ -317,6 +326,46 @@ pub struct DiffArgs {
     pub json: bool,
 }
 
+pub const INSPECT_EXAMPLES: &str = "\
+Examples:
+  edgeferry inspect /media/usb/edgeferry-kubeedge-v1.23.1-linux-arm64.tar.zst --key edgeferry.pub
+  edgeferry inspect /media/usb/ --key edgeferry.pub --json     # a directory of volumes
+
+The bundle is verified exactly as `verify` does (same exit codes) before
+anything is shown. An image's size is its manifest, config and layers;
+in a delta whose image manifest was left out, it is shown as unknown.";
+
+#[derive(Args)]
+pub struct InspectArgs {
+    #[command(flatten)]
+    pub source: SourceArgs,
+}
+
+pub const STORE_INVENTORY_EXAMPLES: &str = "\
+Examples:
+  edgeferry store inventory --store /srv/edgeferry -o /media/usb/site-a.inventory.json
+  edgeferry store inventory --store /srv/edgeferry > site-a.inventory.json
+
+  # then, on the connected side: a bundle without what the site has
+  cargo xtask bundle --arch arm64 --kubeedge-version v1.23.1 --from artifacts/ \\
+      --base site-a.inventory.json --key keys/edgeferry.key --out bundles/
+
+Without -o the inventory is printed on stdout; with -o it is written
+atomically and a summary is printed (--json: as JSON). It lists digests
+and sizes only: no secrets, nothing from the site's nodes.";
+
+#[derive(Args)]
+pub struct StoreInventoryArgs {
+    #[arg(long, env = "EDGEFERRY_STORE")]
+    pub store: PathBuf,
+    /// Write the inventory to FILE (atomically) instead of stdout
+    #[arg(long = "out", short = 'o', value_name = "FILE")]
+    pub out: Option<PathBuf>,
+    /// With -o: the summary as JSON
+    #[arg(long)]
+    pub json: bool,
+}
+
 #[derive(Subcommand)]
 pub enum StoreCommand {
     /// Versions, arches, images, files and bundle ids in a store
@@ -330,6 +379,10 @@ pub enum StoreCommand {
     /// copies of damaged ones from a bundle
     #[command(after_help = STORE_CHECK_EXAMPLES)]
     Check(StoreCheckArgs),
+    /// Every blob and release file digest with its size, every bundle and
+    /// the highest sequence per signer and arch: the --base of a delta bundle
+    #[command(after_help = STORE_INVENTORY_EXAMPLES)]
+    Inventory(StoreInventoryArgs),
 }
 
 pub const STORE_CHECK_EXAMPLES: &str = "\

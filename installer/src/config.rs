@@ -2,6 +2,10 @@
 
 use std::time::Duration;
 
+/// A delta refused for lack of its base names this many of the missing
+/// digests (and how many there are in all).
+pub const MAX_MISSING_DIGESTS_SHOWN: usize = 8;
+
 /// Defaults for the installer's bounded work. Commands take their values
 /// from here; flags override individual fields.
 #[derive(Clone, Debug)]

@@ -6,6 +6,7 @@ pub mod cli;
 pub mod config;
 pub mod diff;
 pub mod input;
+pub mod inspect;
 pub mod join;
 pub mod load;
 pub mod mirror;

@@ -1,5 +1,5 @@
-//! `verify`, `load` and `store list`: a bundle checked in one pass, into a
-//! store or into nothing, and what a store holds.
+//! `verify`, `load`, `store list` and `store inventory`: a bundle checked
+//! in one pass, into a store or into nothing, and what a store holds.
 
 use std::io::Read;
 use std::path::Path;
@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 use edgeferry_bundle::sign::TrustedKeys;
 use edgeferry_bundle::verify::{self, CheckOnly, Trust};
 
-use crate::cli::{LoadArgs, SourceArgs, StoreCheckArgs, TrustArgs};
+use crate::cli::{LoadArgs, SourceArgs, StoreCheckArgs, StoreInventoryArgs, TrustArgs};
 use crate::config::Config;
 use crate::output;
 use crate::printer::Printer;
@@ -195,6 +195,39 @@ pub fn store_list(store_dir: &Path, out: &Printer) -> Result<()> {
         ));
     }
     out.text(&s);
+    Ok(())
+}
+
+/// `store inventory`: the store's digests for a delta's `--base`, on
+/// stdout or written atomically to `-o FILE`.
+pub fn store_inventory(args: &StoreInventoryArgs, out: &Printer) -> Result<()> {
+    let inventory: output::StoreInventory = store::inventory(&args.store)?;
+    let Some(path) = &args.out else {
+        out.text(&String::from_utf8_lossy(&inventory.to_bytes()));
+        return Ok(());
+    };
+    edgeferry_bundle::atomic::write_file(path, &inventory.to_bytes(), 0o644)
+        .with_context(|| format!("writing {}", path.display()))?;
+    let bytes = inventory.blobs.iter().map(|b| b.size).sum();
+    if out.json() {
+        return out.data(&output::InventoryWritten {
+            ok: true,
+            store: &args.store,
+            out: path,
+            bundles: inventory.bundle_ids.len(),
+            blobs: inventory.blobs.len(),
+            bytes,
+            files: inventory.files.len(),
+        });
+    }
+    out.line(&format!(
+        "inventory of {}: {} bundles, {} blobs ({bytes} bytes), {} release files, written to {}",
+        args.store.display(),
+        inventory.bundle_ids.len(),
+        inventory.blobs.len(),
+        inventory.files.len(),
+        path.display()
+    ));
     Ok(())
 }
 

@@ -11,7 +11,7 @@ use edgeferry::input::InputError;
 use edgeferry::join::report::EXIT_NOTHING_STARTED;
 use edgeferry::output;
 use edgeferry::printer::Printer;
-use edgeferry::{diff, join, load, pull, serve, status};
+use edgeferry::{diff, inspect, join, load, pull, serve, status};
 use edgeferry_bundle::verify::{Class, VerifyError};
 
 fn main() -> ExitCode {
@@ -34,6 +34,8 @@ fn main() -> ExitCode {
         Command::Verify(a) => a.source.json,
         Command::Load(a) => a.source.json,
         Command::Diff(a) => a.json,
+        Command::Inspect(a) => a.source.json,
+        Command::Store(StoreCommand::Inventory(a)) => a.json,
         Command::Store(StoreCommand::List { json, .. }) => *json,
         Command::Store(StoreCommand::Check(a)) => a.json,
         Command::Enroll(EnrollCommand::Create { json, .. } | EnrollCommand::List { json, .. }) => {
@@ -122,6 +124,8 @@ fn run(command: Command, config: Config, out: &Printer) -> anyhow::Result<()> {
         Command::Verify(args) => load::verify_cmd(&args.source, out),
         Command::Load(args) => load::load_cmd(&args, &config, out),
         Command::Diff(args) => diff::diff_cmd(&args, out),
+        Command::Inspect(args) => inspect::inspect_cmd(&args.source, out),
+        Command::Store(StoreCommand::Inventory(args)) => load::store_inventory(&args, out),
         Command::Store(StoreCommand::List { store, .. }) => load::store_list(&store, out),
         Command::Store(StoreCommand::Check(_)) => unreachable!("handled in main"),
         Command::Join(_) | Command::Reset(_) => unreachable!("handled in main"),

@@ -57,6 +57,81 @@ pub struct Loaded<'a> {
     pub repaired_blobs: usize,
 }
 
+// ---- inspect: --json
+
+/// `inspect --json`: what a verified bundle holds.
+#[derive(Debug, Serialize)]
+pub struct Inspected<'a> {
+    pub ok: bool,
+    pub bundle_id: &'a str,
+    pub format_version: u32,
+    pub kubeedge_version: &'a str,
+    pub arch: Arch,
+    pub sequence: u64,
+    pub created: &'a str,
+    pub builder: &'a str,
+    pub sample: bool,
+    /// The signing key's id; `null` when the signature was skipped.
+    pub signer: Option<&'a str>,
+    pub images: Vec<InspectedImage<'a>>,
+    pub files: Vec<InspectedFile<'a>>,
+    /// A delta's base; `null` for a full bundle.
+    pub delta: Option<InspectedDelta<'a>>,
+    /// Entries in the stream, and the compressed bytes read.
+    pub entries: usize,
+    pub bytes: u64,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InspectedImage<'a> {
+    pub reference: &'a str,
+    pub platform: &'a str,
+    pub manifest_digest: &'a str,
+    /// The upstream multi-arch index, when there was one.
+    pub index_digest: Option<&'a str>,
+    /// Manifest + config + layers, in bytes; `null` when a delta left the
+    /// image manifest out (it is in the base).
+    pub size: Option<u64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InspectedFile<'a> {
+    /// `files/<asset>`; its checksum file is listed as a file of its own.
+    pub path: &'a str,
+    pub size: u64,
+    pub sha256: &'a str,
+    /// The upstream SHA-512 the checksum file states (release assets only).
+    pub sha512: Option<&'a str>,
+    /// true: a delta left it out; the store must already hold it.
+    pub omitted: bool,
+}
+
+#[derive(Debug, Serialize)]
+pub struct InspectedDelta<'a> {
+    pub base: &'a edgeferry_bundle::format::BaseInfo,
+    /// Entries left out and their bytes.
+    pub omitted_entries: usize,
+    pub omitted_bytes: u64,
+}
+
+// ---- store inventory
+
+/// `store inventory` without `-o` prints the inventory itself, the format
+/// the builder's `--base` reads (docs/output.md).
+pub use edgeferry_bundle::inventory::Inventory as StoreInventory;
+
+/// `store inventory -o FILE --json`: what was written.
+#[derive(Debug, Serialize)]
+pub struct InventoryWritten<'a> {
+    pub ok: bool,
+    pub store: &'a Path,
+    pub out: &'a Path,
+    pub bundles: usize,
+    pub blobs: usize,
+    pub bytes: u64,
+    pub files: usize,
+}
+
 // ---- store check: --json
 
 pub use crate::store::Damage;

@@ -170,6 +170,9 @@ pub struct Loader<'a> {
     config: &'a Config,
     options: LoadOptions,
     state: State,
+    /// Declared before `_lock`: it removes a lock file this load created
+    /// while the lock is still held.
+    _lock_file: LockFile,
     _lock: sys::Lock,
     work: Option<WorkDir>,
     /// Small entries needed after verification (the bundle's index.json).
@@ -178,6 +181,23 @@ pub struct Loader<'a> {
     /// Store blobs this bundle also carries, found damaged on disk: staged
     /// again from the bundle.
     repaired: BTreeSet<String>,
+}
+
+/// The lock file beside a store. A first load that fails (the store was
+/// never created) removes the lock file it made, so a refused load leaves
+/// nothing behind; once the store exists its lock file stays.
+struct LockFile {
+    path: PathBuf,
+    store: PathBuf,
+    created: bool,
+}
+
+impl Drop for LockFile {
+    fn drop(&mut self) {
+        if self.created && !self.store.exists() {
+            let _ = fs::remove_file(&self.path);
+        }
+    }
 }
 
 /// The sibling directory a load builds in; removed unless committed.
@@ -218,6 +238,7 @@ impl<'a> Loader<'a> {
             ".{}.lock",
             store.file_name().unwrap_or_default().to_string_lossy()
         ));
+        let lock_existed = lock_path.exists();
         let lock = sys::lock_file(&lock_path).map_err(|e| {
             if e.kind() == io::ErrorKind::WouldBlock {
                 anyhow::anyhow!(
@@ -229,6 +250,11 @@ impl<'a> Loader<'a> {
                 anyhow::Error::new(e).context(format!("locking {}", lock_path.display()))
             }
         })?;
+        let lock_file = LockFile {
+            path: lock_path,
+            store: store.clone(),
+            created: !lock_existed,
+        };
         let state = State::read(&store)?;
         let loader = Loader {
             store,
@@ -236,6 +262,7 @@ impl<'a> Loader<'a> {
             config,
             options,
             state,
+            _lock_file: lock_file,
             _lock: lock,
             work: None,
             captured: BTreeMap::new(),
@@ -316,14 +343,14 @@ impl<'a> Loader<'a> {
             let seen = next.sequences.entry(key).or_insert(0);
             *seen = (*seen).max(manifest.sequence);
         }
+        // A delta's omitted entries are in the store (checked before the
+        // first byte was staged): they count as the bundle's own.
         let sizes: BTreeMap<&str, u64> = manifest
-            .entries
-            .iter()
+            .all_entries()
             .map(|e| (e.sha256.as_str(), e.size))
             .collect();
         let by_path: BTreeMap<&str, &Entry> = manifest
-            .entries
-            .iter()
+            .all_entries()
             .map(|e| (e.path.as_str(), e))
             .collect();
         for file in &manifest.files {
@@ -602,6 +629,90 @@ impl Loader<'_> {
     }
 }
 
+impl Loader<'_> {
+    /// A delta loads only into a store holding every entry it left out.
+    /// Each is re-hashed, as a reused blob is (a damaged one cannot be
+    /// repaired from a bundle that does not carry it): one read of the
+    /// base's blobs this bundle shares.
+    fn refuse_delta_without_base(&self, manifest: &Manifest) -> Result<(), String> {
+        let Some(delta) = &manifest.delta else {
+            return Ok(());
+        };
+        let mut missing = Vec::new();
+        for entry in &delta.expected_present {
+            let path = blob_path(&self.store, &entry.sha256);
+            let intact = path.exists()
+                && blob_is_intact(&path, entry.size, &entry.sha256)
+                    .map_err(|e| format!("reading {}: {e}", path.display()))?;
+            if !intact {
+                missing.push(format!("sha256:{}", entry.sha256));
+            }
+        }
+        if missing.is_empty() {
+            return Ok(());
+        }
+        let shown = crate::config::MAX_MISSING_DIGESTS_SHOWN;
+        let more = match missing.len().saturating_sub(shown) {
+            0 => String::new(),
+            n => format!(" and {n} more"),
+        };
+        let base = match delta.base.bundle_ids.as_slice() {
+            [] => String::new(),
+            ids => format!(" (bundle {})", ids.join(", ")),
+        };
+        Err(format!(
+            "delta bundle {} needs {} entries it left out that {} does not hold (missing or damaged): {}{more}: load its base {}{base} first, or carry the full bundle",
+            manifest.bundle_id,
+            missing.len(),
+            self.store.display(),
+            missing[..missing.len().min(shown)].join(", "),
+            delta.base.kind,
+        ))
+    }
+}
+
+/// What the store holds, for a delta's `--base`: every blob by its name
+/// and size (the names are the store's content addressing; `store check`
+/// re-hashes them), every release file, every bundle and sequence.
+pub fn inventory(store: &Path) -> Result<edgeferry_bundle::inventory::Inventory> {
+    use edgeferry_bundle::inventory::{Blob, File, Inventory};
+    if !store.join(STATE_FILE).exists() {
+        bail!(
+            "{} is not an edgeferry store: load a bundle into it first",
+            store.display()
+        );
+    }
+    let state = State::read(store)?;
+    let dir = store.join("blobs/sha256");
+    let mut blobs = Vec::new();
+    for entry in fs::read_dir(&dir).with_context(|| format!("reading {}", dir.display()))? {
+        let entry = entry.with_context(|| format!("reading {}", dir.display()))?;
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !format::valid_hex(&name, 64) {
+            continue;
+        }
+        blobs.push(Blob {
+            sha256: name,
+            size: entry.metadata()?.len(),
+        });
+    }
+    let files = state
+        .files
+        .iter()
+        .map(|(name, f)| File {
+            name: name.clone(),
+            sha256: f.sha256.clone(),
+            size: f.size,
+        })
+        .collect();
+    Ok(Inventory::new(
+        state.bundles.keys().cloned().collect(),
+        state.sequences.clone(),
+        blobs,
+        files,
+    ))
+}
+
 /// `YYYY-MM-DDTHH:MM:SSZ`, the one form the builder writes: such strings
 /// order as the times they name.
 fn is_utc_timestamp(s: &str) -> bool {
@@ -632,6 +743,7 @@ impl Sink for Loader<'_> {
         if !self.options.allow_downgrade {
             self.refuse_older_than_loaded(manifest)?;
         }
+        self.refuse_delta_without_base(manifest)?;
         let needed: u64 = manifest
             .entries
             .iter()

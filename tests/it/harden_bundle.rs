@@ -48,6 +48,7 @@ fn sane() -> Manifest {
             size: DATA.len() as u64,
             sha256: sha256_hex(DATA),
         }],
+        delta: None,
     }
 }
 

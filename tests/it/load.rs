@@ -76,6 +76,7 @@ fn crafted(
                 sha256: sha256_hex(data),
             })
             .collect(),
+        delta: None,
     };
     let (mut tar, id) = signed_tar(key, manifest, stream);
     tar.extend_from_slice(&[0u8; 1024]);

@@ -2,6 +2,7 @@
 //! binaries and the host-heavy fixtures are built and set up once.
 
 mod bundle;
+mod delta;
 mod diff;
 mod fetch;
 mod fidelity_certs;
@@ -12,6 +13,7 @@ mod harden_nodes;
 mod harden_pull;
 mod harden_store;
 mod hosts;
+mod inspect;
 mod join;
 mod load;
 mod pull;

@@ -6,8 +6,9 @@
 //! of each, so both read from a hot page cache; peak RSS by
 //! `/usr/bin/time -f %M`. Missed targets are reported, not fatal.
 //!
-//! `verify`, `mirror` and `join` live in `bench_verify`, `bench_mirror` and
-//! `bench_join`; the helpers they share are here.
+//! `verify`, `mirror`, `join` and `delta` live in `bench_verify`,
+//! `bench_mirror`, `bench_join` and `bench_delta`; the helpers they share
+//! are here.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -43,7 +44,10 @@ pub fn run(name: &str) -> Result<()> {
         "verify" => crate::bench_verify::run(),
         "mirror" => crate::bench_mirror::run(),
         "join" => crate::bench_join::run(),
-        other => bail!("unknown benchmark {other:?}: try `bundle`, `verify`, `mirror` or `join`"),
+        "delta" => crate::bench_delta::run(),
+        other => bail!(
+            "unknown benchmark {other:?}: try `bundle`, `verify`, `mirror`, `join` or `delta`"
+        ),
     }
 }
 

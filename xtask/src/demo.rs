@@ -43,6 +43,7 @@ pub fn run() -> Result<()> {
                 level: 3,
                 sequence: None,
                 volume_size: None,
+                delta: Default::default(),
                 dry_run: false,
                 json: false,
             }),

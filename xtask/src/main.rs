@@ -2,6 +2,7 @@
 //! cargo. `bundle` and `keygen` are the builder's own command line.
 
 mod bench;
+mod bench_delta;
 mod bench_input;
 mod bench_join;
 mod bench_mirror;
@@ -36,7 +37,7 @@ enum Task {
     Demo,
     /// Install what the tests need, then fmt, clippy and every test
     Ci,
-    /// Measure against the reference tools: `bundle`, `verify`, `mirror` or `join`
+    /// Measure against the reference tools: `bundle`, `verify`, `mirror`, `join` or `delta`
     Bench {
         /// Which benchmark
         name: String,
