@@ -59,6 +59,42 @@ fn load(bundle: &Path, public: &Path, store: &Path) -> Ran {
 }
 
 /// The tar entries of a bundle, in stream order.
+/// The SHA-256 of every SBOM component marked `edgeferry:omitted`.
+fn omitted_marks(sbom: &serde_json::Value) -> BTreeSet<String> {
+    let mut out = BTreeSet::new();
+    let mut stack = vec![sbom];
+    while let Some(v) = stack.pop() {
+        match v {
+            serde_json::Value::Array(items) => stack.extend(items),
+            serde_json::Value::Object(map) => {
+                let marked = map
+                    .get("properties")
+                    .and_then(|p| p.as_array())
+                    .is_some_and(|props| {
+                        props
+                            .iter()
+                            .any(|p| p["name"] == "edgeferry:omitted" && p["value"] == "true")
+                    });
+                if marked {
+                    for h in map
+                        .get("hashes")
+                        .and_then(|h| h.as_array())
+                        .into_iter()
+                        .flatten()
+                    {
+                        if h["alg"] == "SHA-256" {
+                            out.insert(h["content"].as_str().unwrap().to_string());
+                        }
+                    }
+                }
+                stack.extend(map.values());
+            }
+            _ => {}
+        }
+    }
+    out
+}
+
 fn entries_of(bundle: &Path) -> Vec<(String, Vec<u8>)> {
     let file = std::fs::File::open(bundle).unwrap();
     let mut archive = tar::Archive::new(zstd::Decoder::new(file).unwrap());
@@ -188,10 +224,49 @@ fn deltas_from_an_inventory_and_from_an_old_bundle_load_into_exactly_the_full_st
     let mut omitted: Vec<Entry> = omitted.into_iter().cloned().collect();
     omitted.sort_by(|a, b| a.path.cmp(&b.path));
     assert_eq!(d.expected_present, omitted);
+    // Every entry but the SBOM, which a delta marks where it omitted.
+    let not_sbom = |e: &&Entry| e.path != format::SBOM_PATH;
     assert_eq!(
-        delta_m.entries,
-        kept.into_iter().cloned().collect::<Vec<_>>()
+        delta_m.entries.iter().filter(not_sbom).collect::<Vec<_>>(),
+        kept.into_iter().filter(not_sbom).collect::<Vec<_>>()
     );
+    // Both SBOMs describe the full content; only the delta's marks
+    // components omitted, each one among the omitted entries, and every
+    // omitted release file is marked.
+    let sbom_of = |bundle: &Path| -> serde_json::Value {
+        let entries = entries_of(bundle);
+        assert_eq!(
+            entries[2].0,
+            format::SBOM_PATH,
+            "the SBOM is first after the signature"
+        );
+        serde_json::from_slice(&entries[2].1).unwrap()
+    };
+    assert!(omitted_marks(&sbom_of(&full)).is_empty());
+    let marked = omitted_marks(&sbom_of(&delta));
+    let omitted_hex: BTreeSet<&str> = d
+        .expected_present
+        .iter()
+        .map(|e| e.sha256.as_str())
+        .collect();
+    assert!(!marked.is_empty());
+    for hex in &marked {
+        assert!(
+            omitted_hex.contains(hex.as_str()),
+            "{hex} marked omitted but streamed"
+        );
+    }
+    for e in d
+        .expected_present
+        .iter()
+        .filter(|e| e.path.starts_with("files/"))
+    {
+        assert!(
+            marked.contains(&e.sha256),
+            "{} omitted but not marked",
+            e.path
+        );
+    }
     let streamed: Vec<String> = entries_of(&delta).into_iter().map(|(p, _)| p).collect();
     for e in &d.expected_present {
         assert!(!streamed.contains(&e.path), "{} is in the stream", e.path);
