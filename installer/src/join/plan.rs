@@ -73,8 +73,12 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
     let upgrade_plan = match &input.upgrade {
         Some(up) => {
             let arches: Vec<String> = bundles.keys().cloned().collect();
-            let (image, image_digests) =
+            let with_digest = offer::check_upgrade_flags(&version)?;
+            let (image, mut image_digests) =
                 offer::installation_package(state, &version, &arches, input.store_dir)?;
+            if !with_digest {
+                image_digests.clear();
+            }
             Some(UpgradePlan {
                 to: version.clone(),
                 image,

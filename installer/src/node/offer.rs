@@ -178,6 +178,33 @@ pub fn hosts_toml_for(state: &State, mirror: &Mirror) -> Vec<HostsFile> {
     hosts::hosts_files(mirror, &registries)
 }
 
+/// The flags `edgeferry upgrade` passes to the target's keadm (`upgrade
+/// edge`, `backup edge`, `rollback edge`) must exist in its flag table;
+/// true when its `upgrade edge` has `--image-digest` (v1.23 on), which is
+/// otherwise left out.
+pub fn check_upgrade_flags(version: &str) -> Result<bool> {
+    let table = edgeferry_bundle::keadm::flags_for(version)?;
+    let has = |flags: &[edgeferry_bundle::keadm::Flag], name: &str| {
+        flags
+            .iter()
+            .any(|f| f.long == name && f.deprecated.is_none())
+    };
+    for name in ["toVersion", "image", "force"] {
+        if !has(table.upgrade_edge, name) {
+            bail!(
+                "keadm upgrade edge {version} has no flag --{name}: edgeferry cannot upgrade to it"
+            );
+        }
+    }
+    if !has(table.rollback_edge, "historical-version") {
+        bail!("keadm rollback edge {version} has no flag --historical-version: edgeferry cannot roll back with it");
+    }
+    if table.backup_edge.is_empty() {
+        bail!("keadm {version} has no backup edge: edgeferry cannot upgrade with it");
+    }
+    Ok(has(table.upgrade_edge, "image-digest"))
+}
+
 /// Every `keadm join` flag must exist in the version; bools must be bools.
 pub fn check_flags(version: &str, flags: &BTreeMap<String, Vec<String>>, who: &str) -> Result<()> {
     let table = edgeferry_bundle::keadm::flags_for(version)?;
