@@ -63,7 +63,24 @@ impl Fleet {
         let joined = fleet.edgeferry("join", &["--settle", "0", "--parallel", "8"]);
         assert_eq!(joined.code, Some(0), "the join at {FROM} succeeds");
         load(TO, 1_700_000_100);
+        fleet.wait_served(&fleet.mirror);
         fleet
+    }
+
+    /// Waits until `mirror` serves the store with [`TO`] (it looks for a
+    /// swapped-in store every 2 s).
+    fn wait_served(&self, mirror: &Served) {
+        let url = mirror.url(&format!("/files/keadm-{TO}-linux-amd64.tar.gz"));
+        edgeferry_tests::wait_for(
+            "the mirror serves the new bundle",
+            Duration::from_secs(20),
+            || {
+                std::process::Command::new("curl")
+                    .args(["-fs", "-o", "/dev/null", "--head", &url])
+                    .status()
+                    .is_ok_and(|s| s.success())
+            },
+        );
     }
 
     fn command(&self, command: &str, extra: &[&str]) -> std::process::Command {
@@ -303,44 +320,45 @@ fn failing_canary_stops_the_run_and_a_wrong_digest_is_refused() {
     assert_eq!(f.version_on(1), (FROM.to_string(), true));
     assert_eq!(f.version_on(0), (FROM.to_string(), true));
 
-    // The mirror now serves another v1.23.1 build than the store the plan
-    // reads: keadm pulls it and refuses it by the store's digest.
+    // The store the plan reads says the installation-package has another
+    // digest (v1.22.1's) than the image the mirror really serves: keadm
+    // pulls the real image and refuses it by that digest.
     f.hosts.set_upgrade_fault(0, None);
-    let other = f.path("other");
-    std::fs::create_dir_all(&other).unwrap();
-    let (key, public) = keygen(&other);
-    let other_store = other.join("store");
-    for (version, epoch) in [(FROM, 1_700_000_000), (TO, 1_700_000_777)] {
-        load_sample(&other, &key, &public, &other_store, version, epoch);
-    }
-    let digest = |store: &Path| -> String {
-        let state: Value =
-            serde_json::from_slice(&std::fs::read(store.join("state.json")).unwrap()).unwrap();
-        state["images"][format!("docker.io/kubeedge/installation-package:{TO}")]["platforms"]
-            ["linux/amd64"]
-            .as_str()
-            .unwrap()
-            .to_string()
-    };
-    let ours = digest(&f.store);
-    assert_ne!(ours, digest(&other_store), "two builds, two digests");
-    let other_mirror = Served::start_on(
-        &other_store,
-        f.hosts.control_ip(),
-        std::iter::empty::<&str>(),
+    let rigged = f.path("rigged-store");
+    run_ok(
+        std::process::Command::new("cp")
+            .arg("-a")
+            .arg(&f.store)
+            .arg(&rigged),
     );
-    let mut cmd = f.command(
-        "upgrade",
-        &["--to", TO, "--settle", "0", "--limit", "n1", "--mirror"],
-    );
-    cmd.arg(&other_mirror.addr);
+    let state_path = rigged.join("state.json");
+    let mut state: Value = serde_json::from_slice(&std::fs::read(&state_path).unwrap()).unwrap();
+    let image = |v: &str| format!("docker.io/kubeedge/installation-package:{v}");
+    let old = state["images"][image(FROM)]["platforms"]["linux/amd64"].clone();
+    let real = state["images"][image(TO)]["platforms"]["linux/amd64"].clone();
+    assert_ne!(old, real);
+    state["images"][image(TO)]["platforms"]["linux/amd64"] = old.clone();
+    std::fs::write(&state_path, serde_json::to_vec_pretty(&state).unwrap()).unwrap();
+    let mut cmd = edgeferry();
+    cmd.args(["upgrade", "-c"])
+        .arg(&f.inventory)
+        .arg("--store")
+        .arg(&rigged)
+        .arg("--mirror")
+        .arg(&f.mirror.addr)
+        .arg("--state-dir")
+        .arg(&f.state)
+        .args(["--to", TO, "--settle", "0", "--limit", "n1"])
+        .env("EF_TEST_TOKEN", f.hosts.token())
+        .stdin(std::process::Stdio::null());
     let ran = run(&mut cmd);
     eprintln!(
-        "--- upgrade via the other mirror: {:?}\n{}\n{}",
+        "--- upgrade with the rigged store: {:?}\n{}\n{}",
         ran.code, ran.stdout, ran.stderr
     );
     let n1 = node(&f.report(), "n1").clone();
     assert_eq!(ran.code, Some(2), "{n1}");
+    assert_eq!(n1["status"], "rolled_back", "{n1}");
     assert_eq!(n1["failed_step"], "keadm_upgrade", "{n1}");
     assert!(
         n1["error"]
