@@ -16,3 +16,4 @@ mod load;
 mod pull;
 mod serve;
 mod tls;
+mod upgrade_standin;
