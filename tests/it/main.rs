@@ -17,3 +17,4 @@ mod pull;
 mod serve;
 mod tls;
 mod upgrade;
+mod upgrade_standin;
