@@ -300,6 +300,35 @@ fn failing_canary_stops_the_run_and_a_wrong_digest_is_refused() {
         "{}",
         dry.stdout
     );
+    // The same nodes, image and digest as a NodeUpgradeJob, nothing touched.
+    let events = std::fs::read(f.state.join("journal.jsonl")).unwrap();
+    let emitted = f.upgrade(&["--emit-nodeupgradejob"]);
+    assert_eq!(emitted.code, Some(0));
+    edgeferry_tests::crd::validate_nodeupgradejob(&emitted.stdout)
+        .unwrap_or_else(|e| panic!("{e}\n{}", emitted.stdout));
+    let state: Value =
+        serde_json::from_slice(&std::fs::read(f.store.join("state.json")).unwrap()).unwrap();
+    let digest = state["images"][format!("docker.io/kubeedge/installation-package:{TO}")]
+        ["platforms"]["linux/amd64"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    for want in [
+        "n0",
+        "n1",
+        "n2",
+        TO,
+        digest.as_str(),
+        "installation-package",
+    ] {
+        assert!(emitted.stdout.contains(want), "{want}:\n{}", emitted.stdout);
+    }
+    assert_eq!(
+        std::fs::read(f.state.join("journal.jsonl")).unwrap(),
+        events,
+        "no node was touched"
+    );
+
     let ran = f.upgrade(&["--canary", "1"]);
     assert_eq!(ran.code, Some(2));
     let r = f.report();

@@ -371,7 +371,8 @@ async fn waves(
     outcomes
 }
 
-/// The NodeUpgradeJob for the plan's nodes, image and digest.
+/// The NodeUpgradeJob for the plan's nodes (their Node names: keadm's
+/// `--edgenode-name`, else the inventory's name), image and digests.
 fn emit_nodeupgradejob(plan: &plan::JoinPlan) -> Result<String> {
     let up = plan.upgrade.as_ref().context("not an upgrade")?;
     let names: Vec<String> = plan
@@ -384,8 +385,15 @@ fn emit_nodeupgradejob(plan: &plan::JoinPlan) -> Result<String> {
                 .unwrap_or_else(|| n.name.clone())
         })
         .collect();
-    let _ = names;
-    bail!("--emit-nodeupgradejob for {}: not built yet", up.to)
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut digests = Vec::new();
+    for (arch, digest) in &up.image_digests {
+        let arch: edgeferry_bundle::format::Arch = arch
+            .parse()
+            .map_err(|e| anyhow::anyhow!("arch {arch}: {e}"))?;
+        digests.push((arch, digest.as_str()));
+    }
+    crate::nodeupgradejob::render(&names, &up.to, &up.image, &digests)
 }
 
 /// Names one run in the journal. The time alone is not unique: two short
