@@ -477,6 +477,14 @@ mod tests {
     }
 
     fn plan_of(yaml: &str, limit: Option<&BTreeSet<String>>) -> Result<JoinPlan> {
+        plan_with(yaml, limit, None)
+    }
+
+    fn plan_with(
+        yaml: &str,
+        limit: Option<&BTreeSet<String>>,
+        upgrade: Option<UpgradeRequest>,
+    ) -> Result<JoinPlan> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("site.yaml");
         std::fs::write(&path, yaml).unwrap();
@@ -485,7 +493,11 @@ mod tests {
         let inv = crate::node::inventory::read(&path, &redactor)?;
         build(
             &PlanInput {
-                action: Action::Join,
+                action: if upgrade.is_some() {
+                    Action::Upgrade
+                } else {
+                    Action::Join
+                },
                 inventory_path: &path,
                 inventory: &inv,
                 store_dir: Path::new("/srv/store"),
@@ -499,11 +511,48 @@ mod tests {
                 timeouts: &BTreeMap::new(),
                 settle: None,
                 verify_node_ready: None,
-                upgrade: None,
+                upgrade,
             },
             &Config::default(),
             &redactor,
         )
+    }
+
+    #[test]
+    fn an_upgrade_plan_names_image_digest_waves_and_rollback() {
+        let request = |canary| UpgradeRequest {
+            to: "v1.23.1",
+            allow_downgrade: false,
+            allow_skip_minor: false,
+            rollback: true,
+            canary,
+        };
+        // The store has no installation-package: refused before anything runs.
+        let err = plan_with(SITE, None, Some(request(1))).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("has no kubeedge/installation-package:v1.23.1"),
+            "{err:#}"
+        );
+        let mut st = state();
+        let digest = format!("sha256:{}", "ef".repeat(32));
+        st.images.insert(
+            "docker.io/kubeedge/installation-package:v1.23.1".into(),
+            crate::store::ImageRecord {
+                platforms: [("linux/arm64".to_string(), digest.clone())].into(),
+                ..Default::default()
+            },
+        );
+        let offer = offer::installation_package(
+            &st,
+            "v1.23.1",
+            &["arm64".to_string()],
+            Path::new("/srv/store"),
+        )
+        .unwrap();
+        assert_eq!(offer.0, "docker.io/kubeedge/installation-package");
+        assert_eq!(offer.1["arm64"], digest);
+        assert!(offer::check_upgrade_flags("v1.23.1").unwrap());
+        assert!(!offer::check_upgrade_flags("v1.22.0").unwrap());
     }
 
     const SITE: &str = "cloudcore: 10.0.0.2:10000\ntoken: {env: PLAN_TEST_TOKEN}\nname_prefix: edge\n\
