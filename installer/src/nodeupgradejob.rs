@@ -232,7 +232,14 @@ mod tests {
     #[test]
     fn refuses_what_the_resource_cannot_say() {
         let ok_image = "kubeedge/installation-package";
-        let cases: &[(&[&str], &str, &str, &[(Arch, &str)], &str)] = &[
+        type Case<'a> = (
+            &'a [&'a str],
+            &'a str,
+            &'a str,
+            &'a [(Arch, &'a str)],
+            &'a str,
+        );
+        let cases: &[Case] = &[
             (
                 &[],
                 "v1.23.1",
