@@ -1,7 +1,9 @@
-//! The `keadm join` and `keadm reset edge` flags of each KubeEdge version
-//! edgeferry supports, as plain data, copied from the upstream sources
-//! (`AddJoinOtherFlags` in `keadm/cmd/keadm/app/cmd/edge/join_others.go`,
-//! and `reset edge`) and checked against the real
+//! The `keadm join`, `reset edge`, `upgrade edge`, `backup edge` and
+//! `rollback edge` flags of each KubeEdge version edgeferry supports, as
+//! plain data, copied from the upstream sources (`AddJoinOtherFlags` in
+//! `keadm/cmd/keadm/app/cmd/edge/join_others.go`, `reset edge`, and
+//! `AddBaseFlags` / `AddUpgradeFlags` / `AddRollbackFlags` in
+//! `keadm/cmd/keadm/app/cmd/edge/options.go`) and checked against the real
 //! v1.23.1 keadm's `--help`.
 //!
 //! Two users: the builder's stand-in keadm (`builder::sample`) parses
@@ -34,6 +36,10 @@ pub struct Flag {
     pub default: &'static str,
     /// The help text, verbatim.
     pub help: &'static str,
+    /// pflag `MarkDeprecated`: the flag is still accepted, hidden from
+    /// `--help`, and using it prints `Flag --<long> has been deprecated,
+    /// <message>` on stderr.
+    pub deprecated: Option<&'static str>,
 }
 
 /// The flags of one KubeEdge version's keadm.
@@ -43,6 +49,12 @@ pub struct KeadmFlags {
     pub join: &'static [Flag],
     /// `keadm reset edge`.
     pub reset_edge: &'static [Flag],
+    /// `keadm upgrade edge`.
+    pub upgrade_edge: &'static [Flag],
+    /// `keadm backup edge`.
+    pub backup_edge: &'static [Flag],
+    /// `keadm rollback edge`.
+    pub rollback_edge: &'static [Flag],
 }
 
 impl KeadmFlags {
@@ -58,7 +70,26 @@ impl KeadmFlags {
             .iter()
             .find(|f| f.long == name || (short.is_some() && f.short == short))
     }
+
+    /// The flags of `keadm <command> edge` for `command` one of `reset`,
+    /// `upgrade`, `backup`, `rollback`; `None` for any other word.
+    pub fn edge_command(&self, command: &str) -> Option<&'static [Flag]> {
+        EDGE_COMMANDS
+            .iter()
+            .find(|(name, _)| *name == command)
+            .map(|(_, get)| get(self))
+    }
 }
+
+/// The `keadm <command> edge` commands, each with its table: the one list
+/// the stand-in's dispatcher and usage are written from.
+#[allow(clippy::type_complexity)]
+pub const EDGE_COMMANDS: &[(&str, fn(&KeadmFlags) -> &'static [Flag])] = &[
+    ("reset", |f| f.reset_edge),
+    ("upgrade", |f| f.upgrade_edge),
+    ("backup", |f| f.backup_edge),
+    ("rollback", |f| f.rollback_edge),
+];
 
 const fn flag(
     long: &'static str,
@@ -73,6 +104,25 @@ const fn flag(
         kind,
         default,
         help,
+        deprecated: None,
+    }
+}
+
+/// A flag registered and then marked deprecated with `message`.
+const fn deprecated(
+    long: &'static str,
+    kind: FlagKind,
+    default: &'static str,
+    help: &'static str,
+    message: &'static str,
+) -> Flag {
+    Flag {
+        long,
+        short: None,
+        kind,
+        default,
+        help,
+        deprecated: Some(message),
     }
 }
 
@@ -106,17 +156,149 @@ const RESET_EDGE_FLAGS_V1_21_TO_V1_23: &[Flag] = &[
     flag("post-run", None, FlagKind::Str, "", "Execute the postscript after resetting the node."),
 ];
 
-const V1_21_TO_V1_23: KeadmFlags = KeadmFlags {
+/// `AddBaseFlags` (`options.go`): `--config`, `--pre-run`, `--post-run`,
+/// shared by `upgrade edge`, `backup edge` and `rollback edge`.
+macro_rules! base_flags {
+    () => {
+        [
+            flag("config", None, FlagKind::Str, "/etc/kubeedge/config/edgecore.yaml", "Use this key to specify the path to the edgecore configuration file."),
+            flag("pre-run", None, FlagKind::Str, "", "Execute the prescript before upgrading the node. (for example: keadm upgrade edge --pre-run=./test-script.sh ...)"),
+            flag("post-run", None, FlagKind::Str, "", "Execute the postscript after upgrading the node. (for example: keadm upgrade edge --post-run=./test-script.sh ...)"),
+        ]
+    };
+}
+
+/// `keadm backup edge` (`backup.go`: `AddBaseFlags` only), v1.21 to v1.23.
+#[rustfmt::skip]
+const BACKUP_EDGE_FLAGS_V1_21_TO_V1_23: &[Flag] = &base_flags!();
+
+/// `keadm rollback edge` (`AddRollbackFlags`), v1.21 to v1.23.
+#[rustfmt::skip]
+const ROLLBACK_EDGE_FLAGS_V1_21_TO_V1_23: &[Flag] = &{
+    let [config, pre, post] = base_flags!();
+    [
+        config, pre, post,
+        flag("historical-version", None, FlagKind::Str, "", "Use this key to roll back the KubeEdge version, If not set, get the latest backup version."),
+    ]
+};
+
+/// What v1.21 and v1.22 print for a deprecated upgrade flag.
+const UPGRADE_DEPRECATED: &str =
+    "For compatibility with historical versions, It will be removed in v1.23";
+
+/// `keadm upgrade edge` of v1.21 and v1.22 (`AddUpgradeFlags` in
+/// `options.go`, kubeedge/kubeedge commit 1eecc0356f5f): the base flags,
+/// `--toVersion` (default `v` + `DefaultKubeEdgeVersion`, so per minor),
+/// `--image`, `--force`, and five flags kept for old callers but marked
+/// deprecated ("It will be removed in v1.23"). No `--image-digest`.
+macro_rules! upgrade_flags_v1_21_v1_22 {
+    ($to_version:literal) => {{
+        let [config, pre, post] = base_flags!();
+        [
+            config,
+            pre,
+            post,
+            flag(
+                "toVersion",
+                None,
+                FlagKind::Str,
+                $to_version,
+                "Use this key to upgrade the required KubeEdge version.",
+            ),
+            flag(
+                "image",
+                None,
+                FlagKind::Str,
+                "kubeedge/installation-package",
+                "Use this key to specify installation image to download.",
+            ),
+            flag(
+                "force",
+                None,
+                FlagKind::Bool,
+                "false",
+                "Upgrade the node without prompting for confirmation",
+            ),
+            deprecated(
+                "upgradeID",
+                FlagKind::Str,
+                "",
+                "Use this key to specify Upgrade CR ID",
+                UPGRADE_DEPRECATED,
+            ),
+            deprecated(
+                "historyID",
+                FlagKind::Str,
+                "",
+                "Use this key to specify Upgrade CR status history ID.",
+                UPGRADE_DEPRECATED,
+            ),
+            deprecated(
+                "fromVersion",
+                FlagKind::Str,
+                "",
+                "Use this key to specify the origin version before upgrade",
+                UPGRADE_DEPRECATED,
+            ),
+            deprecated(
+                "type",
+                FlagKind::Str,
+                "upgrade",
+                "Use this key to specify the task type for reporting status.",
+                UPGRADE_DEPRECATED,
+            ),
+            deprecated(
+                "disable-backup",
+                FlagKind::Bool,
+                "false",
+                "Use this key to specify the backup enable for upgrade.",
+                UPGRADE_DEPRECATED,
+            ),
+        ]
+    }};
+}
+
+#[rustfmt::skip]
+const UPGRADE_EDGE_FLAGS_V1_21: &[Flag] = &upgrade_flags_v1_21_v1_22!("v1.21.0");
+#[rustfmt::skip]
+const UPGRADE_EDGE_FLAGS_V1_22: &[Flag] = &upgrade_flags_v1_21_v1_22!("v1.22.0");
+
+/// `keadm upgrade edge` of v1.23: the deprecated flags are gone and
+/// `--image-digest` is new. The flag set and the `--image-digest` help
+/// text are the v1.23.1 `--help` output as quoted in issue 13; upstream's
+/// v1.23 `options.go` was not in the searched source.
+#[rustfmt::skip]
+const UPGRADE_EDGE_FLAGS_V1_23: &[Flag] = &{
+    let [config, pre, post] = base_flags!();
+    [
+        config, pre, post,
+        flag("toVersion", None, FlagKind::Str, "v1.23.0", "Use this key to upgrade the required KubeEdge version."),
+        flag("image", None, FlagKind::Str, "kubeedge/installation-package", "Use this key to specify installation image to download."),
+        flag("image-digest", None, FlagKind::Str, "", "specify the correct image digest to verify the local image"),
+        flag("force", None, FlagKind::Bool, "false", "Upgrade the node without prompting for confirmation"),
+    ]
+};
+
+const V1_21: KeadmFlags = KeadmFlags {
     join: JOIN_FLAGS_V1_21_TO_V1_23,
     reset_edge: RESET_EDGE_FLAGS_V1_21_TO_V1_23,
+    upgrade_edge: UPGRADE_EDGE_FLAGS_V1_21,
+    backup_edge: BACKUP_EDGE_FLAGS_V1_21_TO_V1_23,
+    rollback_edge: ROLLBACK_EDGE_FLAGS_V1_21_TO_V1_23,
+};
+
+const V1_22: KeadmFlags = KeadmFlags {
+    upgrade_edge: UPGRADE_EDGE_FLAGS_V1_22,
+    ..V1_21
+};
+
+const V1_23: KeadmFlags = KeadmFlags {
+    upgrade_edge: UPGRADE_EDGE_FLAGS_V1_23,
+    ..V1_21
 };
 
 /// Per KubeEdge minor version (of 1.x): the keadm flags.
-const FLAG_TABLE: &[(u32, KeadmFlags)] = &[
-    (21, V1_21_TO_V1_23),
-    (22, V1_21_TO_V1_23),
-    (23, V1_21_TO_V1_23),
-];
+const FLAG_TABLE: &[(u32, KeadmFlags)] = &[(21, V1_21), (22, V1_22), (23, V1_23)];
 
 /// Join flags the stand-in keadm requires, sorted as cobra reports missing
 /// flags in name order. Real keadm requires only `--cloudcore-ipport`; the
@@ -220,6 +402,71 @@ mod tests {
                 )
             );
             assert!(!err.contains('\n'));
+        }
+    }
+
+    #[test]
+    fn upgrade_backup_rollback_flags_per_version() {
+        let names = |flags: &[Flag]| flags.iter().map(|f| f.long).collect::<Vec<_>>();
+        for (version, to_version) in [("v1.21.3", "v1.21.0"), ("v1.22.0", "v1.22.0")] {
+            let flags = flags_for(version).unwrap();
+            let upgrade = flags.edge_command("upgrade").unwrap();
+            assert_eq!(
+                names(upgrade),
+                [
+                    "config",
+                    "pre-run",
+                    "post-run",
+                    "toVersion",
+                    "image",
+                    "force",
+                    "upgradeID",
+                    "historyID",
+                    "fromVersion",
+                    "type",
+                    "disable-backup"
+                ],
+                "{version}"
+            );
+            assert_eq!(upgrade[3].default, to_version);
+            assert!(upgrade[..6].iter().all(|f| f.deprecated.is_none()));
+            assert!(upgrade[6..].iter().all(|f| f.deprecated.is_some()));
+            assert!(!names(upgrade).contains(&"image-digest"), "{version}");
+        }
+        let flags = flags_for("v1.23.1").unwrap();
+        let upgrade = flags.edge_command("upgrade").unwrap();
+        assert_eq!(
+            names(upgrade),
+            [
+                "config",
+                "pre-run",
+                "post-run",
+                "toVersion",
+                "image",
+                "image-digest",
+                "force"
+            ]
+        );
+        assert_eq!(upgrade[3].default, "v1.23.0");
+        assert_eq!(upgrade[4].default, "kubeedge/installation-package");
+        assert_eq!(upgrade[6].kind, FlagKind::Bool);
+        for version in ["v1.21.0", "v1.22.2", "v1.23.1"] {
+            let flags = flags_for(version).unwrap();
+            assert_eq!(
+                names(flags.edge_command("backup").unwrap()),
+                ["config", "pre-run", "post-run"]
+            );
+            assert_eq!(
+                names(flags.edge_command("rollback").unwrap()),
+                ["config", "pre-run", "post-run", "historical-version"]
+            );
+            assert_eq!(flags.edge_command("reset"), Some(flags.reset_edge));
+            assert_eq!(
+                flags.edge_command("backup").unwrap()[0].default,
+                "/etc/kubeedge/config/edgecore.yaml"
+            );
+            assert!(flags.edge_command("join").is_none());
+            assert!(flags.edge_command("").is_none());
         }
     }
 

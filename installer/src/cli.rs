@@ -78,6 +78,10 @@ pub enum Command {
     /// Run `keadm reset edge --force` on the nodes of an inventory
     #[command(after_help = RESET_EXAMPLES)]
     Reset(BatchArgs),
+    /// Upgrade joined edge nodes over SSH to a KubeEdge version in the store,
+    /// with a backup and a rollback on failure
+    #[command(after_help = UPGRADE_EXAMPLES)]
+    Upgrade(UpgradeArgs),
     /// Pull mode: enrollment codes for nodes that join themselves via /join.sh
     #[command(subcommand, after_help = ENROLL_EXAMPLES)]
     Enroll(EnrollCommand),
@@ -539,6 +543,82 @@ pub struct JoinArgs {
     /// certificate; its CA). Without it the report says "not checked"
     #[arg(long, value_name = "KUBECONFIG")]
     pub verify_node_ready: Option<PathBuf>,
+}
+
+pub const UPGRADE_EXAMPLES: &str = "\
+Examples:
+  # Load the new release's bundle beside the old one; serve keeps serving
+  edgeferry load /media/usb/edgeferry-kubeedge-v1.23.1-linux-arm64.tar.zst --key edgeferry.pub --store /srv/edgeferry
+
+  # The plan: waves, the image and its digest per arch, every step's sh
+  edgeferry upgrade -c site.yaml --to v1.23.1 --store /srv/edgeferry --mirror 10.0.0.5:5000 --canary 2 --dry-run
+
+  # Two canaries first; if either fails nobody else is touched
+  edgeferry upgrade -c site.yaml --to v1.23.1 --store /srv/edgeferry --mirror 10.0.0.5:5000 --canary 2 --parallel 20 --max-fail 5%
+
+  # After Ctrl-C or a fix: continue, nothing done twice
+  edgeferry upgrade -c site.yaml --to v1.23.1 --store /srv/edgeferry --mirror 10.0.0.5:5000 --resume
+
+  # Upgrade from the cloud instead: print a NodeUpgradeJob, touch no node
+  edgeferry upgrade -c site.yaml --to v1.23.1 --store /srv/edgeferry --mirror 10.0.0.5:5000 --emit-nodeupgradejob >nuj.yaml
+
+  edgeferry status --state-dir edgeferry-site
+
+Per node (journaled; docs/inventory.md): connect (host key checked),
+upgrade_preflight (edgecore installed, running, its version from
+`edgecore --version`, disk, the mirror), containerd (the join's hosts.toml
+step), fetch (the target's keadm from the mirror, sha256 checked),
+keadm_backup (`keadm backup edge`), keadm_upgrade (`keadm upgrade edge
+--toVersion V --image <installation-package> --image-digest <its manifest
+digest for the node's arch, from the signed store> --force`),
+upgrade_postcheck (edgecore reports V and the join's postcheck passes).
+When keadm_upgrade or upgrade_postcheck fails: keadm_rollback (`keadm
+rollback edge --historical-version <before>`) and rollback_postcheck,
+unless --no-rollback.
+
+A node at the target already is skipped as done. A target older than the
+node is refused unless --allow-downgrade; a jump of more than one minor
+version unless --allow-skip-minor (KubeEdge upgrades one minor at a time).
+
+Exit codes:
+  0    every node upgraded (or at the target already)
+  2    some nodes failed (rolled back, or not rolled back) or were not started
+  3    nothing could start: bad inventory, store, mirror, version, or command line
+  4    a node failed and its rollback failed too: see ROLLBACK FAILED in the table
+  130  interrupted (Ctrl-C); the journal is consistent, --resume continues";
+
+#[derive(Args, Debug)]
+pub struct UpgradeArgs {
+    #[command(flatten)]
+    pub batch: BatchArgs,
+    /// The KubeEdge version to upgrade to; the store must hold its bundle
+    #[arg(long, value_name = "VERSION")]
+    pub to: String,
+    /// Continue the journal's upgrade to this version: skip nodes already
+    /// upgraded and the steps done
+    #[arg(long)]
+    pub resume: bool,
+    /// Upgrade the first N nodes first; if one of them fails, stop before
+    /// any other node is touched
+    #[arg(long, value_name = "N")]
+    pub canary: Option<usize>,
+    /// Allow a target older than what a node runs
+    #[arg(long)]
+    pub allow_downgrade: bool,
+    /// Allow a jump of more than one minor version
+    #[arg(long)]
+    pub allow_skip_minor: bool,
+    /// Leave a failed node as it is: no keadm rollback edge
+    #[arg(long)]
+    pub no_rollback: bool,
+    /// Seconds edgecore must keep running and connected after the upgrade
+    /// (default 20; else the inventory's settle:)
+    #[arg(long, value_name = "SECONDS")]
+    pub settle: Option<u64>,
+    /// Print the KubeEdge NodeUpgradeJob for the same nodes, image and
+    /// digest, for an upgrade driven by cloudcore, and touch no node
+    #[arg(long)]
+    pub emit_nodeupgradejob: bool,
 }
 
 #[derive(Args, Debug)]

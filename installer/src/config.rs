@@ -119,6 +119,15 @@ pub struct JoinConfig {
     /// `--verify-node-ready`: one request to the API server.
     pub node_ready_request_timeout: Duration,
     pub keadm_reset_timeout: Duration,
+    /// `edgeferry upgrade`: edgecore's version, state and disk.
+    pub upgrade_preflight_timeout: Duration,
+    /// `keadm backup edge`: copies the config and the edgecore binary.
+    pub keadm_backup_timeout: Duration,
+    /// `keadm upgrade edge`: pulls the installation-package through the
+    /// node's CRI and restarts edgecore.
+    pub keadm_upgrade_timeout: Duration,
+    /// `keadm rollback edge`: restores the backup and restarts edgecore.
+    pub keadm_rollback_timeout: Duration,
     /// Free space a node needs under /var/lib.
     pub min_free_mib: u64,
     /// Output kept per step for the log; more is cut (keadm prints little).
@@ -143,6 +152,10 @@ impl Default for JoinConfig {
             node_ready_timeout: Duration::from_secs(120),
             node_ready_request_timeout: Duration::from_secs(10),
             keadm_reset_timeout: Duration::from_secs(180),
+            upgrade_preflight_timeout: Duration::from_secs(60),
+            keadm_backup_timeout: Duration::from_secs(120),
+            keadm_upgrade_timeout: Duration::from_secs(600),
+            keadm_rollback_timeout: Duration::from_secs(300),
             min_free_mib: 512,
             max_step_output: 1 << 20,
         }

@@ -11,6 +11,7 @@ pub mod join;
 pub mod load;
 pub mod mirror;
 pub mod node;
+pub mod nodeupgradejob;
 pub mod output;
 pub mod printer;
 pub mod pull;

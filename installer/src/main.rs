@@ -21,7 +21,7 @@ fn main() -> ExitCode {
             // For join and reset, 2 means "some nodes failed"; a bad
             // command line means nothing could start.
             let command = std::env::args().skip(1).find(|a| !a.starts_with('-'));
-            let batch = matches!(command.as_deref(), Some("join" | "reset"));
+            let batch = matches!(command.as_deref(), Some("join" | "reset" | "upgrade"));
             if batch && e.use_stderr() {
                 let _ = e.print();
                 return ExitCode::from(EXIT_NOTHING_STARTED);
@@ -44,12 +44,14 @@ fn main() -> ExitCode {
         Command::Status(a) => a.json,
         Command::Join(a) => a.batch.json,
         Command::Reset(a) => a.json,
+        Command::Upgrade(a) => a.batch.json,
         Command::Serve(_) | Command::Enroll(_) => false,
     };
     let out = Printer::new(json, cli.quiet);
     match &cli.command {
         Command::Join(args) => return batch_exit(join::join_cmd(args, &config, &out), &out),
         Command::Reset(args) => return batch_exit(join::reset_cmd(args, &config, &out), &out),
+        Command::Upgrade(args) => return batch_exit(join::upgrade_cmd(args, &config, &out), &out),
         _ => {}
     }
     let result = match &cli.command {
@@ -78,7 +80,7 @@ fn main() -> ExitCode {
     }
 }
 
-/// join/reset: the report decides the code; an error before any node
+/// join/reset/upgrade: the report decides the code; an error before any node
 /// started is exit 3.
 fn batch_exit(result: anyhow::Result<u8>, out: &Printer) -> ExitCode {
     match result {
@@ -128,7 +130,9 @@ fn run(command: Command, config: Config, out: &Printer) -> anyhow::Result<()> {
         Command::Store(StoreCommand::Inventory(args)) => load::store_inventory(&args, out),
         Command::Store(StoreCommand::List { store, .. }) => load::store_list(&store, out),
         Command::Store(StoreCommand::Check(_)) => unreachable!("handled in main"),
-        Command::Join(_) | Command::Reset(_) => unreachable!("handled in main"),
+        Command::Join(_) | Command::Reset(_) | Command::Upgrade(_) => {
+            unreachable!("handled in main")
+        }
         Command::Enroll(command) => pull::command::enroll_cmd(command, out),
         Command::Status(args) => status::run(&args, out),
         Command::Serve(args) => {

@@ -313,7 +313,33 @@ pub struct JoinPlan {
     /// `--verify-node-ready`: the kubeconfig the Node's Ready condition is
     /// read with after the postcheck; `null`: not checked.
     pub verify_node_ready: Option<PathBuf>,
+    /// `upgrade` only: the target, the image, the rules and the waves.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub upgrade: Option<UpgradePlan>,
     pub nodes: Vec<NodePlan>,
+}
+
+/// What `edgeferry upgrade` will do beyond the steps of each node.
+#[derive(Clone, Debug, Serialize)]
+pub struct UpgradePlan {
+    /// The target KubeEdge version (`--to`).
+    pub to: String,
+    /// The installation-package repository keadm pulls `<image>:<to>` from,
+    /// through the node's containerd hosts.toml (the mirror).
+    pub image: String,
+    /// Arch -> the installation-package manifest digest for it, from the
+    /// signed store: keadm's `--image-digest`. Empty when the target's
+    /// keadm has no `--image-digest`.
+    pub image_digests: BTreeMap<String, String>,
+    pub allow_downgrade: bool,
+    pub allow_skip_minor: bool,
+    /// false with `--no-rollback`.
+    pub rollback: bool,
+    /// `--canary N`: the first wave's size; 0 without canaries.
+    pub canary: usize,
+    /// Node names per wave, in order: the canaries (if any), then the rest.
+    /// A failed canary stops the run before the next wave starts.
+    pub waves: Vec<Vec<String>>,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -327,6 +353,10 @@ pub struct NodePlan {
     pub jump: Option<String>,
     pub known_hosts: PathBuf,
     pub steps: Vec<StepPlan>,
+    /// `upgrade` only: what runs when `keadm_upgrade` or
+    /// `upgrade_postcheck` fails (empty with `--no-rollback`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub rollback: Vec<StepPlan>,
     /// Only with `--resume`/`--retry-failed --dry-run`: what that run
     /// would do with this node, from the journal.
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -377,6 +407,13 @@ pub struct Counts {
     pub failed: usize,
     pub interrupted: usize,
     pub not_started: usize,
+    pub upgraded: usize,
+    /// `upgrade`: at the target already (skipped as done).
+    pub up_to_date: usize,
+    /// `upgrade`: failed, rolled back to the version before.
+    pub rolled_back: usize,
+    /// `upgrade`: failed, and the rollback failed too (exit 4).
+    pub rollback_failed: usize,
 }
 
 #[derive(Serialize)]
@@ -409,8 +446,29 @@ pub enum NodeStatus {
     Failed,
     /// Ctrl-C arrived while it ran; `--resume` continues it.
     Interrupted,
-    /// Not started: the failure budget was spent, or Ctrl-C came first.
+    /// Not started: the failure budget was spent, a canary failed, or
+    /// Ctrl-C came first.
     NotStarted,
+    /// `upgrade`: runs the target version now.
+    Upgraded,
+    /// `upgrade`: ran the target version already; nothing was done.
+    UpToDate,
+    /// `upgrade`: failed, and `keadm rollback edge` brought back the
+    /// version before (`version`); counted as failed (exit 2).
+    RolledBack,
+    /// `upgrade`: failed, and the rollback failed too (`rollback_error`;
+    /// exit 4).
+    RollbackFailed,
+}
+
+impl NodeStatus {
+    /// Whether the node counts against `--max-fail` and a canary.
+    pub fn is_failure(self) -> bool {
+        matches!(
+            self,
+            NodeStatus::Failed | NodeStatus::RolledBack | NodeStatus::RollbackFailed
+        )
+    }
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -448,6 +506,14 @@ pub struct NodeOutcome {
     /// What this run's postcheck proved and repaired; `null` when the
     /// postcheck did not run in this run (failed earlier, or done before).
     pub postcheck: Option<PostcheckReport>,
+    /// `upgrade`: the version edgecore reported before (`null` for join
+    /// and reset, or when the preflight did not get that far).
+    pub version_before: Option<String>,
+    /// The KubeEdge version the node runs at the end, when known: the
+    /// target after an upgrade, the version before after a rollback.
+    pub version: Option<String>,
+    /// `upgrade`: why the rollback failed (state `rollback_failed`).
+    pub rollback_error: Option<String>,
     pub log: PathBuf,
     pub ms: u64,
 }
@@ -479,6 +545,13 @@ pub struct StatusNode {
     pub error: Option<String>,
     pub last_report: Option<String>,
     pub host: Option<String>,
+    /// The KubeEdge version the node ran when last seen (join: the joined
+    /// version; upgrade: after its last step).
+    pub version: Option<String>,
+    /// The last `upgrade` outcome: `upgraded to vX`, `up to date`,
+    /// `rolled back to vA`, `ROLLBACK FAILED`, `failed at STEP`,
+    /// `interrupted`, `running`; `null`: never upgraded.
+    pub upgrade: Option<String>,
 }
 
 /// `status --json`.

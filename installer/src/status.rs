@@ -17,14 +17,25 @@ pub fn collect(args: &StatusArgs) -> Result<Vec<StatusNode>> {
     for dir in &args.state_dirs {
         let events = journal::read(dir)?;
         let mut last: BTreeMap<String, (Step, Status, String, Option<String>)> = BTreeMap::new();
+        let mut versions: BTreeMap<String, String> = BTreeMap::new();
+        let mut upgrades: BTreeMap<String, String> = BTreeMap::new();
         for e in &events {
             last.insert(
                 e.node.clone(),
                 (e.step, e.status, e.ts.clone(), e.error.clone()),
             );
+            if let Some(v) = &e.version {
+                versions.insert(e.node.clone(), v.clone());
+            }
+            if let Some(to) = &e.to {
+                if let Some(outcome) = upgrade_outcome(e, to) {
+                    upgrades.insert(e.node.clone(), outcome);
+                }
+            }
         }
         for (name, h) in journal::histories(&events) {
             let (step, status, ts, error) = last.remove(&name).expect("every history has events");
+            let key = name.clone();
             let state = if h.joined() {
                 "joined"
             } else if status == Status::Interrupted {
@@ -48,6 +59,8 @@ pub fn collect(args: &StatusArgs) -> Result<Vec<StatusNode>> {
                     },
                     last_report: Some(ts),
                     host: None,
+                    version: versions.remove(&key),
+                    upgrade: upgrades.remove(&key),
                 },
             );
         }
@@ -65,6 +78,8 @@ pub fn collect(args: &StatusArgs) -> Result<Vec<StatusNode>> {
                     error: None,
                     last_report: Some(edgeferry_bundle::format::rfc3339_utc(n.enrolled)),
                     host: Some(n.client.split(':').next().unwrap_or("").to_string()),
+                    version: None,
+                    upgrade: None,
                 },
             );
         }
@@ -88,14 +103,48 @@ pub fn collect(args: &StatusArgs) -> Result<Vec<StatusNode>> {
     Ok(nodes.into_values().collect())
 }
 
+/// What one upgrade event says of the node's last upgrade (`None`: no
+/// change).
+fn upgrade_outcome(e: &journal::Event, to: &str) -> Option<String> {
+    Some(match (e.step, e.status) {
+        (Step::UpgradePreflight, Status::Ok) if e.version.as_deref() == Some(to) => {
+            "up to date".to_string()
+        }
+        (Step::UpgradePostcheck, Status::Ok) => format!("upgraded to {to}"),
+        (Step::KeadmRollback, Status::Started) => "rolling back".to_string(),
+        (Step::RollbackPostcheck, Status::Ok) => format!(
+            "rolled back to {}",
+            e.version.as_deref().unwrap_or("the version before")
+        ),
+        (Step::KeadmRollback | Step::RollbackPostcheck, Status::Failed) => {
+            "ROLLBACK FAILED".to_string()
+        }
+        (_, Status::Interrupted) => "interrupted".to_string(),
+        (step, Status::Failed) => format!("failed at {} (to {to})", step.name()),
+        (Step::Connect, Status::Started) => format!("running (to {to})"),
+        _ => return None,
+    })
+}
+
 fn table(nodes: &[StatusNode]) -> String {
-    let mut rows =
-        vec![["NODE", "MODE", "STATE", "STEP", "LAST REPORT", "ERROR"].map(String::from)];
+    let mut rows = vec![[
+        "NODE",
+        "MODE",
+        "STATE",
+        "VERSION",
+        "UPGRADE",
+        "STEP",
+        "LAST REPORT",
+        "ERROR",
+    ]
+    .map(String::from)];
     for n in nodes {
         rows.push([
             n.name.clone(),
             n.mode.to_string(),
             n.state.to_string(),
+            n.version.clone().unwrap_or_else(|| "-".into()),
+            n.upgrade.clone().unwrap_or_else(|| "-".into()),
             n.step.clone().unwrap_or_else(|| "-".into()),
             n.last_report.clone().unwrap_or_else(|| "-".into()),
             n.error.clone().unwrap_or_default(),

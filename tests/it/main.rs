@@ -20,3 +20,5 @@ mod pull;
 mod sbom;
 mod serve;
 mod tls;
+mod upgrade;
+mod upgrade_standin;

@@ -658,6 +658,7 @@ pub fn printed_hosts_files(banner: &str) -> Vec<(String, String)> {
     files
 }
 pub mod crafted;
+pub mod crd;
 pub mod fetch_fixtures;
 pub mod hosts;
 pub mod tamper;

@@ -24,6 +24,9 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     ("sudo", "sudo"),
     ("openssl", "openssl"),
+    // Validates emitted custom resources against the CRD schemas kept in
+    // manifests/crds/ (tests/src/crd.rs).
+    ("jsonschema", "python3-jsonschema"),
 ];
 
 pub fn workspace_root() -> PathBuf {

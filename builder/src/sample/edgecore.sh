@@ -25,7 +25,11 @@
 #      connecting to a cloud that did not register it; the stand-in's delay
 #      is shorter so tests stay fast.)
 # It names itself edgecore so that `pidof edgecore` finds it, writes its pid
-# to /var/lib/keadm-standin/edgecore.pid and stops on SIGTERM.
+# to /var/lib/keadm-standin/edgecore.pid and stops on SIGTERM. When
+# /var/lib/keadm-standin/edgecore-crash holds its own version (written by
+# the stand-in keadm's upgrade for the fault "crash") it exits 1 at start.
+# `edgecore --version` prints "KubeEdge <version>" first, as the real
+# one's verflag does, then says it is a stand-in.
 #
 # EDGEFERRY_SAMPLE_ROOT, if set, is put in front of every host path (unit
 # tests); only then, EDGEFERRY_STANDIN_NO_CLOUD=1 skips steps 2 and 3: it
@@ -80,6 +84,13 @@ exitf() {
 	klog F "$1" "Error: $2"
 	exit 1
 }
+
+# The stand-in keadm's upgrade-fault "crash" names the version that is to
+# die at start, so that a rollback to the old version runs again.
+crash=$ROOT/var/lib/keadm-standin/edgecore-crash
+if [ -f "$crash" ] && [ "$(cat "$crash" 2>/dev/null)" = "@VERSION@" ]; then
+	exitf server.go:1 "$STANDIN: exiting at start on purpose (keadm's upgrade-fault file says crash)"
+fi
 
 klog I server.go:1 "$STANDIN: starting with /etc/kubeedge/config/edgecore.yaml"
 

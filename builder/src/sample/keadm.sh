@@ -28,6 +28,16 @@
 # `keadm reset edge` stops edgecore and removes /etc/kubeedge/,
 # /var/log/kubeedge/, /var/lib/kubeedge/ and /var/lib/edged (a mount point
 # is emptied instead), but not /usr/local/bin/edgecore, as the real one.
+# `keadm backup edge` copies edgecore.db (when there is one: the stand-in
+# edgecore keeps no database), the --config file and /usr/local/bin/edgecore
+# into /etc/kubeedge/backup/<edgecore's version>/. `keadm upgrade edge`
+# pulls <--image>:<--toVersion> through the hosts.toml mirror as join does,
+# checks --image-digest (when given) against the digest of the manifest it
+# pulled for this node's platform, stages the new edgecore in
+# /etc/kubeedge/upgrade/<toVersion>/, stops edgecore, installs it and starts
+# it again. `keadm rollback edge` copies the files of the backup
+# --historical-version (default: the newest backup) back and restarts
+# edgecore. No idempotency lock and no JSON result file are written.
 #
 # Environment:
 #   EDGEFERRY_SAMPLE_ROOT   put in front of every host path, so that unit tests
@@ -48,6 +58,18 @@
 #   /var/lib/keadm-standin/join-seconds   a whole number N: join sleeps N seconds at
 #                              that point (models how long a real join
 #                              takes)
+#   /var/lib/keadm-standin/upgrade-fault  "fail": upgrade stops the old edgecore,
+#                              installs the new one and then exits 1 with
+#                              "failed to start edgecore" (edgecore is not
+#                              running: a rollback is needed); "crash": the
+#                              new edgecore is installed and started but
+#                              exits at once (upgrade exits 0, a postcheck
+#                              fails); "rollback-fail": upgrade fails as
+#                              with "fail", and rollback exits 1 before
+#                              changing anything
+#   /var/lib/keadm-standin/upgrade-seconds   a whole number N: upgrade sleeps N
+#                              seconds after the pull (how long a real
+#                              upgrade takes; a signal ends it at once)
 set -u
 
 KEADM_VERSION='@VERSION@'
@@ -160,6 +182,25 @@ edgecore_pids() {
 	# Like pidof, skip a zombie nobody has reaped yet.
 	case $(sed 's/^.*) //' "/proc/$pid/stat" 2>/dev/null) in Z*) return 1 ;; esac
 	echo "$pid"
+}
+
+# runEdgeCore: with systemd, real keadm's shell command; without, edgecore
+# in the background with its log in /var/log/kubeedge/edgecore.log.
+run_edgecore() {
+	if [ -d "$ROOT/run/systemd/system" ]; then
+		echo "sudo systemctl daemon-reload && sudo systemctl enable edgecore && sudo systemctl start edgecore"
+		sudo systemctl daemon-reload && sudo systemctl enable edgecore && sudo systemctl start edgecore
+		return
+	fi
+	echo "/usr/local/bin/edgecore > /var/log/kubeedge/edgecore.log 2>&1 &"
+	mkdir -p "$ROOT/var/log/kubeedge" || return 1
+	# A new session and no inherited descriptors: edgecore has to outlive
+	# the SSH session that runs keadm.
+	if command -v setsid >/dev/null 2>&1; then
+		setsid "$ROOT/usr/local/bin/edgecore" >"$ROOT/var/log/kubeedge/edgecore.log" 2>&1 </dev/null &
+	else
+		nohup "$ROOT/usr/local/bin/edgecore" >"$ROOT/var/log/kubeedge/edgecore.log" 2>&1 </dev/null &
+	fi
 }
 
 # Kills edgecore, waiting up to 10 s for it to go before SIGKILL.
@@ -325,6 +366,8 @@ pull_image() {
 
 	why=$(http_get "$base/manifests/$tag$query" "$tmp/top.json" "$ACCEPT") || fail "failed to pull image \"$image\": $why"
 	manifest=$(json_flat <"$tmp/top.json")
+	# The digest of the manifest for this platform, for --image-digest.
+	image_digest=sha256:$(sha256sum "$tmp/top.json" | cut -d ' ' -f 1)
 	case $manifest in
 	*'"manifests":['*)
 		candidates=$(printf '%s\n' "$manifest" | tr '{}' '\n\n' | grep '"digest":' | grep "\"architecture\":\"$arch\"" | grep '"os":"linux"')
@@ -339,6 +382,7 @@ pull_image() {
 		valid_digest "$digest" || fail "failed to pull image \"$image\": invalid digest \"$digest\" in the index"
 		why=$(http_get "$base/manifests/$digest$query" "$tmp/manifest.json" "$ACCEPT") || fail "failed to pull image \"$image\": $why"
 		digest_matches "$tmp/manifest.json" "$digest" || fail "failed to pull image \"$image\": manifest $digest: digest mismatch: the mirror sent other bytes"
+		image_digest=$digest
 		manifest=$(json_flat <"$tmp/manifest.json")
 		;;
 	esac
@@ -450,11 +494,18 @@ copy_edgecore() {
 		i=$((i + 1))
 	done
 	[ -f "$tmp/rootfs/usr/local/bin/edgecore" ] || fail "failed to copy resources: image \"$image\" has no /usr/local/bin/edgecore"
-	bin=$ROOT/usr/local/bin
-	part=$bin/.edgecore.keadm-standin.$$
-	mkdir -p "$bin" && cp "$tmp/rootfs/usr/local/bin/edgecore" "$part" && chmod 755 "$part" && mv -f "$part" "$bin/edgecore" || {
+	install_file "$tmp/rootfs/usr/local/bin/edgecore" "${1:-/usr/local/bin}/edgecore" 755 ||
+		fail "failed to copy edgecore to ${1:-/usr/local/bin}/edgecore"
+}
+
+# install_file SRC DEST MODE: copies SRC to $ROOT/DEST atomically (a temp
+# file beside it, then a rename).
+install_file() {
+	dest=$ROOT$2
+	part=${dest%/*}/.${dest##*/}.keadm-standin.$$
+	mkdir -p "${dest%/*}" && cp "$1" "$part" && chmod "$3" "$part" && mv -f "$part" "$dest" || {
 		rm -f "$part"
-		fail "failed to copy edgecore to /usr/local/bin/edgecore"
+		return 1
 	}
 }
 
@@ -647,13 +698,11 @@ do_join() {
 	standin_faults
 
 	step "Generate systemd service file"
-	systemd=
 	# Real keadm writes the unit whenever systemctl is in PATH. Test hosts
 	# have systemctl but no systemd, and no private, writable /etc/systemd,
 	# so the stand-in asks what util.HasSystemd asks: is /run/systemd/system
 	# a directory?
 	if [ -d "$ROOT/run/systemd/system" ]; then
-		systemd=1
 		mkdir -p "$ROOT/etc/systemd/system" && cat >"$ROOT/etc/systemd/system/edgecore.service" <<'UNIT' || fail "failed to create /etc/systemd/system/edgecore.service"
 # Written by the edgeferry SAMPLE stand-in keadm, not KubeEdge.
 [Unit]
@@ -680,20 +729,7 @@ UNIT
 	write_edgecore_yaml "$ROOT/etc/kubeedge/config/edgecore.yaml" || fail "failed to write /etc/kubeedge/config/edgecore.yaml"
 
 	step "Run EdgeCore daemon"
-	if [ -n "$systemd" ]; then
-		echo "sudo systemctl daemon-reload && sudo systemctl enable edgecore && sudo systemctl start edgecore"
-		sudo systemctl daemon-reload && sudo systemctl enable edgecore && sudo systemctl start edgecore ||
-			fail "failed to run edgecore with systemd: exit status $?"
-	else
-		echo "/usr/local/bin/edgecore > /var/log/kubeedge/edgecore.log 2>&1 &"
-		# A new session and no inherited descriptors: edgecore has to outlive
-		# the SSH session that runs keadm.
-		if command -v setsid >/dev/null 2>&1; then
-			setsid "$bin/edgecore" >"$ROOT/var/log/kubeedge/edgecore.log" 2>&1 </dev/null &
-		else
-			nohup "$bin/edgecore" >"$ROOT/var/log/kubeedge/edgecore.log" 2>&1 </dev/null &
-		fi
-	fi
+	run_edgecore || fail "failed to run edgecore with systemd: exit status $?"
 
 	wait_for_certs || fail "edge node join failed: timed out waiting for the condition"
 	rm -f "$bootstrap"
@@ -705,7 +741,7 @@ UNIT
 	fi
 }
 
-@RESET_PARSER@
+@EDGE_PARSERS@
 do_reset_edge() {
 	if [ -n "$opt_pre_run" ]; then
 		run_script pre "$opt_pre_run" || fail "failed to execute the pre-run script $opt_pre_run: exit status $?"
@@ -744,6 +780,193 @@ do_reset_edge() {
 	fi
 }
 
+# klog.Info's line: I, mmdd hh:mm:ss.uuuuuu, pid, file:line] text.
+klog_info() {
+	printf 'I%s %7s %s] %s\n' "$(date -u '+%m%d %H:%M:%S.000000')" "$$" "$1" "$2"
+}
+
+# util.EdgeCoreVersion: the version `edgecore --version` prints
+# ("KubeEdge vX.Y.Z"); fails when there is none.
+edgecore_version() {
+	ver=$("$ROOT/usr/local/bin/edgecore" --version 2>/dev/null | sed -n 's/^KubeEdge \(v[0-9][^ ]*\).*$/\1/p' | head -n 1)
+	[ -n "$ver" ] || return 1
+	echo "$ver"
+}
+
+# KillKubeEdgeBinary: the service with systemd, else the process.
+kill_edgecore() {
+	if [ -d "$ROOT/run/systemd/system" ]; then
+		systemctl stop edgecore || return 1
+	fi
+	stop_edgecore
+}
+
+# prePreRun, shared by upgrade, backup and rollback: edgecore's version
+# (or "unknown", with a warning as real keadm logs it) and the config.
+upgrade_prerun() {
+	if ! current=$(edgecore_version); then
+		printf 'W%s %7s upgrade_common.go:1] failed to get edgecore version, err: %s\n' \
+			"$(date -u '+%m%d %H:%M:%S.000000')" "$$" "/usr/local/bin/edgecore --version printed no version" >&2
+		current=unknown
+	fi
+	[ -f "$ROOT$opt_config" ] ||
+		fail "failed to parse the edgecore config file $opt_config, err: open $opt_config: no such file or directory"
+}
+
+# postPreRun and runPostRunHook of the upgrade commands.
+upgrade_pre_script() {
+	[ -n "$opt_pre_run" ] || return 0
+	echo "Executing pre-run script: $opt_pre_run"
+	/bin/bash "$opt_pre_run" || fail "failed to run the pre-run script $opt_pre_run, err: exit status $?"
+}
+upgrade_post_script() {
+	[ -n "$opt_post_run" ] || return 0
+	echo "Executing post-run script: $opt_post_run"
+	/bin/bash "$opt_post_run" || echo "Execute post-run script: $opt_post_run failed: exit status $?"
+}
+
+# The test harness's upgrade-fault file: fail, crash or rollback-fail.
+upgrade_fault() {
+	[ -f "$STATE/upgrade-fault" ] || return 0
+	tr -d ' \t\r\n' <"$STATE/upgrade-fault"
+}
+
+do_backup_edge() {
+	upgrade_prerun
+	[ "$current" != unknown ] || fail "cannot get the required current version"
+	upgrade_pre_script
+	klog_info backup.go:1 "backup process start ..."
+	backup=/etc/kubeedge/backup/$current
+	mkdir -p "$ROOT$backup" || fail "failed to create backup path $backup, err: cannot create it"
+	# Real keadm copies edgecore.db too, which the real edgecore always
+	# has; the stand-in edgecore keeps no database.
+	db=/var/lib/kubeedge/edgecore.db
+	if [ -f "$ROOT$db" ]; then
+		install_file "$ROOT$db" "$backup/edgecore.db" 600 || fail "failed to backup file $db, err: cannot copy it"
+	else
+		note "no $db on this node (the stand-in edgecore keeps none): not backed up"
+	fi
+	for file in "$opt_config" /usr/local/bin/edgecore; do
+		# The configuration holds the join token: only root reads the copy.
+		mode=600
+		[ "$file" != /usr/local/bin/edgecore ] || mode=755
+		install_file "$ROOT$file" "$backup/${file##*/}" "$mode" || fail "failed to backup file $file, err: open $file: no such file or directory"
+	done
+	klog_info backup.go:1 "backup process successful"
+	upgrade_post_script
+}
+
+do_upgrade_edge() {
+	to=$opt_toVersion
+	case $to in v*) ;; *) to=v$to ;; esac
+	case $to in
+	v[0-9]*.[0-9]*.[0-9]*) ;;
+	*) fail "--toVersion \"$opt_toVersion\" is not a version" ;;
+	esac
+	digest_want=${opt_image_digest-}
+	upgrade_prerun
+	upgrade_pre_script
+	if [ "$opt_force" != true ]; then
+		printf '[upgrade] Are you sure you want to proceed? [y/N]: '
+		read -r answer || answer=
+		case $answer in
+		y | Y) ;;
+		*) fail "aborted upgrade operation" ;;
+		esac
+	fi
+	fault=$(upgrade_fault)
+	rm -f "$STATE/edgecore-crash"
+	# As the NodeUpgradeJob controller does it: the tag of --image is
+	# replaced by --toVersion.
+	ref=${opt_image%@*}
+	case ${ref##*/} in *:*) ref=${ref%:*} ;; esac
+	case ${ref%%/*} in
+	*.* | *:* | localhost) registry=${ref%%/*} repo=${ref#*/} ;;
+	*) registry=docker.io repo=$ref ;;
+	esac
+	case $registry:$repo in docker.io:*/*) ;; docker.io:*) repo=library/$repo ;; esac
+	tag=$to
+	image=$registry/$repo:$tag
+	tmp=$(mktemp -d "${TMPDIR:-/tmp}/keadm-standin.XXXXXX") || fail "cannot create a temporary directory"
+	note "upgrading this node from $current to $to; images come from the site mirror over HTTP, not through containerd"
+	klog_info upgrade.go:1 "upgrade process start ..."
+	pull_image
+	# The message of the edge NodeUpgradeJob handler's check (prepareKeadm):
+	# keadm's own --image-digest message was not found in the searched source.
+	if [ -n "$digest_want" ] && [ "$digest_want" != "$image_digest" ]; then
+		fail "invalid installation-package image digest value: $image_digest"
+	fi
+	upgrade_dir=/etc/kubeedge/upgrade/$to
+	copy_edgecore "$upgrade_dir"
+	if [ -f "$STATE/upgrade-seconds" ]; then
+		seconds=$(tr -d ' \t\r\n' <"$STATE/upgrade-seconds")
+		case $seconds in
+		'' | *[!0-9]*) note "ignoring $STATE/upgrade-seconds: not a whole number of seconds" ;;
+		*)
+			note "taking $seconds more seconds (upgrade-seconds file)"
+			sleep "$seconds" &
+			sleeper=$!
+			wait "$sleeper"
+			sleeper=
+			;;
+		esac
+	fi
+	kill_edgecore || fail "failed to stop edgecore, err: systemctl stop edgecore failed"
+	install_file "$ROOT$upgrade_dir/edgecore" /usr/local/bin/edgecore 755 ||
+		fail "failed to copy edgecore to /usr/local/bin/edgecore"
+	case $fault in
+	fail | rollback-fail)
+		echo "keadm (edgeferry SAMPLE stand-in): failing on purpose (upgrade-fault $fault)" >&2
+		fail "failed to start edgecore, err: exit status 1"
+		;;
+	crash)
+		# The new edgecore reads this at start and exits.
+		mkdir -p "$STATE" && echo "$to" >"$STATE/edgecore-crash"
+		;;
+	'') ;;
+	*) note "ignoring $STATE/upgrade-fault: it says neither fail, crash nor rollback-fail" ;;
+	esac
+	run_edgecore || fail "failed to start edgecore, err: exit status $?"
+	klog_info upgrade.go:1 "upgrade process successful"
+	upgrade_post_script
+}
+
+do_rollback_edge() {
+	upgrade_prerun
+	backups=/etc/kubeedge/backup
+	[ -d "$ROOT$backups" ] ||
+		fail "failed to get backup dirs from $backups/, err: open $backups/: no such file or directory"
+	version=$opt_historical_version
+	if [ -n "$version" ]; then
+		[ -d "$ROOT$backups/$version" ] ||
+			fail "the historical version $version is not exist in backup dir $backups/"
+	else
+		# The newest backup: sorted by modification time, newest first.
+		version=$(ls -t "$ROOT$backups" | head -n 1)
+		[ -n "$version" ] || fail "no historical version is found in backup dir $backups/"
+	fi
+	upgrade_pre_script
+	if [ "$(upgrade_fault)" = rollback-fail ]; then
+		echo "keadm (edgeferry SAMPLE stand-in): failing on purpose (upgrade-fault rollback-fail)" >&2
+		fail "failed to stop edgecore, err: exit status 1"
+	fi
+	klog_info rollback.go:1 "rollback process start ..."
+	kill_edgecore || fail "failed to stop edgecore, err: systemctl stop edgecore failed"
+	from=$backups/$version
+	if [ -f "$ROOT$from/edgecore.db" ]; then
+		install_file "$ROOT$from/edgecore.db" /var/lib/kubeedge/edgecore.db 600 ||
+			fail "failed to rollback file /var/lib/kubeedge/edgecore.db, err: cannot copy it"
+	fi
+	install_file "$ROOT$from/${opt_config##*/}" "$opt_config" 644 ||
+		fail "failed to rollback file $opt_config, err: open $from/${opt_config##*/}: no such file or directory"
+	install_file "$ROOT$from/edgecore" /usr/local/bin/edgecore 755 ||
+		fail "failed to rollback file /usr/local/bin/edgecore, err: open $from/edgecore: no such file or directory"
+	rm -f "$STATE/edgecore-crash"
+	run_edgecore || fail "failed to start edgecore, err: exit status $?"
+	klog_info rollback.go:1 "rollback process successful"
+	upgrade_post_script
+}
+
 case ${1-} in
 version)
 	echo "version: version.Info{GitVersion:\"$KEADM_VERSION\"} (edgeferry SAMPLE stand-in, not KubeEdge)"
@@ -756,15 +979,16 @@ join)
 	join_check_values
 	do_join
 	;;
-reset)
+@EDGE_COMMANDS@)
+	command=$1
 	[ "${2-}" = edge ] || {
 		usage >&2
 		exit 1
 	}
 	shift 2
-	reset_edge_defaults
-	reset_edge_parse "$@"
-	do_reset_edge
+	"${command}_edge_defaults"
+	"${command}_edge_parse" "$@"
+	"do_${command}_edge"
 	;;
 help | -h | --help) usage ;;
 *)

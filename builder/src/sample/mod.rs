@@ -57,6 +57,18 @@ pub const STANDIN_FAULT_FILE: &str = "/var/lib/keadm-standin/fault";
 pub const STANDIN_JOIN_SECONDS_FILE: &str = "/var/lib/keadm-standin/join-seconds";
 /// Where the stand-in edgecore writes its pid.
 pub const STANDIN_EDGECORE_PID_FILE: &str = "/var/lib/keadm-standin/edgecore.pid";
+/// Fault file of the stand-in `keadm upgrade edge` / `rollback edge`:
+/// `fail` (upgrade installs the new edgecore, then exits 1 without starting
+/// it), `crash` (the new edgecore is started and exits at once; upgrade
+/// exits 0), `rollback-fail` (upgrade fails as with `fail`, and rollback
+/// exits 1 before changing anything).
+pub const STANDIN_UPGRADE_FAULT_FILE: &str = "/var/lib/keadm-standin/upgrade-fault";
+/// A whole number N of seconds the stand-in `keadm upgrade edge` sleeps
+/// after its pull, to model how long a real upgrade takes.
+pub const STANDIN_UPGRADE_SECONDS_FILE: &str = "/var/lib/keadm-standin/upgrade-seconds";
+/// Written by the stand-in upgrade for the fault `crash`: the version of
+/// edgecore that exits at start.
+pub const STANDIN_EDGECORE_CRASH_FILE: &str = "/var/lib/keadm-standin/edgecore-crash";
 
 /// What the sample set stands in for.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -983,6 +995,148 @@ mod tests {
         )
     }
 
+    /// `keadm backup edge`, `upgrade edge` (a wrong and a right
+    /// --image-digest, the faults) and `rollback edge` on a joined root.
+    #[test]
+    fn standin_keadm_backs_up_upgrades_and_rolls_back() {
+        let sample = sample_dir();
+        let mirror = Mirror::start(sample.path().join("images/installation-package"), false);
+        let tmp = tempfile::tempdir().unwrap();
+        let root = tmp.path();
+        let _guard = KillEdgecore(root);
+        write_hosts_toml(root, "docker.io", &mirror.addr);
+        write_containerd(root, &mirror.addr, "");
+        let out = standin_join(root, cloudcore_listener(), &[]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let keadm = |args: &[&str]| run_keadm(SHELLS[0], V, root, args, "");
+        let old_pid = live_edgecore(root).expect("joined");
+
+        let out = keadm(&["backup", "edge"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        let backup = root.join("etc/kubeedge/backup").join(V);
+        for f in ["edgecore.yaml", "edgecore"] {
+            assert_eq!(
+                fs::read(backup.join(f)).unwrap(),
+                fs::read(root.join(if f == "edgecore" {
+                    "usr/local/bin/edgecore"
+                } else {
+                    "etc/kubeedge/config/edgecore.yaml"
+                }))
+                .unwrap(),
+                "{f}"
+            );
+        }
+
+        // Unknown flags, as cobra refuses them; --image-digest is new in v1.23.
+        let out = keadm(&["upgrade", "edge", "--foo"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(stderr(&out), "Error: unknown flag: --foo\n");
+        let out = run_keadm(
+            SHELLS[0],
+            "v1.22.2",
+            root,
+            &["upgrade", "edge", "--image-digest=x"],
+            "",
+        );
+        assert_eq!(stderr(&out), "Error: unknown flag: --image-digest\n");
+        let out = run_keadm(
+            SHELLS[0],
+            "v1.22.2",
+            root,
+            &["upgrade", "edge", "--upgradeID=x"],
+            "n\n",
+        );
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).starts_with(
+            "Flag --upgradeID has been deprecated, For compatibility with historical versions, It will be removed in v1.23\n"
+        ), "{}", stderr(&out));
+        assert!(stderr(&out).ends_with("Error: aborted upgrade operation\n"));
+        assert_eq!(live_edgecore(root), Some(old_pid), "nothing changed");
+
+        // A wrong digest: refused after the pull, edgecore untouched.
+        let wrong = format!("sha256:{}", "0".repeat(64));
+        let out = keadm(&[
+            "upgrade",
+            "edge",
+            "--toVersion",
+            V,
+            "--image-digest",
+            &wrong,
+            "--force",
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        let prefix = "Error: invalid installation-package image digest value: sha256:";
+        let err = stderr(&out);
+        let last = err.lines().last().unwrap();
+        assert!(last.starts_with(prefix), "{err}");
+        let right = &last["Error: invalid installation-package image digest value: ".len()..];
+        let manifest: Value = serde_json::from_slice(
+            &fs::read(
+                sample
+                    .path()
+                    .join("images/installation-package/blobs/sha256")
+                    .join(&right[7..]),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        assert!(
+            manifest["layers"].is_array(),
+            "the platform manifest's digest"
+        );
+        assert_eq!(live_edgecore(root), Some(old_pid), "nothing changed");
+
+        let out = keadm(&[
+            "upgrade",
+            "edge",
+            "--toVersion",
+            V,
+            "--image-digest",
+            right,
+            "--force",
+        ]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        assert!(root
+            .join("etc/kubeedge/upgrade")
+            .join(V)
+            .join("edgecore")
+            .exists());
+        wait_until("the new edgecore runs", || {
+            live_edgecore(root).is_some_and(|pid| pid != old_pid)
+        });
+
+        // crash: upgrade exits 0, the new edgecore dies; rollback restarts.
+        fs::write(root.join(&STANDIN_UPGRADE_FAULT_FILE[1..]), "crash\n").unwrap();
+        let out = keadm(&["upgrade", "edge", "--toVersion", V, "--force"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        wait_until("edgecore died", || live_edgecore(root).is_none());
+        fs::remove_file(root.join(&STANDIN_UPGRADE_FAULT_FILE[1..])).unwrap();
+        let out = keadm(&["rollback", "edge"]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        wait_until("edgecore runs again", || live_edgecore(root).is_some());
+
+        // rollback-fail: upgrade fails with edgecore stopped, rollback fails.
+        fs::write(root.join(&STANDIN_UPGRADE_FAULT_FILE[1..]), "rollback-fail").unwrap();
+        let out = keadm(&["upgrade", "edge", "--toVersion", V, "--force"]);
+        assert_eq!(out.status.code(), Some(1));
+        assert!(stderr(&out).ends_with("Error: failed to start edgecore, err: exit status 1\n"));
+        assert_eq!(live_edgecore(root), None);
+        let out = keadm(&["rollback", "edge", "--historical-version", V]);
+        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(live_edgecore(root), None);
+        let out = keadm(&["rollback", "edge", "--historical-version", "v1.0.0"]);
+        assert_eq!(
+            stderr(&out),
+            "Error: the historical version v1.0.0 is not exist in backup dir /etc/kubeedge/backup/\n"
+        );
+        fs::remove_file(root.join(&STANDIN_UPGRADE_FAULT_FILE[1..])).unwrap();
+        let out = keadm(&["rollback", "edge", "--historical-version", V]);
+        assert_eq!(out.status.code(), Some(0), "{}", stderr(&out));
+        wait_until("edgecore runs after the rollback", || {
+            live_edgecore(root).is_some()
+        });
+    }
+
     #[test]
     fn standin_keadm_join_fails_like_the_real_one() {
         let sample = sample_dir();
@@ -1366,6 +1520,9 @@ mod tests {
             STANDIN_FAULT_FILE,
             STANDIN_JOIN_SECONDS_FILE,
             STANDIN_EDGECORE_PID_FILE,
+            STANDIN_UPGRADE_FAULT_FILE,
+            STANDIN_UPGRADE_SECONDS_FILE,
+            STANDIN_EDGECORE_CRASH_FILE,
         ] {
             assert_eq!(Path::new(file).parent(), Some(Path::new(STANDIN_STATE_DIR)));
         }
@@ -1377,6 +1534,8 @@ mod tests {
             "@STATE_DIR@",
             "@JOIN_PARSER@",
             "@RESET_PARSER@",
+            "@EDGE_PARSERS@",
+            "@EDGE_COMMANDS@",
             "@REQUIRED@",
             "@USAGE@",
         ] {
@@ -1385,7 +1544,11 @@ mod tests {
         assert!(keadm.contains("\nSTATE=$ROOT/var/lib/keadm-standin\n"));
         assert!(keadm.contains("\"$STATE/fault\""));
         assert!(keadm.contains("\"$STATE/join-seconds\""));
+        assert!(keadm.contains("\"$STATE/upgrade-fault\""));
+        assert!(keadm.contains("\"$STATE/upgrade-seconds\""));
+        assert!(keadm.contains("\"$STATE/edgecore-crash\""));
         assert!(edgecore.contains("\npidfile=$ROOT/var/lib/keadm-standin/edgecore.pid\n"));
+        assert!(edgecore.contains("\ncrash=$ROOT/var/lib/keadm-standin/edgecore-crash\n"));
     }
 
     #[test]

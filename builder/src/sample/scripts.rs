@@ -3,9 +3,11 @@
 //!
 //! Placeholders (`@NAME@`, replaced everywhere it occurs):
 //! - `keadm.sh`: `@VERSION@` (the KubeEdge version), `@USAGE@` (the help
-//!   text, without its last newline), `@JOIN_PARSER@` and `@RESET_PARSER@`
+//!   text, without its last newline), `@JOIN_PARSER@` and `@EDGE_PARSERS@`
 //!   (the sh flag parsers [`sh_parser`] writes from `bundle::keadm`'s
-//!   flags), `@REQUIRED@` (a check per required join flag).
+//!   flags: `join_parse`, and `<command>_edge_parse` for each of
+//!   `keadm::EDGE_COMMANDS`), `@EDGE_COMMANDS@` (those commands as an sh
+//!   case pattern), `@REQUIRED@` (a check per required join flag).
 //! - `edgecore.sh`: `@VERSION@`.
 //! - `component.sh`: `@NAME@` (cloudcore, admission, ...) and `@VERSION@`.
 //! - `pause.sh`, `entrypoint.sh`: `@REFERENCE@` (the image's reference).
@@ -53,11 +55,27 @@ pub(super) fn sh_quote(s: &str) -> String {
 }
 
 /// Statement that stores `value` (an sh expression) for flag `f`.
+/// For a deprecated flag, the statement printing pflag's notice on stderr
+/// (with `; ` after it); for any other flag nothing.
+pub(super) fn sh_notice(f: &Flag) -> String {
+    match f.deprecated {
+        Some(message) => format!(
+            "printf '%s\\n' {} >&2; ",
+            sh_quote(&format!("Flag --{} has been deprecated, {message}", f.long))
+        ),
+        None => String::new(),
+    }
+}
+
+/// A deprecated flag first prints pflag's notice on stderr.
 pub(super) fn sh_assign(f: &Flag, value: &str) -> String {
     let v = sh_var(f.long);
+    let notice = sh_notice(f);
     match f.kind {
-        FlagKind::List => format!("opt_{v}=${{opt_{v}:+$opt_{v},}}{value}; seen_{v}=1"),
-        FlagKind::Str | FlagKind::Bool => format!("opt_{v}={value}; seen_{v}=1"),
+        FlagKind::List => {
+            format!("{notice}opt_{v}=${{opt_{v}:+$opt_{v},}}{value}; seen_{v}=1")
+        }
+        FlagKind::Str | FlagKind::Bool => format!("{notice}opt_{v}={value}; seen_{v}=1"),
     }
 }
 
@@ -104,7 +122,8 @@ pub(super) fn sh_parser(name: &str, flags: &[Flag]) -> String {
                 s.push_str(&format!("\t\t--{long}) {} ;;\n", sh_assign(f, "true")));
                 let v = sh_var(long);
                 s.push_str(&format!(
-                    "\t\t--{long}=*)\n\t\t\topt_{v}=$(parse_bool \"${{1#*=}}\" --{long}) || exit 1\n\t\t\tseen_{v}=1\n\t\t\t;;\n"
+                    "\t\t--{long}=*)\n\t\t\topt_{v}=$(parse_bool \"${{1#*=}}\" --{long}) || exit 1\n\t\t\t{}seen_{v}=1\n\t\t\t;;\n",
+                    sh_notice(f)
                 ));
                 if let Some(c) = f.short {
                     s.push_str(&format!("\t\t-{c}) {} ;;\n", sh_assign(f, "true")));
@@ -127,7 +146,8 @@ pub(super) fn sh_parser(name: &str, flags: &[Flag]) -> String {
 
 pub(super) fn usage_lines(flags: &[Flag]) -> String {
     let mut rows = Vec::new();
-    for f in flags {
+    // pflag hides deprecated flags from the help.
+    for f in flags.iter().filter(|f| f.deprecated.is_none()) {
         let names = match f.short {
             Some(c) => format!("  -{c}, --{}", f.long),
             None => format!("      --{}", f.long),
@@ -164,13 +184,24 @@ pub(super) fn keadm_script(version: &str) -> Result<String> {
             "\t[ -n \"$seen_{v}\" ] || missing=\"${{missing:+$missing, }}\\\"{name}\\\"\"\n"
         ));
     }
-    let usage = format!(
+    let mut usage = format!(
         "keadm {version} (edgeferry SAMPLE stand-in, not KubeEdge)\n\n\
-         Usage:\n  keadm version\n  keadm join --cloudcore-ipport=HOST:PORT --kubeedge-version=VERSION [flags]\n  keadm reset edge [--force] [flags]\n\n\
-         Join flags:\n{}\nReset edge flags:\n{}",
-        usage_lines(flags.join),
-        usage_lines(flags.reset_edge)
+         Usage:\n  keadm version\n  keadm join --cloudcore-ipport=HOST:PORT --kubeedge-version=VERSION [flags]\n"
     );
+    for (command, _) in keadm::EDGE_COMMANDS {
+        usage.push_str(&format!("  keadm {command} edge [flags]\n"));
+    }
+    usage.push_str(&format!("\nJoin flags:\n{}", usage_lines(flags.join)));
+    let mut parsers = String::new();
+    let mut commands = Vec::new();
+    for (command, table) in keadm::EDGE_COMMANDS {
+        let table = table(&flags);
+        let title = format!("{}{}", command[..1].to_uppercase(), &command[1..]);
+        usage.push_str(&format!("\n{title} edge flags:\n{}", usage_lines(table)));
+        parsers.push_str(&sh_parser(&format!("{command}_edge"), table));
+        parsers.push('\n');
+        commands.push(*command);
+    }
     // The heredoc's terminator follows the placeholder on its own line.
     let usage = usage.strip_suffix('\n').unwrap_or(&usage);
     // The version is checked by flags_for and the rest is ours, so no
@@ -178,7 +209,8 @@ pub(super) fn keadm_script(version: &str) -> Result<String> {
     Ok(KEADM_SH
         .replace("@VERSION@", version)
         .replace("@JOIN_PARSER@", &sh_parser("join", flags.join))
-        .replace("@RESET_PARSER@", &sh_parser("reset_edge", flags.reset_edge))
+        .replace("@EDGE_PARSERS@", &parsers)
+        .replace("@EDGE_COMMANDS@", &commands.join(" | "))
         .replace("@REQUIRED@", &required)
         .replace("@USAGE@", usage))
 }

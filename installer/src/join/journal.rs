@@ -40,6 +40,14 @@ pub struct Event {
     pub kind: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub arch: Option<String>,
+    /// The KubeEdge version the node reported or runs after this step
+    /// (upgrade preflight and postchecks, the join's postcheck).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub version: Option<String>,
+    /// `upgrade` events: the target version. Join and reset events have
+    /// none, so each keeps its own history in the same journal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
 }
 
 pub struct Journal {
@@ -111,6 +119,8 @@ pub struct History {
     pub failed_step: Option<Step>,
     pub last_error: Option<String>,
     pub arch: Option<String>,
+    /// `upgrade`: the version the preflight saw before the upgrade.
+    pub version_before: Option<String>,
 }
 
 impl History {
@@ -121,23 +131,44 @@ impl History {
     pub fn failed(&self) -> bool {
         self.failed_step.is_some() && !self.joined()
     }
+
+    /// `upgrade`: done for this target (upgraded, or found at it).
+    pub fn upgraded(&self, to: &str) -> bool {
+        self.done.contains(&Step::UpgradePostcheck) || self.version_before.as_deref() == Some(to)
+    }
 }
 
+/// The join and reset histories (events without an upgrade target).
 pub fn histories(events: &[Event]) -> BTreeMap<String, History> {
+    histories_for(events, None)
+}
+
+/// The histories of the events toward `to` (`None`: join and reset).
+pub fn histories_for(events: &[Event], to: Option<&str>) -> BTreeMap<String, History> {
     let mut map: BTreeMap<String, History> = BTreeMap::new();
-    for e in events {
+    for e in events.iter().filter(|e| e.to.as_deref() == to) {
         let h = map.entry(e.node.clone()).or_default();
         if let Some(a) = &e.arch {
             h.arch = Some(a.clone());
         }
         match (e.step, e.status) {
             // A reset undoes the join: the next join starts from scratch.
-            (Step::KeadmReset, Status::Ok) => {
+            // A reset undoes the join; a rollback undoes the upgrade, so
+            // the next upgrade starts from the preflight again.
+            (Step::KeadmReset | Step::KeadmRollback | Step::RollbackPostcheck, Status::Ok) => {
                 let arch = h.arch.take();
                 *h = History {
                     arch,
                     ..History::default()
                 };
+            }
+            (Step::UpgradePreflight, Status::Ok) => {
+                h.done.insert(Step::UpgradePreflight);
+                h.version_before = e.version.clone();
+                if h.failed_step == Some(Step::UpgradePreflight) {
+                    h.failed_step = None;
+                    h.last_error = None;
+                }
             }
             (Step::Connect, Status::Ok) => {}
             (step, Status::Ok) => {
@@ -173,6 +204,8 @@ mod tests {
             error: None,
             kind: None,
             arch: None,
+            version: None,
+            to: None,
         }
     }
 

@@ -17,19 +17,32 @@ use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-use crate::cli::{BatchArgs, JoinArgs};
+use crate::cli::{BatchArgs, JoinArgs, UpgradeArgs};
 use crate::config::Config;
 use crate::node::steps::{self, Action, Step};
 use crate::node::{inventory, secret};
 use crate::printer::Printer;
 use run::{Entry, NodeStatus};
 
+/// What a batch command asks beyond [`BatchArgs`].
+struct Mode<'a> {
+    action: Action,
+    /// Continue the journal's run.
+    resume: bool,
+    /// `join --retry-failed`.
+    only_failed: bool,
+    /// `join --fresh` (a reset always starts fresh).
+    fresh: bool,
+    settle: Option<u64>,
+    verify_node_ready: Option<&'a Path>,
+    upgrade: Option<&'a UpgradeArgs>,
+}
+
 /// Reads the inventory and the store and builds the plan. Errors here mean
 /// nothing could start (exit 3).
 fn prepare(
     args: &BatchArgs,
-    join: Option<&JoinArgs>,
-    action: Action,
+    mode: &Mode,
     config: &Config,
     redactor: &secret::Redactor,
 ) -> Result<plan::JoinPlan> {
@@ -65,7 +78,7 @@ fn prepare(
     let limit: BTreeSet<String> = args.limit.iter().cloned().collect();
     plan::build(
         &plan::PlanInput {
-            action,
+            action: mode.action,
             inventory_path: &args.inventory,
             inventory: &inv,
             store_dir: &args.store,
@@ -77,11 +90,15 @@ fn prepare(
             accept_new_host_keys: args.accept_new_host_keys,
             limit: (!limit.is_empty()).then_some(&limit),
             timeouts: &timeouts,
-            settle: join
-                .and_then(|j| j.settle)
-                .or(inv.settle)
-                .map(Duration::from_secs),
-            verify_node_ready: join.and_then(|j| j.verify_node_ready.as_deref()),
+            settle: mode.settle.or(inv.settle).map(Duration::from_secs),
+            verify_node_ready: mode.verify_node_ready,
+            upgrade: mode.upgrade.map(|u| plan::UpgradeRequest {
+                to: &u.to,
+                allow_downgrade: u.allow_downgrade,
+                allow_skip_minor: u.allow_skip_minor,
+                rollback: !u.no_rollback,
+                canary: u.canary.unwrap_or(0),
+            }),
         },
         config,
         redactor,
@@ -106,26 +123,61 @@ fn max_fail(value: Option<&str>, nodes: usize) -> Result<Option<usize>> {
 }
 
 pub fn join_cmd(args: &JoinArgs, config: &Config, out: &Printer) -> Result<u8> {
-    batch(&args.batch, Some(args), config, out)
-}
-
-pub fn reset_cmd(args: &BatchArgs, config: &Config, out: &Printer) -> Result<u8> {
-    batch(args, None, config, out)
-}
-
-/// A join (`join` holds its own flags) or, without them, a reset, which
-/// always starts fresh and runs every step.
-fn batch(args: &BatchArgs, join: Option<&JoinArgs>, config: &Config, out: &Printer) -> Result<u8> {
-    let action = if join.is_some() {
-        Action::Join
-    } else {
-        Action::Reset
+    let mode = Mode {
+        action: Action::Join,
+        resume: args.resume || args.retry_failed,
+        only_failed: args.retry_failed,
+        fresh: args.fresh,
+        settle: args.settle,
+        verify_node_ready: args.verify_node_ready.as_deref(),
+        upgrade: None,
     };
-    let resume = join.is_some_and(|j| j.resume || j.retry_failed);
-    let only_failed = join.is_some_and(|j| j.retry_failed);
-    let fresh = join.is_none_or(|j| j.fresh);
+    batch(&args.batch, &mode, config, out)
+}
+
+/// A reset always starts fresh and runs every step.
+pub fn reset_cmd(args: &BatchArgs, config: &Config, out: &Printer) -> Result<u8> {
+    let mode = Mode {
+        action: Action::Reset,
+        resume: false,
+        only_failed: false,
+        fresh: true,
+        settle: None,
+        verify_node_ready: None,
+        upgrade: None,
+    };
+    batch(args, &mode, config, out)
+}
+
+/// An upgrade appends to the join's journal, its events marked with the
+/// target; `--resume` reads those back.
+pub fn upgrade_cmd(args: &UpgradeArgs, config: &Config, out: &Printer) -> Result<u8> {
+    let mode = Mode {
+        action: Action::Upgrade,
+        resume: args.resume,
+        only_failed: false,
+        fresh: false,
+        settle: args.settle,
+        verify_node_ready: None,
+        upgrade: Some(args),
+    };
+    batch(&args.batch, &mode, config, out)
+}
+
+fn batch(args: &BatchArgs, mode: &Mode, config: &Config, out: &Printer) -> Result<u8> {
+    let Mode {
+        action,
+        resume,
+        only_failed,
+        fresh,
+        ..
+    } = *mode;
     let redactor = secret::Redactor::default();
-    let plan = prepare(args, join, action, config, &redactor)?;
+    let plan = prepare(args, mode, config, &redactor)?;
+    if mode.upgrade.is_some_and(|u| u.emit_nodeupgradejob) {
+        out.text(&emit_nodeupgradejob(&plan)?);
+        return Ok(report::EXIT_ALL_OK);
+    }
     // Read before anything runs: a kubeconfig we cannot use stops the run
     // here (exit 3), not after every node has joined.
     let api = match &plan.verify_node_ready {
@@ -144,7 +196,10 @@ fn batch(args: &BatchArgs, join: Option<&JoinArgs>, config: &Config, out: &Print
         let mut plan = plan;
         if resume {
             // Read-only: show what this resume would run and skip.
-            let histories = journal::histories(&journal::read(&plan.state_dir)?);
+            let histories = journal::histories_for(
+                &journal::read(&plan.state_dir)?,
+                plan.upgrade.as_ref().map(|u| u.to.as_str()),
+            );
             let (entries, excluded) = entries(&plan, &histories, action, resume, only_failed);
             plan.note_resume(&entries, &excluded);
         }
@@ -177,7 +232,7 @@ fn batch(args: &BatchArgs, join: Option<&JoinArgs>, config: &Config, out: &Print
     } else {
         journal::read(&plan.state_dir)?
     };
-    let histories = journal::histories(&events);
+    let histories = journal::histories_for(&events, plan.upgrade.as_ref().map(|u| u.to.as_str()));
     let (entries, excluded) = entries(&plan, &histories, action, resume, only_failed);
 
     let journal = journal::Journal::open(&plan.state_dir)?;
@@ -195,7 +250,6 @@ fn batch(args: &BatchArgs, join: Option<&JoinArgs>, config: &Config, out: &Print
         } else {
             ssh::HostKeyPolicy::Strict
         },
-        max_fail: budget,
         cancel: cancel_rx,
         progress: run::Progress::new(total, out),
         api,
@@ -217,7 +271,7 @@ fn batch(args: &BatchArgs, join: Option<&JoinArgs>, config: &Config, out: &Print
                 let _ = cancel_tx.send(true);
             }
         });
-        run::execute(ctx2, entries).await
+        waves(ctx2, entries, budget).await
     });
     runtime.shutdown_timeout(Duration::from_secs(1));
     let plan = &ctx.plan;
@@ -265,16 +319,81 @@ fn entries(
             continue;
         }
         let entry = match action {
-            Action::Join => Entry::from_history(h, resume),
+            Action::Join => Entry::from_history(h, resume, None),
+            Action::Upgrade => {
+                Entry::from_history(h, resume, plan.upgrade.as_ref().map(|u| u.to.as_str()))
+            }
             // A reset runs every step, and the journal still knows the arch.
             Action::Reset => Entry::Run {
                 skip: BTreeSet::new(),
                 arch: h.and_then(|h| h.arch.clone()),
+                version_before: None,
             },
         };
         entries.push((i, entry));
     }
     (entries, excluded)
+}
+
+/// Runs the nodes: with `--canary N`, the first N entries as a wave of
+/// their own that stops everything when one fails; then the rest at
+/// `--parallel` within `--max-fail`.
+async fn waves(
+    ctx: Arc<run::Ctx>,
+    mut entries: Vec<(usize, Entry)>,
+    budget: Option<usize>,
+) -> Vec<run::NodeOutcome> {
+    let parallel = ctx.plan.parallel;
+    let canary = ctx.plan.upgrade.as_ref().map_or(0, |u| u.canary);
+    if canary == 0 {
+        return run::execute(ctx, entries, parallel, budget).await;
+    }
+    let rest = entries.split_off(canary.min(entries.len()));
+    let mut outcomes = run::execute(ctx.clone(), entries, parallel.min(canary), Some(1)).await;
+    let stop = if *ctx.cancel.borrow() {
+        Some("interrupted (Ctrl-C) before it started")
+    } else if outcomes
+        .iter()
+        .any(|o| o.status.is_failure() || o.status == NodeStatus::Interrupted)
+    {
+        Some("not started: a canary failed")
+    } else {
+        None
+    };
+    match stop {
+        Some(reason) => {
+            for (i, _) in rest {
+                outcomes.push(run::not_started(&ctx, &ctx.plan.nodes[i], reason));
+            }
+        }
+        None => outcomes.extend(run::execute(ctx.clone(), rest, parallel, budget).await),
+    }
+    outcomes
+}
+
+/// The NodeUpgradeJob for the plan's nodes (their Node names: keadm's
+/// `--edgenode-name`, else the inventory's name), image and digests.
+fn emit_nodeupgradejob(plan: &plan::JoinPlan) -> Result<String> {
+    let up = plan.upgrade.as_ref().context("not an upgrade")?;
+    let names: Vec<String> = plan
+        .nodes
+        .iter()
+        .map(|n| {
+            n.spec
+                .edgenode_name
+                .clone()
+                .unwrap_or_else(|| n.name.clone())
+        })
+        .collect();
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let mut digests = Vec::new();
+    for (arch, digest) in &up.image_digests {
+        let arch: edgeferry_bundle::format::Arch = arch
+            .parse()
+            .map_err(|e| anyhow::anyhow!("arch {arch}: {e}"))?;
+        digests.push((arch, digest.as_str()));
+    }
+    crate::nodeupgradejob::render(&names, &up.to, &up.image, &digests)
 }
 
 /// Names one run in the journal. The time alone is not unique: two short

@@ -13,12 +13,25 @@ use super::run::Entry;
 use crate::config::Config;
 use crate::node::inventory::Inventory;
 use crate::node::offer::{self, StoreOffer};
-use crate::node::script::{self, PostcheckParams, PreflightParams};
+use crate::node::script::{
+    self, KeadmUpgradeParams, PostcheckParams, PreflightParams, UpgradePreflightParams,
+};
 use crate::node::secret::Redactor;
-use crate::node::steps::{self, Action, Step, StepInput};
+use crate::node::steps::{self, Action, Step, StepInput, UpgradeInput};
 use crate::store::State;
 
-pub use crate::output::{JoinPlan, NodePlan, ResumePlan, StepPlan};
+pub use crate::output::{JoinPlan, NodePlan, ResumePlan, StepPlan, UpgradePlan};
+
+/// `edgeferry upgrade`'s choices.
+pub struct UpgradeRequest<'a> {
+    pub to: &'a str,
+    pub allow_downgrade: bool,
+    pub allow_skip_minor: bool,
+    /// false with `--no-rollback`.
+    pub rollback: bool,
+    /// `--canary N`; 0 for none.
+    pub canary: usize,
+}
 
 pub struct PlanInput<'a> {
     pub action: Action,
@@ -38,6 +51,8 @@ pub struct PlanInput<'a> {
     pub settle: Option<Duration>,
     /// `--verify-node-ready KUBECONFIG`.
     pub verify_node_ready: Option<&'a Path>,
+    /// `upgrade` (with `action: Action::Upgrade`).
+    pub upgrade: Option<UpgradeRequest<'a>>,
 }
 
 pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<JoinPlan> {
@@ -47,7 +62,36 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
         version,
         bundles,
         keadm,
-    } = offer::store_offer(state, inv.kubeedge_version.as_deref(), input.store_dir)?;
+    } = match &input.upgrade {
+        // The inventory's kubeedge_version is what the nodes were joined at.
+        Some(up) => {
+            edgeferry_bundle::keadm::minor_of(up.to)?;
+            offer::store_offer(state, Some(up.to), input.store_dir)?
+        }
+        None => offer::store_offer(state, inv.kubeedge_version.as_deref(), input.store_dir)?,
+    };
+    let upgrade_plan = match &input.upgrade {
+        Some(up) => {
+            let arches: Vec<String> = bundles.keys().cloned().collect();
+            let with_digest = offer::check_upgrade_flags(&version)?;
+            let (image, mut image_digests) =
+                offer::installation_package(state, &version, &arches, input.store_dir)?;
+            if !with_digest {
+                image_digests.clear();
+            }
+            Some(UpgradePlan {
+                to: version.clone(),
+                image,
+                image_digests,
+                allow_downgrade: up.allow_downgrade,
+                allow_skip_minor: up.allow_skip_minor,
+                rollback: up.rollback,
+                canary: up.canary,
+                waves: Vec::new(),
+            })
+        }
+        None => None,
+    };
 
     let mirror = match input.mirror.or(inv.mirror.as_deref()) {
         Some(m) => offer::mirror_from(m, input.mirror_ca.clone())?,
@@ -69,14 +113,16 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
             }
         }
         let who = format!("node {}", spec.label);
-        offer::check_flags(&version, &spec.flags, &who)?;
+        if upgrade_plan.is_none() {
+            offer::check_flags(&version, &spec.flags, &who)?;
+        }
         let (cloud_host, ports, cri_socket) =
             offer::preflight_target(&spec.cloudcore, &spec.flags, &who)?;
 
         // The postcheck's own budget, plus the time it waits on purpose.
-        let timeout = |s: Step| match s {
-            Step::Postcheck => s.timeout(config, input.timeouts) + settle + grace,
-            _ => s.timeout(config, input.timeouts),
+        let timeout = |s: Step| match s.is_postcheck() {
+            true => s.timeout(config, input.timeouts) + settle + grace,
+            false => s.timeout(config, input.timeouts),
         };
         let target = format!("{}@{}:{}", spec.user, spec.host, spec.port);
         let connect = match &spec.jump {
@@ -128,29 +174,51 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
             reset_args: &reset_args,
             keadm_join_timeout: timeout(Step::KeadmJoin),
             keadm_reset_timeout: timeout(Step::KeadmReset),
+            upgrade: upgrade_plan.as_ref().map(|up| UpgradeInput {
+                preflight: UpgradePreflightParams {
+                    to: &up.to,
+                    store_arches: store_arches.clone(),
+                    mirror: &mirror,
+                    min_free_mib: config.join.min_free_mib,
+                },
+                keadm: KeadmUpgradeParams {
+                    to: &up.to,
+                    image: &up.image,
+                    digests: &up.image_digests,
+                    timeout_secs: timeout(Step::KeadmUpgrade).as_secs(),
+                },
+                backup_timeout: timeout(Step::KeadmBackup),
+                rollback_timeout: timeout(Step::KeadmRollback),
+            }),
+        };
+        let rollback: &[Step] = match &upgrade_plan {
+            Some(up) if up.rollback => steps::ROLLBACK_STEPS,
+            _ => &[],
+        };
+        let plan_step = |step: Step| {
+            let command = match steps::script(step, &step_input) {
+                Some(sh) => script::wrap(&sh, spec.sudo),
+                None => connect.clone(),
+            };
+            let secret_stdin = if step == Step::KeadmJoin {
+                join_args.clone()
+            } else {
+                Vec::new()
+            };
+            StepPlan {
+                step,
+                timeout_secs: timeout(step).as_secs(),
+                command: redactor.scrub(&command),
+                exact_command: command,
+                stdin: secret_stdin.iter().map(|a| redactor.scrub(a)).collect(),
+                secret_stdin,
+            }
         };
         let steps = steps::steps(input.action)
             .iter()
-            .map(|&step| {
-                let command = match steps::script(step, &step_input) {
-                    Some(sh) => script::wrap(&sh, spec.sudo),
-                    None => connect.clone(),
-                };
-                let secret_stdin = if step == Step::KeadmJoin {
-                    join_args.clone()
-                } else {
-                    Vec::new()
-                };
-                StepPlan {
-                    step,
-                    timeout_secs: timeout(step).as_secs(),
-                    command: redactor.scrub(&command),
-                    exact_command: command,
-                    stdin: secret_stdin.iter().map(|a| redactor.scrub(a)).collect(),
-                    secret_stdin,
-                }
-            })
+            .map(|&s| plan_step(s))
             .collect();
+        let rollback = rollback.iter().map(|&s| plan_step(s)).collect();
         nodes.push(NodePlan {
             name: spec.label.clone(),
             host: spec.host.clone(),
@@ -164,6 +232,7 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
                 .map(|j| format!("{}@{}:{}", j.user, j.host, j.port)),
             known_hosts: spec.known_hosts.clone(),
             steps,
+            rollback,
             resume: None,
             spec: spec.clone(),
         });
@@ -186,6 +255,15 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
         .or(inv.parallel)
         .unwrap_or(config.join.parallel)
         .clamp(1, config.join.max_parallel);
+    let mut upgrade_plan = upgrade_plan;
+    if let Some(up) = &mut upgrade_plan {
+        let names: Vec<String> = nodes.iter().map(|n| n.name.clone()).collect();
+        let canary = up.canary.min(names.len());
+        up.waves = [names[..canary].to_vec(), names[canary..].to_vec()]
+            .into_iter()
+            .filter(|w| !w.is_empty())
+            .collect();
+    }
     Ok(JoinPlan {
         action: input.action,
         inventory: input.inventory_path.to_path_buf(),
@@ -207,6 +285,7 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
         hosts_toml,
         settle_secs: settle.as_secs(),
         verify_node_ready: input.verify_node_ready.map(Path::to_path_buf),
+        upgrade: upgrade_plan,
         nodes,
     })
 }
@@ -241,10 +320,7 @@ impl JoinPlan {
     pub fn render(&self) -> String {
         let mut s = format!(
             "plan: {} {} node(s), KubeEdge {}, {} at a time, mirror {}, host keys {}\n",
-            match self.action {
-                Action::Join => "join",
-                Action::Reset => "reset",
-            },
+            self.action.name(),
             self.nodes.len(),
             self.kubeedge_version,
             self.parallel,
@@ -261,6 +337,43 @@ impl JoinPlan {
             ));
         }
         s.push_str(&format!("  state: {}\n", self.state_dir.display()));
+        if let Some(up) = &self.upgrade {
+            s.push_str(&format!("  image: {}:{}\n", up.image, up.to));
+            for (arch, digest) in &up.image_digests {
+                s.push_str(&format!("  image digest {arch}: {digest}\n"));
+            }
+            s.push_str(&format!(
+                "  rules: downgrade {}, skipping a minor version {}, rollback on failure {}\n",
+                if up.allow_downgrade {
+                    "allowed"
+                } else {
+                    "refused"
+                },
+                if up.allow_skip_minor {
+                    "allowed"
+                } else {
+                    "refused"
+                },
+                if up.rollback {
+                    "on"
+                } else {
+                    "off (--no-rollback)"
+                },
+            ));
+            for (i, wave) in up.waves.iter().enumerate() {
+                let canary = i == 0 && up.canary > 0;
+                s.push_str(&format!(
+                    "  wave {}{}: {}\n",
+                    i + 1,
+                    if canary {
+                        " (canary: a failure stops the run here)"
+                    } else {
+                        ""
+                    },
+                    wave.join(", ")
+                ));
+            }
+        }
         for n in &self.nodes {
             s.push_str(&format!(
                 "\nnode {} ({}@{}:{}{}{}, auth {})\n",
@@ -318,6 +431,16 @@ impl JoinPlan {
                     }
                 }
             }
+            for st in &n.rollback {
+                s.push_str(&format!(
+                    "  if keadm_upgrade or upgrade_postcheck fails: {} (timeout {}s):\n",
+                    st.step.name(),
+                    st.timeout_secs
+                ));
+                for line in st.command.lines() {
+                    s.push_str(&format!("    {line}\n"));
+                }
+            }
         }
         s
     }
@@ -354,6 +477,14 @@ mod tests {
     }
 
     fn plan_of(yaml: &str, limit: Option<&BTreeSet<String>>) -> Result<JoinPlan> {
+        plan_with(yaml, limit, None)
+    }
+
+    fn plan_with(
+        yaml: &str,
+        limit: Option<&BTreeSet<String>>,
+        upgrade: Option<UpgradeRequest>,
+    ) -> Result<JoinPlan> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("site.yaml");
         std::fs::write(&path, yaml).unwrap();
@@ -362,7 +493,11 @@ mod tests {
         let inv = crate::node::inventory::read(&path, &redactor)?;
         build(
             &PlanInput {
-                action: Action::Join,
+                action: if upgrade.is_some() {
+                    Action::Upgrade
+                } else {
+                    Action::Join
+                },
                 inventory_path: &path,
                 inventory: &inv,
                 store_dir: Path::new("/srv/store"),
@@ -376,10 +511,48 @@ mod tests {
                 timeouts: &BTreeMap::new(),
                 settle: None,
                 verify_node_ready: None,
+                upgrade,
             },
             &Config::default(),
             &redactor,
         )
+    }
+
+    #[test]
+    fn an_upgrade_plan_names_image_digest_waves_and_rollback() {
+        let request = |canary| UpgradeRequest {
+            to: "v1.23.1",
+            allow_downgrade: false,
+            allow_skip_minor: false,
+            rollback: true,
+            canary,
+        };
+        // The store has no installation-package: refused before anything runs.
+        let err = plan_with(SITE, None, Some(request(1))).unwrap_err();
+        assert!(
+            format!("{err:#}").contains("has no kubeedge/installation-package:v1.23.1"),
+            "{err:#}"
+        );
+        let mut st = state();
+        let digest = format!("sha256:{}", "ef".repeat(32));
+        st.images.insert(
+            "docker.io/kubeedge/installation-package:v1.23.1".into(),
+            crate::store::ImageRecord {
+                platforms: [("linux/arm64".to_string(), digest.clone())].into(),
+                ..Default::default()
+            },
+        );
+        let offer = offer::installation_package(
+            &st,
+            "v1.23.1",
+            &["arm64".to_string()],
+            Path::new("/srv/store"),
+        )
+        .unwrap();
+        assert_eq!(offer.0, "docker.io/kubeedge/installation-package");
+        assert_eq!(offer.1["arm64"], digest);
+        assert!(offer::check_upgrade_flags("v1.23.1").unwrap());
+        assert!(!offer::check_upgrade_flags("v1.22.0").unwrap());
     }
 
     const SITE: &str = "cloudcore: 10.0.0.2:10000\ntoken: {env: PLAN_TEST_TOKEN}\nname_prefix: edge\n\

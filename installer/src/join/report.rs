@@ -11,10 +11,12 @@ pub use crate::output::{Counts, Report};
 
 pub const REPORT_FILE: &str = "report.json";
 
-/// Exit codes of `join` and `reset` (also in `--help`).
+/// Exit codes of `join`, `reset` and `upgrade` (also in `--help`).
 pub const EXIT_ALL_OK: u8 = 0;
 pub const EXIT_SOME_FAILED: u8 = 2;
 pub const EXIT_NOTHING_STARTED: u8 = 3;
+/// `upgrade`: a node's upgrade failed and its rollback failed too.
+pub const EXIT_ROLLBACK_FAILED: u8 = 4;
 pub const EXIT_INTERRUPTED: u8 = 130;
 
 pub fn counts(outcomes: &[NodeOutcome]) -> Counts {
@@ -30,6 +32,10 @@ pub fn counts(outcomes: &[NodeOutcome]) -> Counts {
             NodeStatus::Failed => c.failed += 1,
             NodeStatus::Interrupted => c.interrupted += 1,
             NodeStatus::NotStarted => c.not_started += 1,
+            NodeStatus::Upgraded => c.upgraded += 1,
+            NodeStatus::UpToDate => c.up_to_date += 1,
+            NodeStatus::RolledBack => c.rolled_back += 1,
+            NodeStatus::RollbackFailed => c.rollback_failed += 1,
         }
     }
     c
@@ -39,10 +45,20 @@ pub fn exit_code(outcomes: &[NodeOutcome], interrupted: bool) -> u8 {
     if interrupted {
         return EXIT_INTERRUPTED;
     }
+    if outcomes
+        .iter()
+        .any(|o| o.status == NodeStatus::RollbackFailed)
+    {
+        return EXIT_ROLLBACK_FAILED;
+    }
     let all_ok = outcomes.iter().all(|o| {
         matches!(
             o.status,
-            NodeStatus::Joined | NodeStatus::AlreadyJoined | NodeStatus::Reset
+            NodeStatus::Joined
+                | NodeStatus::AlreadyJoined
+                | NodeStatus::Reset
+                | NodeStatus::Upgraded
+                | NodeStatus::UpToDate
         )
     });
     if all_ok {
@@ -87,33 +103,56 @@ pub fn write(report: &Report, state_dir: &Path) -> Result<()> {
     edgeferry_bundle::atomic::write_file(&state_dir.join(REPORT_FILE), &bytes, 0o600)
 }
 
+/// Rows of N cells, as `printer::table` takes them.
+fn fixed<const N: usize>(rows: Vec<Vec<String>>) -> Vec<[String; N]> {
+    rows.into_iter()
+        .map(|r| r.try_into().expect("every row has the header's cells"))
+        .collect()
+}
+
 pub fn table(report: &Report) -> String {
-    let mut rows = vec![[
-        "NODE".to_string(),
-        "HOST".to_string(),
-        "ARCH".to_string(),
-        "STATUS".to_string(),
-        "STEP".to_string(),
-        "TIME".to_string(),
-        "ERROR".to_string(),
-    ]];
+    let upgrade = report.action == crate::node::steps::Action::Upgrade;
+    let mut head = vec!["NODE", "HOST", "ARCH", "STATUS"];
+    if upgrade {
+        head.extend(["BEFORE", "VERSION"]);
+    }
+    head.extend(["STEP", "TIME", "ERROR"]);
+    let mut rows = vec![head.into_iter().map(String::from).collect::<Vec<_>>()];
     for o in report.nodes {
-        rows.push([
+        let mut row = vec![
             o.name.clone(),
             o.host.clone(),
             o.arch.clone().unwrap_or_else(|| "-".into()),
             status_word(o.status).to_string(),
+        ];
+        if upgrade {
+            row.push(o.version_before.clone().unwrap_or_else(|| "-".into()));
+            row.push(o.version.clone().unwrap_or_else(|| "-".into()));
+        }
+        row.extend([
             o.failed_step.map_or("-".into(), |s| s.name().to_string()),
             format!("{:.1}s", o.ms as f64 / 1000.0),
             o.error.clone().unwrap_or_default(),
         ]);
+        rows.push(row);
     }
-    let mut s = crate::printer::table(&rows);
+    let mut s = if upgrade {
+        crate::printer::table(&fixed::<9>(rows))
+    } else {
+        crate::printer::table(&fixed::<7>(rows))
+    };
     let c = &report.counts;
-    s.push_str(&format!(
-        "\n{} node(s): {} joined, {} already joined, {} reset, {} failed, {} interrupted, {} not started",
-        c.total, c.joined, c.already_joined, c.reset, c.failed, c.interrupted, c.not_started
-    ));
+    if upgrade {
+        s.push_str(&format!(
+            "\n{} node(s): {} upgraded, {} up to date, {} failed, {} rolled back, {} ROLLBACK FAILED, {} interrupted, {} not started",
+            c.total, c.upgraded, c.up_to_date, c.failed, c.rolled_back, c.rollback_failed, c.interrupted, c.not_started
+        ));
+    } else {
+        s.push_str(&format!(
+            "\n{} node(s): {} joined, {} already joined, {} reset, {} failed, {} interrupted, {} not started",
+            c.total, c.joined, c.already_joined, c.reset, c.failed, c.interrupted, c.not_started
+        ));
+    }
     if report.host_keys_learned > 0 {
         s.push_str(&format!(
             "; {} new host key(s) recorded (--accept-new-host-keys)",

@@ -20,7 +20,8 @@ use crate::config::JoinConfig;
 use crate::node::inventory::AuthSpec;
 use crate::node::script;
 use crate::node::secret::Redactor;
-use crate::node::steps::{Action, Step, EDGECORE_CERTIFICATE};
+use crate::node::steps::{self, Action, Step, EDGECORE_CERTIFICATE};
+use crate::node::upgrade::{self, Verdict};
 pub use crate::output::{HostKeyReport, NodeOutcome, NodeStatus, PostcheckReport, StepTiming};
 use crate::printer::{node_cell, node_text, Printer};
 
@@ -31,25 +32,33 @@ pub enum Entry {
     Run {
         skip: BTreeSet<Step>,
         arch: Option<String>,
+        /// `upgrade --resume`: the version the skipped preflight saw.
+        version_before: Option<String>,
     },
-    AlreadyJoined {
-        arch: Option<String>,
-    },
+    /// Done in an earlier run: joined, or (upgrade) at the target.
+    AlreadyJoined { arch: Option<String> },
 }
 
 impl Entry {
-    pub fn from_history(history: Option<&History>, resume: bool) -> Entry {
+    /// `upgrade`: `to` is the target; `None` for a join.
+    pub fn from_history(history: Option<&History>, resume: bool, to: Option<&str>) -> Entry {
+        let done = |h: &History| match to {
+            Some(to) => h.upgraded(to),
+            None => h.joined(),
+        };
         match history {
-            Some(h) if resume && h.joined() => Entry::AlreadyJoined {
+            Some(h) if resume && done(h) => Entry::AlreadyJoined {
                 arch: h.arch.clone(),
             },
             Some(h) if resume => Entry::Run {
                 skip: h.done.clone(),
                 arch: h.arch.clone(),
+                version_before: h.version_before.clone(),
             },
             _ => Entry::Run {
                 skip: BTreeSet::new(),
                 arch: None,
+                version_before: None,
             },
         }
     }
@@ -62,7 +71,6 @@ pub struct Ctx {
     pub journal: Journal,
     pub run_id: String,
     pub policy: HostKeyPolicy,
-    pub max_fail: Option<usize>,
     pub cancel: watch::Receiver<bool>,
     pub progress: Progress,
     /// `--verify-node-ready`: the cloud's API, read after each postcheck.
@@ -76,6 +84,29 @@ struct Failure {
     interrupted: bool,
 }
 
+/// How a node's steps ended, short of a failure.
+#[derive(Clone, Copy)]
+enum Finish {
+    Done,
+    /// `upgrade`: it runs the target already; nothing was done.
+    UpToDate,
+}
+
+/// A failed node, and the rollback that followed (upgrade only).
+struct Failed {
+    failure: Failure,
+    rollback: Option<Result<(), Failure>>,
+}
+
+impl From<Failure> for Failed {
+    fn from(failure: Failure) -> Failed {
+        Failed {
+            failure,
+            rollback: None,
+        }
+    }
+}
+
 /// The time now, as journals and reports write it.
 pub fn now() -> String {
     let t = std::time::SystemTime::now()
@@ -84,8 +115,15 @@ pub fn now() -> String {
     edgeferry_bundle::format::rfc3339_utc(t.as_secs())
 }
 
-pub async fn execute(ctx: Arc<Ctx>, entries: Vec<(usize, Entry)>) -> Vec<NodeOutcome> {
-    let sem = Arc::new(Semaphore::new(ctx.plan.parallel));
+/// Runs one wave: `parallel` nodes at a time, no new node once `max_fail`
+/// of this wave's nodes have failed.
+pub async fn execute(
+    ctx: Arc<Ctx>,
+    entries: Vec<(usize, Entry)>,
+    parallel: usize,
+    max_fail: Option<usize>,
+) -> Vec<NodeOutcome> {
+    let sem = Arc::new(Semaphore::new(parallel.max(1)));
     let failures = Arc::new(AtomicUsize::new(0));
     let mut outcomes: Vec<(usize, NodeOutcome)> = Vec::new();
     let mut tasks = tokio::task::JoinSet::new();
@@ -96,16 +134,27 @@ pub async fn execute(ctx: Arc<Ctx>, entries: Vec<(usize, Entry)>) -> Vec<NodeOut
             outcomes.push((idx, not_started(&ctx, node, reason)));
             continue;
         }
-        let (skip, arch) = match entry {
+        let (skip, arch, version_before) = match entry {
             Entry::AlreadyJoined { arch } => {
-                let mut o = blank_outcome(&ctx, node, NodeStatus::AlreadyJoined);
+                let status = match ctx.plan.action {
+                    Action::Upgrade => NodeStatus::UpToDate,
+                    _ => NodeStatus::AlreadyJoined,
+                };
+                let mut o = blank_outcome(&ctx, node, status);
+                if let Some(up) = &ctx.plan.upgrade {
+                    o.version = Some(up.to.clone());
+                }
                 o.bundle_id = arch.as_ref().and_then(|a| ctx.plan.bundles.get(a).cloned());
                 o.arch = arch;
                 ctx.progress.finished(&o);
                 outcomes.push((idx, o));
                 continue;
             }
-            Entry::Run { skip, arch } => (skip, arch),
+            Entry::Run {
+                skip,
+                arch,
+                version_before,
+            } => (skip, arch, version_before),
         };
         let mut cancel = ctx.cancel.clone();
         let permit = tokio::select! {
@@ -121,7 +170,7 @@ pub async fn execute(ctx: Arc<Ctx>, entries: Vec<(usize, Entry)>) -> Vec<NodeOut
             outcomes.push((idx, not_started(&ctx, node, stop_reason.unwrap())));
             continue;
         }
-        if let Some(budget) = ctx.max_fail {
+        if let Some(budget) = max_fail {
             if failures.load(Ordering::SeqCst) >= budget {
                 stop_reason = Some("not started: the --max-fail budget was spent");
                 outcomes.push((idx, not_started(&ctx, node, stop_reason.unwrap())));
@@ -131,8 +180,8 @@ pub async fn execute(ctx: Arc<Ctx>, entries: Vec<(usize, Entry)>) -> Vec<NodeOut
         let ctx2 = ctx.clone();
         let failures2 = failures.clone();
         tasks.spawn(async move {
-            let outcome = run_node(&ctx2, idx, skip, arch).await;
-            if outcome.status == NodeStatus::Failed {
+            let outcome = run_node(&ctx2, idx, skip, arch, version_before).await;
+            if outcome.status.is_failure() {
                 failures2.fetch_add(1, Ordering::SeqCst);
             }
             drop(permit);
@@ -167,6 +216,9 @@ impl NodeOutcome {
             steps: Vec::new(),
             host_key: None,
             postcheck: None,
+            version_before: None,
+            version: None,
+            rollback_error: None,
             log: plan
                 .state_dir
                 .join("logs")
@@ -180,7 +232,7 @@ fn blank_outcome(ctx: &Ctx, node: &NodePlan, status: NodeStatus) -> NodeOutcome 
     NodeOutcome::blank(&ctx.plan, node, status)
 }
 
-fn not_started(ctx: &Ctx, node: &NodePlan, reason: &str) -> NodeOutcome {
+pub fn not_started(ctx: &Ctx, node: &NodePlan, reason: &str) -> NodeOutcome {
     let mut o = blank_outcome(ctx, node, NodeStatus::NotStarted);
     o.error = Some(reason.to_string());
     ctx.progress.finished(&o);
@@ -230,19 +282,18 @@ async fn run_node(
     idx: usize,
     skip: BTreeSet<Step>,
     arch: Option<String>,
+    version_before: Option<String>,
 ) -> NodeOutcome {
     let node = &ctx.plan.nodes[idx];
     let started = Instant::now();
     let mut out = blank_outcome(ctx, node, NodeStatus::Failed);
     out.arch = arch;
+    out.version_before = version_before;
     let mut log = NodeLog::open(&out.log, &ctx.redactor);
     log.line(&format!(
         "=== run {} {}: {} {}@{}:{}",
         ctx.run_id,
-        match ctx.plan.action {
-            Action::Join => "join",
-            Action::Reset => "reset",
-        },
+        ctx.plan.action.name(),
         node.name,
         node.user,
         node.host,
@@ -252,14 +303,26 @@ async fn run_node(
 
     let result = run_steps(ctx, node, &skip, &mut out, &mut log).await;
     match result {
-        Ok(()) => {
-            out.status = match ctx.plan.action {
-                Action::Join => NodeStatus::Joined,
-                Action::Reset => NodeStatus::Reset,
+        Ok(finish) => {
+            out.status = match (ctx.plan.action, finish) {
+                (Action::Join, _) => NodeStatus::Joined,
+                (Action::Reset, _) => NodeStatus::Reset,
+                (Action::Upgrade, Finish::Done) => NodeStatus::Upgraded,
+                (Action::Upgrade, Finish::UpToDate) => NodeStatus::UpToDate,
             };
-            log.line("=== done");
+            out.version = match ctx.plan.action {
+                Action::Join | Action::Upgrade => Some(ctx.plan.kubeedge_version.clone()),
+                Action::Reset => None,
+            };
+            log.line(match finish {
+                Finish::Done => "=== done",
+                Finish::UpToDate => "=== done: it runs the target version already",
+            });
         }
-        Err(f) => {
+        Err(Failed {
+            failure: f,
+            rollback,
+        }) => {
             let message = node_cell(&ctx.redactor.scrub(&f.message));
             log.line(&format!("=== FAILED at {}: {message}", f.step.name()));
             out.status = if f.interrupted {
@@ -268,8 +331,31 @@ async fn run_node(
                 NodeStatus::Failed
             };
             out.failed_step = Some(f.step);
-            out.error = Some(message);
+            out.error = Some(message.clone());
             out.error_kind = Some(f.kind);
+            let before = out.version_before.clone().unwrap_or_else(|| "?".into());
+            match rollback {
+                None => {}
+                Some(Ok(())) => {
+                    out.status = NodeStatus::RolledBack;
+                    out.version = out.version_before.clone();
+                    out.error = Some(format!("failed, rolled back to {before}: {message}"));
+                    log.line(&format!("=== rolled back to {before}"));
+                }
+                Some(Err(rf)) => {
+                    let why = node_cell(&ctx.redactor.scrub(&rf.message));
+                    log.line(&format!("=== ROLLBACK FAILED at {}: {why}", rf.step.name()));
+                    out.status = if rf.interrupted {
+                        NodeStatus::Interrupted
+                    } else {
+                        NodeStatus::RollbackFailed
+                    };
+                    out.error = Some(format!(
+                        "failed, rollback failed too: {why} (the upgrade failed: {message})"
+                    ));
+                    out.rollback_error = Some(why);
+                }
+            }
         }
     }
     out.bundle_id = out
@@ -280,6 +366,13 @@ async fn run_node(
     out
 }
 
+/// What a step learned about the node, for the journal.
+#[derive(Default)]
+struct Facts<'a> {
+    arch: Option<&'a str>,
+    version: Option<&'a str>,
+}
+
 fn journal(
     ctx: &Ctx,
     node: &NodePlan,
@@ -287,8 +380,9 @@ fn journal(
     status: Status,
     ms: Option<u64>,
     failure: Option<(&str, &str)>,
-    arch: Option<&str>,
+    facts: Facts,
 ) {
+    let Facts { arch, version } = facts;
     let event = Event {
         ts: now(),
         run: ctx.run_id.clone(),
@@ -299,6 +393,8 @@ fn journal(
         error: failure.map(|(m, _)| node_cell(&ctx.redactor.scrub(m))),
         kind: failure.map(|(_, k)| k.to_string()),
         arch: arch.map(node_cell),
+        version: version.map(node_cell),
+        to: ctx.plan.upgrade.as_ref().map(|u| u.to.clone()),
     };
     if let Err(e) = ctx.journal.record(&event) {
         // Without a journal, resume cannot be trusted: say so loudly.
@@ -312,41 +408,27 @@ async fn run_steps(
     skip: &BTreeSet<Step>,
     out: &mut NodeOutcome,
     log: &mut NodeLog,
-) -> Result<(), Failure> {
+) -> Result<Finish, Failed> {
     // Connect is always done anew.
     let connect_plan = &node.steps[0];
     ctx.progress.step(&node.name, Step::Connect);
-    journal(ctx, node, Step::Connect, Status::Started, None, None, None);
+    journal(
+        ctx,
+        node,
+        Step::Connect,
+        Status::Started,
+        None,
+        None,
+        Facts::default(),
+    );
     let t = Instant::now();
     let session = connect(ctx, node, connect_plan, log).await;
     let ms = t.elapsed().as_millis() as u64;
     let session = match session {
         Ok(s) => s,
         Err(f) => {
-            let status = if f.interrupted {
-                Status::Interrupted
-            } else {
-                Status::Failed
-            };
-            journal(
-                ctx,
-                node,
-                Step::Connect,
-                status,
-                Some(ms),
-                Some((&f.message, &f.kind)),
-                None,
-            );
-            out.steps.push(StepTiming {
-                step: Step::Connect,
-                status: if f.interrupted {
-                    "interrupted"
-                } else {
-                    "failed"
-                },
-                ms,
-            });
-            return Err(f);
+            record_end(ctx, node, Step::Connect, ms, Err(&f), out);
+            return Err(f.into());
         }
     };
     out.host_key = Some(HostKeyReport {
@@ -360,14 +442,9 @@ async fn run_steps(
             node.known_hosts.display()
         ));
     }
-    journal(ctx, node, Step::Connect, Status::Ok, Some(ms), None, None);
-    out.steps.push(StepTiming {
-        step: Step::Connect,
-        status: "ok",
-        ms,
-    });
+    record_end(ctx, node, Step::Connect, ms, Ok(()), out);
 
-    let mut result = Ok(());
+    let mut result = Ok(Finish::Done);
     for st in &node.steps[1..] {
         if skip.contains(&st.step) {
             log.line(&format!(
@@ -381,57 +458,158 @@ async fn run_steps(
             });
             continue;
         }
-        ctx.progress.step(&node.name, st.step);
-        journal(ctx, node, st.step, Status::Started, None, None, None);
-        let t = Instant::now();
-        let r = run_step(ctx, node, st, &session, out, log).await;
-        let ms = t.elapsed().as_millis() as u64;
-        match r {
-            Ok(()) => {
-                let arch = (st.step == Step::Preflight)
-                    .then_some(out.arch.as_deref())
-                    .flatten();
-                journal(ctx, node, st.step, Status::Ok, Some(ms), None, arch);
-                out.steps.push(StepTiming {
-                    step: st.step,
-                    status: "ok",
-                    ms,
-                });
+        match run_one(ctx, node, st, &session, out, log).await {
+            Ok(()) => {}
+            Err(f) if f.kind == UP_TO_DATE => {
+                result = Ok(Finish::UpToDate);
+                break;
             }
             Err(f) => {
-                let status = if f.interrupted {
-                    Status::Interrupted
-                } else {
-                    Status::Failed
+                let rollback =
+                    (!f.interrupted && steps::rolls_back(f.step) && !node.rollback.is_empty())
+                        .then_some(());
+                let rollback = match rollback {
+                    Some(()) => {
+                        log.line("--- the upgrade failed: rolling back");
+                        let mut r = Ok(());
+                        for rb in &node.rollback {
+                            if let Err(rf) = run_one(ctx, node, rb, &session, out, log).await {
+                                r = Err(rf);
+                                break;
+                            }
+                        }
+                        Some(r)
+                    }
+                    None => None,
                 };
-                let arch = (st.step == Step::Preflight)
-                    .then_some(out.arch.as_deref())
-                    .flatten();
-                journal(
-                    ctx,
-                    node,
-                    st.step,
-                    status,
-                    Some(ms),
-                    Some((&f.message, &f.kind)),
-                    arch,
-                );
-                out.steps.push(StepTiming {
-                    step: st.step,
-                    status: if f.interrupted {
-                        "interrupted"
-                    } else {
-                        "failed"
-                    },
-                    ms,
+                result = Err(Failed {
+                    failure: f,
+                    rollback,
                 });
-                result = Err(f);
                 break;
             }
         }
     }
     session.close().await;
     result
+}
+
+/// Not a failure: the upgrade preflight found the node at the target.
+const UP_TO_DATE: &str = "up_to_date";
+
+/// Runs one step, journaled before and after; the upgrade preflight's
+/// version rules apply here, so a refusal is that step's failure.
+async fn run_one(
+    ctx: &Ctx,
+    node: &NodePlan,
+    st: &StepPlan,
+    session: &ssh::Session,
+    out: &mut NodeOutcome,
+    log: &mut NodeLog,
+) -> Result<(), Failure> {
+    ctx.progress.step(&node.name, st.step);
+    journal(
+        ctx,
+        node,
+        st.step,
+        Status::Started,
+        None,
+        None,
+        Facts::default(),
+    );
+    let t = Instant::now();
+    let mut r = run_step(ctx, node, st, session, out, log).await;
+    if r.is_ok() && st.step == Step::UpgradePreflight {
+        r = judge_version(ctx, out);
+    }
+    let ms = t.elapsed().as_millis() as u64;
+    match r {
+        Ok(()) => {
+            record_end(ctx, node, st.step, ms, Ok(()), out);
+            Ok(())
+        }
+        Err(f) if f.kind == UP_TO_DATE => {
+            log.line(&f.message);
+            record_end(ctx, node, st.step, ms, Ok(()), out);
+            Err(f)
+        }
+        Err(f) => {
+            record_end(ctx, node, st.step, ms, Err(&f), out);
+            Err(f)
+        }
+    }
+}
+
+/// The version rules, on what the upgrade preflight read.
+fn judge_version(ctx: &Ctx, out: &NodeOutcome) -> Result<(), Failure> {
+    let Some(up) = &ctx.plan.upgrade else {
+        return Ok(());
+    };
+    let fail = |kind: &str, message: String| Failure {
+        step: Step::UpgradePreflight,
+        message,
+        kind: kind.to_string(),
+        interrupted: false,
+    };
+    let Some(current) = out.version_before.as_deref() else {
+        return Err(fail(
+            upgrade::VERSION_UNKNOWN,
+            "the preflight did not report edgecore's version".into(),
+        ));
+    };
+    match upgrade::judge(current, &up.to, up.allow_downgrade, up.allow_skip_minor) {
+        Verdict::Upgrade => Ok(()),
+        Verdict::UpToDate => Err(fail(
+            UP_TO_DATE,
+            format!("--- edgecore runs {current}, the target: nothing to do"),
+        )),
+        Verdict::Refused { kind, message } => Err(fail(kind, message)),
+    }
+}
+
+/// Journals a step's end and adds it to the node's outcome.
+fn record_end(
+    ctx: &Ctx,
+    node: &NodePlan,
+    step: Step,
+    ms: u64,
+    result: Result<(), &Failure>,
+    out: &mut NodeOutcome,
+) {
+    let arch = matches!(step, Step::Preflight | Step::UpgradePreflight)
+        .then_some(out.arch.as_deref())
+        .flatten();
+    let version = match step {
+        Step::UpgradePreflight => out.version_before.clone(),
+        Step::Postcheck | Step::UpgradePostcheck if result.is_ok() => {
+            Some(ctx.plan.kubeedge_version.clone())
+        }
+        Step::RollbackPostcheck if result.is_ok() => out.version_before.clone(),
+        _ => None,
+    };
+    let (status, word, failure) = match result {
+        Ok(()) => (Status::Ok, "ok", None),
+        Err(f) if f.interrupted => (
+            Status::Interrupted,
+            "interrupted",
+            Some((f.message.as_str(), f.kind.as_str())),
+        ),
+        Err(f) => (
+            Status::Failed,
+            "failed",
+            Some((f.message.as_str(), f.kind.as_str())),
+        ),
+    };
+    let facts = Facts {
+        arch,
+        version: version.as_deref(),
+    };
+    journal(ctx, node, step, status, Some(ms), failure, facts);
+    out.steps.push(StepTiming {
+        step,
+        status: word,
+        ms,
+    });
 }
 
 fn to_auth(a: &AuthSpec) -> ssh::Auth {
@@ -578,7 +756,7 @@ async fn exec(
                 timeout.as_secs(),
                 step.name()
             ),
-            kind: if step == Step::KeadmJoin {
+            kind: if step.runs_keadm() {
                 "keadm_timeout".into()
             } else {
                 "timeout".into()
@@ -655,16 +833,21 @@ async fn run_step(
         t.elapsed().as_millis(),
         if captured.cut { ", output cut" } else { "" }
     ));
-    if st.step == Step::Preflight {
+    if matches!(st.step, Step::Preflight | Step::UpgradePreflight) {
         if let Some(arch) = text.lines().find_map(|l| l.strip_prefix("arch=")) {
             out.arch = Some(node_cell(arch.trim()));
+        }
+    }
+    if st.step == Step::UpgradePreflight {
+        if let Some(v) = text.lines().find_map(|l| l.strip_prefix("version=")) {
+            out.version_before = Some(node_cell(v.trim()));
         }
     }
     let code = match status {
         ssh::ExitStatus::Code(c) => Some(c),
         _ => None,
     };
-    if st.step == Step::Postcheck {
+    if st.step.is_postcheck() {
         let report = postcheck_report(&text);
         for fixed in &report.fixed {
             log.line(&format!("postcheck repaired: {fixed}"));
@@ -991,7 +1174,11 @@ impl Progress {
     fn finished(&self, o: &NodeOutcome) {
         let n = self.done.fetch_add(1, Ordering::SeqCst) + 1;
         let line = match o.status {
-            NodeStatus::Joined | NodeStatus::Reset | NodeStatus::AlreadyJoined => format!(
+            NodeStatus::Joined
+            | NodeStatus::Reset
+            | NodeStatus::AlreadyJoined
+            | NodeStatus::Upgraded
+            | NodeStatus::UpToDate => format!(
                 "[{n}/{}] {} {}: {} ({:.1}s)",
                 self.total,
                 o.name,
@@ -1035,5 +1222,9 @@ pub fn status_word(s: NodeStatus) -> &'static str {
         NodeStatus::Failed => "FAILED",
         NodeStatus::Interrupted => "INTERRUPTED",
         NodeStatus::NotStarted => "not started",
+        NodeStatus::Upgraded => "upgraded",
+        NodeStatus::UpToDate => "up to date",
+        NodeStatus::RolledBack => "FAILED, rolled back",
+        NodeStatus::RollbackFailed => "FAILED, ROLLBACK FAILED",
     }
 }

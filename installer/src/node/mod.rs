@@ -8,6 +8,7 @@
 //! - `script`: the POSIX sh of each step
 //! - `hosts`: containerd `hosts.toml` files for the mirror
 //! - `offer`: what the store offers a node; keadm flag and address checks
+//! - `upgrade`: the version rules of `edgeferry upgrade`
 
 pub mod hosts;
 pub mod inventory;
@@ -15,3 +16,4 @@ pub mod offer;
 pub mod script;
 pub mod secret;
 pub mod steps;
+pub mod upgrade;

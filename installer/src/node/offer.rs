@@ -123,6 +123,44 @@ pub fn store_offer(state: &State, wanted: Option<&str>, store_dir: &Path) -> Res
     })
 }
 
+/// The installation-package repository `keadm upgrade edge --image` names
+/// (as the store has it, e.g. `docker.io/kubeedge/installation-package`)
+/// and, per arch, the manifest digest of `<repository>:<version>` for that
+/// platform: what `--image-digest` checks the pulled image against.
+pub fn installation_package(
+    state: &State,
+    version: &str,
+    arches: &[String],
+    store_dir: &Path,
+) -> Result<(String, BTreeMap<String, String>)> {
+    let suffix = format!("/installation-package:{version}");
+    let (reference, record) = state
+        .images
+        .iter()
+        .find(|(r, _)| r.ends_with(&suffix) && r.matches('/').count() >= 2)
+        .with_context(|| {
+            format!(
+                "the store {} has no kubeedge/installation-package:{version}, which keadm upgrade edge pulls: load a bundle of KubeEdge {version}",
+                store_dir.display()
+            )
+        })?;
+    let repository = reference
+        .strip_suffix(&format!(":{version}"))
+        .unwrap_or(reference)
+        .to_string();
+    let mut digests = BTreeMap::new();
+    for arch in arches {
+        let digest = record
+            .platforms
+            .get(&format!("linux/{arch}"))
+            .with_context(|| {
+                format!("the store's {reference} has no linux/{arch} manifest: load the linux-{arch} bundle of KubeEdge {version}")
+            })?;
+        digests.insert(arch.clone(), digest.clone());
+    }
+    Ok((repository, digests))
+}
+
 /// Every image reference the store serves, normalized (the loader keeps
 /// references as bundles carry them: full and normalized). The node
 /// preflight compares the node's containerd sandbox image with these.
@@ -138,6 +176,33 @@ pub fn hosts_toml_for(state: &State, mirror: &Mirror) -> Vec<HostsFile> {
         .map(|r| hosts::registry_of(r).to_string())
         .collect();
     hosts::hosts_files(mirror, &registries)
+}
+
+/// The flags `edgeferry upgrade` passes to the target's keadm (`upgrade
+/// edge`, `backup edge`, `rollback edge`) must exist in its flag table;
+/// true when its `upgrade edge` has `--image-digest` (v1.23 on), which is
+/// otherwise left out.
+pub fn check_upgrade_flags(version: &str) -> Result<bool> {
+    let table = edgeferry_bundle::keadm::flags_for(version)?;
+    let has = |flags: &[edgeferry_bundle::keadm::Flag], name: &str| {
+        flags
+            .iter()
+            .any(|f| f.long == name && f.deprecated.is_none())
+    };
+    for name in ["toVersion", "image", "force"] {
+        if !has(table.upgrade_edge, name) {
+            bail!(
+                "keadm upgrade edge {version} has no flag --{name}: edgeferry cannot upgrade to it"
+            );
+        }
+    }
+    if !has(table.rollback_edge, "historical-version") {
+        bail!("keadm rollback edge {version} has no flag --historical-version: edgeferry cannot roll back with it");
+    }
+    if table.backup_edge.is_empty() {
+        bail!("keadm {version} has no backup edge: edgeferry cannot upgrade with it");
+    }
+    Ok(has(table.upgrade_edge, "image-digest"))
 }
 
 /// Every `keadm join` flag must exist in the version; bools must be bools.

@@ -526,13 +526,174 @@ pub fn args_text(args: &[String]) -> String {
 
 /// `keadm reset edge --force`; `yes` is not needed with --force.
 pub fn keadm_reset(version: &str, args: &[String], timeout_secs: u64) -> String {
-    let mut cmd = format!("set -- {}/keadm reset edge --force", keadm_dir(version));
+    let mut all = vec!["reset".to_string(), "edge".into(), "--force".into()];
+    all.extend(args.iter().cloned());
+    keadm_run(version, &all, "", timeout_secs)
+}
+
+/// Runs the version's keadm with `args` in the node's keadm working
+/// directory, stopped by `timeout` on the node. `before` is sh run first
+/// (it may `set --` more arguments, which are appended).
+fn keadm_run(version: &str, args: &[String], before: &str, timeout_secs: u64) -> String {
+    let mut cmd = format!("set -- {}/keadm", keadm_dir(version));
     for a in args {
         cmd.push(' ');
         cmd.push_str(&quote(a));
     }
     format!(
-        "set -u\nmkdir -p {NODE_DIR}/work\ncd {NODE_DIR}/work\n{cmd}\nif command -v timeout >/dev/null 2>&1; then\n\texec timeout -k 10 {timeout_secs} \"$@\"\nfi\nexec \"$@\"\n"
+        "set -u\nmkdir -p {NODE_DIR}/work\ncd {NODE_DIR}/work\n{before}{cmd} \"$@\"\nif command -v timeout >/dev/null 2>&1; then\n\texec timeout -k 10 {timeout_secs} \"$@\"\nfi\nexec \"$@\"\n"
+    )
+}
+
+/// Where the upgrade preflight records the version a node ran before the
+/// upgrade, for `keadm rollback edge --historical-version` and the check
+/// after it (the control host may be a different run by then).
+pub const UPGRADE_FROM: &str = "/var/lib/edgeferry/upgrade-from";
+
+/// sh function `ef_edgecore_version`: prints the version edgecore reports
+/// (`KubeEdge v1.23.1`, Kubernetes' version printer), or nothing.
+pub const EDGECORE_VERSION_SH: &str = r#"ef_edgecore_version() {
+	bin=$(command -v edgecore 2>/dev/null) || bin=/usr/local/bin/edgecore
+	[ -x "$bin" ] || return 0
+	"$bin" --version 2>/dev/null | sed -n 's/^KubeEdge \(v[0-9][0-9A-Za-z.+-]*\).*/\1/p' | head -n 1
+}"#;
+
+/// sh that exits 0 when edgecore runs (systemd's unit, else `pidof`).
+const EDGECORE_RUNS: &str = "if [ -d /run/systemd/system ] && systemctl cat edgecore >/dev/null 2>&1; then systemctl is-active --quiet edgecore; else pidof edgecore >/dev/null 2>&1; fi";
+
+pub struct UpgradePreflightParams<'a> {
+    pub to: &'a str,
+    pub store_arches: Vec<String>,
+    pub mirror: &'a Mirror,
+    pub min_free_mib: u64,
+}
+
+/// Before an upgrade: the node's arch is one the store has, edgecore is
+/// installed and running and says its version, there is disk, the mirror
+/// answers. Prints `arch=`, `version=`; records the version in
+/// [`UPGRADE_FROM`] unless it is the target. The control host applies the
+/// version rules (`node::upgrade::judge`).
+pub fn upgrade_preflight(p: &UpgradePreflightParams) -> String {
+    let arches = p.store_arches.join(" ");
+    format!(
+        r#"set -u
+fails=
+fail() {{ fails="${{fails:+$fails; }}$1"; }}
+{ARCH_CASE}
+echo "arch=${{arch:-$(uname -m)}}"
+case " {arches} " in
+*" ${{arch:-none}} "*) ;;
+*) fail "node is ${{arch:-$(uname -m)}} but the store has KubeEdge {to} only for {arches}: load the linux-${{arch:-$(uname -m)}} bundle" ;;
+esac
+{EDGECORE_VERSION_SH}
+ver=$(ef_edgecore_version)
+if [ -z "$ver" ]; then
+	fail "edgecore is not installed or does not say its version (edgecore --version): join this node first"
+else
+	echo "version=$ver"
+	{EDGECORE_RUNS} || fail "edgecore $ver is installed but not running: fix the node (or join it again) before upgrading"
+fi
+free=$(df -Pk /var/lib 2>/dev/null | awk 'NR==2 {{print $4}}')
+[ "${{free:-0}}" -ge {min_kib} ] || fail "only ${{free:-0}} KiB free under /var/lib: free at least {min_mib} MiB for the backup and the new images"
+if command -v curl >/dev/null 2>&1; then
+	curl -fsS {unverified_curl}-o /dev/null --connect-timeout 5 -m 10 {mirror}/v2/ 2>/dev/null || fail "mirror {mirror}/v2/ does not answer from this node: check --mirror and that edgeferry serve listens there"
+fi
+if [ -n "$fails" ]; then
+	echo "preflight: $fails" >&2
+	exit 1
+fi
+if [ "$ver" != {to} ]; then
+	mkdir -p {NODE_DIR}
+	echo "$ver" >{UPGRADE_FROM}.part && mv -f {UPGRADE_FROM}.part {UPGRADE_FROM}
+fi
+echo "preflight: ok"
+"#,
+        to = quote(p.to),
+        mirror = p.mirror.url(),
+        unverified_curl = if p.mirror.tls() { "-k " } else { "" },
+        min_mib = p.min_free_mib,
+        min_kib = p.min_free_mib * 1024,
+    )
+}
+
+/// `keadm backup edge`, with the target version's keadm.
+pub fn keadm_backup(version: &str, timeout_secs: u64) -> String {
+    keadm_run(version, &["backup".into(), "edge".into()], "", timeout_secs)
+}
+
+pub struct KeadmUpgradeParams<'a> {
+    pub to: &'a str,
+    /// The installation-package repository, e.g.
+    /// `docker.io/kubeedge/installation-package`.
+    pub image: &'a str,
+    /// Arch -> the installation-package manifest digest for it, from the
+    /// signed store; empty when the version's keadm has no `--image-digest`.
+    pub digests: &'a BTreeMap<String, String>,
+    pub timeout_secs: u64,
+}
+
+/// `keadm upgrade edge --toVersion … --image … [--image-digest <the
+/// manifest digest for this node's arch>] --force`.
+pub fn keadm_upgrade(p: &KeadmUpgradeParams) -> String {
+    let args: Vec<String> = [
+        "upgrade",
+        "edge",
+        "--toVersion",
+        p.to,
+        "--image",
+        p.image,
+        "--force",
+    ]
+    .map(String::from)
+    .to_vec();
+    let before = if p.digests.is_empty() {
+        String::new()
+    } else {
+        let mut cases = String::new();
+        for (arch, digest) in p.digests {
+            cases.push_str(&format!("{arch}) digest={} ;;\n", quote(digest)));
+        }
+        format!(
+            "{ARCH_CASE}\ncase $arch in\n{cases}*) echo \"the store has no installation-package {to} for ${{arch:-$(uname -m)}}\" >&2; exit 1 ;;\nesac\nset -- --image-digest \"$digest\"\n",
+            to = p.to
+        )
+    };
+    keadm_run(p.to, &args, &before, p.timeout_secs)
+}
+
+/// `keadm rollback edge --historical-version <the version before>`.
+pub fn keadm_rollback(version: &str, timeout_secs: u64) -> String {
+    let before = format!(
+        "from=$(cat {UPGRADE_FROM} 2>/dev/null) || {{ echo \"no {UPGRADE_FROM}: the preflight did not record the version to roll back to\" >&2; exit 1; }}\nset -- --historical-version \"$from\"\n"
+    );
+    keadm_run(
+        version,
+        &["rollback".into(), "edge".into()],
+        &before,
+        timeout_secs,
+    )
+}
+
+/// The check after an upgrade (`want`: the target) or a rollback (`want`:
+/// `None`, the version [`UPGRADE_FROM`] recorded): edgecore reports that
+/// version, then everything the join's [`postcheck`] checks. Prints
+/// `version=`.
+pub fn version_postcheck(want: Option<&str>, p: &PostcheckParams) -> String {
+    let want = match want {
+        Some(v) => quote(v),
+        None => format!("$(cat {UPGRADE_FROM} 2>/dev/null)"),
+    };
+    format!(
+        r#"{EDGECORE_VERSION_SH}
+want={want}
+ver=$(ef_edgecore_version)
+echo "version=${{ver:-unknown}}"
+if [ -z "$want" ] || [ "$ver" != "$want" ]; then
+	echo "postcheck: edgecore reports ${{ver:-no version}}, not ${{want:-the recorded version}}" >&2
+	exit 1
+fi
+{}"#,
+        postcheck(p)
     )
 }
 

@@ -11,7 +11,10 @@ use std::time::Duration;
 use serde::{Deserialize, Serialize};
 
 use super::hosts::{HostsFile, Mirror};
-use super::script::{self, JoinArgs, KeadmAsset, PostcheckParams, PreflightParams};
+use super::script::{
+    self, JoinArgs, KeadmAsset, KeadmUpgradeParams, PostcheckParams, PreflightParams,
+    UpgradePreflightParams,
+};
 use crate::config::Config;
 
 /// One step on one node. Names are stable: journals, reports, pull-mode
@@ -27,6 +30,18 @@ pub enum Step {
     Postcheck,
     /// `edgeferry reset`: `keadm reset edge --force`.
     KeadmReset,
+    /// `edgeferry upgrade`: edgecore installed, running, its version; disk.
+    UpgradePreflight,
+    /// `keadm backup edge`.
+    KeadmBackup,
+    /// `keadm upgrade edge --toVersion … --image … --image-digest … --force`.
+    KeadmUpgrade,
+    /// edgecore at the target version, then the join's postcheck.
+    UpgradePostcheck,
+    /// After a failed upgrade: `keadm rollback edge`.
+    KeadmRollback,
+    /// edgecore at the version before, then the join's postcheck.
+    RollbackPostcheck,
 }
 
 /// The cause name of a `keadm_join` that was stopped because edgecore
@@ -41,6 +56,17 @@ pub const EDGECORE_CERTIFICATE: &str = "edgecore_certificate";
 pub enum Action {
     Join,
     Reset,
+    Upgrade,
+}
+
+impl Action {
+    pub fn name(self) -> &'static str {
+        match self {
+            Action::Join => "join",
+            Action::Reset => "reset",
+            Action::Upgrade => "upgrade",
+        }
+    }
 }
 
 /// The facts about one step that are not its sh.
@@ -75,6 +101,27 @@ impl Step {
                 "Error:",
                 Some("keadm reset edge"),
             ),
+            Step::UpgradePreflight => ("upgrade_preflight", "preflight", "preflight:", None),
+            Step::KeadmBackup => (
+                "keadm_backup",
+                "keadm_failed",
+                "Error:",
+                Some("keadm backup edge"),
+            ),
+            Step::KeadmUpgrade => (
+                "keadm_upgrade",
+                "keadm_failed",
+                "Error:",
+                Some("keadm upgrade edge"),
+            ),
+            Step::UpgradePostcheck => ("upgrade_postcheck", "postcheck", "postcheck:", None),
+            Step::KeadmRollback => (
+                "keadm_rollback",
+                "keadm_failed",
+                "Error:",
+                Some("keadm rollback edge"),
+            ),
+            Step::RollbackPostcheck => ("rollback_postcheck", "postcheck", "postcheck:", None),
         };
         StepInfo {
             name,
@@ -94,7 +141,22 @@ impl Step {
 
     /// Runs keadm, whose own timeout is enforced on the node by `timeout`.
     pub fn runs_keadm(self) -> bool {
-        matches!(self, Step::KeadmJoin | Step::KeadmReset)
+        matches!(
+            self,
+            Step::KeadmJoin
+                | Step::KeadmReset
+                | Step::KeadmBackup
+                | Step::KeadmUpgrade
+                | Step::KeadmRollback
+        )
+    }
+
+    /// A postcheck: its settle time and connect grace add to its timeout.
+    pub fn is_postcheck(self) -> bool {
+        matches!(
+            self,
+            Step::Postcheck | Step::UpgradePostcheck | Step::RollbackPostcheck
+        )
     }
 
     /// The default timeout, unless the inventory overrides it.
@@ -111,6 +173,11 @@ impl Step {
             Step::KeadmJoin => j.keadm_join_timeout,
             Step::Postcheck => j.postcheck_timeout,
             Step::KeadmReset => j.keadm_reset_timeout,
+            Step::UpgradePreflight => j.upgrade_preflight_timeout,
+            Step::KeadmBackup => j.keadm_backup_timeout,
+            Step::KeadmUpgrade => j.keadm_upgrade_timeout,
+            Step::UpgradePostcheck | Step::RollbackPostcheck => j.postcheck_timeout,
+            Step::KeadmRollback => j.keadm_rollback_timeout,
         }
     }
 }
@@ -127,15 +194,42 @@ pub fn steps(action: Action) -> &'static [Step] {
             Step::Postcheck,
         ],
         Action::Reset => &[Step::Connect, Step::Fetch, Step::KeadmReset],
+        // The containerd and fetch steps are the join's, unchanged: the
+        // hosts.toml files stay current and the target's keadm is checked.
+        Action::Upgrade => &[
+            Step::Connect,
+            Step::UpgradePreflight,
+            Step::Containerd,
+            Step::Fetch,
+            Step::KeadmBackup,
+            Step::KeadmUpgrade,
+            Step::UpgradePostcheck,
+        ],
     }
+}
+
+/// The steps an upgrade runs when `keadm_upgrade` or its postcheck failed
+/// (unless `--no-rollback`), in order.
+pub const ROLLBACK_STEPS: &[Step] = &[Step::KeadmRollback, Step::RollbackPostcheck];
+
+/// Whether a failure of this step is followed by [`ROLLBACK_STEPS`].
+pub fn rolls_back(step: Step) -> bool {
+    matches!(step, Step::KeadmUpgrade | Step::UpgradePostcheck)
 }
 
 /// Every step of every action, once each, in order.
 pub fn all_steps() -> impl Iterator<Item = Step> {
-    let join = steps(Action::Join);
-    join.iter()
-        .chain(steps(Action::Reset).iter().filter(|s| !join.contains(s)))
-        .copied()
+    let mut all: Vec<Step> = Vec::new();
+    for step in [Action::Join, Action::Reset, Action::Upgrade]
+        .iter()
+        .flat_map(|a| steps(*a).iter())
+        .chain(ROLLBACK_STEPS)
+    {
+        if !all.contains(step) {
+            all.push(*step);
+        }
+    }
+    all.into_iter()
 }
 
 /// The steps of an action that run sh on the node: all but connecting,
@@ -178,6 +272,16 @@ pub struct StepInput<'a> {
     pub reset_args: &'a [String],
     pub keadm_join_timeout: Duration,
     pub keadm_reset_timeout: Duration,
+    /// `edgeferry upgrade`'s steps; `None` for join and reset.
+    pub upgrade: Option<UpgradeInput<'a>>,
+}
+
+/// What the upgrade's steps are made from.
+pub struct UpgradeInput<'a> {
+    pub preflight: UpgradePreflightParams<'a>,
+    pub keadm: KeadmUpgradeParams<'a>,
+    pub backup_timeout: Duration,
+    pub rollback_timeout: Duration,
 }
 
 /// The sh a step runs on the node; `None` for connecting, which is not sh.
@@ -195,6 +299,16 @@ pub fn script(step: Step, input: &StepInput) -> Option<String> {
         Step::KeadmReset => {
             script::keadm_reset(i.version, i.reset_args, i.keadm_reset_timeout.as_secs())
         }
+        Step::UpgradePreflight => script::upgrade_preflight(&i.upgrade.as_ref()?.preflight),
+        Step::KeadmBackup => {
+            script::keadm_backup(i.version, i.upgrade.as_ref()?.backup_timeout.as_secs())
+        }
+        Step::KeadmUpgrade => script::keadm_upgrade(&i.upgrade.as_ref()?.keadm),
+        Step::UpgradePostcheck => script::version_postcheck(Some(i.version), &i.postcheck),
+        Step::KeadmRollback => {
+            script::keadm_rollback(i.version, i.upgrade.as_ref()?.rollback_timeout.as_secs())
+        }
+        Step::RollbackPostcheck => script::version_postcheck(None, &i.postcheck),
     })
 }
 
@@ -207,6 +321,7 @@ pub mod fixture {
         pub keadm: Vec<KeadmAsset>,
         pub hosts: Vec<HostsFile>,
         pub mirror: Mirror,
+        pub digests: BTreeMap<String, String>,
     }
 
     pub fn site() -> Site {
@@ -234,6 +349,7 @@ pub mod fixture {
                 &["docker.io".to_string()].into_iter().collect(),
             ),
             mirror,
+            digests: [("amd64".to_string(), format!("sha256:{}", "ef".repeat(32)))].into(),
         }
     }
 
@@ -268,6 +384,22 @@ pub mod fixture {
                 reset_args: &[],
                 keadm_join_timeout: Duration::from_secs(300),
                 keadm_reset_timeout: Duration::from_secs(60),
+                upgrade: Some(UpgradeInput {
+                    preflight: UpgradePreflightParams {
+                        to: "v1.23.1",
+                        store_arches: vec!["amd64".into()],
+                        mirror: &self.mirror,
+                        min_free_mib: 512,
+                    },
+                    keadm: KeadmUpgradeParams {
+                        to: "v1.23.1",
+                        image: "docker.io/kubeedge/installation-package",
+                        digests: &self.digests,
+                        timeout_secs: 600,
+                    },
+                    backup_timeout: Duration::from_secs(60),
+                    rollback_timeout: Duration::from_secs(60),
+                }),
             }
         }
     }
@@ -314,7 +446,10 @@ mod tests {
         for step in all_steps() {
             assert_eq!(Step::from_name(step.name()), Some(step));
             assert!(
-                steps(Action::Join).contains(&step) || steps(Action::Reset).contains(&step),
+                steps(Action::Join).contains(&step)
+                    || steps(Action::Reset).contains(&step)
+                    || steps(Action::Upgrade).contains(&step)
+                    || ROLLBACK_STEPS.contains(&step),
                 "{} is in no action",
                 step.name()
             );

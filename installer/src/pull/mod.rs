@@ -169,6 +169,7 @@ impl Site {
             reset_args: &[],
             keadm_join_timeout: self.keadm_timeout,
             keadm_reset_timeout: self.keadm_timeout,
+            upgrade: None,
         });
         let sha = edgeferry_bundle::hashing::sha256_hex(text.as_bytes());
         let mut current = self.script.write().expect("script lock");

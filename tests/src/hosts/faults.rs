@@ -1,6 +1,6 @@
 //! Faults a test injects on purpose: a host on the wrong architecture, a
 //! host without CAP_SYS_RESOURCE, its containerd configuration, a changed
-//! host key, and the stand-in keadm's fault and join-time files.
+//! host key, and the stand-in keadm's fault, join-time and upgrade files.
 //! (A host going down is [`TestHosts::stop_sshd`].)
 
 use std::fs;
@@ -118,6 +118,22 @@ impl TestHosts {
     /// `i`: how long the stand-in keadm's join takes.
     pub fn set_join_seconds(&self, i: usize, secs: Option<u64>) {
         let path = self.private(i, "/var/lib/keadm-standin/join-seconds");
+        write_or_remove(&path, secs.map(|s| format!("{s}\n")));
+    }
+
+    /// Writes (`Some("fail")`, `Some("crash")`, `Some("rollback-fail")`)
+    /// or removes the stand-in keadm's upgrade fault file,
+    /// `/var/lib/keadm-standin/upgrade-fault`, on host `i`
+    /// (docs/standins.md says what each does).
+    pub fn set_upgrade_fault(&self, i: usize, fault: Option<&str>) {
+        let path = self.private(i, "/var/lib/keadm-standin/upgrade-fault");
+        write_or_remove(&path, fault.map(|f| format!("{f}\n")));
+    }
+
+    /// Writes or removes `/var/lib/keadm-standin/upgrade-seconds` on host
+    /// `i`: how long the stand-in keadm's upgrade takes.
+    pub fn set_upgrade_seconds(&self, i: usize, secs: Option<u64>) {
+        let path = self.private(i, "/var/lib/keadm-standin/upgrade-seconds");
         write_or_remove(&path, secs.map(|s| format!("{s}\n")));
     }
 }
