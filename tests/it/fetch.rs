@@ -147,7 +147,8 @@ impl Site {
     fn assert_identical(&self, a: &str, b: &str) {
         let names = list_files(&self.path(a));
         assert_eq!(names, list_files(&self.path(b)));
-        assert_eq!(names.len(), 3, "{names:?}");
+        // The bundle, its signature, its SBOM beside it, SHA256SUMS.
+        assert_eq!(names.len(), 4, "{names:?}");
         for name in names {
             let x = std::fs::read(self.path(a).join(&name)).unwrap();
             let y = std::fs::read(self.path(b).join(&name)).unwrap();

@@ -265,13 +265,29 @@ fn loads_into_two_stores_in_one_directory_do_not_block_each_other() {
         .stderr(Stdio::null());
     let mut stalled = Reaped::spawn(&mut stalled);
     let second_on_a = || load_with(&bundle, &site.join("a"), &key_args(&[&public]));
+    // Polled with flock(1), not with loads: a load that won the race
+    // against the slow-starting stalled one would fill the store and make
+    // every later poll succeed.
+    let lock_path = site.join(".a.lock");
     wait_for(
         "the stalled load to hold its lock",
         Duration::from_secs(20),
         || {
-            let ran = second_on_a();
-            ran.code == Some(1) && ran.stderr.contains("another load holds the lock")
+            lock_path.exists()
+                && run(std::process::Command::new("flock")
+                    .args(["--nonblock", "--conflict-exit-code", "75"])
+                    .arg(&lock_path)
+                    .arg("true"))
+                .code
+                    == Some(75)
         },
+    );
+    let blocked = second_on_a();
+    assert_eq!(blocked.code, Some(1), "{}", blocked.stderr);
+    assert!(
+        blocked.stderr.contains("another load holds the lock"),
+        "{}",
+        blocked.stderr
     );
     let other = load_with(&bundle, &site.join("b"), &key_args(&[&public]));
     assert!(other.ok, "{}", other.stderr);

@@ -686,10 +686,10 @@ fn swapped_volume(s: &Site) -> PathBuf {
     };
     let mine = split("vol-a", EPOCH);
     let theirs = split("vol-b", EPOCH + 1);
-    let part = format!("{}.part-002-of-004", bundle_name("amd64"));
+    let part = format!("{}.part-002-of-005", bundle_name("amd64"));
     assert!(
         mine.join(&part).exists(),
-        "expected 4 volumes: {:?}",
+        "expected 5 volumes: {:?}",
         list_files(&mine)
     );
     std::fs::copy(theirs.join(&part), mine.join(&part)).unwrap();
