@@ -1194,7 +1194,13 @@ impl Progress {
                 status_word(o.status),
                 o.failed_step
                     .map_or(String::new(), |s| format!(" at {}", s.name())),
-                node_cell(o.error.as_deref().unwrap_or(""))
+                // A not-started node's reason already says so; said once.
+                node_cell(
+                    o.error
+                        .as_deref()
+                        .map(|e| e.strip_prefix("not started: ").unwrap_or(e))
+                        .unwrap_or("")
+                )
             ),
         };
         match &self.bars {
