@@ -16,6 +16,8 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use sha2::{Digest, Sha256, Sha512};
 
+use edgeferry_bundle::format;
+
 use crate::bench::ensure_keys;
 use crate::bench_input;
 use crate::util::{cargo, run as sh, workspace_root};
@@ -40,23 +42,16 @@ pub fn run() -> Result<()> {
     fs::create_dir_all(&bench)?;
     let (key, public) = ensure_keys(&builder, &bench.join("keys"))?;
 
-    let build = |version: &str, out: &str, base: Option<&Path>, epoch: u64| -> Result<PathBuf> {
-        let mut cmd = Command::new(&builder);
-        cmd.args(["bundle", "--sample", "--json", "--arch", ARCH])
-            .args(["--kubeedge-version", version])
-            .arg("--key")
-            .arg(&key)
-            .arg("--out")
-            .arg(bench.join(out))
-            .env("SOURCE_DATE_EPOCH", epoch.to_string())
-            .stdout(std::process::Stdio::null());
-        if let Some(base) = base {
-            cmd.arg("--base").arg(base);
-        }
-        sh(&mut cmd)?;
-        Ok(bench
-            .join(out)
-            .join(format!("edgeferry-kubeedge-{version}-linux-{ARCH}.tar.zst")))
+    let build = |version: &str, out: &str, base: Option<&Path>, epoch: u64| {
+        build_bundle(
+            &builder,
+            &key,
+            &["--sample"],
+            version,
+            &bench.join(out),
+            base,
+            epoch,
+        )
     };
     let base = build(BASE_VERSION, "base", None, 1_767_225_600)?;
     let full = build(VERSION, "full", None, 1_767_312_000)?;
@@ -115,31 +110,22 @@ fn realistic(
     let previous = bench.join("previous-input");
     previous_release(&input.dir, &previous)?;
 
-    let build = |version: &str,
-                 from: &Path,
-                 out: &str,
-                 base: Option<&Path>,
-                 epoch: u64|
-     -> Result<PathBuf> {
-        let mut cmd = Command::new(builder);
-        cmd.args(["bundle", "--json", "--arch", "amd64"])
-            .args(["--kubeedge-version", version])
-            .arg("--from")
-            .arg(from)
-            .args(["--pause-image", "registry.k8s.io/pause:3.10"])
-            .arg("--key")
-            .arg(key)
-            .arg("--out")
-            .arg(bench.join(out))
-            .env("SOURCE_DATE_EPOCH", epoch.to_string())
-            .stdout(std::process::Stdio::null());
-        if let Some(base) = base {
-            cmd.arg("--base").arg(base);
-        }
-        sh(&mut cmd)?;
-        Ok(bench
-            .join(out)
-            .join(format!("edgeferry-kubeedge-{version}-linux-amd64.tar.zst")))
+    let build = |version: &str, from: &Path, out: &str, base: Option<&Path>, epoch: u64| {
+        let source = [
+            "--from".as_ref(),
+            from.as_os_str(),
+            "--pause-image".as_ref(),
+            "registry.k8s.io/pause:3.10".as_ref(),
+        ];
+        build_bundle(
+            builder,
+            key,
+            &source,
+            version,
+            &bench.join(out),
+            base,
+            epoch,
+        )
     };
     let new = bench_input::KUBEEDGE_VERSION;
     let base = build(PREVIOUS, &previous, "base", None, 1_767_225_600)?;
@@ -175,6 +161,35 @@ fn realistic(
     );
     println!("  load onto the base store: full {full_load:.3} s, delta {delta_load:.3} s");
     Ok(())
+}
+
+/// One `bundle --json --arch ARCH` run with `source` (the sample, or
+/// `--from DIR …`), optionally over `--base`; returns the bundle's path.
+fn build_bundle<S: AsRef<std::ffi::OsStr>>(
+    builder: &Path,
+    key: &Path,
+    source: &[S],
+    version: &str,
+    out: &Path,
+    base: Option<&Path>,
+    epoch: u64,
+) -> Result<PathBuf> {
+    let mut cmd = Command::new(builder);
+    cmd.args(["bundle", "--json", "--arch", ARCH])
+        .args(source)
+        .args(["--kubeedge-version", version])
+        .arg("--key")
+        .arg(key)
+        .arg("--out")
+        .arg(out)
+        .env("SOURCE_DATE_EPOCH", epoch.to_string())
+        .stdout(std::process::Stdio::null());
+    if let Some(base) = base {
+        cmd.arg("--base").arg(base);
+    }
+    sh(&mut cmd)?;
+    let arch = ARCH.parse().map_err(anyhow::Error::msg)?;
+    Ok(out.join(format::bundle_file_name(version, arch)))
 }
 
 /// Best-of-RUNS wall time of loading `bundle` into a fresh copy of `base_store`.
