@@ -307,54 +307,46 @@ fn render(d: &output::Diff) -> String {
         return s;
     }
     let digest = |d: &Option<String>| d.clone().unwrap_or_default();
+    // One line per change: `  <sign> <what>  <detail>`.
+    let line = |s: &mut String, sign: char, what: String, detail: String| {
+        s.push_str(&format!("  {sign} {what}  {detail}\n"));
+    };
     s.push_str("images:\n");
+    let image = |c: &output::ImageChange| format!("{}  {}", c.reference, c.platform);
     for c in &d.images.added {
-        s.push_str(&format!(
-            "  + {}  {}  {}\n",
-            c.reference,
-            c.platform,
-            digest(&c.new_digest)
-        ));
+        line(&mut s, '+', image(c), digest(&c.new_digest));
     }
     for c in &d.images.removed {
-        s.push_str(&format!(
-            "  - {}  {}  {}\n",
-            c.reference,
-            c.platform,
-            digest(&c.old_digest)
-        ));
+        line(&mut s, '-', image(c), digest(&c.old_digest));
     }
     for c in &d.images.changed {
-        s.push_str(&format!(
-            "  ~ {}  {}  {} -> {}\n",
-            c.reference,
-            c.platform,
-            digest(&c.old_digest),
-            digest(&c.new_digest)
-        ));
+        let detail = format!("{} -> {}", digest(&c.old_digest), digest(&c.new_digest));
+        line(&mut s, '~', image(c), detail);
     }
     s.push_str("files:\n");
     for c in &d.files.added {
-        s.push_str(&format!(
-            "  + {}  sha256 {}\n",
-            c.name,
-            digest(&c.new_sha256)
-        ));
+        line(
+            &mut s,
+            '+',
+            c.name.clone(),
+            format!("sha256 {}", digest(&c.new_sha256)),
+        );
     }
     for c in &d.files.removed {
-        s.push_str(&format!(
-            "  - {}  sha256 {}\n",
-            c.name,
-            digest(&c.old_sha256)
-        ));
+        line(
+            &mut s,
+            '-',
+            c.name.clone(),
+            format!("sha256 {}", digest(&c.old_sha256)),
+        );
     }
     for c in &d.files.changed {
-        s.push_str(&format!(
-            "  ~ {}  sha256 {} -> {}\n",
-            c.name,
+        let detail = format!(
+            "sha256 {} -> {}",
             digest(&c.old_sha256),
             digest(&c.new_sha256)
-        ));
+        );
+        line(&mut s, '~', c.name.clone(), detail);
     }
     s.push_str(&format!(
         "B adds {} blobs, {} bytes\n",
