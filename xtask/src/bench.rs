@@ -6,9 +6,10 @@
 //! of each, so both read from a hot page cache; peak RSS by
 //! `/usr/bin/time -f %M`. Missed targets are reported, not fatal.
 //!
-//! `verify`, `mirror`, `join` and `delta` live in `bench_verify`,
-//! `bench_mirror`, `bench_join` and `bench_delta`; the helpers they share
-//! are here.
+//! `verify`, `mirror`, `join`, `upgrade` and `delta` live in
+//! `bench_verify`, `bench_mirror`, `bench_join`, `bench_upgrade` and
+//! `bench_delta`; the helpers they share are here, and those of the benches
+//! on test hosts (`join`, `upgrade`) in `bench_hosts`.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -44,9 +45,10 @@ pub fn run(name: &str) -> Result<()> {
         "verify" => crate::bench_verify::run(),
         "mirror" => crate::bench_mirror::run(),
         "join" => crate::bench_join::run(),
+        "upgrade" => crate::bench_upgrade::run(),
         "delta" => crate::bench_delta::run(),
         other => bail!(
-            "unknown benchmark {other:?}: try `bundle`, `verify`, `mirror`, `join` or `delta`"
+            "unknown benchmark {other:?}: try `bundle`, `verify`, `mirror`, `join`, `upgrade` or `delta`"
         ),
     }
 }

@@ -3,9 +3,11 @@
 
 mod bench;
 mod bench_delta;
+mod bench_hosts;
 mod bench_input;
 mod bench_join;
 mod bench_mirror;
+mod bench_upgrade;
 mod bench_verify;
 mod ci;
 mod demo;
@@ -37,7 +39,8 @@ enum Task {
     Demo,
     /// Install what the tests need, then fmt, clippy and every test
     Ci,
-    /// Measure against the reference tools: `bundle`, `verify`, `mirror`, `join` or `delta`
+    /// Measure against the reference tools: `bundle`, `verify`, `mirror`, `join`, `upgrade` or
+    /// `delta` (`upgrade` reads EDGEFERRY_BENCH_NODES, default 50)
     Bench {
         /// Which benchmark
         name: String,
