@@ -175,9 +175,13 @@ pub(crate) fn bundle_and_load(
     store: &Path,
 ) -> Result<()> {
     let mut bundle = Command::new(builder);
-    bundle
-        .env("SOURCE_DATE_EPOCH", epoch)
-        .args(["bundle", "--arch", "amd64", "--kubeedge-version", version]);
+    bundle.env("SOURCE_DATE_EPOCH", epoch).args([
+        "bundle",
+        "--arch",
+        "amd64",
+        "--kubeedge-version",
+        version,
+    ]);
     match from {
         Some(dir) => bundle.arg("--from").arg(dir),
         None => bundle.arg("--sample"),
@@ -451,7 +455,6 @@ pub(crate) fn measured(args: &[String], dir: &Path, name: &str, token: &str) -> 
         code: status.code().unwrap_or(-1),
     })
 }
-
 
 /// What one [`fleet_run`] asks of `edgeferry`.
 pub(crate) struct Verb<'a> {

@@ -171,7 +171,11 @@ pub fn run() -> Result<()> {
         seconds_list(&t1_runs),
         t1.work_cpu
     )?;
-    let rows: Vec<&Run> = [main].into_iter().chain(&others).chain([&rss, &ssh]).collect();
+    let rows: Vec<&Run> = [main]
+        .into_iter()
+        .chain(&others)
+        .chain([&rss, &ssh])
+        .collect();
     runs_table(&mut t, t1, &rows)?;
     writeln!(t, "  all -p {p} runs: {}", seconds_list(&default_runs))?;
     writeln!(t, "  inventory: user root, key auth, strict host keys, {SETTLE} (the postcheck's deliberate wait, default 20 s, left out), {TIMEOUTS} (defaults 15 and 60 s: at {RSS_NODES} hosts on this machine a trivial step can wait over a minute for a CPU)")?;
@@ -203,7 +207,11 @@ pub fn run() -> Result<()> {
         "  columns: bound = ceil(N/P) x T1 (the ssh loop: P = 1); CPU floor = N x C1 / {} CPUs; wall/max = wall / max(bound, floor); work CPU = user+system CPU of every host's sshd and what it reaped, the mirror, and the join (or the ssh clients); busy = the machine's CPU busy over the run, anyone's work (/proc/stat); own CPU and peak RSS: the edgeferry join process (the loop: sh and its ssh clients) by /usr/bin/time",
         cpus()
     )?;
-    let rows: Vec<&Run> = [t1, main].into_iter().chain(&others).chain([&rss]).collect();
+    let rows: Vec<&Run> = [t1, main]
+        .into_iter()
+        .chain(&others)
+        .chain([&rss])
+        .collect();
     steps_table(&mut t, &STEPS, &rows)?;
     writeln!(
         t,
@@ -305,7 +313,6 @@ pub(crate) fn ensure_input(builder: &Path, dir: &Path) -> Result<Tarball> {
     fs::write(&marker, format!("{SPEC}\n{sha256}\n{size}\n"))?;
     Ok(Tarball { file, sha256, size })
 }
-
 
 /// The reference: one `ssh` after the other, each running a script that
 /// writes the hosts.toml files as the join does, fetches, checks and
