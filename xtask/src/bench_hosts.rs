@@ -131,24 +131,24 @@ pub(crate) fn cpus() -> f64 {
 
 /// Per-node step times of `rows`, mean/max in ms, `steps` in order.
 pub(crate) fn steps_table(t: &mut String, steps: &[&str], rows: &[&Run]) -> Result<()> {
+    // A column is as wide as its step's name, and at least 11.
+    let names: Vec<&str> = steps.iter().copied().chain(["node"]).collect();
+    let widths: Vec<usize> = names.iter().map(|s| s.len().max(11)).collect();
+    let line = |cells: Vec<String>| -> String {
+        let padded = cells.iter().zip(&widths);
+        padded.map(|(c, w)| format!(" {c:>w$}")).collect()
+    };
     writeln!(
         t,
         "  per-node step times in ms, mean/max over the run's nodes (report.json):\n  {:<12}{}",
         "run",
-        steps
-            .iter()
-            .chain(&["node"])
-            .map(|s| format!(" {s:>11}"))
-            .collect::<String>()
+        line(names.iter().map(|s| s.to_string()).collect())
     )?;
     for r in rows {
         let cells = steps
             .iter()
             .map(|s| mean_max(r.step_ms.get(*s).map_or(&[], |v| v)));
-        let cells: String = cells
-            .chain([mean_max(&r.node_ms)])
-            .map(|c| format!(" {c:>11}"))
-            .collect();
+        let cells = line(cells.chain([mean_max(&r.node_ms)]).collect());
         writeln!(t, "  {:<12}{cells}", r.label)?;
     }
     Ok(())
@@ -560,4 +560,37 @@ pub(crate) fn fleet_run(
         step_ms,
         command: shell_line(&args),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A step name wider than 11 widens its column, so cells stay under
+    /// their headings.
+    #[test]
+    fn steps_table_columns_fit_their_names() {
+        let run = Run {
+            label: "t1-1".into(),
+            name: "upgrade 1 hosts -p 1".into(),
+            nodes: 1,
+            parallel: 1,
+            seconds: 1.0,
+            rss_kib: 0,
+            cpu_seconds: 0.0,
+            work_cpu: 0.0,
+            busy: 0.0,
+            node_ms: vec![30, 50],
+            step_ms: BTreeMap::from([("upgrade_preflight".to_string(), vec![10, 20])]),
+            command: String::new(),
+        };
+        let mut t = String::new();
+        steps_table(&mut t, &["connect", "upgrade_preflight"], &[&run]).unwrap();
+        assert_eq!(
+            t,
+            "  per-node step times in ms, mean/max over the run's nodes (report.json):\n  \
+             run              connect upgrade_preflight        node\n  \
+             t1-1                   -             15/20       40/50\n"
+        );
+    }
 }
