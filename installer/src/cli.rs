@@ -8,8 +8,10 @@ use clap::{Args, Parser, Subcommand};
 
 pub const EXAMPLES: &str = "\
 Examples:
-  # Check a bundle (and its .minisig beside it) without writing anything
+  # Check a bundle's signed manifest and every entry without writing anything
   edgeferry verify /media/usb/edgeferry-kubeedge-v1.23.1-linux-arm64.tar.zst --key edgeferry.pub
+  # ... and that the file is byte for byte the one signed (its .minisig beside it)
+  edgeferry verify /media/usb/edgeferry-kubeedge-v1.23.1-linux-arm64.tar.zst --key edgeferry.pub --whole-file
 
   # Verify and load in one pass; several bundles merge into one store
   edgeferry load /media/usb/edgeferry-kubeedge-v1.23.1-linux-arm64.tar.zst --key edgeferry.pub --store /srv/edgeferry
@@ -27,6 +29,7 @@ Exit codes:
   1  any other failure (I/O, an unreadable store, a lock held by a load into the same store)
   2  bad command line
   3  signature: unsigned, unknown key, bad signature, swapped manifest, missing .minisig
+     (with --whole-file)
   4  integrity: corrupt, truncated, tampered or unsafe content, bad or missing volume
   5  refused by policy: a downgrade (a bundle built before the newest one
      loaded for its arch, by any key; or a lower sequence from the same
@@ -254,7 +257,14 @@ pub struct TrustArgs {
     /// A file of trusted public keys, one minisign key per two lines
     #[arg(long, env = "EDGEFERRY_TRUST_FILE")]
     pub trust_file: Option<PathBuf>,
-    /// The bundle's whole-file signature, if not <bundle>.minisig
+    /// Also check the whole-file signature (<bundle>.minisig) over the
+    /// compressed bytes, as `minisign -V` does. The signed manifest already
+    /// covers every byte that is installed; this also refuses a file that
+    /// differs yet decodes to the same content, for one more pass of CPU
+    #[arg(long)]
+    pub whole_file: bool,
+    /// The bundle's whole-file signature, if not <bundle>.minisig (implies
+    /// --whole-file)
     #[arg(long, value_name = "MINISIG")]
     pub signature: Option<PathBuf>,
     /// Accept an unsigned bundle or one from an unknown key (DANGEROUS)

@@ -69,6 +69,7 @@ fn read_side(path: &Path, args: &DiffArgs, out: &Printer) -> Result<Read> {
         trust: TrustArgs {
             keys: args.keys.clone(),
             trust_file: args.trust_file.clone(),
+            whole_file: false,
             signature: None,
             insecure_skip_signature: args.insecure_skip_signature,
         },

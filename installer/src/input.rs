@@ -28,16 +28,42 @@ fn fail(class: Class, message: String) -> anyhow::Error {
     InputError { class, message }.into()
 }
 
+/// Which whole-file signature to check, if any.
+#[derive(Clone, Copy)]
+pub enum WholeFile<'a> {
+    /// Only the signed manifest and the entries it lists (the default).
+    Skip,
+    /// `--whole-file`: `<bundle>.minisig` beside the input.
+    Beside,
+    /// `--signature FILE`.
+    At(&'a Path),
+}
+
 pub fn open(
     path: &Path,
     keys: Option<&TrustedKeys>,
-    signature: Option<&Path>,
+    whole_file: WholeFile<'_>,
 ) -> anyhow::Result<Opened> {
+    // Read only when it is to be checked, and then it must be there: a
+    // missing one is a signature failure, not a silent skip.
     let read_signature = |default: PathBuf| -> anyhow::Result<Option<String>> {
-        let sig_path = signature.map(Path::to_path_buf).unwrap_or(default);
+        let sig_path = match whole_file {
+            WholeFile::Skip => return Ok(None),
+            WholeFile::Beside => default,
+            WholeFile::At(path) => path.to_path_buf(),
+        };
+        if keys.is_none() {
+            return Ok(None);
+        }
         match std::fs::read_to_string(&sig_path) {
             Ok(text) => Ok(Some(text)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Err(fail(
+                Class::Signature,
+                format!(
+                    "--whole-file: the bundle's signature file {} is missing: copy it along with the bundle",
+                    sig_path.display()
+                ),
+            )),
             Err(e) => Err(fail(
                 Class::Io,
                 format!("reading {}: {e}", sig_path.display()),
@@ -45,10 +71,10 @@ pub fn open(
         }
     };
     if path == Path::new("-") {
-        if signature.is_none() && keys.is_some() {
+        if matches!(whole_file, WholeFile::Beside) && keys.is_some() {
             return Err(fail(
                 Class::Signature,
-                "reading a bundle from stdin needs --signature <bundle>.minisig".into(),
+                "--whole-file with a bundle from stdin needs --signature <bundle>.minisig".into(),
             ));
         }
         return Ok(Opened {
@@ -68,7 +94,7 @@ pub fn open(
         )
     })?;
     if meta.is_dir() {
-        return open(&pick_in_dir(path)?, keys, signature);
+        return open(&pick_in_dir(path)?, keys, whole_file);
     }
     let name = path
         .file_name()

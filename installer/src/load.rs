@@ -34,11 +34,12 @@ pub(crate) fn verify_into(
     out: &Printer,
 ) -> Result<verify::Outcome> {
     let keys = trusted_keys(&source.trust, out)?;
-    let opened = input::open(
-        &source.bundle,
-        keys.as_ref(),
-        source.trust.signature.as_deref(),
-    )?;
+    let whole_file = match (&source.trust.signature, source.trust.whole_file) {
+        (Some(path), _) => input::WholeFile::At(path),
+        (None, true) => input::WholeFile::Beside,
+        (None, false) => input::WholeFile::Skip,
+    };
+    let opened = input::open(&source.bundle, keys.as_ref(), whole_file)?;
     let reader: Box<dyn Read + Send> = match out.bytes_bar(opened.size.unwrap_or(0), "verifying") {
         Some(bar) => Box::new(bar.wrap_read(opened.reader)),
         None => opened.reader,
@@ -67,6 +68,7 @@ pub fn verify_cmd(source: &SourceArgs, out: &Printer) -> Result<()> {
             signer: outcome.signer.as_ref().map(|s| s.key_id.as_str()),
             entries: m.entries.len(),
             bytes: outcome.bytes_in,
+            whole_file: outcome.whole_file,
         });
     }
     let signer = outcome
@@ -80,8 +82,13 @@ pub fn verify_cmd(source: &SourceArgs, out: &Printer) -> Result<()> {
     } else {
         ""
     };
+    let whole_file = if outcome.whole_file {
+        ", and the whole file against its .minisig"
+    } else {
+        ""
+    };
     out.line(&format!(
-        "ok: bundle {} KubeEdge {} linux/{} sequence {}{sample}, signed by {signer}; {} entries checked",
+        "ok: bundle {} KubeEdge {} linux/{} sequence {}{sample}, signed by {signer}; {} entries checked{whole_file}",
         m.bundle_id,
         m.kubeedge_version,
         m.arch,

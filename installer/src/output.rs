@@ -37,6 +37,8 @@ pub struct Verified<'a> {
     pub signer: Option<&'a str>,
     pub entries: usize,
     pub bytes: u64,
+    /// Whether `<bundle>.minisig` was checked over the file (`--whole-file`).
+    pub whole_file: bool,
 }
 
 /// `load --json` on success.

@@ -43,6 +43,23 @@ fn load(bundle: &Path, public: &Path, store: &Path) -> Ran {
         .arg("--json"))
 }
 
+/// `load --whole-file`: the `.minisig` over the compressed file is checked too.
+fn load_whole_file(bundle: &Path, public: &Path, store: &Path) -> Ran {
+    run(edgeferry()
+        .arg("load")
+        .arg(bundle)
+        .arg("--key")
+        .arg(public)
+        .arg("--store")
+        .arg(store)
+        .arg("--whole-file")
+        .arg("--json"))
+}
+
+/// Why a mutant is refused only under `--whole-file`: its installed
+/// content is the original's (docs/security.md, "The whole-file signature").
+const ONLY_WHOLE_FILE: &str = "only the whole-file signature sees the change";
+
 fn bundle_name(arch: &str) -> String {
     format!("edgeferry-kubeedge-{VERSION}-linux-{arch}.tar.zst")
 }
@@ -123,8 +140,9 @@ fn as_the_reader_sees_it(bundle: &[u8]) -> (Vec<u8>, bool) {
 /// - the manifest or its signature no longer verify, with the tar framing
 ///   up to there intact: signature (3), found when the signature is read;
 /// - the stream decodes to the same entries (a zstd header bit, or text
-///   minisign does not sign): signature (3), only the whole-file
-///   signature sees it;
+///   minisign does not sign): signature (3) with `--whole-file`, only the
+///   whole-file signature sees it; a plain load accepts it, and what it
+///   installs is the original's;
 /// - anything else (a tar header, an entry's bytes, a zstd block that no
 ///   longer decodes, the frame's checksum): integrity (4).
 fn flip_class(plain: &[u8], mutant: &[u8], keys: &TrustedKeys) -> Expected {
@@ -150,7 +168,7 @@ fn flip_class(plain: &[u8], mutant: &[u8], keys: &TrustedKeys) -> Expected {
                 return (SIGNATURE, "the manifest or its signature changed");
             }
             if !failed && decoded[signed_end..] == plain[signed_end..] {
-                return (SIGNATURE, "only the whole-file signature sees the change");
+                return (SIGNATURE, ONLY_WHOLE_FILE);
             }
         }
     }
@@ -171,6 +189,12 @@ struct Refusals {
     count: usize,
     /// How many mutants were refused per expected class and reason.
     classes: std::collections::BTreeMap<String, usize>,
+    /// A store holding the unmutated bundle, and its snapshot: a mutant
+    /// only `--whole-file` refuses must load into it and change nothing.
+    scratch: PathBuf,
+    scratch_before: std::collections::BTreeMap<String, String>,
+    /// Such mutants loaded without `--whole-file`.
+    identical_loaded: usize,
 }
 
 /// The installer's exit codes for a refused bundle (installer/src/main.rs)
@@ -196,7 +220,22 @@ impl Refusals {
 
     fn check_path(&mut self, label: &str, expected: Expected, path: &Path) {
         let ((code, class), why) = expected;
-        let ran = load(path, &self.public, &self.store);
+        // The whole-file signature is checked only when asked for; every
+        // other refusal must come from a plain load.
+        let ran = if why.contains("whole-file") {
+            load_whole_file(path, &self.public, &self.store)
+        } else {
+            load(path, &self.public, &self.store)
+        };
+        if why == ONLY_WHOLE_FILE && self.identical_loaded < 3 {
+            let plain = load(path, &self.public, &self.scratch);
+            assert!(plain.ok, "mutant {label}: {}", plain.stderr);
+            assert!(
+                snapshot(&self.scratch) == self.scratch_before,
+                "mutant {label} installed something other than the original"
+            );
+            self.identical_loaded += 1;
+        }
         assert!(
             !ran.ok,
             "mutant {} ({label}) was accepted: {}",
@@ -268,6 +307,9 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         work,
         count: 0,
         classes: Default::default(),
+        scratch_before: snapshot(&scratch),
+        scratch,
+        identical_loaded: 0,
     };
     let bytes = std::fs::read(&good).unwrap();
     let signature = std::fs::read_to_string(format!("{}.minisig", good.display())).unwrap();
@@ -281,6 +323,25 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
         mutant[at] ^= (rng.below(255) + 1) as u8;
         let expected = flip_class(&plain, &mutant, &keys);
         refusals.check(&format!("flip at {at}"), expected, &mutant, &signature);
+    }
+    // Two files that differ from the signed one yet decode to its tar
+    // stream (random flips rarely land in the few header bytes): a plain
+    // load installs the original content, `--whole-file` refuses them.
+    let mut unused_bit = bytes.clone();
+    // The frame header descriptor's unused bit (RFC 8878, 3.1.1.1.1.4:
+    // "a decoder ... shall not interpret it").
+    unused_bit[4] ^= 0x10;
+    let mut recompressed = zstd::stream::write::Encoder::new(Vec::new(), 1).unwrap();
+    recompressed.include_checksum(true).unwrap();
+    std::io::Write::write_all(&mut recompressed, &plain).unwrap();
+    let recompressed = recompressed.finish().unwrap();
+    for (label, mutant) in [
+        ("zstd header's unused bit", unused_bit),
+        ("the same tar at another zstd level", recompressed),
+    ] {
+        let expected = flip_class(&plain, &mutant, &keys);
+        assert_eq!(expected.1, ONLY_WHOLE_FILE, "{label}");
+        refusals.check(label, expected, &mutant, &signature);
     }
     for _ in 0..330 {
         let cut = rng.below(bytes.len() as u64) as usize;
@@ -567,6 +628,10 @@ fn tamper_suite_accepts_none_of_over_1000_mutants() {
 
     assert!(!escape.exists(), "something was written outside the store");
     assert!(refusals.count >= 1000, "only {} mutants", refusals.count);
+    assert!(
+        refusals.identical_loaded >= 2,
+        "the mutants that decode to the original content were not loaded"
+    );
     eprintln!(
         "tamper suite: {} mutants refused, by class and reason {:#?}",
         refusals.count, refusals.classes
@@ -907,6 +972,18 @@ fn verify_names_the_class_and_skip_signature_warns() {
     assert_eq!(ok["ok"], true);
     assert_eq!(ok["arch"], "amd64");
     assert_eq!(ok["sample"], true);
+    assert_eq!(ok["whole_file"], false);
+    let whole = run_ok(
+        edgeferry()
+            .arg("verify")
+            .arg(&bundle)
+            .arg("--key")
+            .arg(&s.public)
+            .arg("--whole-file")
+            .arg("--json"),
+    );
+    let whole: serde_json::Value = serde_json::from_str(&whole.stdout).unwrap();
+    assert_eq!(whole["whole_file"], true);
 
     let (other, other_pub) = keygen(&s.root.join("other"));
     let _ = other;

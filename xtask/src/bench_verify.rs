@@ -6,14 +6,17 @@
 //! pages of an earlier run):
 //!
 //! - (a) `edgeferry verify B --key PUB`
+//! - (w) `edgeferry verify B --key PUB --whole-file`, for information: what
+//!   the BLAKE2b pass over the compressed file costs (docs/security.md)
 //! - (b) `edgeferry load B --key PUB --store FRESH` (durable: writeback per
 //!   blob, one syncfs before the swap)
 //! - (c) the same load with `--no-sync`
 //! - (r1) `zstd -dc B | tar -x -C FRESH`
 //! - (r2) `zstd -dc B | tar -x -C FRESH && sync`, the durable reference
 //!
-//! Targets (the issue's): (a)/r1, (b)/r2 and (c)/r1 each ≤ 1.2, and peak
-//! RSS of verify and load ≤ 64 MiB. Missed targets are reported, not fatal.
+//! Targets (issue 18's): (a)/r1 ≤ 1.0, (c)/r1 ≤ 1.05, (b)/r2 ≤ 1.0, and
+//! peak RSS of verify and load ≤ 64 MiB. Missed targets are reported, not
+//! fatal.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -32,7 +35,6 @@ use crate::util::{ensure_packages, output, run as sh, workspace_root};
 const RUNS: usize = 3;
 /// Fixed so the bundle is the same every time it is made.
 const SOURCE_DATE_EPOCH: &str = "1767225600";
-const TARGET_RATIO: f64 = 1.2;
 const TARGET_RSS_MIB: f64 = 64.0;
 const MIB: f64 = 1024.0 * 1024.0;
 
@@ -148,6 +150,12 @@ pub fn run() -> Result<()> {
             samples: Vec::new(),
         },
         Timed {
+            key: "w",
+            label: "edgeferry verify --whole-file",
+            args: ours(&["verify", &b, "--key", &pubkey, "--whole-file"]),
+            samples: Vec::new(),
+        },
+        Timed {
             key: "b",
             label: "edgeferry load (durable)",
             args: ours(&["load", &b, "--key", &pubkey, "--store", &store_s]),
@@ -211,7 +219,8 @@ pub fn run() -> Result<()> {
     };
     let load_before = load_average();
     println!(
-        "\nbench: {RUNS} rounds of the 5 commands, each after rm + sync + cat bundle > /dev/null; load average {load_before}"
+        "\nbench: {RUNS} rounds of the {} commands, each after rm + sync + cat bundle > /dev/null; load average {load_before}",
+        commands.len()
     );
     // Rounds, so drift (writeback, other work) hits every command alike.
     for n in 1..=RUNS {
@@ -274,13 +283,13 @@ pub fn run() -> Result<()> {
         )?;
     }
     writeln!(table, "  {:<42} {:>9}  {:>8}", "target", "value", "limit")?;
-    for (name, ours, reference) in [
-        ("(a)/(r1) verify vs unpack", a, r1),
-        ("(b)/(r2) durable load vs unpack && sync", bl, r2),
-        ("(c)/(r1) --no-sync load vs unpack", c, r1),
+    for (name, ours, reference, limit) in [
+        ("(a)/(r1) verify vs unpack", a, r1, 1.0),
+        ("(b)/(r2) durable load vs unpack && sync", bl, r2, 1.0),
+        ("(c)/(r1) --no-sync load vs unpack", c, r1, 1.05),
     ] {
         let ratio = ours.best() / reference.best();
-        let ok = ratio <= TARGET_RATIO;
+        let ok = ratio <= limit;
         if !ok {
             missed.push(format!("{name} = {ratio:.3}"));
         }
@@ -289,7 +298,7 @@ pub fn run() -> Result<()> {
             "  {:<42} {:>9.3}  {:>8}  {}",
             name,
             ratio,
-            format!("<= {TARGET_RATIO:.1}"),
+            format!("<= {limit:.2}"),
             verdict(ok)
         )?;
     }
