@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::hosts::{HostsFile, Mirror};
+use super::hosts::{HostsFile, Mirror, Mirrors};
 use super::script::{
     self, JoinArgs, KeadmAsset, KeadmUpgradeParams, PostcheckParams, PreflightParams,
     UpgradePreflightParams,
@@ -262,7 +262,8 @@ pub fn all_names() -> String {
 /// for every node: the keadm arguments then arrive at run time).
 pub struct StepInput<'a> {
     pub version: &'a str,
-    pub mirror: &'a Mirror,
+    /// This node's mirrors, in the order it tries them.
+    pub mirrors: &'a Mirrors,
     pub keadm: &'a [KeadmAsset],
     pub hosts: &'a [HostsFile],
     pub preflight: PreflightParams<'a>,
@@ -290,8 +291,8 @@ pub fn script(step: Step, input: &StepInput) -> Option<String> {
     Some(match step {
         Step::Connect => return None,
         Step::Preflight => script::preflight(&i.preflight),
-        Step::Containerd => script::containerd(i.hosts, i.mirror),
-        Step::Fetch => script::fetch(i.version, i.mirror, i.keadm, false),
+        Step::Containerd => script::containerd(i.hosts, i.mirrors.first()),
+        Step::Fetch => script::fetch(i.version, i.mirrors, i.keadm, false),
         Step::KeadmJoin => {
             script::keadm_join(i.version, i.join_args, i.keadm_join_timeout.as_secs())
         }
@@ -320,7 +321,7 @@ pub mod fixture {
     pub struct Site {
         pub keadm: Vec<KeadmAsset>,
         pub hosts: Vec<HostsFile>,
-        pub mirror: Mirror,
+        pub mirrors: Mirrors,
         pub digests: BTreeMap<String, String>,
     }
 
@@ -337,6 +338,10 @@ pub mod fixture {
     }
 
     fn with_mirror(mirror: Mirror) -> Site {
+        with_mirrors(Mirrors::one(mirror))
+    }
+
+    pub fn with_mirrors(mirrors: Mirrors) -> Site {
         Site {
             keadm: vec![KeadmAsset {
                 arch: "amd64".into(),
@@ -345,10 +350,10 @@ pub mod fixture {
                 size: 1,
             }],
             hosts: super::super::hosts::hosts_files(
-                &mirror,
+                &mirrors,
                 &["docker.io".to_string()].into_iter().collect(),
             ),
-            mirror,
+            mirrors,
             digests: [("amd64".to_string(), format!("sha256:{}", "ef".repeat(32)))].into(),
         }
     }
@@ -357,7 +362,7 @@ pub mod fixture {
         pub fn input(&self, args: JoinArgs) -> StepInput<'_> {
             StepInput {
                 version: "v1.23.1",
-                mirror: &self.mirror,
+                mirrors: &self.mirrors,
                 keadm: &self.keadm,
                 hosts: &self.hosts,
                 preflight: PreflightParams {
@@ -368,7 +373,7 @@ pub mod fixture {
                         "registry.k8s.io/pause:3.10".into(),
                     ],
                     cri_socket: "/run/containerd/containerd.sock".into(),
-                    mirror: &self.mirror,
+                    mirrors: &self.mirrors,
                     cloud_host: "10.0.0.2",
                     cloud_ports: vec![10000, 10002],
                     min_free_mib: 512,
@@ -388,7 +393,7 @@ pub mod fixture {
                     preflight: UpgradePreflightParams {
                         to: "v1.23.1",
                         store_arches: vec!["amd64".into()],
-                        mirror: &self.mirror,
+                        mirrors: &self.mirrors,
                         min_free_mib: 512,
                     },
                     keadm: KeadmUpgradeParams {
