@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::hosts::{HostsFile, Mirror, Mirrors};
+use super::hosts::{HostsFile, Mirrors};
 use super::script::{
     self, JoinArgs, KeadmAsset, KeadmUpgradeParams, PostcheckParams, PreflightParams,
     UpgradePreflightParams,
@@ -317,6 +317,7 @@ pub fn script(step: Step, input: &StepInput) -> Option<String> {
 #[cfg(test)]
 pub mod fixture {
     use super::*;
+    use crate::node::hosts::Mirror;
 
     pub struct Site {
         pub keadm: Vec<KeadmAsset>,
@@ -339,6 +340,16 @@ pub mod fixture {
 
     fn with_mirror(mirror: Mirror) -> Site {
         with_mirrors(Mirrors::one(mirror))
+    }
+
+    /// Two plain-HTTP site mirrors as the second node of an inventory
+    /// sees them (rotated), behind a node-local mirror.
+    pub fn two_mirrors() -> Site {
+        let mirrors = Mirrors {
+            node: Some("http://127.0.0.1:30020".into()),
+            site: vec![Mirror::plain("10.0.0.5:5000"), Mirror::plain("10.0.0.6:5000")],
+        };
+        with_mirrors(mirrors.rotated(1))
     }
 
     pub fn with_mirrors(mirrors: Mirrors) -> Site {
@@ -436,6 +447,7 @@ mod tests {
             (fixture::site(), JoinArgs::Stdin),
             (fixture::site(), JoinArgs::FromFile),
             (fixture::tls_site(), JoinArgs::Stdin),
+            (fixture::two_mirrors(), JoinArgs::Stdin),
         ] {
             for step in all_steps() {
                 match script(step, &site.input(args)) {
@@ -444,6 +456,26 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn with_two_mirrors_preflight_and_fetch_try_them_in_the_nodes_order() {
+        let site = fixture::two_mirrors();
+        let input = site.input(JoinArgs::Stdin);
+        let order = "for url in http://10.0.0.6:5000 http://10.0.0.5:5000; do";
+        for step in [Step::Preflight, Step::Fetch, Step::UpgradePreflight] {
+            let sh = script(step, &input).unwrap();
+            assert!(sh.contains(order), "{step:?}:\n{sh}");
+        }
+        let fetch = script(Step::Fetch, &input).unwrap();
+        assert!(
+            fetch.contains("curl -fsS --connect-timeout 5 -o \"$d/$file.part\" \"$1/files/$file\""),
+            "{fetch}"
+        );
+        // The node-local mirror serves images only: never asked for keadm.
+        assert!(!fetch.contains("30020"), "{fetch}");
+        let containerd = script(Step::Containerd, &input).unwrap();
+        assert!(containerd.contains("[host.\"http://127.0.0.1:30020\"]"), "{containerd}");
     }
 
     #[test]
