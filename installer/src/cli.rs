@@ -452,10 +452,16 @@ Examples:
   # A mirror with the site's own certificate (serve --tls-cert): the CA nodes trust
   edgeferry join -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --mirror-ca site-ca.crt
 
+  # Two mirrors of the site, and Spegel on every node ahead of them
+  edgeferry join -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --mirror 10.0.0.6:5000 --node-mirror 'http://{host}:30020'
+
 The mirror is reached over HTTPS when serve made its certificate beside
 --store (/srv/edgeferry.tls/) or with --mirror-ca; each node gets that CA
 at /etc/containerd/certs.d/edgeferry-mirror-ca.crt and trusts only it.
 --mirror http://HOST:PORT forces plain HTTP (serve --plain-http).
+With several mirrors (one site CA for all), each node lists them all,
+rotated by its place in the inventory, and falls through to the next when
+one is down; --dry-run shows each node's order (docs/scale.md).
 
 Inventory format: docs/inventory.md. State (journal.jsonl, report.json,
 logs/<node>.log) goes to --state-dir, by default edgeferry-<inventory name>/

@@ -19,12 +19,18 @@ use crate::serve::Containerd;
 
 const PACKAGE: &str = "docker.io/kubeedge/installation-package:v1.23.1";
 
-/// The paths of the GETs in an access log that were answered 200.
+/// `METHOD path` of each request in an access log answered 200.
 fn served_paths(log: &Path) -> Vec<String> {
     access_log(&std::fs::read_to_string(log).unwrap_or_default())
         .iter()
-        .filter(|e| e["method"] == "GET" && e["status"] == 200)
-        .map(|e| e["path"].as_str().unwrap().to_string())
+        .filter(|e| e["status"] == 200)
+        .map(|e| {
+            format!(
+                "{} {}",
+                e["method"].as_str().unwrap(),
+                e["path"].as_str().unwrap()
+            )
+        })
         .collect()
 }
 
@@ -100,18 +106,19 @@ fn containerd_pulls_from_the_second_mirror_when_the_first_is_down() {
     // A refused connection falls through at once: no dial timeout waited.
     assert!(took < Duration::from_secs(20), "the pull took {took:?}");
 
-    // B served the manifest and every layer, under containerd's ns=.
+    // B resolved the tag (containerd asks with HEAD) and served the
+    // layers, under containerd's ns=.
     let paths = served_paths(&log_b);
     assert!(
         paths
             .iter()
-            .any(|p| p == "/v2/kubeedge/installation-package/manifests/v1.23.1?ns=docker.io"),
+            .any(|p| p == "HEAD /v2/kubeedge/installation-package/manifests/v1.23.1?ns=docker.io"),
         "{paths:?}"
     );
     assert!(
         paths
             .iter()
-            .any(|p| p.starts_with("/v2/kubeedge/installation-package/blobs/sha256:")),
+            .any(|p| p.starts_with("GET /v2/kubeedge/installation-package/blobs/sha256:")),
         "{paths:?}"
     );
 }
@@ -227,7 +234,7 @@ fn join_completes_when_one_of_two_mirrors_is_killed_mid_run() {
     // Nodes 0 and 2 listed A first; with A gone, B served their keadm and
     // their installation-package: three keadm downloads in all.
     let paths = served_paths(&log_b);
-    let keadm = format!("/files/keadm-{VERSION}-linux-amd64.tar.gz");
+    let keadm = format!("GET /files/keadm-{VERSION}-linux-amd64.tar.gz");
     assert_eq!(
         paths.iter().filter(|p| **p == keadm).count(),
         3,
@@ -236,7 +243,7 @@ fn join_completes_when_one_of_two_mirrors_is_killed_mid_run() {
     assert_eq!(
         paths
             .iter()
-            .filter(|p| p.starts_with("/v2/kubeedge/installation-package/manifests/v1.23.1"))
+            .filter(|p| p.starts_with("GET /v2/kubeedge/installation-package/manifests/v1.23.1"))
             .count(),
         3,
         "{paths:?}"

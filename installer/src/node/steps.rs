@@ -347,7 +347,10 @@ pub mod fixture {
     pub fn two_mirrors() -> Site {
         let mirrors = Mirrors {
             node: Some("http://127.0.0.1:30020".into()),
-            site: vec![Mirror::plain("10.0.0.5:5000"), Mirror::plain("10.0.0.6:5000")],
+            site: vec![
+                Mirror::plain("10.0.0.5:5000"),
+                Mirror::plain("10.0.0.6:5000"),
+            ],
         };
         with_mirrors(mirrors.rotated(1))
     }
@@ -475,7 +478,10 @@ mod tests {
         // The node-local mirror serves images only: never asked for keadm.
         assert!(!fetch.contains("30020"), "{fetch}");
         let containerd = script(Step::Containerd, &input).unwrap();
-        assert!(containerd.contains("[host.\"http://127.0.0.1:30020\"]"), "{containerd}");
+        assert!(
+            containerd.contains("[host.\"http://127.0.0.1:30020\"]"),
+            "{containerd}"
+        );
     }
 
     #[test]
