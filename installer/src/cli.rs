@@ -173,6 +173,8 @@ Examples:
   edgeferry serve --store /srv/edgeferry --listen 0.0.0.0:5000 --advertise 10.0.0.5:5000 --access-log /var/log/edgeferry.jsonl
   edgeferry serve --store /srv/edgeferry --listen 10.0.0.5:5000 --tls-cert mirror.crt --tls-key mirror.key --tls-ca site-ca.crt
   edgeferry serve --store /srv/edgeferry --listen 10.0.0.5:5000 --plain-http
+  # Two mirrors of one site (docs/scale.md): each lists itself, then its peer
+  edgeferry serve --store /srv/edgeferry --listen 10.0.0.5:5000 --peer-mirror 10.0.0.6:5000 --tls-name 10.0.0.6
 
 HTTPS by default, with no PKI to build: the first start makes a site key
 and a self-signed certificate beside the store (/srv/edgeferry.tls/, key
@@ -202,6 +204,16 @@ pub struct ServeArgs {
     /// host:port the nodes reach this mirror at, for the printed settings
     #[arg(long)]
     pub advertise: Option<String>,
+    /// The site's other mirrors (host:port; repeat or comma-separate):
+    /// the printed hosts.toml and /join.sh list them after this one, so
+    /// nodes fall through to them when this one is down. They share this
+    /// mirror's scheme and CA
+    #[arg(long, value_delimiter = ',', value_name = "HOST:PORT")]
+    pub peer_mirror: Vec<String>,
+    /// A node-local registry mirror (Spegel, Dragonfly's dfdaemon) listed
+    /// ahead of the site mirrors, e.g. http://127.0.0.1:30020
+    #[arg(long, value_name = "URL")]
+    pub node_mirror: Option<String>,
     /// Append the JSON-lines access log here instead of stdout
     #[arg(long)]
     pub access_log: Option<PathBuf>,
@@ -450,10 +462,16 @@ Examples:
   # A mirror with the site's own certificate (serve --tls-cert): the CA nodes trust
   edgeferry join -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --mirror-ca site-ca.crt
 
+  # Two mirrors of the site, and Spegel on every node ahead of them
+  edgeferry join -c site.yaml --store /srv/edgeferry --mirror 10.0.0.5:5000 --mirror 10.0.0.6:5000 --node-mirror 'http://{host}:30020'
+
 The mirror is reached over HTTPS when serve made its certificate beside
 --store (/srv/edgeferry.tls/) or with --mirror-ca; each node gets that CA
 at /etc/containerd/certs.d/edgeferry-mirror-ca.crt and trusts only it.
 --mirror http://HOST:PORT forces plain HTTP (serve --plain-http).
+With several mirrors (one site CA for all), each node lists them all,
+rotated by its place in the inventory, and falls through to the next when
+one is down; --dry-run shows each node's order (docs/scale.md).
 
 Inventory format: docs/inventory.md. State (journal.jsonl, report.json,
 logs/<node>.log) goes to --state-dir, by default edgeferry-<inventory name>/
@@ -497,10 +515,19 @@ pub struct BatchArgs {
     #[arg(long, env = "EDGEFERRY_STORE")]
     pub store: PathBuf,
     /// host:port where nodes reach `edgeferry serve` (else the inventory's
-    /// mirror:). HTTPS when `serve` made its certificate beside --store or
-    /// with --mirror-ca; http://host:port for a --plain-http mirror
-    #[arg(long, env = "EDGEFERRY_MIRROR")]
-    pub mirror: Option<String>,
+    /// mirror: or mirrors:). Repeat it (or separate with commas) for
+    /// several mirrors of one site: each node lists them all, rotated so
+    /// load spreads, and falls through to the next when one is down. HTTPS
+    /// when `serve` made its certificate beside --store or with
+    /// --mirror-ca (one site CA for every mirror); http://host:port for a
+    /// --plain-http mirror
+    #[arg(long, env = "EDGEFERRY_MIRROR", value_delimiter = ',')]
+    pub mirror: Vec<String>,
+    /// A node-local registry mirror (Spegel, Dragonfly's dfdaemon) every
+    /// node's hosts.toml lists ahead of the site mirrors, e.g.
+    /// http://127.0.0.1:30020 (else the inventory's node_mirror:)
+    #[arg(long, env = "EDGEFERRY_NODE_MIRROR", value_name = "URL")]
+    pub node_mirror: Option<String>,
     /// The CA nodes trust for the mirror's certificate (PEM), when it is
     /// not the one `serve` made beside --store (serve --tls-cert)
     #[arg(long, env = "EDGEFERRY_MIRROR_CA", value_name = "PEM")]

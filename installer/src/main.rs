@@ -151,6 +151,8 @@ fn run(command: Command, config: Config, out: &Printer) -> anyhow::Result<()> {
                     store: args.store,
                     listen: args.listen,
                     advertise: args.advertise,
+                    peers: args.peer_mirror,
+                    node_mirror: args.node_mirror,
                     access_log: args.access_log,
                     site_dir: args.site_dir,
                     tls: match (args.plain_http, args.tls_cert, args.tls_key) {

@@ -14,7 +14,7 @@ use edgeferry_bundle::format::Arch;
 use edgeferry_bundle::verify::Class;
 use serde::{Deserialize, Serialize};
 
-use crate::node::hosts::{HostsFile, Mirror};
+use crate::node::hosts::{HostsFile, Mirrors};
 use crate::node::inventory::{Format, NodeSpec};
 use crate::node::script::KeadmAsset;
 use crate::node::steps::{Action, Step};
@@ -293,14 +293,19 @@ pub struct JoinPlan {
     pub inventory: PathBuf,
     pub inventory_format: Format,
     pub kubeedge_version: String,
-    /// host:port the nodes reach the mirror at.
+    /// host:port the nodes reach the (first) site mirror at.
     pub mirror: String,
     /// `https://host:port` (TLS, the CA from `--mirror-ca` or the one
     /// `serve` made beside the store) or `http://host:port`.
     pub mirror_url: String,
-    /// What the steps use to reach the mirror, CA included.
+    /// Every site mirror's URL, as given (`--mirror` ×N or `mirrors:`);
+    /// each node tries them in its own rotation (`NodePlan::mirrors`).
+    pub mirrors: Vec<String>,
+    /// `--node-mirror`: the node-local mirror every hosts.toml lists first.
+    pub node_mirror: Option<String>,
+    /// What the steps use to reach the mirrors, CA included (unrotated).
     #[serde(skip)]
-    pub endpoint: Mirror,
+    pub endpoint: Mirrors,
     pub store: PathBuf,
     pub state_dir: PathBuf,
     pub parallel: usize,
@@ -354,6 +359,10 @@ pub struct NodePlan {
     pub auth: Vec<&'static str>,
     pub jump: Option<String>,
     pub known_hosts: PathBuf,
+    /// The URLs this node pulls through, in the order it tries them: the
+    /// node-local mirror, then the site mirrors rotated by its place in
+    /// the inventory.
+    pub mirrors: Vec<String>,
     pub steps: Vec<StepPlan>,
     /// `upgrade` only: what runs when `keadm_upgrade` or
     /// `upgrade_postcheck` fails (empty with `--no-rollback`).
@@ -427,7 +436,10 @@ pub struct Report<'a> {
     pub finished: String,
     pub inventory: &'a Path,
     pub kubeedge_version: &'a str,
+    /// The first site mirror (host:port).
     pub mirror: &'a str,
+    /// Every site mirror's URL, as given.
+    pub mirrors: &'a [String],
     pub state_dir: &'a Path,
     /// strict | accept-new
     pub host_key_policy: &'static str,

@@ -25,7 +25,8 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 use crate::config::Config;
 use crate::mirror::{self, Snapshot};
-use crate::node::hosts::{self, Mirror, MIRROR_CA_PATH};
+use crate::node::hosts::{self, Mirror, Mirrors, MIRROR_CA_PATH};
+use crate::node::offer;
 use crate::printer::Printer;
 use crate::pull;
 use crate::tls;
@@ -78,6 +79,11 @@ pub struct ServeOptions {
     pub listen: SocketAddr,
     /// host:port nodes use to reach us, for the printed hosts.toml.
     pub advertise: Option<String>,
+    /// `--peer-mirror`: the site's other mirrors (host:port), listed after
+    /// this one in the printed hosts.toml and in `/join.sh`.
+    pub peers: Vec<String>,
+    /// `--node-mirror`: a node-local mirror listed ahead of all of them.
+    pub node_mirror: Option<String>,
     pub access_log: Option<PathBuf>,
     /// Pull mode: a directory with site.yaml; enrollments and reports go there.
     pub site_dir: Option<PathBuf>,
@@ -190,6 +196,20 @@ pub fn serve(options: ServeOptions, config: &Config, out: &Printer) -> Result<()
             address,
             ca_pem: identity.as_ref().map(|i| i.ca_pem.clone()),
         };
+        // This mirror first, then its peers: a node that reaches this one
+        // pulls from it and falls through to the others. One site CA for
+        // all (docs/scale.md says how peers share it).
+        if let Some(n) = options.node_mirror.as_deref().filter(|n| n.contains(hosts::NODE_HOST)) {
+            anyhow::bail!("--node-mirror {n}: serve prints one set of files for every node, so it cannot put each node's own address in; give the address every node reaches its node-local mirror at (edgeferry join fills {} in per node)", hosts::NODE_HOST);
+        }
+        let values: Vec<String> = std::iter::once(endpoint.url())
+            .chain(options.peers.iter().cloned())
+            .collect();
+        let mirrors = offer::mirrors_from(
+            &values,
+            options.node_mirror.as_deref(),
+            endpoint.ca_pem.clone(),
+        )?;
         let site = match &options.site_dir {
             None => None,
             Some(dir) => {
@@ -203,7 +223,7 @@ pub fn serve(options: ServeOptions, config: &Config, out: &Printer) -> Result<()
                         "WARNING: pull mode over plain HTTP: enrollment codes, the join token and node reports cross the LAN in cleartext, where anyone on it can read them; serve without --plain-http",
                     );
                 }
-                Some(pull::Site::open(dir, &endpoint, &snapshot.state, config, out)?)
+                Some(pull::Site::open(dir, &mirrors, &snapshot.state, config, out)?)
             }
         };
         if local.ip().is_unspecified() {
@@ -212,7 +232,7 @@ pub fn serve(options: ServeOptions, config: &Config, out: &Printer) -> Result<()
                 local.port()
             ));
         }
-        let mut text = banner(&snapshot, local, &endpoint, identity.as_ref());
+        let mut text = banner(&snapshot, local, &mirrors, identity.as_ref());
         if let Some(site) = &site {
             text.push_str(&format!(
                 "join script: {}/join.sh sha256 {}\none-liner: {}\n(codes: edgeferry enroll create --site-dir {})\n",
@@ -243,9 +263,10 @@ pub fn serve(options: ServeOptions, config: &Config, out: &Printer) -> Result<()
 fn banner(
     snapshot: &Snapshot,
     local: SocketAddr,
-    endpoint: &Mirror,
+    mirrors: &Mirrors,
     identity: Option<&tls::Identity>,
 ) -> String {
+    let endpoint = mirrors.first();
     let scheme = if endpoint.tls() { "https" } else { "http" };
     let mut s = format!(
         "edgeferry mirror: serving {} on {scheme}://{local} ({} images, {} files, read-only)\n",
@@ -260,13 +281,16 @@ fn banner(
         ));
     }
     s.push_str("\nOn each node, containerd needs these files (edgeferry join writes them):\n");
+    if mirrors.site.len() > 1 {
+        s.push_str("(This mirror first, then its peers: give a node that fetches from a peer the peer's own files. edgeferry join rotates the order per node.)\n");
+    }
     if let Some(pem) = &endpoint.ca_pem {
         s.push_str(&format!("=== {MIRROR_CA_PATH} (the mirror's CA)\n{pem}"));
         if !pem.ends_with('\n') {
             s.push('\n');
         }
     }
-    for file in hosts::hosts_files(endpoint, &snapshot.registries()) {
+    for file in hosts::hosts_files(mirrors, &snapshot.registries()) {
         s.push_str(&format!(
             "--- /etc/containerd/certs.d/{}/hosts.toml\n{}",
             file.dir, file.content

@@ -16,6 +16,7 @@ mod hosts;
 mod inspect;
 mod join;
 mod load;
+mod mirrors;
 mod pull;
 mod sbom;
 mod serve;

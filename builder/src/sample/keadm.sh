@@ -322,12 +322,32 @@ json_field() {
 	sed -n "s/.*\"$1\":\"\([^\"]*\)\".*/\1/p"
 }
 
-# The mirror a hosts.toml sends pulls to: its first [host."..."], else its
-# server when that is plain HTTP.
-mirror_of() {
-	url=$(sed -n 's/^[[:space:]]*\[host\."\([^"]*\)"\].*$/\1/p' "$1" | head -n 1)
-	[ -n "$url" ] || url=$(sed -n 's/^[[:space:]]*server[[:space:]]*=[[:space:]]*"\(http:\/\/[^"]*\)".*$/\1/p' "$1" | head -n 1)
-	echo "${url%/}"
+# The mirrors a hosts.toml sends pulls to, space-separated in the order
+# containerd tries them: every [host."..."], else its server when that is
+# plain HTTP.
+mirrors_of() {
+	urls=$(sed -n 's/^[[:space:]]*\[host\."\([^"]*\)"\].*$/\1/p' "$1")
+	[ -n "$urls" ] || urls=$(sed -n 's/^[[:space:]]*server[[:space:]]*=[[:space:]]*"\(http:\/\/[^"]*\)".*$/\1/p' "$1" | head -n 1)
+	for url in $urls; do printf '%s ' "${url%/}"; done
+}
+
+# GET /v2/$repo$1 into $2 (Accept: $3) as containerd does with several
+# hosts: each in order, the next when one cannot be reached or answers an
+# error; a mirror asked for another registry's images gets ?ns=.
+mirrors_get() {
+	errs=
+	for m in $mirrors; do
+		authority=${m#*://}
+		authority=${authority%%/*}
+		q="?ns=$registry"
+		[ "$authority" != "$registry" ] || q=
+		if e=$(http_get "$m/v2/$repo$1$q" "$2" "$3"); then
+			return 0
+		fi
+		errs="${errs:+$errs; }$e"
+	done
+	echo "$errs"
+	return 1
 }
 
 # Fetches $repo:$tag from $registry as containerd with config_path
@@ -342,13 +362,13 @@ pull_image() {
 	*) fail "failed to pull image \"$image\": $STANDIN knows no OCI platform for machine $(uname -m)" ;;
 	esac
 	certs=$ROOT/etc/containerd/certs.d
-	mirror=
+	mirrors=
 	for dir in "$registry" _default; do
 		[ -f "$certs/$dir/hosts.toml" ] || continue
-		mirror=$(mirror_of "$certs/$dir/hosts.toml")
-		[ -z "$mirror" ] || break
+		mirrors=$(mirrors_of "$certs/$dir/hosts.toml")
+		[ -z "$mirrors" ] || break
 	done
-	if [ -z "$mirror" ]; then
+	if [ -z "$mirrors" ]; then
 		upstream=$registry
 		[ "$registry" != docker.io ] || upstream=registry-1.docker.io
 		fail "failed to pull image \"$image\": no mirror for $registry in /etc/containerd/certs.d/$registry/hosts.toml, so containerd would go to https://$upstream, which an isolated site cannot reach (real keadm fails there, or after 20 s with DeadlineExceeded when the sandbox image is missing too)"
@@ -356,15 +376,9 @@ pull_image() {
 	# The CA file hosts.toml names (ca = "..."), as containerd trusts it.
 	mirror_ca=$(sed -n 's/^[[:space:]]*ca[[:space:]]*=[[:space:]]*"\([^"]*\)".*$/\1/p' "$certs/$dir/hosts.toml" | head -n 1)
 	[ -z "$mirror_ca" ] || mirror_ca=$ROOT$mirror_ca
-	# containerd asks a mirror for another registry's images with ?ns=.
-	authority=${mirror#*://}
-	authority=${authority%%/*}
-	query="?ns=$registry"
-	[ "$authority" != "$registry" ] || query=
-	base=$mirror/v2/$repo
-	note "pulling $image from $mirror (certs.d/$dir/hosts.toml) for linux/$arch${variant:+/$variant}"
+	note "pulling $image from ${mirrors% } (certs.d/$dir/hosts.toml) for linux/$arch${variant:+/$variant}"
 
-	why=$(http_get "$base/manifests/$tag$query" "$tmp/top.json" "$ACCEPT") || fail "failed to pull image \"$image\": $why"
+	why=$(mirrors_get "/manifests/$tag" "$tmp/top.json" "$ACCEPT") || fail "failed to pull image \"$image\": $why"
 	manifest=$(json_flat <"$tmp/top.json")
 	# The digest of the manifest for this platform, for --image-digest.
 	image_digest=sha256:$(sha256sum "$tmp/top.json" | cut -d ' ' -f 1)
@@ -380,7 +394,7 @@ pull_image() {
 		digest=$(printf '%s\n' "$pick" | json_field digest)
 		[ -n "$digest" ] || fail "failed to pull image \"$image\": no match for platform in manifest: not found (linux/$arch${variant:+/$variant})"
 		valid_digest "$digest" || fail "failed to pull image \"$image\": invalid digest \"$digest\" in the index"
-		why=$(http_get "$base/manifests/$digest$query" "$tmp/manifest.json" "$ACCEPT") || fail "failed to pull image \"$image\": $why"
+		why=$(mirrors_get "/manifests/$digest" "$tmp/manifest.json" "$ACCEPT") || fail "failed to pull image \"$image\": $why"
 		digest_matches "$tmp/manifest.json" "$digest" || fail "failed to pull image \"$image\": manifest $digest: digest mismatch: the mirror sent other bytes"
 		image_digest=$digest
 		manifest=$(json_flat <"$tmp/manifest.json")
@@ -388,7 +402,7 @@ pull_image() {
 	esac
 	case $manifest in
 	*'"layers":['*) ;;
-	*) fail "failed to pull image \"$image\": $base/manifests/$tag is neither an image index nor an image manifest" ;;
+	*) fail "failed to pull image \"$image\": /v2/$repo/manifests/$tag is neither an image index nor an image manifest" ;;
 	esac
 	layer_digests=$(printf '%s\n' "$manifest" | sed -n 's/.*"layers":\[\([^]]*\)\].*/\1/p' | tr '{},' '\n\n\n' | json_field digest)
 	[ -n "$layer_digests" ] || fail "failed to pull image \"$image\": its manifest lists no layers"
@@ -396,7 +410,7 @@ pull_image() {
 	for digest in $layer_digests; do
 		valid_digest "$digest" || fail "failed to pull image \"$image\": invalid layer digest \"$digest\""
 		layer_count=$((layer_count + 1))
-		why=$(http_get "$base/blobs/$digest$query" "$tmp/layer$layer_count" '*/*') || fail "failed to pull image \"$image\": $why"
+		why=$(mirrors_get "/blobs/$digest" "$tmp/layer$layer_count" '*/*') || fail "failed to pull image \"$image\": $why"
 		digest_matches "$tmp/layer$layer_count" "$digest" || fail "failed to pull image \"$image\": layer $digest: digest mismatch: the mirror sent other bytes"
 	done
 }

@@ -39,7 +39,10 @@ pub struct PlanInput<'a> {
     pub inventory: &'a Inventory,
     pub store_dir: &'a Path,
     pub state: &'a State,
-    pub mirror: Option<&'a str>,
+    /// `--mirror` values, in order; empty: the inventory's.
+    pub mirrors: &'a [String],
+    /// `--node-mirror`; `None`: the inventory's.
+    pub node_mirror: Option<&'a str>,
     /// The CA PEM nodes trust for the mirror, if it speaks TLS.
     pub mirror_ca: Option<String>,
     pub state_dir: PathBuf,
@@ -93,20 +96,28 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
         None => None,
     };
 
-    let mirror = match input.mirror.or(inv.mirror.as_deref()) {
-        Some(m) => offer::mirror_from(m, input.mirror_ca.clone())?,
-        None => bail!(
-            "no mirror address: pass --mirror HOST:PORT (where nodes reach edgeferry serve), set EDGEFERRY_MIRROR, or set mirror: in the inventory"
-        ),
+    let given = if input.mirrors.is_empty() {
+        &inv.mirrors[..]
+    } else {
+        input.mirrors
     };
-    let hosts_toml = offer::hosts_toml_for(state, &mirror);
+    let mirrors = offer::mirrors_from(
+        given,
+        input.node_mirror.or(inv.node_mirror.as_deref()),
+        input.mirror_ca.clone(),
+    )?;
+    let hosts_toml = offer::hosts_toml_for(state, &mirrors);
     let store_arches: Vec<String> = bundles.keys().cloned().collect();
     let store_images = offer::store_images(state);
     let settle = input.settle.unwrap_or(config.join.postcheck_settle);
     let grace = config.join.postcheck_connect_grace;
 
     let mut nodes = Vec::new();
-    for spec in &inv.nodes {
+    for (index, spec) in inv.nodes.iter().enumerate() {
+        // By the place in the whole inventory, so --limit and --resume
+        // give a node the same order as the full run.
+        let order = mirrors.for_node(index, &spec.host);
+        let node_hosts = offer::hosts_toml_for(state, &order);
         if let Some(limit) = input.limit {
             if !limit.contains(&spec.label) && !limit.contains(&spec.host) {
                 continue;
@@ -151,14 +162,14 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
             .collect();
         let step_input = StepInput {
             version: &version,
-            mirror: &mirror,
+            mirrors: &order,
             keadm: &keadm,
-            hosts: &hosts_toml,
+            hosts: &node_hosts,
             preflight: PreflightParams {
                 store_arches: store_arches.clone(),
                 store_images: store_images.clone(),
                 cri_socket,
-                mirror: &mirror,
+                mirrors: &order,
                 cloud_host: &cloud_host,
                 cloud_ports: ports.clone(),
                 min_free_mib: config.join.min_free_mib,
@@ -178,7 +189,7 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
                 preflight: UpgradePreflightParams {
                     to: &up.to,
                     store_arches: store_arches.clone(),
-                    mirror: &mirror,
+                    mirrors: &order,
                     min_free_mib: config.join.min_free_mib,
                 },
                 keadm: KeadmUpgradeParams {
@@ -231,6 +242,7 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
                 .as_ref()
                 .map(|j| format!("{}@{}:{}", j.user, j.host, j.port)),
             known_hosts: spec.known_hosts.clone(),
+            mirrors: order.urls(),
             steps,
             rollback,
             resume: None,
@@ -269,9 +281,11 @@ pub fn build(input: &PlanInput, config: &Config, redactor: &Redactor) -> Result<
         inventory: input.inventory_path.to_path_buf(),
         inventory_format: inv.format,
         kubeedge_version: version,
-        mirror: mirror.address.clone(),
-        mirror_url: mirror.url(),
-        endpoint: mirror,
+        mirror: mirrors.first().address.clone(),
+        mirror_url: mirrors.first().url(),
+        mirrors: mirrors.site.iter().map(|m| m.url()).collect(),
+        node_mirror: mirrors.node.clone(),
+        endpoint: mirrors,
         store: input.store_dir.to_path_buf(),
         state_dir: input.state_dir.clone(),
         parallel,
@@ -324,9 +338,19 @@ impl JoinPlan {
             self.nodes.len(),
             self.kubeedge_version,
             self.parallel,
-            self.mirror_url,
+            self.mirrors.join(", "),
             self.host_keys
         );
+        let several = self.mirrors.len() > 1 || self.node_mirror.is_some();
+        if several {
+            s.push_str(&format!(
+                "  mirrors: each node tries {}{} in its own order (below), the site mirrors rotated by its place in the inventory\n",
+                self.node_mirror
+                    .as_ref()
+                    .map_or(String::new(), |n| format!("the node-local mirror {n}, then ")),
+                if self.mirrors.len() > 1 { "the site mirrors" } else { "the site mirror" }
+            ));
+        }
         for a in &self.keadm {
             s.push_str(&format!(
                 "  keadm {}: {} sha256 {} (bundle {})\n",
@@ -387,6 +411,9 @@ impl JoinPlan {
                 if n.sudo { ", sudo" } else { "" },
                 n.auth.join("+")
             ));
+            if several {
+                s.push_str(&format!("  mirrors: {}\n", n.mirrors.join(" > ")));
+            }
             match &n.resume {
                 Some(r) if r.action == "skip" => {
                     s.push_str(&format!(
@@ -502,7 +529,8 @@ mod tests {
                 inventory: &inv,
                 store_dir: Path::new("/srv/store"),
                 state: &state(),
-                mirror: Some("http://10.0.0.5:5000/"),
+                mirrors: &["http://10.0.0.5:5000/".to_string()],
+                node_mirror: None,
                 mirror_ca: None,
                 state_dir: dir.path().join("state"),
                 parallel: None,

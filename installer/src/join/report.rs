@@ -84,6 +84,7 @@ pub fn build<'a>(
         inventory: &plan.inventory,
         kubeedge_version: &plan.kubeedge_version,
         mirror: &plan.mirror,
+        mirrors: &plan.mirrors,
         state_dir: &plan.state_dir,
         host_key_policy: plan.host_keys,
         host_keys_learned: outcomes

@@ -97,6 +97,10 @@ struct JumpFields {
 struct OurInventory {
     kubeedge_version: Option<String>,
     mirror: Option<String>,
+    /// Several site mirrors, in order (instead of `mirror:`).
+    #[serde(default)]
+    mirrors: Vec<String>,
+    node_mirror: Option<String>,
     cloudcore: Option<String>,
     token: Option<SecretSource>,
     name_prefix: Option<String>,
@@ -193,7 +197,10 @@ pub enum Format {
 pub struct Inventory {
     pub format: Format,
     pub kubeedge_version: Option<String>,
-    pub mirror: Option<String>,
+    /// `mirror:` or `mirrors:`, in order; empty when neither is set.
+    pub mirrors: Vec<String>,
+    /// `node_mirror:`.
+    pub node_mirror: Option<String>,
     pub parallel: Option<usize>,
     pub timeouts: BTreeMap<String, u64>,
     /// `settle:` seconds, if the inventory sets it.
@@ -326,6 +333,13 @@ fn from_ours(inv: OurInventory, base: &Path, redactor: &Redactor) -> Result<Inve
     if inv.nodes.is_empty() {
         bail!("no nodes: list them under `nodes:`");
     }
+    let mirrors = match (inv.mirror, inv.mirrors) {
+        (Some(_), m) if !m.is_empty() => {
+            bail!("both mirror: and mirrors: are set: list every mirror under mirrors:")
+        }
+        (Some(one), _) => vec![one],
+        (None, m) => m,
+    };
     let site_token = inv
         .token
         .as_ref()
@@ -385,7 +399,8 @@ fn from_ours(inv: OurInventory, base: &Path, redactor: &Redactor) -> Result<Inve
     Ok(Inventory {
         format: Format::Edgeferry,
         kubeedge_version: inv.kubeedge_version,
-        mirror: inv.mirror,
+        mirrors,
+        node_mirror: inv.node_mirror,
         parallel: inv.parallel,
         timeouts: inv.timeouts,
         settle: inv.settle,
@@ -745,7 +760,8 @@ fn from_batch(config: BatchConfig, base: &Path, redactor: &Redactor) -> Result<I
     Ok(Inventory {
         format: Format::KeadmBatch,
         kubeedge_version: Some(version.clone()),
-        mirror: None,
+        mirrors: Vec::new(),
+        node_mirror: None,
         // keadm batch treats 0 as its default of 5.
         parallel: Some(if config.max_run_num == 0 {
             5

@@ -9,7 +9,7 @@ use std::path::Path;
 
 use anyhow::{bail, Context, Result};
 
-use super::hosts::{self, HostsFile, Mirror};
+use super::hosts::{self, HostsFile, Mirror, Mirrors};
 use super::script::KeadmAsset;
 use crate::store::State;
 
@@ -39,6 +39,52 @@ pub fn mirror_from(value: &str, ca_pem: Option<String>) -> Result<Mirror> {
         address: address.to_string(),
         ca_pem,
     })
+}
+
+/// Every `--mirror` value (in the order given) and `--node-mirror`, as
+/// [`Mirrors`]. The site mirrors share one CA (`ca_pem`), so they must all
+/// speak HTTPS or all plain HTTP; a mirror given twice is refused, as its
+/// hosts.toml directory would be written twice.
+pub fn mirrors_from(
+    values: &[String],
+    node: Option<&str>,
+    ca_pem: Option<String>,
+) -> Result<Mirrors> {
+    if values.is_empty() {
+        bail!("no mirror address: pass --mirror HOST:PORT (where nodes reach edgeferry serve; repeat it for several), set EDGEFERRY_MIRROR, or set mirrors: in the inventory");
+    }
+    let mut site: Vec<Mirror> = Vec::new();
+    for value in values {
+        let mirror = mirror_from(value, ca_pem.clone())?;
+        if site.iter().any(|m| m.address == mirror.address) {
+            bail!("--mirror {}: given twice", mirror.address);
+        }
+        if let Some(first) = site.first() {
+            if first.tls() != mirror.tls() {
+                bail!(
+                    "--mirror {} and {}: one is HTTPS and one plain HTTP; a site's mirrors share one CA, so give them all the same scheme",
+                    first.url(),
+                    mirror.url()
+                );
+            }
+        }
+        site.push(mirror);
+    }
+    let node = match node {
+        None => None,
+        Some(value) => {
+            let v = value.trim().trim_end_matches('/');
+            let rest = v
+                .strip_prefix("http://")
+                .or_else(|| v.strip_prefix("https://"))
+                .with_context(|| format!("--node-mirror {value:?} is not http://HOST:PORT or https://HOST:PORT (where containerd reaches the node-local mirror, e.g. http://127.0.0.1:30020)"))?;
+            if rest.is_empty() || rest.contains('/') || !rest.contains(':') {
+                bail!("--node-mirror {value:?} is not http://HOST:PORT or https://HOST:PORT: give the node-local mirror's address with its port and no path");
+            }
+            Some(v.to_string())
+        }
+    };
+    Ok(Mirrors { node, site })
 }
 
 /// The host part of HOST:PORT, with IPv6 brackets removed.
@@ -169,13 +215,13 @@ pub fn store_images(state: &State) -> Vec<String> {
 }
 
 /// containerd `hosts.toml` for every registry the store's images come from.
-pub fn hosts_toml_for(state: &State, mirror: &Mirror) -> Vec<HostsFile> {
+pub fn hosts_toml_for(state: &State, mirrors: &Mirrors) -> Vec<HostsFile> {
     let registries: BTreeSet<String> = state
         .images
         .keys()
         .map(|r| hosts::registry_of(r).to_string())
         .collect();
-    hosts::hosts_files(mirror, &registries)
+    hosts::hosts_files(mirrors, &registries)
 }
 
 /// The flags `edgeferry upgrade` passes to the target's keadm (`upgrade
@@ -291,5 +337,43 @@ mod tests {
             "{err}"
         );
         assert!(mirror_from("10.0.0.5", None).is_err());
+    }
+
+    #[test]
+    fn several_mirrors_share_a_scheme_and_the_node_mirror_is_a_url() {
+        let v = |a: &[&str]| a.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let ca = || Some("PEM".to_string());
+        let m = mirrors_from(
+            &v(&["10.0.0.5:5000", "10.0.0.6:5000"]),
+            Some("http://127.0.0.1:30020/"),
+            ca(),
+        )
+        .unwrap();
+        assert_eq!(
+            m.urls(),
+            [
+                "http://127.0.0.1:30020",
+                "https://10.0.0.5:5000",
+                "https://10.0.0.6:5000"
+            ]
+        );
+        let err =
+            mirrors_from(&v(&["http://10.0.0.5:5000", "10.0.0.6:5000"]), None, ca()).unwrap_err();
+        assert!(
+            err.to_string().contains("give them all the same scheme"),
+            "{err}"
+        );
+        let err =
+            mirrors_from(&v(&["10.0.0.5:5000", "http://10.0.0.5:5000/"]), None, None).unwrap_err();
+        assert!(err.to_string().contains("given twice"), "{err}");
+        assert!(mirrors_from(&[], None, None).is_err());
+        for bad in [
+            "127.0.0.1:30020",
+            "http://127.0.0.1",
+            "http://127.0.0.1:30020/v2",
+        ] {
+            let err = mirrors_from(&v(&["10.0.0.5:5000"]), Some(bad), None).unwrap_err();
+            assert!(err.to_string().contains("--node-mirror"), "{bad}: {err}");
+        }
     }
 }

@@ -5,7 +5,7 @@
 
 use std::collections::BTreeMap;
 
-use super::hosts::{HostsFile, Mirror, MIRROR_CA_PATH};
+use super::hosts::{HostsFile, Mirror, Mirrors, MIRROR_CA_PATH, MIRROR_CONNECT_SECS};
 
 /// Where edgeferry keeps its own files on a node. Not under a directory
 /// `keadm reset edge` wipes (/etc/kubeedge, /var/lib/kubeedge, /var/log/kubeedge,
@@ -75,7 +75,7 @@ pub struct PreflightParams<'a> {
     /// one of them.
     pub store_images: Vec<String>,
     pub cri_socket: String,
-    pub mirror: &'a Mirror,
+    pub mirrors: &'a Mirrors,
     pub cloud_host: &'a str,
     pub cloud_ports: Vec<u16>,
     pub min_free_mib: u64,
@@ -204,6 +204,43 @@ fi"#,
     )
 }
 
+/// sh that looks for a site mirror answering `/v2/` from the node, in the
+/// node's order, with `$1` the HTTP client (curl or wget): the first that
+/// answers is printed as `mirror=<url>`; those before it that do not are
+/// named; `fail` is called only when none answers. Reachability only,
+/// nothing is sent: the mirror's CA is installed by the containerd step,
+/// and every transfer after it checks it.
+fn mirror_probe(mirrors: &Mirrors) -> String {
+    let tls = mirrors.first().tls();
+    let none = if mirrors.site.len() == 1 {
+        format!(
+            "mirror {}/v2/ does not answer from this node: check --mirror and that edgeferry serve listens there",
+            mirrors.first().url()
+        )
+    } else {
+        format!(
+            "no site mirror answers /v2/ from this node ({}): check --mirror and that edgeferry serve listens there",
+            mirrors.site_urls_sh()
+        )
+    };
+    format!(
+        r#"ef_mirror_probe() {{
+	for url in {urls}; do
+		case $1 in
+		curl) curl -fsS {unverified_curl}-o /dev/null --connect-timeout {MIRROR_CONNECT_SECS} -m 10 "$url/v2/" 2>/dev/null ;;
+		*) wget -q {unverified_wget}-T 10 -O /dev/null "$url/v2/" ;;
+		esac && {{ echo "mirror=$url"; return 0; }}
+		echo "mirror $url/v2/ does not answer from this node"
+	done
+	fail {none}
+}}"#,
+        urls = mirrors.site_urls_sh(),
+        unverified_curl = if tls { "-k " } else { "" },
+        unverified_wget = if tls { "--no-check-certificate " } else { "" },
+        none = quote(&none),
+    )
+}
+
 /// Checks everything keadm would trip over, and a few things it would not
 /// notice until too late. Prints `arch=<arch>`, `sandbox=<image>` and
 /// `http=<client>` for the control host and the node's log; reports every
@@ -234,11 +271,12 @@ fi
 command -v systemctl >/dev/null 2>&1 || command -v openrc >/dev/null 2>&1 || fail "neither systemctl nor openrc: keadm needs an init system"
 command -v sudo >/dev/null 2>&1 || fail "no sudo: keadm runs 'sudo systemctl ...' even as root; install sudo"
 {sandbox}
+{probe}
 free=$(df -Pk /var/lib 2>/dev/null | awk 'NR==2 {{print $4}}')
 [ "${{free:-0}}" -ge {min_kib} ] || fail "only ${{free:-0}} KiB free under /var/lib: free at least {min_mib} MiB"
 if command -v curl >/dev/null 2>&1; then
 	echo http=curl
-	curl -fsS {unverified_curl}-o /dev/null --connect-timeout 5 -m 10 {mirror}/v2/ 2>/dev/null || fail "mirror {mirror}/v2/ does not answer from this node: check --mirror and that edgeferry serve listens there"
+	ef_mirror_probe curl
 	for port in {ports}; do
 		# Any answer means the port is reachable; 7 is "could not connect",
 		# and a timeout before connecting leaves time_connect at zero. Plain
@@ -248,7 +286,7 @@ if command -v curl >/dev/null 2>&1; then
 	done
 elif command -v wget >/dev/null 2>&1; then
 	echo http=wget
-	wget -q {unverified_wget}-T 10 -O /dev/null {mirror}/v2/ || fail "mirror {mirror}/v2/ does not answer from this node: check --mirror and that edgeferry serve listens there"
+	ef_mirror_probe wget
 else
 	echo http=none
 fi
@@ -259,15 +297,7 @@ fi
 echo "preflight: ok"
 "#,
         cri = quote(&p.cri_socket),
-        mirror = p.mirror.url(),
-        // Reachability only, nothing is sent: the mirror's CA is installed
-        // by the containerd step, and every transfer after it checks it.
-        unverified_curl = if p.mirror.tls() { "-k " } else { "" },
-        unverified_wget = if p.mirror.tls() {
-            "--no-check-certificate "
-        } else {
-            ""
-        },
+        probe = mirror_probe(p.mirrors),
         cloud = if p.cloud_host.contains(':') {
             format!("[{}]", p.cloud_host)
         } else {
@@ -343,10 +373,13 @@ pub fn keadm_dir(version: &str) -> String {
     format!("{NODE_DIR}/keadm-{version}")
 }
 
-/// Fetches the keadm tarball from the mirror, checks its sha256 against the
-/// signed store (on the node, after the transfer), and unpacks keadm.
-/// `uploaded`: the control host has already put `<file>.part` there.
-pub fn fetch(version: &str, mirror: &Mirror, assets: &[KeadmAsset], uploaded: bool) -> String {
+/// Fetches the keadm tarball from the site mirrors, in the node's order
+/// (the next one when a mirror does not answer within
+/// [`MIRROR_CONNECT_SECS`] or fails mid-transfer, each starting over), checks
+/// its sha256 against the signed store (on the node, after the transfer),
+/// and unpacks keadm. `uploaded`: the control host has already put
+/// `<file>.part` there.
+pub fn fetch(version: &str, mirrors: &Mirrors, assets: &[KeadmAsset], uploaded: bool) -> String {
     let dir = keadm_dir(version);
     let mut cases = String::new();
     for a in assets {
@@ -357,22 +390,37 @@ pub fn fetch(version: &str, mirror: &Mirror, assets: &[KeadmAsset], uploaded: bo
             a.sha256
         ));
     }
+    let first = mirrors.first();
     let download = if uploaded {
         "echo \"using $file uploaded over SSH\"".to_string()
     } else {
         format!(
             r#"{install_ca}if command -v curl >/dev/null 2>&1; then
-	curl -fsS {curl_ca}--connect-timeout 10 -o "$d/$file.part" "{url}/files/$file"
+	get() {{ curl -fsS {curl_ca}--connect-timeout {MIRROR_CONNECT_SECS} -o "$d/$file.part" "$1/files/$file"; }}
 elif command -v wget >/dev/null 2>&1; then
-	wget -q {wget_ca}-T 30 -O "$d/$file.part" "{url}/files/$file"
+	get() {{ wget -q {wget_ca}-T 30 -O "$d/$file.part" "$1/files/$file"; }}
 else
 	echo "no curl or wget on this node: uploading over SSH instead" >&2
 	exit {NO_HTTP_CLIENT}
-fi"#,
-            install_ca = install_ca(mirror),
-            url = mirror.url(),
-            curl_ca = mirror.curl_ca(),
-            wget_ca = mirror.wget_ca(),
+fi
+fetched=
+for url in {urls}; do
+	if get "$url"; then
+		fetched=$url
+		break
+	fi
+	echo "mirror $url: $file not fetched, trying the next mirror" >&2
+done
+[ -n "$fetched" ] || {{
+	rm -f "$d/$file.part"
+	echo "no site mirror served $file ({urls})" >&2
+	exit 1
+}}
+echo "fetched $file from $fetched""#,
+            install_ca = install_ca(first),
+            urls = mirrors.site_urls_sh(),
+            curl_ca = first.curl_ca(),
+            wget_ca = first.wget_ca(),
         )
     };
     format!(
@@ -564,7 +612,7 @@ const EDGECORE_RUNS: &str = "if [ -d /run/systemd/system ] && systemctl cat edge
 pub struct UpgradePreflightParams<'a> {
     pub to: &'a str,
     pub store_arches: Vec<String>,
-    pub mirror: &'a Mirror,
+    pub mirrors: &'a Mirrors,
     pub min_free_mib: u64,
 }
 
@@ -595,8 +643,9 @@ else
 fi
 free=$(df -Pk /var/lib 2>/dev/null | awk 'NR==2 {{print $4}}')
 [ "${{free:-0}}" -ge {min_kib} ] || fail "only ${{free:-0}} KiB free under /var/lib: free at least {min_mib} MiB for the backup and the new images"
+{probe}
 if command -v curl >/dev/null 2>&1; then
-	curl -fsS {unverified_curl}-o /dev/null --connect-timeout 5 -m 10 {mirror}/v2/ 2>/dev/null || fail "mirror {mirror}/v2/ does not answer from this node: check --mirror and that edgeferry serve listens there"
+	ef_mirror_probe curl
 fi
 if [ -n "$fails" ]; then
 	echo "preflight: $fails" >&2
@@ -609,8 +658,7 @@ fi
 echo "preflight: ok"
 "#,
         to = quote(p.to),
-        mirror = p.mirror.url(),
-        unverified_curl = if p.mirror.tls() { "-k " } else { "" },
+        probe = mirror_probe(p.mirrors),
         min_mib = p.min_free_mib,
         min_kib = p.min_free_mib * 1024,
     )

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::hosts::{HostsFile, Mirror};
+use super::hosts::{HostsFile, Mirrors};
 use super::script::{
     self, JoinArgs, KeadmAsset, KeadmUpgradeParams, PostcheckParams, PreflightParams,
     UpgradePreflightParams,
@@ -262,7 +262,8 @@ pub fn all_names() -> String {
 /// for every node: the keadm arguments then arrive at run time).
 pub struct StepInput<'a> {
     pub version: &'a str,
-    pub mirror: &'a Mirror,
+    /// This node's mirrors, in the order it tries them.
+    pub mirrors: &'a Mirrors,
     pub keadm: &'a [KeadmAsset],
     pub hosts: &'a [HostsFile],
     pub preflight: PreflightParams<'a>,
@@ -290,8 +291,8 @@ pub fn script(step: Step, input: &StepInput) -> Option<String> {
     Some(match step {
         Step::Connect => return None,
         Step::Preflight => script::preflight(&i.preflight),
-        Step::Containerd => script::containerd(i.hosts, i.mirror),
-        Step::Fetch => script::fetch(i.version, i.mirror, i.keadm, false),
+        Step::Containerd => script::containerd(i.hosts, i.mirrors.first()),
+        Step::Fetch => script::fetch(i.version, i.mirrors, i.keadm, false),
         Step::KeadmJoin => {
             script::keadm_join(i.version, i.join_args, i.keadm_join_timeout.as_secs())
         }
@@ -316,11 +317,12 @@ pub fn script(step: Step, input: &StepInput) -> Option<String> {
 #[cfg(test)]
 pub mod fixture {
     use super::*;
+    use crate::node::hosts::Mirror;
 
     pub struct Site {
         pub keadm: Vec<KeadmAsset>,
         pub hosts: Vec<HostsFile>,
-        pub mirror: Mirror,
+        pub mirrors: Mirrors,
         pub digests: BTreeMap<String, String>,
     }
 
@@ -337,6 +339,23 @@ pub mod fixture {
     }
 
     fn with_mirror(mirror: Mirror) -> Site {
+        with_mirrors(Mirrors::one(mirror))
+    }
+
+    /// Two plain-HTTP site mirrors as the second node of an inventory
+    /// sees them (rotated), behind a node-local mirror.
+    pub fn two_mirrors() -> Site {
+        let mirrors = Mirrors {
+            node: Some("http://127.0.0.1:30020".into()),
+            site: vec![
+                Mirror::plain("10.0.0.5:5000"),
+                Mirror::plain("10.0.0.6:5000"),
+            ],
+        };
+        with_mirrors(mirrors.rotated(1))
+    }
+
+    pub fn with_mirrors(mirrors: Mirrors) -> Site {
         Site {
             keadm: vec![KeadmAsset {
                 arch: "amd64".into(),
@@ -345,10 +364,10 @@ pub mod fixture {
                 size: 1,
             }],
             hosts: super::super::hosts::hosts_files(
-                &mirror,
+                &mirrors,
                 &["docker.io".to_string()].into_iter().collect(),
             ),
-            mirror,
+            mirrors,
             digests: [("amd64".to_string(), format!("sha256:{}", "ef".repeat(32)))].into(),
         }
     }
@@ -357,7 +376,7 @@ pub mod fixture {
         pub fn input(&self, args: JoinArgs) -> StepInput<'_> {
             StepInput {
                 version: "v1.23.1",
-                mirror: &self.mirror,
+                mirrors: &self.mirrors,
                 keadm: &self.keadm,
                 hosts: &self.hosts,
                 preflight: PreflightParams {
@@ -368,7 +387,7 @@ pub mod fixture {
                         "registry.k8s.io/pause:3.10".into(),
                     ],
                     cri_socket: "/run/containerd/containerd.sock".into(),
-                    mirror: &self.mirror,
+                    mirrors: &self.mirrors,
                     cloud_host: "10.0.0.2",
                     cloud_ports: vec![10000, 10002],
                     min_free_mib: 512,
@@ -388,7 +407,7 @@ pub mod fixture {
                     preflight: UpgradePreflightParams {
                         to: "v1.23.1",
                         store_arches: vec!["amd64".into()],
-                        mirror: &self.mirror,
+                        mirrors: &self.mirrors,
                         min_free_mib: 512,
                     },
                     keadm: KeadmUpgradeParams {
@@ -431,6 +450,7 @@ mod tests {
             (fixture::site(), JoinArgs::Stdin),
             (fixture::site(), JoinArgs::FromFile),
             (fixture::tls_site(), JoinArgs::Stdin),
+            (fixture::two_mirrors(), JoinArgs::Stdin),
         ] {
             for step in all_steps() {
                 match script(step, &site.input(args)) {
@@ -439,6 +459,29 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn with_two_mirrors_preflight_and_fetch_try_them_in_the_nodes_order() {
+        let site = fixture::two_mirrors();
+        let input = site.input(JoinArgs::Stdin);
+        let order = "for url in http://10.0.0.6:5000 http://10.0.0.5:5000; do";
+        for step in [Step::Preflight, Step::Fetch, Step::UpgradePreflight] {
+            let sh = script(step, &input).unwrap();
+            assert!(sh.contains(order), "{step:?}:\n{sh}");
+        }
+        let fetch = script(Step::Fetch, &input).unwrap();
+        assert!(
+            fetch.contains("curl -fsS --connect-timeout 5 -o \"$d/$file.part\" \"$1/files/$file\""),
+            "{fetch}"
+        );
+        // The node-local mirror serves images only: never asked for keadm.
+        assert!(!fetch.contains("30020"), "{fetch}");
+        let containerd = script(Step::Containerd, &input).unwrap();
+        assert!(
+            containerd.contains("[host.\"http://127.0.0.1:30020\"]"),
+            "{containerd}"
+        );
     }
 
     #[test]

@@ -19,7 +19,7 @@ use http_body_util::BodyExt;
 use serde::{Deserialize, Serialize};
 
 use crate::config::{Config, PullConfig};
-use crate::node::hosts::Mirror;
+use crate::node::hosts::{Mirror, Mirrors};
 use crate::node::inventory::{self, SiteSpec};
 use crate::node::offer;
 use crate::node::script::{self as node_script, JoinArgs, PostcheckParams, PreflightParams};
@@ -46,7 +46,9 @@ pub struct Site {
     pub dir: PathBuf,
     spec: SiteSpec,
     redactor: Redactor,
-    mirror: Mirror,
+    /// This mirror first, then its `--peer-mirror`s (and the node-local
+    /// one ahead of all): what `/join.sh` writes and fetches through.
+    mirrors: Mirrors,
     keadm_timeout: std::time::Duration,
     min_free_mib: u64,
     settle: std::time::Duration,
@@ -91,7 +93,7 @@ pub fn one_liner(mirror: &Mirror, pin: Option<&str>, sha256: &str) -> String {
 impl Site {
     pub fn open(
         dir: &Path,
-        mirror: &Mirror,
+        mirrors: &Mirrors,
         state: &State,
         config: &Config,
         out: Printer,
@@ -106,7 +108,7 @@ impl Site {
             dir: dir.to_path_buf(),
             spec,
             redactor,
-            mirror: mirror.clone(),
+            mirrors: mirrors.clone(),
             keadm_timeout: config.join.keadm_join_timeout,
             min_free_mib: config.join.min_free_mib,
             settle,
@@ -142,18 +144,18 @@ impl Site {
         offer::check_flags(&offer.version, &self.spec.flags, &who)?;
         let (cloud_host, ports, cri_socket) =
             offer::preflight_target(&self.spec.cloudcore, &self.spec.flags, &who)?;
-        let hosts_files = offer::hosts_toml_for(state, &self.mirror);
+        let hosts_files = offer::hosts_toml_for(state, &self.mirrors);
         let (version, keadm) = (offer.version, offer.keadm);
         let text = script::render(&StepInput {
             version: &version,
-            mirror: &self.mirror,
+            mirrors: &self.mirrors,
             keadm: &keadm,
             hosts: &hosts_files,
             preflight: PreflightParams {
                 store_arches: keadm.iter().map(|a| a.arch.clone()).collect(),
                 store_images: offer::store_images(state),
                 cri_socket,
-                mirror: &self.mirror,
+                mirrors: &self.mirrors,
                 cloud_host: &cloud_host,
                 cloud_ports: ports.clone(),
                 min_free_mib: self.min_free_mib,

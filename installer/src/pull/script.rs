@@ -121,11 +121,11 @@ report {DONE} ok "joined as $node"
 echo "edgeferry join.sh: $node joined"
 "#,
         version = input.version,
-        mirror = input.mirror.url(),
+        mirror = input.mirrors.first().url(),
         node_dir = NODE_DIR,
-        install_ca = install_ca(input.mirror),
-        curl_ca = input.mirror.curl_ca(),
-        wget_ca = input.mirror.wget_ca(),
+        install_ca = install_ca(input.mirrors.first()),
+        curl_ca = input.mirrors.first().curl_ca(),
+        wget_ca = input.mirrors.first().wget_ca(),
     )
 }
 
