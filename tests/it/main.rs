@@ -19,6 +19,7 @@ mod load;
 mod pull;
 mod sbom;
 mod serve;
+mod sync;
 mod tls;
 mod upgrade;
 mod upgrade_standin;
