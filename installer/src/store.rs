@@ -475,7 +475,12 @@ impl<'a> Loader<'a> {
         synthesized: Vec<(String, Vec<u8>)>,
     ) -> Result<LoadReport> {
         let repaired: Vec<String> = self.repaired.iter().cloned().collect();
-        if next == self.state && repaired.is_empty() {
+        // A store loaded before manifests were kept gains one on a reload.
+        let keeps_new = self.signed.is_some()
+            && !kept_manifest_paths(&self.store, &manifest.bundle_id)
+                .0
+                .exists();
+        if next == self.state && repaired.is_empty() && !keeps_new {
             return Ok(LoadReport {
                 bundle_id: manifest.bundle_id.clone(),
                 changed: false,
@@ -608,9 +613,8 @@ impl<'a> Loader<'a> {
                     )
                 })?;
                 let target = blob_path(self.work_path(), &entry.sha256);
-                fs::hard_link(staged, &target).with_context(|| {
-                    format!("linking {} into the next store", staged.display())
-                })?;
+                fs::hard_link(staged, &target)
+                    .with_context(|| format!("linking {} into the next store", staged.display()))?;
                 Ok(())
             }
         }
@@ -713,7 +717,11 @@ impl State {
     /// arch, the store never goes back to a bundle built before the newest
     /// one it has loaded, whoever signed either (another trusted key, or
     /// nobody with --insecure-skip-signature).
-    pub fn refuse_downgrade(&self, manifest: &Manifest, signer: Option<&str>) -> Result<(), String> {
+    pub fn refuse_downgrade(
+        &self,
+        manifest: &Manifest,
+        signer: Option<&str>,
+    ) -> Result<(), String> {
         if let Some(key_id) = signer {
             let key = format!("{key_id}/{}", manifest.arch);
             if let Some(&seen) = self.sequences.get(&key) {

@@ -135,7 +135,14 @@ fn a_sync_equals_loading_the_same_bundles_and_a_delta_alone_brings_what_it_left_
     assert_eq!(snapshot(&hub), snapshot(&direct));
     assert_eq!(
         names_in(root.path()),
-        [".direct.lock", ".hub.lock", ".site.lock", "direct", "hub", "site"]
+        [
+            ".direct.lock",
+            ".hub.lock",
+            ".site.lock",
+            "direct",
+            "hub",
+            "site"
+        ]
     );
 
     // Again: nothing to fetch, nothing changes.
@@ -212,9 +219,12 @@ fn a_sync_killed_mid_transfer_resumes_with_range_and_completes() {
     let staging = root.path().join(".site.sync");
 
     // Half of the first blob arrives, then the hub's link hangs: kill -9.
-    let proxy =
-        TamperProxy::start_with("127.0.0.1", &served.addr, Rule::StallFirst("/blobs/".into()))
-            .unwrap();
+    let proxy = TamperProxy::start_with(
+        "127.0.0.1",
+        &served.addr,
+        Rule::StallFirst("/blobs/".into()),
+    )
+    .unwrap();
     let mut killed = Reaped::spawn(
         edgeferry()
             .args(["sync", "--json", "--from"])
@@ -278,5 +288,8 @@ fn a_hub_offering_an_older_bundle_is_refused() {
         "{error}"
     );
     assert_eq!(snapshot(&site), before);
-    assert_eq!(names_in(root.path()), [".hub.lock", ".site.lock", "hub", "site"]);
+    assert_eq!(
+        names_in(root.path()),
+        [".hub.lock", ".site.lock", "hub", "site"]
+    );
 }

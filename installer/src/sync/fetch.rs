@@ -57,7 +57,8 @@ impl Client {
             .accept_encoding("identity")
             .user_agent(concat!("edgeferry-sync/", env!("CARGO_PKG_VERSION")));
         if let Some(ca) = ca {
-            let pem = fs::read(ca).with_context(|| format!("reading --mirror-ca {}", ca.display()))?;
+            let pem =
+                fs::read(ca).with_context(|| format!("reading --mirror-ca {}", ca.display()))?;
             let roots: Vec<_> = ureq::tls::parse_pem(&pem)
                 .filter_map(|item| match item {
                     Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
@@ -104,7 +105,11 @@ impl Client {
         }
     }
 
-    fn get_small_once(&self, url: &str, limit: u64) -> Result<Vec<u8>, Result<Transient, anyhow::Error>> {
+    fn get_small_once(
+        &self,
+        url: &str,
+        limit: u64,
+    ) -> Result<Vec<u8>, Result<Transient, anyhow::Error>> {
         let response = self.agent.get(url).call().map_err(transient)?;
         let status = response.status().as_u16();
         if status >= 500 || status == 429 {
@@ -179,7 +184,9 @@ impl Client {
                         outcome.fetched += have - before;
                         failures = if have > before { 1 } else { failures + 1 };
                         if failures >= self.attempts {
-                            bail!("GET {url}: {detail} (after {failures} attempts without progress)");
+                            bail!(
+                                "GET {url}: {detail} (after {failures} attempts without progress)"
+                            );
                         }
                         std::thread::sleep(backoff(failures));
                         continue;
@@ -208,7 +215,8 @@ impl Client {
             File::open(&partial)
                 .and_then(|f| f.sync_all())
                 .with_context(|| format!("syncing {}", partial.display()))?;
-            fs::rename(&partial, &done).with_context(|| format!("renaming {}", partial.display()))?;
+            fs::rename(&partial, &done)
+                .with_context(|| format!("renaming {}", partial.display()))?;
             return Ok(outcome);
         }
     }

@@ -189,11 +189,16 @@ fn plan(args: &SyncArgs, (mut offered, skipped): (Vec<Offered>, usize)) -> Resul
     // Loads must go in creation order (the rollback rule); a delta comes
     // after the bundle it was built against.
     offered.sort_by(|a, b| {
-        (&a.manifest.created, a.manifest.sequence, &a.manifest.bundle_id).cmp(&(
-            &b.manifest.created,
-            b.manifest.sequence,
-            &b.manifest.bundle_id,
-        ))
+        (
+            &a.manifest.created,
+            a.manifest.sequence,
+            &a.manifest.bundle_id,
+        )
+            .cmp(&(
+                &b.manifest.created,
+                b.manifest.sequence,
+                &b.manifest.bundle_id,
+            ))
     });
     let mut after = site.clone();
     let mut bundles = Vec::new();
@@ -219,7 +224,13 @@ fn plan(args: &SyncArgs, (mut offered, skipped): (Vec<Offered>, usize)) -> Resul
         after
             .refuse_downgrade(m, Some(&offer.signer.key_id))
             .map_err(VerifyError::Refused)
-            .with_context(|| format!("{} offers a bundle older than {} holds", args.from, args.store.display()))?;
+            .with_context(|| {
+                format!(
+                    "{} offers a bundle older than {} holds",
+                    args.from,
+                    args.store.display()
+                )
+            })?;
         after.record_bundle(m, Some(&offer.signer.key_id));
         let repo = m
             .images
@@ -323,8 +334,8 @@ fn run(
                 staging.join("lock").display()
             )
         })?;
-        let needed = result.plan.fetch_bytes - result.plan.staged_bytes
-            + config.load_space_margin_bytes;
+        let needed =
+            result.plan.fetch_bytes - result.plan.staged_bytes + config.load_space_margin_bytes;
         let parent = staging.parent().unwrap_or(Path::new("."));
         let available = sys::available_bytes(parent)
             .with_context(|| format!("checking free space in {}", parent.display()))?;
@@ -405,11 +416,7 @@ fn commit(
 }
 
 fn plan_text(plan: &SyncPlan) -> String {
-    let mut s = format!(
-        "sync {} from {}:\n",
-        plan.store.display(),
-        plan.from
-    );
+    let mut s = format!("sync {} from {}:\n", plan.store.display(), plan.from);
     for b in &plan.bundles {
         s.push_str(&format!(
             "  {:<8} {}  KubeEdge {} linux/{}  sequence {}  created {}  key {}{}\n",
@@ -462,6 +469,9 @@ mod tests {
             repository_of("localhost:5000/pause@sha256:ab"),
             "localhost:5000/pause"
         );
-        assert_eq!(repository_of("localhost:5000/pause"), "localhost:5000/pause");
+        assert_eq!(
+            repository_of("localhost:5000/pause"),
+            "localhost:5000/pause"
+        );
     }
 }
