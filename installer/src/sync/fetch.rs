@@ -93,10 +93,7 @@ impl Client {
             tries += 1;
             match self.get_small_once(&url, limit) {
                 Ok(bytes) => return Ok(bytes),
-                Err(Ok(Transient(detail))) if tries < self.attempts => {
-                    let _ = detail;
-                    std::thread::sleep(backoff(tries));
-                }
+                Err(Ok(_)) if tries < self.attempts => std::thread::sleep(backoff(tries)),
                 Err(Ok(Transient(detail))) => {
                     bail!("GET {url}: {detail} (after {tries} attempts)")
                 }
