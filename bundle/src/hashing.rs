@@ -42,6 +42,23 @@ pub fn sha256_reader(mut reader: impl Read) -> io::Result<(String, u64)> {
     }
 }
 
+/// A sha256 fed piece by piece, for bytes that arrive in several goes: a
+/// download resumed with Range hashes what it staged, then the rest as it
+/// streams.
+#[derive(Default)]
+pub struct Sha256Stream(Sha256);
+
+impl Sha256Stream {
+    pub fn update(&mut self, bytes: &[u8]) {
+        self.0.update(bytes);
+    }
+
+    /// Lowercase hex.
+    pub fn finish(self) -> String {
+        hex(&self.0.finalize())
+    }
+}
+
 /// A writer that keeps the sha256 (for `SHA256SUMS`) and the BLAKE2b-512
 /// prehash (for the minisign signature) of everything written through it.
 pub struct HashingWriter<W> {

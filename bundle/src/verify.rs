@@ -99,6 +99,9 @@ pub trait Sink {
     /// Called once the manifest is verified and parsed, before any entry.
     /// Returning an error refuses the bundle (anti-rollback, space checks).
     fn manifest(&mut self, manifest: &Manifest, signer: Option<&Verified>) -> Result<(), String>;
+    /// Called just before [`Sink::manifest`] when a trusted key signed the
+    /// manifest: its exact bytes and the signature, for a store to keep.
+    fn signed(&mut self, _manifest_bytes: &[u8], _signature: &[u8]) {}
     /// Where this entry's bytes should go; `None` to only verify them.
     fn begin_entry(&mut self, entry: &Entry) -> io::Result<Option<Box<dyn Write + '_>>>;
     fn end_entry(&mut self, entry: &Entry) -> io::Result<()>;
@@ -385,7 +388,7 @@ fn verify_stream(
     let second = tar
         .next_header()?
         .ok_or_else(|| VerifyError::Truncated("nothing after the manifest".into()))?;
-    let (signer, pending) = if second.path == format::SIGNATURE_PATH {
+    let (signer, signature, pending) = if second.path == format::SIGNATURE_PATH {
         if second.size > format::MAX_SIGNATURE_BYTES {
             return Err(VerifyError::Manifest(
                 "its signature is implausibly large".into(),
@@ -393,34 +396,21 @@ fn verify_stream(
         }
         let signature = tar.read_body(&second)?;
         let signer = match trust {
-            Trust::Keys(keys) => {
-                let text = std::str::from_utf8(&signature)
-                    .map_err(|_| SignatureError::Malformed("not UTF-8".into()))?;
-                Some(keys.verify(&manifest_bytes, text)?)
-            }
+            Trust::Keys(keys) => Some(check_signature(&manifest_bytes, &signature, keys)?),
             Trust::SkipSignature => None,
         };
-        (signer, None)
+        (signer, Some(signature), None)
     } else {
         if matches!(trust, Trust::Keys(_)) {
             return Err(VerifyError::Unsigned);
         }
-        (None, Some(second))
+        (None, None, Some(second))
     };
 
     // Only now is the manifest parsed.
-    let manifest: Manifest = serde_json::from_slice(&manifest_bytes).map_err(|e| {
-        VerifyError::Manifest(format!("not a version-1 or version-2 manifest: {e}"))
-    })?;
-    check_manifest(&manifest)?;
-    if let Some(signer) = &signer {
-        let expected = format::trusted_comment(&manifest);
-        if signer.trusted_comment != expected {
-            return Err(VerifyError::CommentMismatch {
-                signed: signer.trusted_comment.clone(),
-                manifest: expected,
-            });
-        }
+    let manifest = parse_manifest(&manifest_bytes, signer.as_ref())?;
+    if let (Some(_), Some(signature)) = (&signer, &signature) {
+        sink.signed(&manifest_bytes, signature);
     }
     sink.manifest(&manifest, signer.as_ref())
         .map_err(VerifyError::Refused)?;
@@ -495,6 +485,61 @@ fn verify_stream(
     }
     tar.finish()?;
     Ok((manifest, signer))
+}
+
+/// A signed manifest on its own, checked exactly as the stream reader
+/// checks the first two entries: the signature over the exact bytes, then
+/// the parse, the grammar, the id and the signed comment. `edgeferry sync`
+/// reads the manifests a mirror publishes this way.
+pub fn verify_manifest(
+    manifest_bytes: &[u8],
+    signature: &[u8],
+    keys: &TrustedKeys,
+) -> Result<(Manifest, Verified), VerifyError> {
+    if manifest_bytes.len() as u64 > format::MAX_MANIFEST_BYTES {
+        return Err(VerifyError::Manifest(format!(
+            "it is {} bytes, more than the {} allowed",
+            manifest_bytes.len(),
+            format::MAX_MANIFEST_BYTES
+        )));
+    }
+    if signature.len() as u64 > format::MAX_SIGNATURE_BYTES {
+        return Err(VerifyError::Manifest(
+            "its signature is implausibly large".into(),
+        ));
+    }
+    let signer = check_signature(manifest_bytes, signature, keys)?;
+    let manifest = parse_manifest(manifest_bytes, Some(&signer))?;
+    Ok((manifest, signer))
+}
+
+fn check_signature(
+    manifest_bytes: &[u8],
+    signature: &[u8],
+    keys: &TrustedKeys,
+) -> Result<Verified, VerifyError> {
+    let text = std::str::from_utf8(signature)
+        .map_err(|_| SignatureError::Malformed("not UTF-8".into()))?;
+    Ok(keys.verify(manifest_bytes, text)?)
+}
+
+/// Parses manifest bytes (already checked against their signature, if
+/// any) and holds them to the format's rules and the signed comment.
+fn parse_manifest(bytes: &[u8], signer: Option<&Verified>) -> Result<Manifest, VerifyError> {
+    let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| {
+        VerifyError::Manifest(format!("not a version-1 or version-2 manifest: {e}"))
+    })?;
+    check_manifest(&manifest)?;
+    if let Some(signer) = signer {
+        let expected = format::trusted_comment(&manifest);
+        if signer.trusted_comment != expected {
+            return Err(VerifyError::CommentMismatch {
+                signed: signer.trusted_comment.clone(),
+                manifest: expected,
+            });
+        }
+    }
+    Ok(manifest)
 }
 
 /// Why an entry in the stream that `entries` does not list is refused.

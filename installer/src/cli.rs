@@ -75,6 +75,10 @@ pub enum Command {
     /// Serve a store on the LAN: release files and a read-only OCI registry
     #[command(after_help = SERVE_EXAMPLES)]
     Serve(ServeArgs),
+    /// Make a store hold what an upstream mirror's store holds: signed
+    /// manifests checked with your keys, only missing blobs fetched
+    #[command(after_help = SYNC_EXAMPLES)]
+    Sync(SyncArgs),
     /// Join edge nodes over SSH from the mirror: verifiably, in parallel, resumably
     #[command(after_help = JOIN_EXAMPLES)]
     Join(JoinArgs),
@@ -246,6 +250,62 @@ pub struct ServeArgs {
     /// More names or addresses for the site certificate (comma-separated)
     #[arg(long, value_delimiter = ',', conflicts_with = "tls_cert")]
     pub tls_name: Vec<String>,
+}
+
+pub const SYNC_EXAMPLES: &str = "\
+Examples:
+  # What the site lacks, fetched from the regional hub's mirror
+  edgeferry sync --from https://hub.example:5000 --mirror-ca hub-ca.pem \\
+    --key edgeferry.pub --store /srv/edgeferry --dry-run
+  edgeferry sync --from https://hub.example:5000 --mirror-ca hub-ca.pem \\
+    --key edgeferry.pub --store /srv/edgeferry --only v1.23 --arch arm64
+
+The hub is not trusted: each bundle's signed manifest is checked with the
+site's own keys before anything is fetched, each blob against its size and
+sha256 in that manifest as it streams, and each bundle is committed with the
+same atomic swap and rollback rules as `load`. A killed sync leaves the
+store as it was (or with whole bundles added); run it again and it resumes
+from what it staged beside the store (.<store>.sync/), Range requests
+included.
+
+Exit codes:
+  0  the store holds every bundle asked for
+  1  the mirror could not be read, or I/O failed
+  3  a manifest's signature was refused (unknown key, altered)
+  4  a blob was not what its signed manifest says
+  5  refused by policy: an older bundle than the store has (rollback), or
+     not enough space";
+
+/// `edgeferry sync`.
+#[derive(Args)]
+pub struct SyncArgs {
+    /// The upstream mirror: http(s)://host:port of a hub's `edgeferry serve`
+    #[arg(long, value_name = "URL")]
+    pub from: String,
+    /// A trusted minisign public key (repeatable): the site's own, never the hub's word
+    #[arg(long = "key", value_name = "PUB")]
+    pub keys: Vec<PathBuf>,
+    /// A file of trusted public keys, one minisign key per two lines
+    #[arg(long, env = "EDGEFERRY_TRUST_FILE")]
+    pub trust_file: Option<PathBuf>,
+    /// The store to fill (created on first sync)
+    #[arg(long, env = "EDGEFERRY_STORE")]
+    pub store: PathBuf,
+    /// Only this KubeEdge line or version (v1.23 or v1.23.1)
+    #[arg(long, value_name = "VERSION")]
+    pub only: Option<String>,
+    /// Only bundles for this arch (amd64, arm64, arm)
+    #[arg(long)]
+    pub arch: Option<edgeferry_bundle::format::Arch>,
+    /// The CA (PEM) the mirror's HTTPS certificate must chain to
+    #[arg(long, value_name = "PEM")]
+    pub mirror_ca: Option<PathBuf>,
+    /// Print the plan (bundles, blobs and bytes to fetch) and change nothing
+    #[arg(long)]
+    pub dry_run: bool,
+    /// Machine-readable plan or result on stdout
+    #[arg(long)]
+    pub json: bool,
 }
 
 #[derive(Args)]

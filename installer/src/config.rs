@@ -46,6 +46,42 @@ pub struct Config {
     pub join: JoinConfig,
     /// Pull mode's `/v1/enroll` and `/v1/report`.
     pub pull: PullConfig,
+    /// `edgeferry sync` from an upstream mirror.
+    pub sync: SyncConfig,
+}
+
+/// Bounds on what an upstream mirror can make `sync` wait for or read. A
+/// blob's bytes are capped by its signed size, a manifest and its
+/// signature by the bundle format's own limits.
+#[derive(Clone, Debug)]
+pub struct SyncConfig {
+    /// Name resolution and TCP (and TLS) connect.
+    pub connect_timeout: Duration,
+    /// Sending a request and receiving the response head.
+    pub response_timeout: Duration,
+    /// No byte arriving for this long breaks the transfer (then retried
+    /// with Range); there is no whole-transfer timeout, so large blobs on
+    /// slow links finish.
+    pub idle_timeout: Duration,
+    /// Tries per request while no byte arrives; progress resets the count.
+    pub attempts: u32,
+    /// The `/v1/bundles/` index.
+    pub max_index_bytes: u64,
+    /// Bundles the index may list.
+    pub max_bundles: usize,
+}
+
+impl Default for SyncConfig {
+    fn default() -> Self {
+        SyncConfig {
+            connect_timeout: Duration::from_secs(10),
+            response_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(30),
+            attempts: 3,
+            max_index_bytes: 4 << 20,
+            max_bundles: 1024,
+        }
+    }
 }
 
 /// Bounds on what LAN clients and enrolled nodes may make the mirror do.
@@ -178,6 +214,7 @@ impl Default for Config {
             mirror_workers: 8,
             join: JoinConfig::default(),
             pull: PullConfig::default(),
+            sync: SyncConfig::default(),
         }
     }
 }

@@ -18,5 +18,6 @@ pub mod pull;
 pub mod serve;
 pub mod status;
 pub mod store;
+pub mod sync;
 pub mod sys;
 pub mod tls;

@@ -11,7 +11,7 @@ use edgeferry::input::InputError;
 use edgeferry::join::report::EXIT_NOTHING_STARTED;
 use edgeferry::output;
 use edgeferry::printer::Printer;
-use edgeferry::{diff, inspect, join, load, pull, serve, status};
+use edgeferry::{diff, inspect, join, load, pull, serve, status, sync};
 use edgeferry_bundle::verify::{Class, VerifyError};
 
 fn main() -> ExitCode {
@@ -42,6 +42,7 @@ fn main() -> ExitCode {
             *json
         }
         Command::Status(a) => a.json,
+        Command::Sync(a) => a.json,
         Command::Join(a) => a.batch.json,
         Command::Reset(a) => a.json,
         Command::Upgrade(a) => a.batch.json,
@@ -135,6 +136,7 @@ fn run(command: Command, config: Config, out: &Printer) -> anyhow::Result<()> {
         }
         Command::Enroll(command) => pull::command::enroll_cmd(command, out),
         Command::Status(args) => status::run(&args, out),
+        Command::Sync(args) => sync::sync_cmd(&args, &config, out),
         Command::Serve(args) => {
             let mut config = config;
             if let Some(n) = args.max_connections {

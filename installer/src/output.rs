@@ -59,6 +59,56 @@ pub struct Loaded<'a> {
     pub repaired_blobs: usize,
 }
 
+// ---- sync: --json
+
+/// One bundle the upstream mirror offers, as its verified manifest says.
+#[derive(Debug, Clone, Serialize)]
+pub struct SyncBundle {
+    pub bundle_id: String,
+    pub kubeedge_version: String,
+    pub arch: Arch,
+    pub sequence: u64,
+    pub created: String,
+    /// The site key that verified its manifest.
+    pub signer: String,
+    /// A delta bundle: its left-out entries are fetched too.
+    pub delta: bool,
+    /// `load` (the store lacks it) or `present` (the store holds it).
+    pub action: &'static str,
+}
+
+/// `sync --dry-run --json`, and `plan` in `sync --json`.
+#[derive(Debug, Serialize)]
+pub struct SyncPlan {
+    pub from: String,
+    pub store: PathBuf,
+    /// In the order they are committed: by creation time, as loads must be.
+    pub bundles: Vec<SyncBundle>,
+    /// Offered by the mirror but outside `--only`/`--arch`.
+    pub skipped: usize,
+    /// Blobs and release files the store lacks, once per sha256.
+    pub fetch_blobs: usize,
+    pub fetch_bytes: u64,
+    /// Of `fetch_bytes`, what an earlier run already staged beside the store.
+    pub staged_bytes: u64,
+}
+
+/// `sync --json` on success.
+#[derive(Debug, Serialize)]
+pub struct Synced {
+    pub ok: bool,
+    pub plan: SyncPlan,
+    /// Bundle ids committed, in order.
+    pub loaded: Vec<String>,
+    /// Bytes that came over the network.
+    pub fetched_bytes: u64,
+    /// Bytes of partial downloads an earlier run left, re-hashed and
+    /// resumed with Range.
+    pub resumed_bytes: u64,
+    /// Whole blobs an earlier run staged (re-hashed, not fetched again).
+    pub staged_blobs: usize,
+}
+
 // ---- inspect: --json
 
 /// `inspect --json`: what a verified bundle holds.

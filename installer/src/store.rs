@@ -6,6 +6,10 @@
 //!   blobs/sha256/<hex>       every blob and every release file, once
 //!   files/<asset>            hard links to the blobs of the release files
 //!   SHA256SUMS               for files/
+//!   bundles/<id>/manifest.json(.minisig)
+//!                            each signed bundle's manifest and signature,
+//!                            byte-exact, for `serve` to publish and
+//!                            `sync` to check with its own keys
 //!   state.json               what the store holds and what it has seen
 //! ```
 //!
@@ -37,6 +41,24 @@ use crate::config::Config;
 use crate::sys;
 
 pub const STATE_FILE: &str = "state.json";
+/// Where a store keeps each signed bundle's manifest and signature.
+pub const BUNDLES_DIR: &str = "bundles";
+
+/// Whether a bundle entry's bytes go into the store: not the SBOM (it
+/// sits beside the bundle) nor the bundle's own `images/index.json` and
+/// `oci-layout` (the store writes its own).
+pub fn is_stored(path: &str) -> bool {
+    path != format::SBOM_PATH && path != "images/index.json" && path != "images/oci-layout"
+}
+
+/// `bundles/<id>/manifest.json` and its `.minisig` in `store`.
+pub fn kept_manifest_paths(store: &Path, bundle_id: &str) -> (PathBuf, PathBuf) {
+    let dir = store.join(BUNDLES_DIR).join(bundle_id);
+    (
+        dir.join(format::MANIFEST_PATH),
+        dir.join(format::SIGNATURE_PATH),
+    )
+}
 pub use edgeferry_bundle::oci::MEDIA_OCI_INDEX;
 use edgeferry_bundle::oci::{Descriptor, Index, Platform, ANNOTATION_REF_NAME as REF_ANNOTATION};
 
@@ -181,6 +203,22 @@ pub struct Loader<'a> {
     /// Store blobs this bundle also carries, found damaged on disk: staged
     /// again from the bundle.
     repaired: BTreeSet<String>,
+    /// The manifest's exact bytes and signature, when a trusted key signed it.
+    signed: Option<(Vec<u8>, Vec<u8>)>,
+    /// `sync`: blobs fetched and verified beside the store (sha256 -> path),
+    /// which count as present for a delta's base and the space check.
+    provided: BTreeMap<String, PathBuf>,
+}
+
+/// What a load does with one entry: the one rule for a bundle stream and
+/// for `sync`.
+enum Take {
+    /// Verified and dropped: the SBOM, or a blob the next store has intact.
+    Skip,
+    /// Buffered, not stored (the bundle's own index.json and oci-layout).
+    Capture,
+    /// Written into the next store.
+    Stage,
 }
 
 /// The lock file beside a store. A first load that fails (the store was
@@ -268,6 +306,8 @@ impl<'a> Loader<'a> {
             captured: BTreeMap::new(),
             open: None,
             repaired: BTreeSet::new(),
+            signed: None,
+            provided: BTreeMap::new(),
         };
         loader.remove_stale_work_dirs();
         Ok(loader)
@@ -325,24 +365,7 @@ impl<'a> Loader<'a> {
             return self.publish(manifest, next, Vec::new());
         }
         let mut next = self.state.clone();
-        let signer_id = signer.map(|s| s.key_id.clone());
-        next.bundles.insert(
-            manifest.bundle_id.clone(),
-            BundleRecord {
-                kubeedge_version: manifest.kubeedge_version.clone(),
-                arch: manifest.arch,
-                sequence: manifest.sequence,
-                created: manifest.created.clone(),
-                builder: manifest.builder.clone(),
-                sample: manifest.sample,
-                signer: signer_id.clone(),
-            },
-        );
-        if let Some(key_id) = &signer_id {
-            let key = format!("{key_id}/{}", manifest.arch);
-            let seen = next.sequences.entry(key).or_insert(0);
-            *seen = (*seen).max(manifest.sequence);
-        }
+        next.record_bundle(manifest, signer.map(|s| s.key_id.as_str()));
         // A delta's omitted entries are in the store (checked before the
         // first byte was staged): they count as the bundle's own.
         let sizes: BTreeMap<&str, u64> = manifest
@@ -452,7 +475,12 @@ impl<'a> Loader<'a> {
         synthesized: Vec<(String, Vec<u8>)>,
     ) -> Result<LoadReport> {
         let repaired: Vec<String> = self.repaired.iter().cloned().collect();
-        if next == self.state && repaired.is_empty() {
+        // A store loaded before manifests were kept gains one on a reload.
+        let keeps_new = self.signed.is_some()
+            && !kept_manifest_paths(&self.store, &manifest.bundle_id)
+                .0
+                .exists();
+        if next == self.state && repaired.is_empty() && !keeps_new {
             return Ok(LoadReport {
                 bundle_id: manifest.bundle_id.clone(),
                 changed: false,
@@ -491,6 +519,7 @@ impl<'a> Loader<'a> {
                 }
             }
         }
+        self.keep_manifests(&work, manifest)?;
         fs::create_dir_all(work.join("files"))?;
         let mut sums = String::new();
         for (name, file) in &next.files {
@@ -531,6 +560,95 @@ impl<'a> Loader<'a> {
             new_bytes,
             repaired,
         })
+    }
+
+    /// The signed manifests the store keeps, linked into the next store,
+    /// and this bundle's when a key signed it and none is kept for its id
+    /// (a delta and its full bundle share the id: the first loaded stays).
+    fn keep_manifests(&self, work: &Path, manifest: &Manifest) -> Result<()> {
+        let kept = self.store.join(BUNDLES_DIR);
+        if kept.exists() {
+            for entry in fs::read_dir(&kept)? {
+                let entry = entry?;
+                let dir = work.join(BUNDLES_DIR).join(entry.file_name());
+                fs::create_dir_all(&dir)?;
+                for file in fs::read_dir(entry.path())? {
+                    let file = file?;
+                    fs::hard_link(file.path(), dir.join(file.file_name())).with_context(|| {
+                        format!("linking {} into the next store", file.path().display())
+                    })?;
+                }
+            }
+        }
+        if let Some((bytes, signature)) = &self.signed {
+            let (path, sig_path) = kept_manifest_paths(work, &manifest.bundle_id);
+            if !path.exists() {
+                fs::create_dir_all(path.parent().expect("in a directory"))?;
+                write_small(&path, bytes)?;
+                write_small(&sig_path, signature)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `sync`: verified blobs beside the store that this load may link in.
+    pub fn provide(&mut self, staged: BTreeMap<String, PathBuf>) {
+        self.provided = staged;
+    }
+
+    /// `sync`: an entry fetched and verified into `staged` stands in for
+    /// its bytes in a bundle stream. The same rule as a stream's decides
+    /// whether the next store needs it; if so it is linked, not copied.
+    pub fn adopt(&mut self, entry: &Entry) -> Result<()> {
+        match self.take(entry)? {
+            Take::Skip | Take::Capture => Ok(()),
+            Take::Stage => {
+                let staged = self.provided.get(&entry.sha256).with_context(|| {
+                    format!(
+                        "{} (sha256 {}) is damaged in {} and was not fetched: run `edgeferry store check --store {}` and sync again",
+                        entry.path,
+                        entry.sha256,
+                        self.store.display(),
+                        self.store.display()
+                    )
+                })?;
+                let target = blob_path(self.work_path(), &entry.sha256);
+                fs::hard_link(staged, &target)
+                    .with_context(|| format!("linking {} into the next store", staged.display()))?;
+                Ok(())
+            }
+        }
+    }
+
+    /// Whether the next store needs `entry`'s bytes. A blob the store
+    /// already has is reused only if it still has its hash: one read of
+    /// it, paid only for blobs a reload shares; a damaged one is staged
+    /// again and reported as repaired.
+    fn take(&mut self, entry: &Entry) -> io::Result<Take> {
+        // The SBOM is verified like every entry but not kept: the mirror
+        // serves what nodes pull, and the SBOM sits beside the bundle.
+        if !is_stored(&entry.path) {
+            return Ok(if entry.path == format::SBOM_PATH {
+                Take::Skip
+            } else {
+                Take::Capture
+            });
+        }
+        let staged = self
+            .work
+            .as_ref()
+            .is_some_and(|w| blob_path(&w.path, &entry.sha256).exists());
+        if staged {
+            return Ok(Take::Skip);
+        }
+        let kept = blob_path(&self.store, &entry.sha256);
+        if kept.exists() {
+            if blob_is_intact(&kept, entry.size, &entry.sha256)? {
+                return Ok(Take::Skip);
+            }
+            self.repaired.insert(entry.sha256.clone());
+        }
+        Ok(Take::Stage)
     }
 
     /// The digest a tag resolves to, and the bytes of an index to write if
@@ -593,14 +711,29 @@ impl<'a> Loader<'a> {
     }
 }
 
-impl Loader<'_> {
-    /// The rollback rule across keys: per arch, the store never goes back
-    /// to a bundle built before the newest one it has loaded, whoever
-    /// signed either (another trusted key, or nobody with
-    /// --insecure-skip-signature). Same-key sequences are checked as well.
-    fn refuse_older_than_loaded(&self, manifest: &Manifest) -> Result<(), String> {
+impl State {
+    /// The rollback rules, for a load and for each bundle a sync plans.
+    /// Per signer and arch, the sequence never goes back. Across keys, per
+    /// arch, the store never goes back to a bundle built before the newest
+    /// one it has loaded, whoever signed either (another trusted key, or
+    /// nobody with --insecure-skip-signature).
+    pub fn refuse_downgrade(
+        &self,
+        manifest: &Manifest,
+        signer: Option<&str>,
+    ) -> Result<(), String> {
+        if let Some(key_id) = signer {
+            let key = format!("{key_id}/{}", manifest.arch);
+            if let Some(&seen) = self.sequences.get(&key) {
+                if manifest.sequence < seen {
+                    return Err(format!(
+                        "bundle {} has sequence {} but the store has loaded sequence {seen} from key {key_id} for {}: refusing a downgrade (pass --allow-downgrade if you mean it)",
+                        manifest.bundle_id, manifest.sequence, manifest.arch
+                    ));
+                }
+            }
+        }
         let newest = self
-            .state
             .bundles
             .iter()
             .filter(|(_, b)| b.arch == manifest.arch)
@@ -627,6 +760,28 @@ impl Loader<'_> {
         }
         Ok(())
     }
+
+    /// What a load of `manifest` records of it: the bundle, and its
+    /// signer's sequence for the arch.
+    pub fn record_bundle(&mut self, manifest: &Manifest, signer: Option<&str>) {
+        self.bundles.insert(
+            manifest.bundle_id.clone(),
+            BundleRecord {
+                kubeedge_version: manifest.kubeedge_version.clone(),
+                arch: manifest.arch,
+                sequence: manifest.sequence,
+                created: manifest.created.clone(),
+                builder: manifest.builder.clone(),
+                sample: manifest.sample,
+                signer: signer.map(str::to_string),
+            },
+        );
+        if let Some(key_id) = signer {
+            let key = format!("{key_id}/{}", manifest.arch);
+            let seen = self.sequences.entry(key).or_insert(0);
+            *seen = (*seen).max(manifest.sequence);
+        }
+    }
 }
 
 impl Loader<'_> {
@@ -640,6 +795,9 @@ impl Loader<'_> {
         };
         let mut missing = Vec::new();
         for entry in &delta.expected_present {
+            if self.provided.contains_key(&entry.sha256) {
+                continue;
+            }
             let path = blob_path(&self.store, &entry.sha256);
             let intact = path.exists()
                 && blob_is_intact(&path, entry.size, &entry.sha256)
@@ -729,25 +887,16 @@ fn is_utc_timestamp(s: &str) -> bool {
 
 impl Sink for Loader<'_> {
     fn manifest(&mut self, manifest: &Manifest, signer: Option<&Verified>) -> Result<(), String> {
-        if let Some(signer) = signer {
-            let key = format!("{}/{}", signer.key_id, manifest.arch);
-            if let Some(&seen) = self.state.sequences.get(&key) {
-                if manifest.sequence < seen && !self.options.allow_downgrade {
-                    return Err(format!(
-                        "bundle {} has sequence {} but the store has loaded sequence {seen} from key {} for {}: refusing a downgrade (pass --allow-downgrade if you mean it)",
-                        manifest.bundle_id, manifest.sequence, signer.key_id, manifest.arch
-                    ));
-                }
-            }
-        }
         if !self.options.allow_downgrade {
-            self.refuse_older_than_loaded(manifest)?;
+            self.state
+                .refuse_downgrade(manifest, signer.map(|s| s.key_id.as_str()))?;
         }
         self.refuse_delta_without_base(manifest)?;
         let needed: u64 = manifest
             .entries
             .iter()
             .filter(|e| e.path != format::SBOM_PATH)
+            .filter(|e| !self.provided.contains_key(&e.sha256))
             .filter(|e| !blob_path(&self.store, &e.sha256).exists())
             .map(|e| e.size)
             .sum::<u64>()
@@ -777,31 +926,18 @@ impl Sink for Loader<'_> {
         Ok(())
     }
 
+    fn signed(&mut self, manifest_bytes: &[u8], signature: &[u8]) {
+        self.signed = Some((manifest_bytes.to_vec(), signature.to_vec()));
+    }
+
     fn begin_entry(&mut self, entry: &Entry) -> io::Result<Option<Box<dyn Write + '_>>> {
-        // The SBOM is verified like every entry but not kept: the mirror
-        // serves what nodes pull, and the SBOM sits beside the bundle.
-        if entry.path == format::SBOM_PATH {
-            return Ok(None);
-        }
-        if entry.path == "images/index.json" || entry.path == "images/oci-layout" {
-            let buffer = self.captured.entry(entry.path.clone()).or_default();
-            return Ok(Some(Box::new(buffer)));
-        }
-        let staged = self
-            .work
-            .as_ref()
-            .is_some_and(|w| blob_path(&w.path, &entry.sha256).exists());
-        if staged {
-            return Ok(None);
-        }
-        let kept = blob_path(&self.store, &entry.sha256);
-        if kept.exists() {
-            // A blob the store already has is reused only if it still has
-            // its hash: one read of it, paid only for blobs a reload shares.
-            if blob_is_intact(&kept, entry.size, &entry.sha256)? {
-                return Ok(None);
+        match self.take(entry)? {
+            Take::Skip => return Ok(None),
+            Take::Capture => {
+                let buffer = self.captured.entry(entry.path.clone()).or_default();
+                return Ok(Some(Box::new(buffer)));
             }
-            self.repaired.insert(entry.sha256.clone());
+            Take::Stage => {}
         }
         let target = blob_path(self.work_path(), &entry.sha256);
         let partial = target.with_extension("partial");

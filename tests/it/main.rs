@@ -20,6 +20,7 @@ mod mirrors;
 mod pull;
 mod sbom;
 mod serve;
+mod sync;
 mod tls;
 mod upgrade;
 mod upgrade_standin;

@@ -1,6 +1,9 @@
-//! A man in the middle for the pull-mode tests: an HTTP forwarder between
-//! test hosts and `edgeferry serve` that changes one byte of the body of
-//! `GET /join.sh` and passes everything else through byte for byte.
+//! A man in the middle: an HTTP forwarder in front of `edgeferry serve`
+//! that changes one byte of the body of `GET /join.sh` (pull mode's tests)
+//! or of the first response whose path holds a given text (sync's), or
+//! sends only half of such a body and then holds the connection (a
+//! transfer to kill mid-way), and passes everything else through byte for
+//! byte.
 //!
 //! One thread per connection, one request per connection: the request's
 //! `Connection` headers are replaced by `Connection: close`, its body (by
@@ -23,8 +26,23 @@ use anyhow::{Context, Result};
 const MAX_HEAD: usize = 64 * 1024;
 const TIMEOUT: Duration = Duration::from_secs(30);
 
+/// What the proxy does to responses.
+#[derive(Clone, Debug)]
+pub enum Rule {
+    /// Flip a byte of every `GET /join.sh` body.
+    JoinScript,
+    /// Flip a byte of the first 200 body whose path contains this.
+    FlipFirst(String),
+    /// Send the first half of the first 200 body whose path contains
+    /// this, then nothing more until the proxy is dropped.
+    StallFirst(String),
+}
+
 struct Shared {
     upstream: String,
+    rule: Rule,
+    /// Body bytes sent of the stalled response.
+    stalled: std::sync::atomic::AtomicU64,
     stop: AtomicBool,
     tampered: AtomicUsize,
     /// `METHOD target -> status`, one per forwarded request.
@@ -42,11 +60,18 @@ impl TamperProxy {
     /// Listens on `ip` (a port the OS picks; e.g. a test-host bridge's
     /// control address) and forwards to `upstream` (`host:port`).
     pub fn start(ip: &str, upstream: &str) -> Result<TamperProxy> {
+        TamperProxy::start_with(ip, upstream, Rule::JoinScript)
+    }
+
+    /// As [`TamperProxy::start`], doing what `rule` says.
+    pub fn start_with(ip: &str, upstream: &str, rule: Rule) -> Result<TamperProxy> {
         let listener = TcpListener::bind(format!("{ip}:0"))
             .with_context(|| format!("tamper proxy: binding {ip}:0"))?;
         let addr = listener.local_addr()?.to_string();
         let shared = Arc::new(Shared {
             upstream: upstream.to_string(),
+            rule,
+            stalled: std::sync::atomic::AtomicU64::new(0),
             stop: AtomicBool::new(false),
             tampered: AtomicUsize::new(0),
             seen: Mutex::new(Vec::new()),
@@ -84,7 +109,12 @@ impl TamperProxy {
         &self.addr
     }
 
-    /// How many `/join.sh` responses were changed so far.
+    /// Body bytes sent of the response [`Rule::StallFirst`] holds (0 until then).
+    pub fn stalled_bytes(&self) -> u64 {
+        self.shared.stalled.load(Ordering::SeqCst)
+    }
+
+    /// How many responses were changed (or stalled) so far.
     pub fn tampered(&self) -> usize {
         self.shared.tampered.load(Ordering::SeqCst)
     }
@@ -232,8 +262,40 @@ fn forward(mut client: TcpStream, shared: &Shared) -> Result<()> {
         }
     }
     let path = target.split('?').next().unwrap_or_default();
-    if method == "GET" && path == "/join.sh" && status == 200 && tamper(&mut body).is_some() {
-        shared.tampered.fetch_add(1, Ordering::SeqCst);
+    let first = |text: &str| {
+        method == "GET"
+            && status == 200
+            && path.contains(text)
+            && shared
+                .tampered
+                .compare_exchange(0, 1, Ordering::SeqCst, Ordering::SeqCst)
+                .is_ok()
+    };
+    match &shared.rule {
+        Rule::JoinScript => {
+            if method == "GET" && path == "/join.sh" && status == 200 && tamper(&mut body).is_some()
+            {
+                shared.tampered.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        Rule::FlipFirst(text) => {
+            if first(text) {
+                tamper(&mut body);
+            }
+        }
+        Rule::StallFirst(text) => {
+            if first(text) {
+                let half = body.len() / 2;
+                client.write_all(&response_head)?;
+                client.write_all(&body[..half])?;
+                client.flush()?;
+                shared.stalled.store(half as u64, Ordering::SeqCst);
+                while !shared.stop.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                return Ok(());
+            }
+        }
     }
     shared
         .seen

@@ -1,5 +1,6 @@
 //! The store, read-only, over HTTP: plain files (`/files/`, `SHA256SUMS`,
-//! `index.json`) and an OCI registry containerd can use as a mirror
+//! `index.json`), the signed bundle manifests the store keeps
+//! (`/v1/bundles/`, for `edgeferry sync` downstream) and an OCI registry containerd can use as a mirror
 //! (`/v2/`). It answers one request at a time from a [`Snapshot`]; the
 //! accept loop, limits and access log are `serve`'s, and it knows nothing
 //! of joining nodes.
@@ -27,6 +28,10 @@ pub struct Snapshot {
     /// requests a pull waits on, so they never queue behind blob reads.
     pub manifest_bytes: std::collections::BTreeMap<String, bytes::Bytes>,
     index_json: String,
+    /// `/v1/bundles/`: the bundles whose signed manifest the store keeps.
+    bundles_json: String,
+    /// Their ids, the only ones `/v1/bundles/<id>/` answers for.
+    kept_bundles: BTreeSet<String>,
     /// `SHA256SUMS` and its digest (the ETag), read once per snapshot.
     sums: (bytes::Bytes, String),
     pub stamp: Option<(u64, i64, u64)>,
@@ -68,7 +73,10 @@ impl Snapshot {
             .keys()
             .map(|n| (n.clone(), Arc::default()))
             .collect();
+        let (bundles_json, kept_bundles) = kept_bundles(store, &state)?;
         Ok(Snapshot {
+            bundles_json,
+            kept_bundles,
             files_intact,
             manifest_bytes,
             store: store.to_path_buf(),
@@ -111,6 +119,38 @@ impl Snapshot {
             .map(|r| hosts::registry_of(r).to_string())
             .collect()
     }
+}
+
+/// The `/v1/bundles/` index: per bundle the store keeps a signed manifest
+/// for, what state.json records of it and where its manifest and
+/// signature are, with the manifest's size and sha256. Nothing here is
+/// to be trusted downstream: `sync` checks every manifest's signature
+/// with its own keys, and caps each read at the format's limits.
+fn kept_bundles(store: &Path, state: &State) -> Result<(String, BTreeSet<String>)> {
+    let mut list = Vec::new();
+    let mut ids = BTreeSet::new();
+    for (id, b) in &state.bundles {
+        let (manifest, signature) = store::kept_manifest_paths(store, id);
+        let (Ok(bytes), true) = (std::fs::read(&manifest), signature.exists()) else {
+            continue;
+        };
+        list.push(serde_json::json!({
+            "id": id,
+            "kubeedge_version": b.kubeedge_version,
+            "arch": b.arch,
+            "sequence": b.sequence,
+            "created": b.created,
+            "manifest": {
+                "url": format!("/v1/bundles/{id}/manifest.json"),
+                "size": bytes.len(),
+                "sha256": edgeferry_bundle::hashing::sha256_hex(&bytes),
+            },
+            "signature": format!("/v1/bundles/{id}/manifest.json.minisig"),
+        }));
+        ids.insert(id.clone());
+    }
+    let json = serde_json::to_string_pretty(&serde_json::json!({ "bundles": list }))?;
+    Ok((json, ids))
 }
 
 /// Identifies the store's state.json as last written: a load swaps in a
@@ -156,6 +196,7 @@ pub async fn route(
                 .await
                 .unwrap_or_else(not_found)
         }
+        "/v1/bundles/" | "/v1/bundles" => text(method, &snapshot.bundles_json, "application/json"),
         "/files/" | "/files" => {
             let listing: String = snapshot
                 .state
@@ -164,6 +205,28 @@ pub async fn route(
                 .map(|name| format!("{name}\n"))
                 .collect();
             text(method, &listing, "text/plain")
+        }
+        _ if path.starts_with("/v1/bundles/") => {
+            let rest = &path["/v1/bundles/".len()..];
+            let Some((id, name)) = rest.split_once('/') else {
+                return not_found();
+            };
+            if !snapshot.kept_bundles.contains(id) {
+                return not_found();
+            }
+            let (manifest, signature) = store::kept_manifest_paths(&snapshot.store, id);
+            let file = match name {
+                edgeferry_bundle::format::MANIFEST_PATH => manifest,
+                edgeferry_bundle::format::SIGNATURE_PATH => signature,
+                _ => return not_found(),
+            };
+            // A kept file never changes (a new manifest means a new id), so
+            // its own digest is its ETag.
+            let Ok(bytes) = std::fs::read(&file) else {
+                return not_found();
+            };
+            let digest = format!("sha256:{}", edgeferry_bundle::hashing::sha256_hex(&bytes));
+            serve_file(method, headers, &file, &digest, body::UNTYPED).await
         }
         _ => match path.strip_prefix("/files/") {
             Some(name) if snapshot.state.files.contains_key(name) => {
