@@ -131,6 +131,16 @@ pub enum EnrollCommand {
         /// Node names to hand out, in order, one per use
         #[arg(long, value_delimiter = ',')]
         names: Vec<String>,
+        /// An upgrade code, for /upgrade.sh (it cannot enroll; an
+        /// enrollment code cannot upgrade)
+        #[arg(long)]
+        upgrade: bool,
+        /// Upgrade code: let a node newer than the target go back to it
+        #[arg(long, requires = "upgrade")]
+        allow_downgrade: bool,
+        /// Upgrade code: let a node skip minor versions
+        #[arg(long, requires = "upgrade")]
+        allow_skip_minor: bool,
         #[arg(long)]
         json: bool,
     },

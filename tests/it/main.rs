@@ -17,6 +17,7 @@ mod inspect;
 mod join;
 mod load;
 mod pull;
+mod pull_upgrade;
 mod sbom;
 mod serve;
 mod tls;
