@@ -158,7 +158,7 @@ for s in {names}; do
 	step $s
 done
 rm -f "$EF_ARGS"
-report {DONE} ok "joined as $node"
+report "{DONE}" ok "joined as $node"
 echo "edgeferry join.sh: $node joined"
 "#,
         version = input.version,
@@ -244,13 +244,14 @@ step() {{
 	return 1
 }}
 
+rolls_back={rolls_back}
 for s in {names}; do
 	step $s && continue
 	why=$msg
-	case " {rolls_back} " in
+	case " $rolls_back " in
 	*" $s "*) ;;
 	*)
-		report {DONE} failed "failed at $s: $why"
+		report "{DONE}" failed "failed at $s: $why"
 		die "$s failed: $why"
 		;;
 	esac
@@ -258,16 +259,16 @@ for s in {names}; do
 	echo "edgeferry upgrade.sh: $s failed: rolling back to ${{from:-the version before}}"
 	for r in {rollback}; do
 		if ! step $r; then
-			report {DONE} failed "failed, rollback failed too: $msg (the upgrade failed: $why)"
+			report "{DONE}" failed "failed, rollback failed too: $msg (the upgrade failed: $why)"
 			echo "edgeferry upgrade.sh: failed, rollback failed too: $msg (the upgrade failed: $why)" >&2
 			exit {rollback_failed}
 		fi
 	done
-	report {DONE} failed "failed, rolled back to $from: $why"
+	report "{DONE}" failed "failed, rolled back to $from: $why"
 	echo "edgeferry upgrade.sh: failed, rolled back to $from: $why" >&2
 	exit {rolled_back}
 done
-report {DONE} ok "upgraded to $TO"
+report "{DONE}" ok "upgraded to $TO"
 echo "edgeferry upgrade.sh: $node upgraded to $TO"
 "#,
         to = input.version,
@@ -276,7 +277,7 @@ echo "edgeferry upgrade.sh: $node upgraded to $TO"
         prelude = prelude("upgrade.sh", "upgrade code", input),
         post = post_fn(input),
         report = report_fn(r#",\"to\":\"$TO\""#),
-        rolls_back = rolls_back.join(" "),
+        rolls_back = quote(&rolls_back.join(" ")),
         rollback = rollback.join(" "),
         rolled_back = UPGRADE_ROLLED_BACK,
         rollback_failed = UPGRADE_ROLLBACK_FAILED,
@@ -341,7 +342,7 @@ mod tests {
             ),
             "the steps come from the node step table"
         );
-        assert!(text.contains("case \" keadm_upgrade upgrade_postcheck \" in"));
+        assert!(text.contains("rolls_back='keadm_upgrade upgrade_postcheck'\n"));
         assert!(text.contains("for r in keadm_rollback rollback_postcheck; do"));
         assert!(
             text.contains(&format!("sha256:{}", "ef".repeat(32))),
@@ -352,5 +353,28 @@ mod tests {
         assert!(ca < ask, "the CA is in place before the code is sent");
         assert!(text.contains(r#"\"message\":\"$msg\",\"to\":\"$TO\"}"#));
         assert!(!text.contains("--token") && !text.contains("http://10.0.0.5"));
+    }
+
+    /// Both scripts, over plain HTTP and TLS, as shellcheck reads POSIX sh.
+    #[test]
+    fn both_scripts_pass_shellcheck() {
+        let dir = tempfile::tempdir().unwrap();
+        for (i, site) in [fixture::site(), fixture::tls_site()].iter().enumerate() {
+            let input = site.input(crate::node::script::JoinArgs::FromFile);
+            for (name, text) in [("join", render(&input)), ("upgrade", render_upgrade(&input))] {
+                let path = dir.path().join(format!("{name}-{i}.sh"));
+                std::fs::write(&path, text).unwrap();
+                let out = std::process::Command::new("shellcheck")
+                    .args(["-s", "sh", "-S", "warning"])
+                    .arg(&path)
+                    .output()
+                    .expect("shellcheck (Debian package shellcheck)");
+                assert!(
+                    out.status.success(),
+                    "{}",
+                    String::from_utf8_lossy(&out.stdout)
+                );
+            }
+        }
     }
 }
