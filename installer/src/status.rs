@@ -28,8 +28,7 @@ pub fn collect(args: &StatusArgs) -> Result<Vec<StatusNode>> {
                 versions.insert(e.node.clone(), v.clone());
             }
             if let Some(to) = &e.to {
-                if let Some(outcome) = upgrade_outcome(e.step, e.status, e.version.as_deref(), to)
-                {
+                if let Some(outcome) = upgrade_outcome(e.step, e.status, e.version.as_deref(), to) {
                     upgrades.insert(e.node.clone(), outcome);
                 }
             }
@@ -102,7 +101,10 @@ pub fn collect(args: &StatusArgs) -> Result<Vec<StatusNode>> {
                     "failed" => Status::Failed,
                     _ => Status::Started,
                 };
-                let version = r.message.strip_prefix("version=").filter(|_| status == Status::Ok);
+                let version = r
+                    .message
+                    .strip_prefix("version=")
+                    .filter(|_| status == Status::Ok);
                 if let Some(step) = Step::from_name(&r.step) {
                     if let Some(v) = version {
                         n.version = Some(v.to_string());
@@ -127,20 +129,14 @@ pub fn collect(args: &StatusArgs) -> Result<Vec<StatusNode>> {
 /// What one upgrade event (a journal line, or a pull-mode report) says of
 /// the node's last upgrade (`None`: no change); `version` is the one the
 /// step saw.
-fn upgrade_outcome(
-    step: Step,
-    status: Status,
-    version: Option<&str>,
-    to: &str,
-) -> Option<String> {
+fn upgrade_outcome(step: Step, status: Status, version: Option<&str>, to: &str) -> Option<String> {
     Some(match (step, status) {
         (Step::UpgradePreflight, Status::Ok) if version == Some(to) => "up to date".to_string(),
         (Step::UpgradePostcheck, Status::Ok) => format!("upgraded to {to}"),
         (Step::KeadmRollback, Status::Started) => "rolling back".to_string(),
-        (Step::RollbackPostcheck, Status::Ok) => format!(
-            "rolled back to {}",
-            version.unwrap_or("the version before")
-        ),
+        (Step::RollbackPostcheck, Status::Ok) => {
+            format!("rolled back to {}", version.unwrap_or("the version before"))
+        }
         (Step::KeadmRollback | Step::RollbackPostcheck, Status::Failed) => {
             "ROLLBACK FAILED".to_string()
         }

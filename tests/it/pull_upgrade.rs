@@ -264,10 +264,7 @@ fn pull_nodes_upgrade_themselves_and_a_failed_one_rolls_back() {
 
     // The scripts as served: the printed sha256, and clean under shellcheck.
     let dir = site.tmp.path();
-    for (name, want) in [
-        ("upgrade.sh", Some(sha.as_str())),
-        ("join.sh", None),
-    ] {
+    for (name, want) in [("upgrade.sh", Some(sha.as_str())), ("join.sh", None)] {
         let path = dir.join(name);
         run_ok(
             Command::new("curl")
@@ -304,9 +301,15 @@ fn pull_nodes_upgrade_themselves_and_a_failed_one_rolls_back() {
     }
     let (status, body) = site.post(
         "/v1/enroll",
-        &[format!("X-Edgeferry-Code: {up}"), "X-Edgeferry-Hostname: x".into()],
+        &[
+            format!("X-Edgeferry-Code: {up}"),
+            "X-Edgeferry-Hostname: x".into(),
+        ],
     );
-    assert_eq!((status, body.trim()), (403, "enrollment refused: not a valid enrollment code"));
+    assert_eq!(
+        (status, body.trim()),
+        (403, "enrollment refused: not a valid enrollment code")
+    );
     let (status, body) = site.post(
         "/v1/upgrade",
         &[
@@ -317,7 +320,9 @@ fn pull_nodes_upgrade_themselves_and_a_failed_one_rolls_back() {
     );
     assert_eq!(status, 409, "{body}");
     assert!(
-        body.starts_with("upgrade refused: skip_minor_refused: v1.21.0 to v1.23.1 skips a minor version"),
+        body.starts_with(
+            "upgrade refused: skip_minor_refused: v1.21.0 to v1.23.1 skips a minor version"
+        ),
         "{body}"
     );
     assert_eq!(site.uses(), [2, 0, 0], "nothing spent by the refusals");
@@ -348,15 +353,15 @@ fn pull_nodes_upgrade_themselves_and_a_failed_one_rolls_back() {
     let ok = |steps: &[&str]| -> Vec<(String, String)> {
         steps
             .iter()
-            .flat_map(|s| [(s.to_string(), "started".into()), (s.to_string(), "ok".into())])
+            .flat_map(|s| {
+                [
+                    (s.to_string(), "started".into()),
+                    (s.to_string(), "ok".into()),
+                ]
+            })
             .collect()
     };
-    let before = [
-        "upgrade_preflight",
-        "containerd",
-        "fetch",
-        "keadm_backup",
-    ];
+    let before = ["upgrade_preflight", "containerd", "fetch", "keadm_backup"];
     let pairs = |node: &Value| -> Vec<(String, String)> {
         site.upgrade_reports(node["name"].as_str().unwrap())
             .into_iter()
@@ -378,7 +383,9 @@ fn pull_nodes_upgrade_themselves_and_a_failed_one_rolls_back() {
     // The stand-in keadm's last line when its upgrade fault is set.
     assert_eq!(
         done,
-        &format!("failed, rolled back to {FROM}: Error: failed to start edgecore, err: exit status 1")
+        &format!(
+            "failed, rolled back to {FROM}: Error: failed to start edgecore, err: exit status 1"
+        )
     );
     for (n, version, upgrade) in [
         (&n0, TO, format!("upgraded to {TO}")),

@@ -508,7 +508,16 @@ mod tests {
         let file = || std::fs::read(dir.path().join(ENROLL_FILE)).unwrap();
         let before = file();
         let go = |code: &str, host: &str, current: &str| {
-            upgrade(dir.path(), code, host, "x", Some("edge"), current, "v1.23.1").unwrap()
+            upgrade(
+                dir.path(),
+                code,
+                host,
+                "x",
+                Some("edge"),
+                current,
+                "v1.23.1",
+            )
+            .unwrap()
         };
         assert_eq!(
             go(&join.code, "a", "v1.22.1").err(),
@@ -530,12 +539,24 @@ mod tests {
         );
         assert!(matches!(
             go(&u.code, "a", "v1.24.0"),
-            Err(Refusal::Version { kind: upgrade::DOWNGRADE_REFUSED, .. })
+            Err(Refusal::Version {
+                kind: upgrade::DOWNGRADE_REFUSED,
+                ..
+            })
         ));
-        assert!(matches!(go(&u.code, "a", "v1.23.1"), Ok(Upgrading::UpToDate { .. })));
-        assert_eq!(file(), before, "refusals and an up-to-date node spend nothing");
+        assert!(matches!(
+            go(&u.code, "a", "v1.23.1"),
+            Ok(Upgrading::UpToDate { .. })
+        ));
+        assert_eq!(
+            file(),
+            before,
+            "refusals and an up-to-date node spend nothing"
+        );
         // An enrolled node keeps its record, with a new key.
-        let joined = enroll(dir.path(), &join.code, "b", "x", Some("edge")).unwrap().unwrap();
+        let joined = enroll(dir.path(), &join.code, "b", "x", Some("edge"))
+            .unwrap()
+            .unwrap();
         let Ok(Upgrading::Upgrade { name, key }) = go(&u.code, "b", "v1.22.1") else {
             panic!("not an upgrade")
         };
@@ -550,7 +571,10 @@ mod tests {
         assert_eq!(go(&u.code, "d", "v1.22.1").err(), Some(Refusal::UsedUp));
         revoke_node(dir.path(), &name).unwrap();
         let u2 = up(1);
-        assert_eq!(go(&u2.code, "c", "v1.22.1").err(), Some(Refusal::NodeRevoked(name)));
+        assert_eq!(
+            go(&u2.code, "c", "v1.22.1").err(),
+            Some(Refusal::NodeRevoked(name))
+        );
         assert!(create(
             dir.path(),
             1,

@@ -344,10 +344,7 @@ pub async fn route(
             let upgrade = site.upgrade.read().expect("script lock").clone();
             Some(match upgrade {
                 Ok(script) => script_response(method, script.bytes),
-                Err(why) => plain(
-                    StatusCode::NOT_FOUND,
-                    &format!("no upgrade script: {why}"),
-                ),
+                Err(why) => plain(StatusCode::NOT_FOUND, &format!("no upgrade script: {why}")),
             })
         }
         ("/v1/enroll", &Method::POST) => Some(enroll_route(site, headers, client).await),
@@ -490,12 +487,7 @@ async fn upgrade_route(site: &Site, headers: &HeaderMap, client: SocketAddr) -> 
     }
     let to = match &*site.upgrade.read().expect("script lock") {
         Ok(script) => script.version.clone(),
-        Err(why) => {
-            return plain(
-                StatusCode::NOT_FOUND,
-                &format!("no upgrade script: {why}"),
-            )
-        }
+        Err(why) => return plain(StatusCode::NOT_FOUND, &format!("no upgrade script: {why}")),
     };
     let Some(code) =
         header_str(headers, "x-edgeferry-code").filter(|c| !c.is_empty() && c.len() <= 128)

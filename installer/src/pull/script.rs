@@ -361,7 +361,10 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for (i, site) in [fixture::site(), fixture::tls_site()].iter().enumerate() {
             let input = site.input(crate::node::script::JoinArgs::FromFile);
-            for (name, text) in [("join", render(&input)), ("upgrade", render_upgrade(&input))] {
+            for (name, text) in [
+                ("join", render(&input)),
+                ("upgrade", render_upgrade(&input)),
+            ] {
                 let path = dir.path().join(format!("{name}-{i}.sh"));
                 std::fs::write(&path, text).unwrap();
                 let out = std::process::Command::new("shellcheck")
