@@ -108,6 +108,7 @@ Examples:
   edgeferry enroll revoke --site-dir /srv/site 3f2a9c1d
   edgeferry enroll revoke-node --site-dir /srv/site pull-3b9e1a
   edgeferry enroll reset --site-dir /srv/site pull-3b9e1a
+  edgeferry enroll create --site-dir /srv/site --upgrade --uses 50   # for /upgrade.sh
 
 Codes are shown once and stored as sha256 only. A node runs the one-liner
 `serve` prints (download /join.sh, check its sha256, run it with the code);
@@ -115,7 +116,12 @@ the mirror answers a valid code with the site's keadm parameters, token
 included, and refuses anything else with one 403 (the reason goes to the
 mirror's log). A node name is enrolled once: a second node claiming it gets
 409 until `enroll reset` frees it. A client address that keeps being refused
-gets 429 with Retry-After, and so does a node sending too many reports.";
+gets 429 with Retry-After, and so does a node sending too many reports.
+
+Upgrade codes (--upgrade) are for /upgrade.sh only, and enrollment codes for
+/join.sh only. The mirror judges the version the node reports as `edgeferry
+upgrade` does; --allow-downgrade and --allow-skip-minor relax that per code.
+A node already at the target spends nothing.";
 
 pub const STATUS_EXAMPLES: &str = "\
 Examples:
@@ -138,6 +144,16 @@ pub enum EnrollCommand {
         /// Node names to hand out, in order, one per use
         #[arg(long, value_delimiter = ',')]
         names: Vec<String>,
+        /// An upgrade code, for /upgrade.sh (it cannot enroll; an
+        /// enrollment code cannot upgrade)
+        #[arg(long)]
+        upgrade: bool,
+        /// Upgrade code: let a node newer than the target go back to it
+        #[arg(long, requires = "upgrade")]
+        allow_downgrade: bool,
+        /// Upgrade code: let a node skip minor versions
+        #[arg(long, requires = "upgrade")]
+        allow_skip_minor: bool,
         #[arg(long)]
         json: bool,
     },

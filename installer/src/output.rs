@@ -307,6 +307,37 @@ pub struct CodeRecord {
     /// the site's name_prefix and the node's hostname.
     pub names: Vec<String>,
     pub revoked: bool,
+    /// What the code is good for: `enroll` (`/join.sh`) or `upgrade`
+    /// (`/upgrade.sh`); never both. Files written before upgrades existed
+    /// hold enrollment codes only.
+    #[serde(default)]
+    pub kind: CodeKind,
+    /// `enroll create --upgrade --allow-downgrade`: the node may go back.
+    #[serde(default)]
+    pub allow_downgrade: bool,
+    /// `enroll create --upgrade --allow-skip-minor`: more than one minor.
+    #[serde(default)]
+    pub allow_skip_minor: bool,
+}
+
+/// What an operator-issued code lets a node do.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CodeKind {
+    /// Enroll and join (`/v1/enroll`).
+    #[default]
+    Enroll,
+    /// Upgrade a node that runs edgecore already (`/v1/upgrade`).
+    Upgrade,
+}
+
+impl CodeKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            CodeKind::Enroll => "enroll",
+            CodeKind::Upgrade => "upgrade",
+        }
+    }
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -333,6 +364,8 @@ pub struct EnrollCreated<'a> {
     pub uses: u32,
     pub expires: &'a str,
     pub names: &'a [String],
+    /// `enroll` or `upgrade`.
+    pub kind: CodeKind,
 }
 
 // ---- join/reset: --dry-run --json

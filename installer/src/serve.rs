@@ -55,8 +55,14 @@ impl Server {
                     if let Some(site) = &self.site {
                         match site.rebuild(&fresh.state) {
                             Ok(true) => self.out.note(&format!(
-                                "mirror: the store changed; join script sha256 is now {}",
-                                site.script_sha256()
+                                "mirror: the store changed; join script sha256 is now {}; {}",
+                                site.script_sha256(),
+                                match site.upgrade_script() {
+                                    Ok((sha, to)) => {
+                                        format!("upgrade script (to {to}) sha256 is now {sha}")
+                                    }
+                                    Err(why) => format!("no upgrade script: {why}"),
+                                }
                             )),
                             Ok(false) => {}
                             Err(e) => self
@@ -234,17 +240,23 @@ pub fn serve(options: ServeOptions, config: &Config, out: &Printer) -> Result<()
         }
         let mut text = banner(&snapshot, local, &mirrors, identity.as_ref());
         if let Some(site) = &site {
+            let pin = identity.as_ref().map(|i| i.pin.as_str());
             text.push_str(&format!(
                 "join script: {}/join.sh sha256 {}\none-liner: {}\n(codes: edgeferry enroll create --site-dir {})\n",
                 endpoint.url(),
                 site.script_sha256(),
-                pull::one_liner(
-                    &endpoint,
-                    identity.as_ref().map(|i| i.pin.as_str()),
-                    &site.script_sha256()
-                ),
+                pull::one_liner(&endpoint, pin, "join.sh", &site.script_sha256()),
                 site.dir.display()
             ));
+            match site.upgrade_script() {
+                Ok((sha, to)) => text.push_str(&format!(
+                    "upgrade script: {}/upgrade.sh sha256 {sha} (to KubeEdge {to})\nupgrade one-liner: {}\n(upgrade codes: edgeferry enroll create --upgrade --site-dir {})\n",
+                    endpoint.url(),
+                    pull::one_liner(&endpoint, pin, "upgrade.sh", &sha),
+                    site.dir.display()
+                )),
+                Err(why) => text.push_str(&format!("upgrade script: none: {why}\n")),
+            }
         }
         out.note(&text);
         let mirror = Arc::new(Server {

@@ -28,7 +28,7 @@ pub fn collect(args: &StatusArgs) -> Result<Vec<StatusNode>> {
                 versions.insert(e.node.clone(), v.clone());
             }
             if let Some(to) = &e.to {
-                if let Some(outcome) = upgrade_outcome(e, to) {
+                if let Some(outcome) = upgrade_outcome(e.step, e.status, e.version.as_deref(), to) {
                     upgrades.insert(e.node.clone(), outcome);
                 }
             }
@@ -90,38 +90,62 @@ pub fn collect(args: &StatusArgs) -> Result<Vec<StatusNode>> {
             else {
                 continue;
             };
+            n.step = Some(r.step.clone());
+            n.last_report = Some(r.ts.clone());
+            if let Some(to) = &r.to {
+                // An upgrade's reports, read as SSH mode reads its journal:
+                // they set the version and the upgrade outcome; the state
+                // stays the join's.
+                let status = match r.status.as_str() {
+                    "ok" => Status::Ok,
+                    "failed" => Status::Failed,
+                    _ => Status::Started,
+                };
+                let version = r
+                    .message
+                    .strip_prefix("version=")
+                    .filter(|_| status == Status::Ok);
+                if let Some(step) = Step::from_name(&r.step) {
+                    if let Some(v) = version {
+                        n.version = Some(v.to_string());
+                    }
+                    if let Some(outcome) = upgrade_outcome(step, status, version, to) {
+                        n.upgrade = Some(outcome);
+                    }
+                }
+                continue;
+            }
             n.state = match (r.step.as_str(), r.status.as_str()) {
                 ("done", "ok") => "joined",
                 (_, "failed") => "failed",
                 _ => "running",
             };
-            n.step = Some(r.step.clone());
             n.error = (r.status == "failed").then(|| r.message.clone());
-            n.last_report = Some(r.ts.clone());
         }
     }
     Ok(nodes.into_values().collect())
 }
 
-/// What one upgrade event says of the node's last upgrade (`None`: no
-/// change).
-fn upgrade_outcome(e: &journal::Event, to: &str) -> Option<String> {
-    Some(match (e.step, e.status) {
-        (Step::UpgradePreflight, Status::Ok) if e.version.as_deref() == Some(to) => {
-            "up to date".to_string()
-        }
+/// What one upgrade event (a journal line, or a pull-mode report) says of
+/// the node's last upgrade (`None`: no change); `version` is the one the
+/// step saw.
+fn upgrade_outcome(step: Step, status: Status, version: Option<&str>, to: &str) -> Option<String> {
+    Some(match (step, status) {
+        (Step::UpgradePreflight, Status::Ok) if version == Some(to) => "up to date".to_string(),
         (Step::UpgradePostcheck, Status::Ok) => format!("upgraded to {to}"),
         (Step::KeadmRollback, Status::Started) => "rolling back".to_string(),
-        (Step::RollbackPostcheck, Status::Ok) => format!(
-            "rolled back to {}",
-            e.version.as_deref().unwrap_or("the version before")
-        ),
+        (Step::RollbackPostcheck, Status::Ok) => {
+            format!("rolled back to {}", version.unwrap_or("the version before"))
+        }
         (Step::KeadmRollback | Step::RollbackPostcheck, Status::Failed) => {
             "ROLLBACK FAILED".to_string()
         }
         (_, Status::Interrupted) => "interrupted".to_string(),
         (step, Status::Failed) => format!("failed at {} (to {to})", step.name()),
-        (Step::Connect, Status::Started) => format!("running (to {to})"),
+        // Pull-mode nodes do not connect: their first step is the preflight.
+        (Step::Connect | Step::UpgradePreflight, Status::Started) => {
+            format!("running (to {to})")
+        }
         _ => return None,
     })
 }

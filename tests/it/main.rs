@@ -18,6 +18,7 @@ mod join;
 mod load;
 mod mirrors;
 mod pull;
+mod pull_upgrade;
 mod sbom;
 mod serve;
 mod sync;

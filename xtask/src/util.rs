@@ -24,6 +24,7 @@ pub const PACKAGES: &[(&str, &str)] = &[
     ("nsenter", "util-linux"),
     ("sudo", "sudo"),
     ("openssl", "openssl"),
+    ("shellcheck", "shellcheck"),
     // Validates emitted custom resources against the CRD schemas kept in
     // manifests/crds/ (tests/src/crd.rs).
     ("jsonschema", "python3-jsonschema"),

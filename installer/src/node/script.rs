@@ -101,7 +101,7 @@ END { gsub(/"/, "", ref); print key "|" ref "|" restrict }"#;
 /// is how containerd's CRI names the image it pulls. It does not validate:
 /// a reference that is not one simply matches nothing in the store.
 pub const NORMALIZE_SH: &str = r#"ef_normalize() {
-	ref=$1 digest= tag=
+	ref=$1 digest='' tag=''
 	case $ref in *@*) digest=@${ref#*@} ref=${ref%%@*} ;; esac
 	case ${ref##*/} in *:*) tag=${ref##*:} ref=${ref%:*} ;; esac
 	case $ref in
@@ -154,7 +154,7 @@ pub fn sandbox_check(store_images: &[String], cri_socket: &str) -> String {
     let images = store_images.join(" ");
     format!(
         r#"{NORMALIZE_SH}
-ctd_conf= ctd_from=
+ctd_conf='' ctd_from=''
 if command -v containerd >/dev/null 2>&1; then
 	if [ -f /etc/containerd/config.toml ]; then
 		ctd_conf=$(containerd config dump 2>/dev/null) && ctd_from="containerd config dump"
@@ -162,7 +162,7 @@ if command -v containerd >/dev/null 2>&1; then
 		ctd_conf=$(containerd config default 2>/dev/null) && ctd_from="containerd config default, no /etc/containerd/config.toml"
 	fi
 fi
-sandbox_key= sandbox= restrict=
+sandbox_key='' sandbox='' restrict=''
 if [ -n "$ctd_from" ]; then
 	IFS='|' read -r sandbox_key sandbox restrict <<EF_CONF
 $(printf '%s
@@ -186,7 +186,8 @@ sandbox=$(printf '%s' "$sandbox" | tr -d '
 if [ -n "$sandbox" ]; then
 	sandbox=$(ef_normalize "$sandbox")
 	echo "sandbox=$sandbox ($ctd_from)"
-	case " {images} " in
+	images={images_q}
+	case " $images " in
 	*" $sandbox "*) ;;
 	*) fail "containerd on this node uses sandbox image $sandbox ($ctd_from) but the store has {offer}: load a bundle built with --pause-image $sandbox, or $set_how to one of them" ;;
 	esac
@@ -199,6 +200,7 @@ if ! (echo -998 >/proc/self/oom_score_adj) 2>/dev/null && [ "$restrict" != true 
 	fail "root on this node cannot lower oom_score_adj (no CAP_SYS_RESOURCE, as in some containers and VMs), so runc cannot start keadm's pod sandbox: set restrict_oom_score_adj = true in containerd's CRI runtime section of /etc/containerd/config.toml and restart containerd"
 fi"#,
         awk = quote(CONTAINERD_AWK),
+        images_q = quote(&images),
         cri = quote(cri_socket),
         offer = sandbox_offer(store_images),
     )
@@ -258,9 +260,10 @@ echo "arch=${{arch:-$(uname -m)}}"
 if [ -z "$arch" ]; then
 	fail "uname -m says $(uname -m), which KubeEdge does not support (amd64, arm64, arm)"
 else
-	case " {arches} " in
+	arches={arches_q}
+	case " $arches " in
 	*" $arch "*) ;;
-	*) fail "node is $arch but the store has only {arches}: load the linux-$arch bundle" ;;
+	*) fail "node is $arch but the store has only $arches: load the linux-$arch bundle" ;;
 	esac
 fi
 if pidof edgecore >/dev/null 2>&1; then fail "edgecore is already running: run edgeferry reset on this node first"; fi
@@ -298,6 +301,7 @@ echo "preflight: ok"
 "#,
         cri = quote(&p.cri_socket),
         probe = mirror_probe(p.mirrors),
+        arches_q = quote(&arches),
         cloud = if p.cloud_host.contains(':') {
             format!("[{}]", p.cloud_host)
         } else {
@@ -629,7 +633,8 @@ fails=
 fail() {{ fails="${{fails:+$fails; }}$1"; }}
 {ARCH_CASE}
 echo "arch=${{arch:-$(uname -m)}}"
-case " {arches} " in
+arches={arches_q}
+case " $arches " in
 *" ${{arch:-none}} "*) ;;
 *) fail "node is ${{arch:-$(uname -m)}} but the store has KubeEdge {to} only for {arches}: load the linux-${{arch:-$(uname -m)}} bundle" ;;
 esac
@@ -659,6 +664,7 @@ echo "preflight: ok"
 "#,
         to = quote(p.to),
         probe = mirror_probe(p.mirrors),
+        arches_q = quote(&arches),
         min_mib = p.min_free_mib,
         min_kib = p.min_free_mib * 1024,
     )
@@ -829,6 +835,7 @@ pub fn postcheck(p: &PostcheckParams) -> String {
         r#"set -u
 cfg={EDGECORE_YAML}
 hub={hub}
+check_hub={check_hub}
 missing=
 for f in /etc/kubeedge/ca/rootCA.crt /etc/kubeedge/certs/server.crt /etc/kubeedge/certs/server.key; do
 	[ -s "$f" ] || missing="$missing $f"
@@ -894,7 +901,7 @@ while :; do
 		exit 1
 	fi
 	now=0
-	if [ {check_hub} = 1 ]; then
+	if [ "$check_hub" = 1 ]; then
 		# shellcheck disable=SC2086
 		if connected $running; then now=1; seen=1; fi
 	else
@@ -912,7 +919,7 @@ while :; do
 	sleep 1
 	waited=$((waited + 1))
 done
-if [ {check_hub} = 1 ]; then
+if [ "$check_hub" = 1 ]; then
 	echo "hub=connected to $hub"
 	echo "postcheck: certs present, edgecore running for ${{waited}}s and connected to cloudcore's hub $hub"
 else

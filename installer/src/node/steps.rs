@@ -244,10 +244,15 @@ pub fn node_steps(action: Action) -> impl Iterator<Item = Step> {
 /// The last word of a pull-mode node's reports, after its final step.
 pub const DONE: &str = "done";
 
-/// The step names a pull-mode node may report: the join's node steps, then
-/// [`DONE`].
-pub fn report_step_names() -> Vec<&'static str> {
-    node_steps(Action::Join)
+/// The step names a pull-mode node may report: the node steps of its
+/// action (join, or upgrade and its rollback), then [`DONE`].
+pub fn report_step_names(action: Action) -> Vec<&'static str> {
+    let rollback: &[Step] = match action {
+        Action::Upgrade => ROLLBACK_STEPS,
+        Action::Join | Action::Reset => &[],
+    };
+    node_steps(action)
+        .chain(rollback.iter().copied())
         .map(Step::name)
         .chain([DONE])
         .collect()
@@ -498,7 +503,21 @@ mod tests {
             );
         }
         assert_eq!(
-            report_step_names(),
+            report_step_names(Action::Upgrade),
+            [
+                "upgrade_preflight",
+                "containerd",
+                "fetch",
+                "keadm_backup",
+                "keadm_upgrade",
+                "upgrade_postcheck",
+                "keadm_rollback",
+                "rollback_postcheck",
+                "done"
+            ]
+        );
+        assert_eq!(
+            report_step_names(Action::Join),
             [
                 "preflight",
                 "containerd",

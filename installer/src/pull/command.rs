@@ -15,6 +15,9 @@ pub fn enroll_cmd(command: EnrollCommand, out: &Printer) -> Result<()> {
             uses,
             expires,
             names,
+            upgrade,
+            allow_downgrade,
+            allow_skip_minor,
             json: _,
         } => {
             if !site_dir.join(super::SITE_FILE).exists() {
@@ -25,7 +28,16 @@ pub fn enroll_cmd(command: EnrollCommand, out: &Printer) -> Result<()> {
                 );
             }
             let ttl = enroll::parse_duration(&expires)?;
-            let new = enroll::create(&site_dir, uses, ttl, names)?;
+            let grant = enroll::Grant {
+                kind: if upgrade {
+                    enroll::CodeKind::Upgrade
+                } else {
+                    enroll::CodeKind::Enroll
+                },
+                allow_downgrade,
+                allow_skip_minor,
+            };
+            let new = enroll::create(&site_dir, uses, ttl, names, grant)?;
             let expires_at = edgeferry_bundle::format::rfc3339_utc(new.record.expires);
             if out.json() {
                 return out.data_line(&output::EnrollCreated {
@@ -34,11 +46,12 @@ pub fn enroll_cmd(command: EnrollCommand, out: &Printer) -> Result<()> {
                     uses,
                     expires: &expires_at,
                     names: &new.record.names,
+                    kind: grant.kind,
                 });
             }
             out.line(&format!("code: {}", new.code));
             out.line(&format!("id: {}", new.id));
-            out.note(&format!("{uses} use(s), expires {expires_at}; shown once, stored hashed. Revoke with: edgeferry enroll revoke --site-dir {} {}", site_dir.display(), new.id));
+            out.note(&format!("{} code, {uses} use(s), expires {expires_at}; shown once, stored hashed. Revoke with: edgeferry enroll revoke --site-dir {} {}", grant.kind.name(), site_dir.display(), new.id));
             Ok(())
         }
         EnrollCommand::List { site_dir, json: _ } => {
@@ -58,8 +71,9 @@ pub fn enroll_cmd(command: EnrollCommand, out: &Printer) -> Result<()> {
                     "valid"
                 };
                 s.push_str(&format!(
-                    "  {}  {state}  {} used, {} left, expires {}\n",
+                    "  {}  {}  {state}  {} used, {} left, expires {}\n",
                     c.id,
+                    c.kind.name(),
                     c.uses,
                     c.uses_left,
                     edgeferry_bundle::format::rfc3339_utc(c.expires)

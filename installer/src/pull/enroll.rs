@@ -13,7 +13,9 @@ pub const ENROLL_FILE: &str = "enrollments.json";
 
 /// The file's format is also `enroll list --json`'s, so it lives with the
 /// other outputs.
-pub use crate::output::{CodeRecord, Enrollments, NodeRecord};
+pub use crate::output::{CodeKind, CodeRecord, Enrollments, NodeRecord};
+
+use crate::node::upgrade::{self, Verdict};
 
 pub fn now() -> u64 {
     std::time::SystemTime::now()
@@ -89,7 +91,25 @@ pub struct NewCode {
     pub record: CodeRecord,
 }
 
-pub fn create(site_dir: &Path, uses: u32, ttl_secs: u64, names: Vec<String>) -> Result<NewCode> {
+/// What a new code is for: enrollment, or an upgrade with the version
+/// rules the operator relaxed for it.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Grant {
+    pub kind: CodeKind,
+    pub allow_downgrade: bool,
+    pub allow_skip_minor: bool,
+}
+
+pub fn create(
+    site_dir: &Path,
+    uses: u32,
+    ttl_secs: u64,
+    names: Vec<String>,
+    grant: Grant,
+) -> Result<NewCode> {
+    if grant.kind == CodeKind::Enroll && (grant.allow_downgrade || grant.allow_skip_minor) {
+        bail!("--allow-downgrade and --allow-skip-minor are for upgrade codes: add --upgrade");
+    }
     if uses == 0 {
         bail!("--uses must be at least 1");
     }
@@ -111,6 +131,9 @@ pub fn create(site_dir: &Path, uses: u32, ttl_secs: u64, names: Vec<String>) -> 
         uses: 0,
         names,
         revoked: false,
+        kind: grant.kind,
+        allow_downgrade: grant.allow_downgrade,
+        allow_skip_minor: grant.allow_skip_minor,
     };
     let stored = record.clone();
     update(site_dir, |data| {
@@ -137,6 +160,8 @@ pub fn revoke(site_dir: &Path, id: &str) -> Result<()> {
 /// The one answer to a client without a valid code, whatever the reason:
 /// it does not learn whether a code ever existed.
 pub const REFUSED: &str = "enrollment refused: not a valid enrollment code";
+/// The same for `/v1/upgrade`.
+pub const UPGRADE_REFUSED: &str = "upgrade refused: not a valid upgrade code";
 
 /// Why a code was refused; never shown with the code itself.
 #[derive(Debug, PartialEq, Eq)]
@@ -145,9 +170,19 @@ pub enum Refusal {
     Expired,
     UsedUp,
     Revoked,
+    /// A valid code of the other kind: an enrollment code sent to upgrade,
+    /// or an upgrade code sent to enroll.
+    WrongKind(CodeKind),
     NoName,
     /// A node of this name is enrolled already.
     Taken(String),
+    /// `enroll revoke-node` refused this node: it may not upgrade either.
+    NodeRevoked(String),
+    /// The version rules (`node::upgrade::judge`) refused the upgrade.
+    Version {
+        kind: &'static str,
+        message: String,
+    },
 }
 
 impl Refusal {
@@ -158,22 +193,78 @@ impl Refusal {
             Refusal::Expired => "the code has expired".into(),
             Refusal::UsedUp => "the code is used up".into(),
             Refusal::Revoked => "the code was revoked".into(),
+            Refusal::WrongKind(kind) => format!("the code is an {} code", kind.name()),
             Refusal::NoName => "no valid node name for its hostname".into(),
             Refusal::Taken(name) => format!("node {name} is enrolled already"),
+            Refusal::NodeRevoked(name) => format!("node {name} was revoked"),
+            Refusal::Version { kind, message } => format!("{kind}: {message}"),
         }
     }
 
-    /// For the client, which holds a valid code for the last two.
-    pub fn answer(&self) -> String {
+    /// For the client, which holds a valid code for the last four; `want`
+    /// is what it asked to do with the code.
+    pub fn answer(&self, want: CodeKind) -> String {
+        let what = match want {
+            CodeKind::Enroll => "enrollment",
+            CodeKind::Upgrade => "upgrade",
+        };
         match self {
-            Refusal::NoName => {
-                "enrollment refused: no valid node name for this hostname".to_string()
-            }
+            Refusal::NoName => format!("{what} refused: no valid node name for this hostname"),
             Refusal::Taken(name) => format!(
                 "enrollment refused: node {name} is already enrolled; the operator can free the name with `edgeferry enroll reset {name}`"
             ),
-            _ => REFUSED.to_string(),
+            Refusal::NodeRevoked(name) => format!(
+                "{what} refused: node {name} was revoked; the operator can free the name with `edgeferry enroll reset {name}`"
+            ),
+            Refusal::Version { kind, message } => format!("{what} refused: {kind}: {message}"),
+            _ => match want {
+                CodeKind::Enroll => REFUSED.to_string(),
+                CodeKind::Upgrade => UPGRADE_REFUSED.to_string(),
+            },
         }
+    }
+}
+
+/// The code of `hash` if it may be spent for `want` now.
+fn usable(
+    data: &mut Enrollments,
+    hash: &str,
+    want: CodeKind,
+    now: u64,
+) -> std::result::Result<usize, Refusal> {
+    let Some(i) = data.codes.iter().position(|c| c.sha256 == hash) else {
+        return Err(Refusal::Unknown);
+    };
+    let c = &data.codes[i];
+    if c.kind != want {
+        return Err(Refusal::WrongKind(c.kind));
+    }
+    if c.revoked {
+        return Err(Refusal::Revoked);
+    }
+    if now >= c.expires {
+        return Err(Refusal::Expired);
+    }
+    if c.uses_left == 0 {
+        return Err(Refusal::UsedUp);
+    }
+    Ok(i)
+}
+
+/// The name a use of code `i` gives the node: the code's next listed
+/// name, else one made from its hostname.
+fn name_for(
+    data: &Enrollments,
+    i: usize,
+    hostname: &str,
+    name_prefix: Option<&str>,
+) -> std::result::Result<String, Refusal> {
+    let c = &data.codes[i];
+    if c.names.is_empty() {
+        crate::node::inventory::node_name_from_hostname(name_prefix, hostname)
+            .ok_or(Refusal::NoName)
+    } else {
+        Ok(c.names[c.uses as usize].clone())
     }
 }
 
@@ -220,34 +311,20 @@ pub fn enroll(
     let key = random_hex()?;
     update(site_dir, |data| {
         let now = now();
-        let Some(c) = data.codes.iter_mut().find(|c| c.sha256 == hash) else {
-            return Ok(Err(Refusal::Unknown));
+        let i = match usable(data, &hash, CodeKind::Enroll, now) {
+            Ok(i) => i,
+            Err(refusal) => return Ok(Err(refusal)),
         };
-        if c.revoked {
-            return Ok(Err(Refusal::Revoked));
-        }
-        if now >= c.expires {
-            return Ok(Err(Refusal::Expired));
-        }
-        if c.uses_left == 0 {
-            return Ok(Err(Refusal::UsedUp));
-        }
-        let name = if c.names.is_empty() {
-            match crate::node::inventory::node_name_from_hostname(name_prefix, hostname) {
-                Some(n) => n,
-                None => return Ok(Err(Refusal::NoName)),
-            }
-        } else {
-            c.names[c.uses as usize].clone()
+        let name = match name_for(data, i, hostname, name_prefix) {
+            Ok(n) => n,
+            Err(refusal) => return Ok(Err(refusal)),
         };
         // A second node with the same name would take over the first one's
         // identity; the operator frees a name with `enroll reset`.
         if data.nodes.iter().any(|n| n.name == name) {
             return Ok(Err(Refusal::Taken(name)));
         }
-        let Some(c) = data.codes.iter_mut().find(|c| c.sha256 == hash) else {
-            return Ok(Err(Refusal::Unknown));
-        };
+        let c = &mut data.codes[i];
         c.uses_left -= 1;
         c.uses += 1;
         let code_id = c.id.clone();
@@ -261,6 +338,81 @@ pub fn enroll(
             revoked: false,
         });
         Ok(Ok(Enrolled {
+            name,
+            key: key.clone(),
+        }))
+    })
+}
+
+/// What `/v1/upgrade` tells a node with a valid upgrade code.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Upgrading {
+    /// It runs the target already: no use spent, no key issued.
+    UpToDate { name: String },
+    /// Go ahead; `key` signs its reports (one use spent).
+    Upgrade { name: String, key: String },
+}
+
+/// Checks an upgrade code, names the node as enrollment does and applies
+/// the version rules SSH mode applies (`node::upgrade::judge`, relaxed as
+/// the code says) to the version the node reports. A node that goes ahead
+/// spends one use and gets a fresh report key: an enrolled node of that
+/// name keeps its record with the new key (the join's key is never kept on
+/// the node); a node joined another way is recorded now. A refusal or an
+/// up-to-date node changes nothing.
+pub fn upgrade(
+    site_dir: &Path,
+    code: &str,
+    hostname: &str,
+    client: &str,
+    name_prefix: Option<&str>,
+    current: &str,
+    target: &str,
+) -> Result<std::result::Result<Upgrading, Refusal>> {
+    let hash = sha256_hex(code.as_bytes());
+    let key = random_hex()?;
+    update(site_dir, |data| {
+        let now = now();
+        let i = match usable(data, &hash, CodeKind::Upgrade, now) {
+            Ok(i) => i,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        let name = match name_for(data, i, hostname, name_prefix) {
+            Ok(n) => n,
+            Err(refusal) => return Ok(Err(refusal)),
+        };
+        if data.nodes.iter().any(|n| n.name == name && n.revoked) {
+            return Ok(Err(Refusal::NodeRevoked(name)));
+        }
+        let c = &data.codes[i];
+        match upgrade::judge(current, target, c.allow_downgrade, c.allow_skip_minor) {
+            Verdict::UpToDate => return Ok(Ok(Upgrading::UpToDate { name })),
+            Verdict::Refused { kind, message } => {
+                return Ok(Err(Refusal::Version { kind, message }))
+            }
+            Verdict::Upgrade => {}
+        }
+        let c = &mut data.codes[i];
+        c.uses_left -= 1;
+        c.uses += 1;
+        let code_id = c.id.clone();
+        let key_sha256 = sha256_hex(key.as_bytes());
+        match data.nodes.iter_mut().find(|n| n.name == name) {
+            Some(n) => {
+                n.key_sha256 = key_sha256;
+                n.client = client.to_string();
+            }
+            None => data.nodes.push(NodeRecord {
+                name: name.clone(),
+                hostname: hostname.to_string(),
+                code_id,
+                key_sha256,
+                enrolled: now,
+                client: client.to_string(),
+                revoked: false,
+            }),
+        }
+        Ok(Ok(Upgrading::Upgrade {
             name,
             key: key.clone(),
         }))
@@ -284,7 +436,7 @@ mod tests {
     #[test]
     fn codes_are_spent_expire_and_revoke() {
         let dir = tempfile::tempdir().unwrap();
-        let c = create(dir.path(), 2, 3600, vec![]).unwrap();
+        let c = create(dir.path(), 2, 3600, vec![], Grant::default()).unwrap();
         let text = std::fs::read_to_string(dir.path().join(ENROLL_FILE)).unwrap();
         assert!(!text.contains(&c.code), "stored hashed");
         let a = enroll(dir.path(), &c.code, "Node_A.local", "1.2.3.4", Some("edge"))
@@ -322,12 +474,12 @@ mod tests {
             enroll(dir.path(), "nope", "c", "x", None).unwrap().err(),
             Some(Refusal::Unknown)
         );
-        let d = create(dir.path(), 1, 0, vec![]).unwrap();
+        let d = create(dir.path(), 1, 0, vec![], Grant::default()).unwrap();
         assert_eq!(
             enroll(dir.path(), &d.code, "c", "x", None).unwrap().err(),
             Some(Refusal::Expired)
         );
-        let e = create(dir.path(), 1, 60, vec!["edge-x".into()]).unwrap();
+        let e = create(dir.path(), 1, 60, vec!["edge-x".into()], Grant::default()).unwrap();
         revoke(dir.path(), &e.id).unwrap();
         assert_eq!(
             enroll(dir.path(), &e.code, "c", "x", None).unwrap().err(),
@@ -339,5 +491,100 @@ mod tests {
         assert!(reset(dir.path(), &a.name).is_err());
         assert_eq!(parse_duration("24h").unwrap(), 86_400);
         assert!(parse_duration("3w").is_err());
+    }
+
+    #[test]
+    fn upgrade_and_enrollment_codes_are_not_interchangeable_and_versions_are_judged() {
+        let dir = tempfile::tempdir().unwrap();
+        let up = |uses| {
+            let grant = Grant {
+                kind: CodeKind::Upgrade,
+                ..Grant::default()
+            };
+            create(dir.path(), uses, 3600, vec![], grant).unwrap()
+        };
+        let join = create(dir.path(), 1, 3600, vec![], Grant::default()).unwrap();
+        let u = up(2);
+        let file = || std::fs::read(dir.path().join(ENROLL_FILE)).unwrap();
+        let before = file();
+        let go = |code: &str, host: &str, current: &str| {
+            upgrade(
+                dir.path(),
+                code,
+                host,
+                "x",
+                Some("edge"),
+                current,
+                "v1.23.1",
+            )
+            .unwrap()
+        };
+        assert_eq!(
+            go(&join.code, "a", "v1.22.1").err(),
+            Some(Refusal::WrongKind(CodeKind::Enroll)),
+            "an enrollment code does not upgrade"
+        );
+        assert_eq!(
+            enroll(dir.path(), &u.code, "a", "x", None).unwrap().err(),
+            Some(Refusal::WrongKind(CodeKind::Upgrade)),
+            "an upgrade code does not enroll"
+        );
+        assert_eq!(
+            go(&u.code, "a", "v1.21.0").err().map(|r| r.answer(CodeKind::Upgrade)),
+            Some(
+                "upgrade refused: skip_minor_refused: v1.21.0 to v1.23.1 skips a minor version; \
+                 KubeEdge upgrades one minor at a time: upgrade to v1.22.x first, or pass --allow-skip-minor"
+                    .to_string()
+            )
+        );
+        assert!(matches!(
+            go(&u.code, "a", "v1.24.0"),
+            Err(Refusal::Version {
+                kind: upgrade::DOWNGRADE_REFUSED,
+                ..
+            })
+        ));
+        assert!(matches!(
+            go(&u.code, "a", "v1.23.1"),
+            Ok(Upgrading::UpToDate { .. })
+        ));
+        assert_eq!(
+            file(),
+            before,
+            "refusals and an up-to-date node spend nothing"
+        );
+        // An enrolled node keeps its record, with a new key.
+        let joined = enroll(dir.path(), &join.code, "b", "x", Some("edge"))
+            .unwrap()
+            .unwrap();
+        let Ok(Upgrading::Upgrade { name, key }) = go(&u.code, "b", "v1.22.1") else {
+            panic!("not an upgrade")
+        };
+        assert_eq!(name, joined.name);
+        assert_eq!(node_for_key(dir.path(), &joined.key).unwrap(), None);
+        assert_eq!(node_for_key(dir.path(), &key).unwrap(), Some(name));
+        // A node joined another way is recorded; then the code is used up.
+        let Ok(Upgrading::Upgrade { name, .. }) = go(&u.code, "c", "v1.22.1") else {
+            panic!("not an upgrade")
+        };
+        assert_eq!(read(dir.path()).unwrap().nodes.len(), 2, "{name}");
+        assert_eq!(go(&u.code, "d", "v1.22.1").err(), Some(Refusal::UsedUp));
+        revoke_node(dir.path(), &name).unwrap();
+        let u2 = up(1);
+        assert_eq!(
+            go(&u2.code, "c", "v1.22.1").err(),
+            Some(Refusal::NodeRevoked(name))
+        );
+        assert!(create(
+            dir.path(),
+            1,
+            60,
+            vec![],
+            Grant {
+                allow_downgrade: true,
+                ..Grant::default()
+            }
+        )
+        .is_err());
     }
 }

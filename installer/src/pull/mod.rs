@@ -1,7 +1,9 @@
-//! Pull mode: nodes nobody can SSH into join themselves with one command
-//! against the mirror. `/join.sh` (no secrets in it), `/v1/enroll` (site
-//! parameters, token included, only for a valid enrollment code) and
-//! `/v1/report` (bounded status from enrolled nodes).
+//! Pull mode: nodes nobody can SSH into join and upgrade themselves with
+//! one command against the mirror. `/join.sh` and `/upgrade.sh` (no
+//! secrets in them), `/v1/enroll` (site parameters, token included, only
+//! for a valid enrollment code), `/v1/upgrade` (the version rules' verdict
+//! and a report key, only for a valid upgrade code) and `/v1/report`
+//! (bounded status from enrolled nodes).
 
 pub mod command;
 pub mod enroll;
@@ -22,9 +24,13 @@ use crate::config::{Config, PullConfig};
 use crate::node::hosts::{Mirror, Mirrors};
 use crate::node::inventory::{self, SiteSpec};
 use crate::node::offer;
-use crate::node::script::{self as node_script, JoinArgs, PostcheckParams, PreflightParams};
+use crate::node::script::{
+    self as node_script, JoinArgs, KeadmUpgradeParams, PostcheckParams, PreflightParams,
+    UpgradePreflightParams,
+};
 use crate::node::secret::Redactor;
-use crate::node::steps::{self, StepInput};
+use crate::node::steps::{self, Action, StepInput, UpgradeInput};
+use crate::node::upgrade;
 use crate::printer::Printer;
 use crate::store::State;
 
@@ -34,8 +40,9 @@ pub const REPORTS_FILE: &str = "reports.jsonl";
 pub const MAX_REPORT_BYTES: usize = 4096;
 pub const MAX_MESSAGE_CHARS: usize = 1024;
 
-/// `/join.sh` for the store as last seen, and the KubeEdge version it joins.
-#[derive(Default)]
+/// `/join.sh` or `/upgrade.sh` for the store as last seen, and the
+/// KubeEdge version it joins or upgrades to.
+#[derive(Clone, Default)]
 struct Script {
     bytes: bytes::Bytes,
     sha256: String,
@@ -53,8 +60,11 @@ pub struct Site {
     min_free_mib: u64,
     settle: std::time::Duration,
     connect_grace: std::time::Duration,
+    timeouts: crate::config::JoinConfig,
     /// The script and its sha256, rebuilt when the store changes.
     script: RwLock<Script>,
+    /// `/upgrade.sh`, or why the store offers none.
+    upgrade: RwLock<std::result::Result<Script, String>>,
     out: Printer,
     limits: PullConfig,
     /// Refused enrollments and reports per client address.
@@ -71,7 +81,8 @@ struct ReportLines {
     compact_at: usize,
 }
 
-/// The printed one-liner: download, check the pinned sha256, run. A fresh
+/// The printed one-liner for `script` (`join.sh`, `upgrade.sh`):
+/// download, check the pinned sha256, run. A fresh
 /// mktemp directory (mode 0700), not a fixed /tmp name another local user
 /// could create first and rewrite between the check and the run.
 ///
@@ -79,15 +90,28 @@ struct ReportLines {
 /// trust: `-k` drops curl's CA-chain check, which a site certificate would
 /// fail, and `--pinnedpubkey` still aborts unless the server's key is the
 /// mirror's. The script then trusts the mirror's CA for everything else.
-pub fn one_liner(mirror: &Mirror, pin: Option<&str>, sha256: &str) -> String {
+pub fn one_liner(mirror: &Mirror, pin: Option<&str>, script: &str, sha256: &str) -> String {
     let trust = match pin {
         Some(pin) if mirror.tls() => format!("-k --pinnedpubkey '{pin}' "),
         _ => String::new(),
     };
     format!(
-        "d=$(mktemp -d) && curl -fsS {trust}-o \"$d/join.sh\" {}/join.sh && echo \"{sha256}  $d/join.sh\" | sha256sum -c - && sh \"$d/join.sh\" <CODE>",
+        "d=$(mktemp -d) && curl -fsS {trust}-o \"$d/{script}\" {}/{script} && echo \"{sha256}  $d/{script}\" | sha256sum -c - && sh \"$d/{script}\" <CODE>",
         mirror.url()
     )
+}
+
+/// The newest KubeEdge version the store holds: what `/upgrade.sh`
+/// upgrades to (an operator who wants another target loads that bundle
+/// last, or keeps newer ones out of the site's store).
+fn newest_version(state: &State) -> Option<String> {
+    state
+        .bundles
+        .values()
+        .map(|b| b.kubeedge_version.as_str())
+        .filter_map(|v| upgrade::numbers(v).map(|n| (n, v)))
+        .max()
+        .map(|(_, v)| v.to_string())
 }
 
 impl Site {
@@ -113,7 +137,9 @@ impl Site {
             min_free_mib: config.join.min_free_mib,
             settle,
             connect_grace: config.join.postcheck_connect_grace,
+            timeouts: config.join.clone(),
             script: RwLock::new(Script::default()),
+            upgrade: RwLock::new(Err(String::new())),
             out,
             limits: config.pull.clone(),
             refused: limit::Buckets::new(
@@ -136,8 +162,106 @@ impl Site {
         self.script.read().expect("script lock").sha256.clone()
     }
 
-    /// Regenerates `/join.sh` for the store as it is now; returns whether it changed.
+    /// `/upgrade.sh`'s (sha256, target version), or why there is none.
+    pub fn upgrade_script(&self) -> std::result::Result<(String, String), String> {
+        match &*self.upgrade.read().expect("script lock") {
+            Ok(s) => Ok((s.sha256.clone(), s.version.clone())),
+            Err(why) => Err(why.clone()),
+        }
+    }
+
+    /// Regenerates `/join.sh` and `/upgrade.sh` for the store as it is
+    /// now; returns whether either changed. A store that offers no upgrade
+    /// leaves `/upgrade.sh` absent, with the reason, and `/join.sh` served.
     pub fn rebuild(&self, state: &State) -> Result<bool> {
+        let joined = self.rebuild_join(state)?;
+        let upgrade = self.render_upgrade(state).map_err(|e| format!("{e:#}"));
+        let mut current = self.upgrade.write().expect("script lock");
+        let changed = match (&*current, &upgrade) {
+            (Ok(a), Ok(b)) => a.sha256 != b.sha256,
+            (Err(a), Err(b)) => a != b,
+            _ => true,
+        };
+        *current = upgrade;
+        Ok(joined || changed)
+    }
+
+    /// `/upgrade.sh` to the newest version in the store, from the same
+    /// offer, flag checks and installation-package digests as `edgeferry
+    /// upgrade` plans with.
+    fn render_upgrade(&self, state: &State) -> Result<Script> {
+        let who = format!("site.yaml ({})", self.dir.display());
+        let to = newest_version(state)
+            .context("the store holds no KubeEdge version of the form vMAJOR.MINOR.PATCH")?;
+        // It goes into the script and into reports' JSON as it is.
+        if !to
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-.+".contains(c))
+        {
+            anyhow::bail!("KubeEdge version {to:?} holds characters a version does not");
+        }
+        let offer = offer::store_offer(state, Some(&to), &self.dir)?;
+        let with_digest = offer::check_upgrade_flags(&to)?;
+        let arches: Vec<String> = offer.bundles.keys().cloned().collect();
+        let (image, mut digests) = offer::installation_package(state, &to, &arches, &self.dir)?;
+        if !with_digest {
+            digests.clear();
+        }
+        let (cloud_host, ports, cri_socket) =
+            offer::preflight_target(&self.spec.cloudcore, &self.spec.flags, &who)?;
+        let hosts_files = offer::hosts_toml_for(state, &self.mirrors);
+        let t = &self.timeouts;
+        let text = script::render_upgrade(&StepInput {
+            version: &to,
+            mirrors: &self.mirrors,
+            keadm: &offer.keadm,
+            hosts: &hosts_files,
+            preflight: PreflightParams {
+                store_arches: arches.clone(),
+                store_images: offer::store_images(state),
+                cri_socket,
+                mirrors: &self.mirrors,
+                cloud_host: &cloud_host,
+                cloud_ports: ports.clone(),
+                min_free_mib: self.min_free_mib,
+            },
+            postcheck: PostcheckParams {
+                cloud_host: &cloud_host,
+                hub_port: ports[0],
+                hub: offer::hub_protocol(&self.spec.flags),
+                settle_secs: self.settle.as_secs(),
+                connect_grace_secs: self.connect_grace.as_secs(),
+            },
+            join_args: JoinArgs::FromFile,
+            reset_args: &[],
+            keadm_join_timeout: t.keadm_join_timeout,
+            keadm_reset_timeout: t.keadm_reset_timeout,
+            upgrade: Some(UpgradeInput {
+                preflight: UpgradePreflightParams {
+                    to: &to,
+                    store_arches: arches.clone(),
+                    mirrors: &self.mirrors,
+                    min_free_mib: self.min_free_mib,
+                },
+                keadm: KeadmUpgradeParams {
+                    to: &to,
+                    image: &image,
+                    digests: &digests,
+                    timeout_secs: t.keadm_upgrade_timeout.as_secs(),
+                },
+                backup_timeout: t.keadm_backup_timeout,
+                rollback_timeout: t.keadm_rollback_timeout,
+            }),
+        });
+        Ok(Script {
+            sha256: edgeferry_bundle::hashing::sha256_hex(text.as_bytes()),
+            bytes: bytes::Bytes::from(text),
+            version: to,
+        })
+    }
+
+    /// Regenerates `/join.sh`; returns whether it changed.
+    fn rebuild_join(&self, state: &State) -> Result<bool> {
         let who = format!("site.yaml ({})", self.dir.display());
         let offer = offer::store_offer(state, self.spec.kubeedge_version.as_deref(), &self.dir)
             .with_context(|| who.clone())?;
@@ -216,27 +340,36 @@ pub async fn route(
     match (path, method) {
         ("/join.sh", &Method::GET | &Method::HEAD) => {
             let bytes = site.script.read().expect("script lock").bytes.clone();
-            let len = bytes.len();
-            Some(
-                Response::builder()
-                    .header(header::CONTENT_TYPE, "text/x-shellscript")
-                    .header(header::CONTENT_LENGTH, len)
-                    .header(header::CACHE_CONTROL, "no-store")
-                    .body(if method == Method::HEAD {
-                        Body::empty()
-                    } else {
-                        Body::from(bytes)
-                    })
-                    .expect("valid response"),
-            )
+            Some(script_response(method, bytes))
+        }
+        ("/upgrade.sh", &Method::GET | &Method::HEAD) => {
+            let upgrade = site.upgrade.read().expect("script lock").clone();
+            Some(match upgrade {
+                Ok(script) => script_response(method, script.bytes),
+                Err(why) => plain(StatusCode::NOT_FOUND, &format!("no upgrade script: {why}")),
+            })
         }
         ("/v1/enroll", &Method::POST) => Some(enroll_route(site, headers, client).await),
+        ("/v1/upgrade", &Method::POST) => Some(upgrade_route(site, headers, client).await),
         ("/v1/report", &Method::POST) => Some(report_route(site, headers, body, client).await),
-        ("/join.sh" | "/v1/enroll" | "/v1/report", _) => {
+        ("/join.sh" | "/upgrade.sh" | "/v1/enroll" | "/v1/upgrade" | "/v1/report", _) => {
             Some(plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed"))
         }
         _ => None,
     }
+}
+
+fn script_response(method: &Method, bytes: bytes::Bytes) -> Response<Body> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/x-shellscript")
+        .header(header::CONTENT_LENGTH, bytes.len())
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(if method == Method::HEAD {
+            Body::empty()
+        } else {
+            Body::from(bytes)
+        })
+        .expect("valid response")
 }
 
 /// 429 with Retry-After.
@@ -330,7 +463,7 @@ async fn enroll_route(site: &Site, headers: &HeaderMap, client: SocketAddr) -> R
                 enroll::Refusal::Taken(_) => StatusCode::CONFLICT,
                 _ => StatusCode::FORBIDDEN,
             };
-            site.refuse(client, status, &refusal.answer())
+            site.refuse(client, status, &refusal.answer(enroll::CodeKind::Enroll))
         }
         Ok(Err(e)) => {
             site.out.warn(&format!(
@@ -346,6 +479,105 @@ async fn enroll_route(site: &Site, headers: &HeaderMap, client: SocketAddr) -> R
     }
 }
 
+/// `POST /v1/upgrade` with the code, the node's hostname and the version
+/// its edgecore reports: `verdict=upgrade` with the node's name, a report
+/// key and the target; `verdict=up_to_date`; or a refusal that names the
+/// rule (409) or says only that the code is not valid (403).
+async fn upgrade_route(site: &Site, headers: &HeaderMap, client: SocketAddr) -> Response<Body> {
+    if let Some(response) = site.throttled(client) {
+        return response;
+    }
+    let to = match &*site.upgrade.read().expect("script lock") {
+        Ok(script) => script.version.clone(),
+        Err(why) => return plain(StatusCode::NOT_FOUND, &format!("no upgrade script: {why}")),
+    };
+    let Some(code) =
+        header_str(headers, "x-edgeferry-code").filter(|c| !c.is_empty() && c.len() <= 128)
+    else {
+        site.out.note(&format!(
+            "mirror: upgrade from {client} refused: no code (header X-Edgeferry-Code)"
+        ));
+        return site.refuse(client, StatusCode::FORBIDDEN, enroll::UPGRADE_REFUSED);
+    };
+    let hostname = header_str(headers, "x-edgeferry-hostname")
+        .unwrap_or("")
+        .chars()
+        .take(128)
+        .collect::<String>();
+    // What edgecore said, kept to the characters a version has: it is
+    // echoed in refusals and logs.
+    let current: String = header_str(headers, "x-edgeferry-version")
+        .unwrap_or("")
+        .chars()
+        .filter(|c| c.is_ascii_alphanumeric() || "-.+".contains(*c))
+        .take(64)
+        .collect();
+    let dir = site.dir.clone();
+    let code = code.to_string();
+    let client_text = client.to_string();
+    let prefix = site.spec.name_prefix.clone();
+    let target = to.clone();
+    let from = current.clone();
+    let outcome = tokio::task::spawn_blocking(move || {
+        enroll::upgrade(
+            &dir,
+            &code,
+            &hostname,
+            &client_text,
+            prefix.as_deref(),
+            &from,
+            &target,
+        )
+    })
+    .await;
+    match outcome {
+        Ok(Ok(Ok(enroll::Upgrading::Upgrade { name, key }))) => {
+            site.out.note(&format!(
+                "mirror: node {name} upgrades from {current} to {to}"
+            ));
+            answer(format!(
+                "verdict=upgrade\nnode={name}\nkey={key}\nto={to}\nfrom={current}\n"
+            ))
+        }
+        Ok(Ok(Ok(enroll::Upgrading::UpToDate { name }))) => {
+            site.out
+                .note(&format!("mirror: node {name} runs {to} already"));
+            answer(format!("verdict=up_to_date\nnode={name}\nto={to}\n"))
+        }
+        Ok(Ok(Err(refusal))) => {
+            site.out.note(&format!(
+                "mirror: upgrade from {client} refused: {}",
+                crate::printer::node_text(&refusal.reason())
+            ));
+            let status = match refusal {
+                enroll::Refusal::Version { .. } => StatusCode::CONFLICT,
+                _ => StatusCode::FORBIDDEN,
+            };
+            site.refuse(client, status, &refusal.answer(enroll::CodeKind::Upgrade))
+        }
+        Ok(Err(e)) => {
+            site.out.warn(&format!(
+                "mirror: enrollment store: {}",
+                site.redactor.scrub(&format!("{e:#}"))
+            ));
+            plain(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "enrollment store unavailable",
+            )
+        }
+        Err(_) => plain(StatusCode::INTERNAL_SERVER_ERROR, "upgrade failed"),
+    }
+}
+
+/// A 200 `text/plain` answer of `key=value` lines, never cached.
+fn answer(body: String) -> Response<Body> {
+    Response::builder()
+        .header(header::CONTENT_TYPE, "text/plain")
+        .header(header::CACHE_CONTROL, "no-store")
+        .body(Body::from(body))
+        .expect("valid response")
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct ReportIn {
@@ -354,6 +586,10 @@ struct ReportIn {
     status: String,
     #[serde(default)]
     message: String,
+    /// An upgrade's reports name its target, as the journal's upgrade
+    /// events do; a join's have none.
+    #[serde(default)]
+    to: Option<String>,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -365,6 +601,8 @@ pub struct ReportLine {
     #[serde(default)]
     pub message: String,
     pub client: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
 }
 
 async fn report_route(
@@ -406,7 +644,25 @@ async fn report_route(
             )
         }
     };
-    if !steps::report_step_names().contains(&report.step.as_str()) {
+    let action = match &report.to {
+        None => Action::Join,
+        Some(to)
+            if to.len() <= 64
+                && upgrade::numbers(to).is_some()
+                && to
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || "-.+".contains(c)) =>
+        {
+            Action::Upgrade
+        }
+        Some(_) => {
+            return plain(
+                StatusCode::BAD_REQUEST,
+                "report refused: to is not a KubeEdge version",
+            )
+        }
+    };
+    if !steps::report_step_names(action).contains(&report.step.as_str()) {
         return plain(StatusCode::BAD_REQUEST, "report refused: unknown step");
     }
     if !matches!(report.status.as_str(), "started" | "ok" | "failed") {
@@ -453,6 +709,7 @@ async fn report_route(
             status: report.status,
             message,
             client,
+            to: report.to,
         };
         let mut text = serde_json::to_string(&line)?;
         text.push('\n');
