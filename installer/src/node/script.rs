@@ -227,7 +227,8 @@ fn mirror_probe(mirrors: &Mirrors) -> String {
     };
     format!(
         r#"ef_mirror_probe() {{
-	for url in {urls}; do
+	mirrors={urls}
+	for url in $mirrors; do
 		case $1 in
 		curl) curl -fsS {unverified_curl}-o /dev/null --connect-timeout {MIRROR_CONNECT_SECS} -m 10 "$url/v2/" 2>/dev/null ;;
 		*) wget -q {unverified_wget}-T 10 -O /dev/null "$url/v2/" ;;
@@ -236,7 +237,7 @@ fn mirror_probe(mirrors: &Mirrors) -> String {
 	done
 	fail {none}
 }}"#,
-        urls = mirrors.site_urls_sh(),
+        urls = quote(&mirrors.site_urls_sh()),
         unverified_curl = if tls { "-k " } else { "" },
         unverified_wget = if tls { "--no-check-certificate " } else { "" },
         none = quote(&none),
@@ -408,7 +409,8 @@ else
 	exit {NO_HTTP_CLIENT}
 fi
 fetched=
-for url in {urls}; do
+mirrors={urls}
+for url in $mirrors; do
 	if get "$url"; then
 		fetched=$url
 		break
@@ -417,12 +419,12 @@ for url in {urls}; do
 done
 [ -n "$fetched" ] || {{
 	rm -f "$d/$file.part"
-	echo "no site mirror served $file ({urls})" >&2
+	echo "no site mirror served $file ($mirrors)" >&2
 	exit 1
 }}
 echo "fetched $file from $fetched""#,
             install_ca = install_ca(first),
-            urls = mirrors.site_urls_sh(),
+            urls = quote(&mirrors.site_urls_sh()),
             curl_ca = first.curl_ca(),
             wget_ca = first.wget_ca(),
         )

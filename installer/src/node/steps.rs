@@ -470,7 +470,7 @@ mod tests {
     fn with_two_mirrors_preflight_and_fetch_try_them_in_the_nodes_order() {
         let site = fixture::two_mirrors();
         let input = site.input(JoinArgs::Stdin);
-        let order = "for url in http://10.0.0.6:5000 http://10.0.0.5:5000; do";
+        let order = "mirrors='http://10.0.0.6:5000 http://10.0.0.5:5000'";
         for step in [Step::Preflight, Step::Fetch, Step::UpgradePreflight] {
             let sh = script(step, &input).unwrap();
             assert!(sh.contains(order), "{step:?}:\n{sh}");
