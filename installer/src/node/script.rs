@@ -602,6 +602,12 @@ fn keadm_run(version: &str, args: &[String], before: &str, timeout_secs: u64) ->
 /// Where the upgrade preflight records the version a node ran before the
 /// upgrade, for `keadm rollback edge --historical-version` and the check
 /// after it (the control host may be a different run by then).
+/// How long a postcheck waits for edgecore to appear at all: without
+/// systemd keadm starts it in the background (`edgecore > log 2>&1 &`) and
+/// returns, and on a busy node the process may not have exec'd yet (seen
+/// once in 50 stand-in upgrades at load 11).
+const START_GRACE_SECS: u32 = 3;
+
 pub const UPGRADE_FROM: &str = "/var/lib/edgeferry/upgrade-from";
 
 /// sh function `ef_edgecore_version`: prints the version edgecore reports
@@ -885,9 +891,17 @@ settle={settle}
 limit=$((settle + {grace}))
 waited=0
 seen=0
+ran=0
 while :; do
 	running=$(pids 2>/dev/null | tr '\n' ' ')
-	case $running in *[0-9]*) ;; *) running= ;; esac
+	case $running in *[0-9]*) ran=1 ;; *) running= ;; esac
+	# Without systemd keadm starts edgecore in the background and returns:
+	# on a busy node it may not have exec'd yet. Give it {START_GRACE_SECS}s to appear.
+	if [ -z "$running" ] && [ $ran = 0 ] && [ $waited -lt {START_GRACE_SECS} ]; then
+		sleep 1
+		waited=$((waited + 1))
+		continue
+	fi
 	if [ -z "$running" ]; then
 		echo "--- last lines of the edgecore log" >&2
 		if [ -d /run/systemd/system ]; then
@@ -895,7 +909,7 @@ while :; do
 		else
 			tail -n 20 {EDGECORE_LOG} >&2 2>/dev/null || true
 		fi
-		if [ $waited = 0 ]; then
+		if [ $ran = 0 ]; then
 			echo "postcheck: edgecore is not running ($how)" >&2
 		else
 			echo "postcheck: edgecore exited ${{waited}}s into the ${{settle}}s settle time after keadm's success ($how): see the edgecore log" >&2
