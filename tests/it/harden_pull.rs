@@ -271,8 +271,21 @@ fn refused_enrollments_write_nothing_and_read_alike() {
     assert_eq!(before.2, after.2, "enrollments.json changed");
 
     // The operator's log tells the reasons apart; it never holds the code.
+    // The mirror writes each line before it answers, but the harness reads
+    // its stderr on another thread: wait (bounded) for the last one.
+    let reasons = ["unknown code", "used up", "expired", "revoked", "no code"];
+    let logged = |log: &str| {
+        reasons.iter().all(|reason| {
+            log.lines()
+                .any(|l| l.contains("enrollment from 127.0.0.1") && l.contains(reason))
+        })
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    while !logged(&site.mirror.stderr()) && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
     let log = site.mirror.stderr();
-    for reason in ["unknown code", "used up", "expired", "revoked", "no code"] {
+    for reason in reasons {
         assert!(
             log.lines()
                 .any(|l| l.contains("enrollment from 127.0.0.1") && l.contains(reason)),
