@@ -562,6 +562,32 @@ pub(crate) fn fleet_run(
     })
 }
 
+/// The closing line of a fleet bench (`bench join`, `bench upgrade`):
+/// every target met, or which were missed. Missed targets are reported,
+/// not fatal.
+pub(crate) fn verdict_line(
+    t: &mut String,
+    bench: &str,
+    (ratio, ratio_limit): (f64, f64),
+    (rss_mib, rss_limit_mib): (f64, f64),
+) -> Result<()> {
+    let mut missed = Vec::new();
+    if ratio > ratio_limit {
+        missed.push(format!("wall / bound {ratio:.3} > {ratio_limit}"));
+    }
+    if rss_mib > rss_limit_mib {
+        missed.push(format!(
+            "peak RSS {rss_mib:.1} MiB > {rss_limit_mib:.0} MiB"
+        ));
+    }
+    if missed.is_empty() {
+        writeln!(t, "bench {bench}: every target met")?;
+    } else {
+        writeln!(t, "bench {bench}: MISSED TARGETS: {}", missed.join("; "))?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

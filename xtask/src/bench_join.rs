@@ -228,20 +228,12 @@ pub fn run() -> Result<()> {
         "  reference: {} (remote script: remote.sh beside it)",
         ssh.command
     )?;
-    let mut missed = Vec::new();
-    if ratio > TARGET_RATIO {
-        missed.push(format!("wall / bound {ratio:.3} > {TARGET_RATIO}"));
-    }
-    if rss_mib > TARGET_RSS_MIB {
-        missed.push(format!(
-            "peak RSS {rss_mib:.1} MiB > {TARGET_RSS_MIB:.0} MiB"
-        ));
-    }
-    if missed.is_empty() {
-        writeln!(t, "bench join: every target met")?;
-    } else {
-        writeln!(t, "bench join: MISSED TARGETS: {}", missed.join("; "))?;
-    }
+    crate::bench_hosts::verdict_line(
+        &mut t,
+        "join",
+        (ratio, TARGET_RATIO),
+        (rss_mib, TARGET_RSS_MIB),
+    )?;
     print!("{t}");
     Ok(())
 }

@@ -214,20 +214,12 @@ pub fn run() -> Result<()> {
         workspace_root().display()
     )?;
     writeln!(t, "  ours: {}", main.command)?;
-    let mut missed = Vec::new();
-    if ratio > TARGET_RATIO {
-        missed.push(format!("wall / bound {ratio:.3} > {TARGET_RATIO}"));
-    }
-    if rss_mib > TARGET_RSS_MIB {
-        missed.push(format!(
-            "peak RSS {rss_mib:.1} MiB > {TARGET_RSS_MIB:.0} MiB"
-        ));
-    }
-    if missed.is_empty() {
-        writeln!(t, "bench upgrade: every target met")?;
-    } else {
-        writeln!(t, "bench upgrade: MISSED TARGETS: {}", missed.join("; "))?;
-    }
+    crate::bench_hosts::verdict_line(
+        &mut t,
+        "upgrade",
+        (ratio, TARGET_RATIO),
+        (rss_mib, TARGET_RSS_MIB),
+    )?;
     print!("{t}");
     Ok(())
 }

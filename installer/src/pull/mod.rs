@@ -225,13 +225,7 @@ impl Site {
                 cloud_ports: ports.clone(),
                 min_free_mib: self.min_free_mib,
             },
-            postcheck: PostcheckParams {
-                cloud_host: &cloud_host,
-                hub_port: ports[0],
-                hub: offer::hub_protocol(&self.spec.flags),
-                settle_secs: self.settle.as_secs(),
-                connect_grace_secs: self.connect_grace.as_secs(),
-            },
+            postcheck: self.postcheck(&cloud_host, ports[0]),
             join_args: JoinArgs::FromFile,
             reset_args: &[],
             keadm_join_timeout: t.keadm_join_timeout,
@@ -260,6 +254,17 @@ impl Site {
         })
     }
 
+    /// The postcheck both scripts run, with this site's settle and grace.
+    fn postcheck<'a>(&self, cloud_host: &'a str, hub_port: u16) -> PostcheckParams<'a> {
+        PostcheckParams {
+            cloud_host,
+            hub_port,
+            hub: offer::hub_protocol(&self.spec.flags),
+            settle_secs: self.settle.as_secs(),
+            connect_grace_secs: self.connect_grace.as_secs(),
+        }
+    }
+
     /// Regenerates `/join.sh`; returns whether it changed.
     fn rebuild_join(&self, state: &State) -> Result<bool> {
         let who = format!("site.yaml ({})", self.dir.display());
@@ -284,13 +289,7 @@ impl Site {
                 cloud_ports: ports.clone(),
                 min_free_mib: self.min_free_mib,
             },
-            postcheck: PostcheckParams {
-                cloud_host: &cloud_host,
-                hub_port: ports[0],
-                hub: offer::hub_protocol(&self.spec.flags),
-                settle_secs: self.settle.as_secs(),
-                connect_grace_secs: self.connect_grace.as_secs(),
-            },
+            postcheck: self.postcheck(&cloud_host, ports[0]),
             join_args: JoinArgs::FromFile,
             reset_args: &[],
             keadm_join_timeout: self.keadm_timeout,
