@@ -394,5 +394,6 @@ cd /var/lib/edgeferry/work
         node_ms: Vec::new(),
         step_ms: BTreeMap::new(),
         command: shell_line(&args),
+        ended: m.ended,
     })
 }
