@@ -126,12 +126,17 @@ pub struct JoinConfig {
     pub parallel: usize,
     /// Upper bound on `--parallel`: each active node holds an SSH session.
     pub max_parallel: usize,
+    /// The TCP connect alone: a host that does not answer gives its slot
+    /// back this soon and waits at the back of the queue for its next
+    /// attempt.
+    pub dial_timeout: Duration,
     /// TCP connect + SSH handshake + authentication.
     pub connect_timeout: Duration,
     /// Connection attempts for transient network errors (refused, timed
-    /// out, reset); auth and host-key failures are never retried.
+    /// out, reset); auth and host-key failures are never retried. Each
+    /// retry waits at the back of the queue, not in a slot.
     pub connect_attempts: u32,
-    /// Wait before the second attempt; doubles after each.
+    /// The least wait before the second attempt; doubles after each.
     pub retry_backoff: Duration,
     pub preflight_timeout: Duration,
     pub containerd_timeout: Duration,
@@ -175,6 +180,7 @@ impl Default for JoinConfig {
         JoinConfig {
             parallel: 20,
             max_parallel: 1000,
+            dial_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(15),
             connect_attempts: 3,
             retry_backoff: Duration::from_secs(1),

@@ -15,6 +15,7 @@ mod harden_store;
 mod hosts;
 mod inspect;
 mod join;
+mod join_queue;
 mod load;
 mod mirrors;
 mod pull;

@@ -4,6 +4,7 @@
 //! -> run (bounded fan-out over russh, journal per step) -> report.
 
 pub mod journal;
+mod pipe;
 pub mod plan;
 pub mod ready;
 pub mod report;

@@ -2,7 +2,7 @@
 //! a task whose result is a `NodeOutcome` value, never an error that stops
 //! the batch. Every step is journaled before and after it runs.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, VecDeque};
 use std::fs::{File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
@@ -10,9 +10,10 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 
 use super::journal::{Event, History, Journal, Status};
+use super::pipe;
 use super::plan::{JoinPlan, NodePlan, StepPlan};
 use super::ready::{ApiClient, Readiness};
 use super::ssh::{self, HostKeyPolicy, SshError};
@@ -96,6 +97,9 @@ enum Finish {
 struct Failed {
     failure: Failure,
     rollback: Option<Result<(), Failure>>,
+    /// The host did not answer and has connect attempts left: the node
+    /// waits at the back of the queue instead of failing.
+    try_later: bool,
 }
 
 impl From<Failure> for Failed {
@@ -103,6 +107,7 @@ impl From<Failure> for Failed {
         Failed {
             failure,
             rollback: None,
+            try_later: false,
         }
     }
 }
@@ -115,27 +120,39 @@ pub fn now() -> String {
     edgeferry_bundle::format::rfc3339_utc(t.as_secs())
 }
 
+/// A node waiting for a slot: its first turn, or another connect attempt
+/// after a host that did not answer (then with what its attempts so far
+/// recorded).
+struct Queued {
+    idx: usize,
+    skip: BTreeSet<Step>,
+    arch: Option<String>,
+    version_before: Option<String>,
+    attempt: u32,
+    prior: Option<NodeOutcome>,
+    not_before: Option<tokio::time::Instant>,
+}
+
+const INTERRUPTED_BEFORE: &str = "interrupted (Ctrl-C) before it started";
+const BUDGET_SPENT: &str = "not started: the --max-fail budget was spent";
+
 /// Runs one wave: `parallel` nodes at a time, no new node once `max_fail`
-/// of this wave's nodes have failed.
+/// of this wave's nodes have failed. A node whose host does not answer
+/// gives its slot back and waits at the back of the queue for its next
+/// connect attempt, so a dead host never holds up the live ones.
 pub async fn execute(
     ctx: Arc<Ctx>,
     entries: Vec<(usize, Entry)>,
     parallel: usize,
     max_fail: Option<usize>,
 ) -> Vec<NodeOutcome> {
-    let sem = Arc::new(Semaphore::new(parallel.max(1)));
-    let failures = Arc::new(AtomicUsize::new(0));
+    let parallel = parallel.max(1);
     let mut outcomes: Vec<(usize, NodeOutcome)> = Vec::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    let mut stop_reason: Option<&'static str> = None;
+    let mut queue: VecDeque<Queued> = VecDeque::new();
     for (idx, entry) in entries {
-        let node = &ctx.plan.nodes[idx];
-        if let Some(reason) = stop_reason {
-            outcomes.push((idx, not_started(&ctx, node, reason)));
-            continue;
-        }
-        let (skip, arch, version_before) = match entry {
+        match entry {
             Entry::AlreadyJoined { arch } => {
+                let node = &ctx.plan.nodes[idx];
                 let status = match ctx.plan.action {
                     Action::Upgrade => NodeStatus::UpToDate,
                     _ => NodeStatus::AlreadyJoined,
@@ -148,53 +165,98 @@ pub async fn execute(
                 o.arch = arch;
                 ctx.progress.finished(&o);
                 outcomes.push((idx, o));
-                continue;
             }
             Entry::Run {
                 skip,
                 arch,
                 version_before,
-            } => (skip, arch, version_before),
-        };
-        let mut cancel = ctx.cancel.clone();
-        let permit = tokio::select! {
-            p = sem.clone().acquire_owned() => p.expect("semaphore open"),
-            _ = cancel.wait_for(|c| *c) => {
-                stop_reason = Some("interrupted (Ctrl-C) before it started");
-                outcomes.push((idx, not_started(&ctx, node, stop_reason.unwrap())));
-                continue;
-            }
-        };
-        if *ctx.cancel.borrow() {
-            stop_reason = Some("interrupted (Ctrl-C) before it started");
-            outcomes.push((idx, not_started(&ctx, node, stop_reason.unwrap())));
-            continue;
-        }
-        if let Some(budget) = max_fail {
-            if failures.load(Ordering::SeqCst) >= budget {
-                stop_reason = Some("not started: the --max-fail budget was spent");
-                outcomes.push((idx, not_started(&ctx, node, stop_reason.unwrap())));
-                continue;
-            }
-        }
-        let ctx2 = ctx.clone();
-        let failures2 = failures.clone();
-        tasks.spawn(async move {
-            let outcome = run_node(&ctx2, idx, skip, arch, version_before).await;
-            if outcome.status.is_failure() {
-                failures2.fetch_add(1, Ordering::SeqCst);
-            }
-            drop(permit);
-            ctx2.progress.finished(&outcome);
-            (idx, outcome)
-        });
-        // Let finished tasks report so the failure count is current.
-        while let Some(done) = tasks.try_join_next() {
-            outcomes.push(done.expect("node task does not panic"));
+            } => queue.push_back(Queued {
+                idx,
+                skip,
+                arch,
+                version_before,
+                attempt: 1,
+                prior: None,
+                not_before: None,
+            }),
         }
     }
-    while let Some(done) = tasks.join_next().await {
-        outcomes.push(done.expect("node task does not panic"));
+    let mut failures = 0;
+    let mut running = 0;
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut cancel = ctx.cancel.clone();
+    let mut stop_reason: Option<&'static str> = None;
+    loop {
+        let cancelled = *ctx.cancel.borrow();
+        if cancelled {
+            stop_reason = Some(INTERRUPTED_BEFORE);
+        } else if stop_reason.is_none() && max_fail.is_some_and(|budget| failures >= budget) {
+            stop_reason = Some(BUDGET_SPENT);
+        }
+        if let Some(reason) = stop_reason {
+            // No node starts now. One waiting for another connect attempt
+            // has started, so it keeps its turn unless the run is stopped.
+            for q in std::mem::take(&mut queue) {
+                match q.prior {
+                    Some(mut o) if cancelled => {
+                        o.status = NodeStatus::Interrupted;
+                        o.error_kind = Some("interrupted".into());
+                        ctx.progress.finished(&o);
+                        outcomes.push((q.idx, o));
+                    }
+                    Some(_) => queue.push_back(q),
+                    None => {
+                        outcomes.push((q.idx, not_started(&ctx, &ctx.plan.nodes[q.idx], reason)))
+                    }
+                }
+            }
+        }
+        let now = tokio::time::Instant::now();
+        while running < parallel {
+            let Some(pos) = queue
+                .iter()
+                .position(|q| q.not_before.is_none_or(|t| t <= now))
+            else {
+                break;
+            };
+            let q = queue.remove(pos).expect("position is in the queue");
+            let ctx2 = ctx.clone();
+            running += 1;
+            tasks.spawn(async move {
+                let (outcome, again) = run_node(&ctx2, &q).await;
+                (q, outcome, again)
+            });
+        }
+        if running == 0 && queue.is_empty() {
+            break;
+        }
+        let wake = (running < parallel)
+            .then(|| queue.iter().filter_map(|q| q.not_before).min())
+            .flatten();
+        tokio::select! {
+            Some(done) = tasks.join_next(), if running > 0 => {
+                running -= 1;
+                let (q, outcome, again) = done.expect("node task does not panic");
+                if again && !*ctx.cancel.borrow() {
+                    let backoff = ctx.config.retry_backoff * 2u32.saturating_pow(q.attempt - 1);
+                    ctx.progress.requeued(&outcome.name);
+                    queue.push_back(Queued {
+                        attempt: q.attempt + 1,
+                        prior: Some(outcome),
+                        not_before: Some(tokio::time::Instant::now() + backoff),
+                        ..q
+                    });
+                } else {
+                    if outcome.status.is_failure() {
+                        failures += 1;
+                    }
+                    ctx.progress.finished(&outcome);
+                    outcomes.push((q.idx, outcome));
+                }
+            }
+            _ = tokio::time::sleep_until(wake.unwrap_or_else(tokio::time::Instant::now)), if wake.is_some() => {}
+            _ = cancel.wait_for(|c| *c), if !cancelled => {}
+        }
     }
     outcomes.sort_by_key(|(i, _)| *i);
     outcomes.into_iter().map(|(_, o)| o).collect()
@@ -277,31 +339,44 @@ impl NodeLog {
     }
 }
 
-async fn run_node(
-    ctx: &Ctx,
-    idx: usize,
-    skip: BTreeSet<Step>,
-    arch: Option<String>,
-    version_before: Option<String>,
-) -> NodeOutcome {
-    let node = &ctx.plan.nodes[idx];
+/// One turn of a node: its outcome, and whether it should wait at the back
+/// of the queue for another connect attempt.
+async fn run_node(ctx: &Ctx, q: &Queued) -> (NodeOutcome, bool) {
+    let node = &ctx.plan.nodes[q.idx];
     let started = Instant::now();
-    let mut out = blank_outcome(ctx, node, NodeStatus::Failed);
-    out.arch = arch;
-    out.version_before = version_before;
+    let mut out = match &q.prior {
+        // The steps of its earlier attempts stay; their error does not.
+        Some(prior) => NodeOutcome {
+            status: NodeStatus::Failed,
+            failed_step: None,
+            error: None,
+            error_kind: None,
+            ..prior.clone()
+        },
+        None => {
+            let mut o = blank_outcome(ctx, node, NodeStatus::Failed);
+            o.arch = q.arch.clone();
+            o.version_before = q.version_before.clone();
+            o
+        }
+    };
+    let ms_before = out.ms;
     let mut log = NodeLog::open(&out.log, &ctx.redactor);
-    log.line(&format!(
-        "=== run {} {}: {} {}@{}:{}",
-        ctx.run_id,
-        ctx.plan.action.name(),
-        node.name,
-        node.user,
-        node.host,
-        node.port
-    ));
+    if q.prior.is_none() {
+        log.line(&format!(
+            "=== run {} {}: {} {}@{}:{}",
+            ctx.run_id,
+            ctx.plan.action.name(),
+            node.name,
+            node.user,
+            node.host,
+            node.port
+        ));
+    }
     ctx.progress.started(&node.name);
 
-    let result = run_steps(ctx, node, &skip, &mut out, &mut log).await;
+    let result = run_steps(ctx, node, &q.skip, q.attempt, &mut out, &mut log).await;
+    let mut again = false;
     match result {
         Ok(finish) => {
             out.status = match (ctx.plan.action, finish) {
@@ -322,9 +397,18 @@ async fn run_node(
         Err(Failed {
             failure: f,
             rollback,
+            try_later,
         }) => {
             let message = node_cell(&ctx.redactor.scrub(&f.message));
-            log.line(&format!("=== FAILED at {}: {message}", f.step.name()));
+            again = try_later;
+            if try_later {
+                log.line(&format!(
+                    "=== connect attempt {} failed: {message}; the node waits at the back of the queue for the next",
+                    q.attempt
+                ));
+            } else {
+                log.line(&format!("=== FAILED at {}: {message}", f.step.name()));
+            }
             out.status = if f.interrupted {
                 NodeStatus::Interrupted
             } else {
@@ -362,8 +446,8 @@ async fn run_node(
         .arch
         .as_ref()
         .and_then(|a| ctx.plan.bundles.get(a).cloned());
-    out.ms = started.elapsed().as_millis() as u64;
-    out
+    out.ms = ms_before + started.elapsed().as_millis() as u64;
+    (out, again)
 }
 
 /// What a step learned about the node, for the journal.
@@ -406,6 +490,7 @@ async fn run_steps(
     ctx: &Ctx,
     node: &NodePlan,
     skip: &BTreeSet<Step>,
+    attempt: u32,
     out: &mut NodeOutcome,
     log: &mut NodeLog,
 ) -> Result<Finish, Failed> {
@@ -422,13 +507,17 @@ async fn run_steps(
         Facts::default(),
     );
     let t = Instant::now();
-    let session = connect(ctx, node, connect_plan, log).await;
+    let session = connect(ctx, node, connect_plan, attempt, log).await;
     let ms = t.elapsed().as_millis() as u64;
     let session = match session {
         Ok(s) => s,
-        Err(f) => {
+        Err((f, again)) => {
             record_end(ctx, node, Step::Connect, ms, Err(&f), out);
-            return Err(f.into());
+            return Err(Failed {
+                failure: f,
+                rollback: None,
+                try_later: again,
+            });
         }
     };
     out.host_key = Some(HostKeyReport {
@@ -444,22 +533,26 @@ async fn run_steps(
     }
     record_end(ctx, node, Step::Connect, ms, Ok(()), out);
 
+    let steps: Vec<&StepPlan> = node.steps[1..].iter().collect();
     let mut result = Ok(Finish::Done);
-    for st in &node.steps[1..] {
-        if skip.contains(&st.step) {
+    let mut i = 0;
+    while i < steps.len() {
+        if skip.contains(&steps[i].step) {
             log.line(&format!(
                 "--- {}: done in an earlier run, skipped",
-                st.step.name()
+                steps[i].step.name()
             ));
             out.steps.push(StepTiming {
-                step: st.step,
+                step: steps[i].step,
                 status: "skipped",
                 ms: 0,
             });
+            i += 1;
             continue;
         }
-        match run_one(ctx, node, st, &session, out, log).await {
-            Ok(()) => {}
+        let batch = next_batch(node, &steps[i..], skip);
+        match run_batch(ctx, node, batch, &session, out, log).await {
+            Ok(done) => i += done,
             Err(f) if f.kind == UP_TO_DATE => {
                 result = Ok(Finish::UpToDate);
                 break;
@@ -471,20 +564,14 @@ async fn run_steps(
                 let rollback = match rollback {
                     Some(()) => {
                         log.line("--- the upgrade failed: rolling back");
-                        let mut r = Ok(());
-                        for rb in &node.rollback {
-                            if let Err(rf) = run_one(ctx, node, rb, &session, out, log).await {
-                                r = Err(rf);
-                                break;
-                            }
-                        }
-                        Some(r)
+                        Some(run_all(ctx, node, &node.rollback, &session, out, log).await)
                     }
                     None => None,
                 };
                 result = Err(Failed {
                     failure: f,
                     rollback,
+                    try_later: false,
                 });
                 break;
             }
@@ -497,16 +584,59 @@ async fn run_steps(
 /// Not a failure: the upgrade preflight found the node at the target.
 const UP_TO_DATE: &str = "up_to_date";
 
-/// Runs one step, journaled before and after; the upgrade preflight's
-/// version rules apply here, so a refusal is that step's failure.
-async fn run_one(
+/// The longest run of steps from the first of `steps` that can share one
+/// SSH command: it ends at a skipped step, after the upgrade preflight
+/// (its version is judged here before anything else runs), before a fetch
+/// that uploads `copyFrom` files first, and before the command would
+/// outgrow what one sh argument may hold.
+fn next_batch<'a, 'b>(
+    node: &NodePlan,
+    steps: &'b [&'a StepPlan],
+    skip: &BTreeSet<Step>,
+) -> &'b [&'a StepPlan] {
+    let mut bytes = 0;
+    let mut n = 0;
+    for st in steps {
+        let starts_anew = st.step == Step::Fetch && node.spec.copy_from.is_some();
+        bytes += st.exact_command.len() + PIPE_STEP_OVERHEAD;
+        if n > 0 && (skip.contains(&st.step) || starts_anew || bytes > MAX_PIPELINE_BYTES) {
+            break;
+        }
+        n += 1;
+        if st.step == Step::UpgradePreflight {
+            break;
+        }
+    }
+    &steps[..n.max(1)]
+}
+
+/// One command line must fit one argument of the node's login shell
+/// (Linux: 128 KiB); quoting grows it a little.
+const MAX_PIPELINE_BYTES: usize = 96 * 1024;
+/// The markers and redirections `script::pipeline` adds per step.
+const PIPE_STEP_OVERHEAD: usize = 160;
+
+/// Runs `steps` in order as batches, until one fails (the rollback).
+async fn run_all(
     ctx: &Ctx,
     node: &NodePlan,
-    st: &StepPlan,
+    steps: &[StepPlan],
     session: &ssh::Session,
     out: &mut NodeOutcome,
     log: &mut NodeLog,
 ) -> Result<(), Failure> {
+    let steps: Vec<&StepPlan> = steps.iter().collect();
+    let none = BTreeSet::new();
+    let mut i = 0;
+    while i < steps.len() {
+        let batch = next_batch(node, &steps[i..], &none);
+        i += run_batch(ctx, node, batch, session, out, log).await?;
+    }
+    Ok(())
+}
+
+/// Marks a step as begun: progress, the journal, the log.
+fn begin(ctx: &Ctx, node: &NodePlan, st: &StepPlan, log: &mut NodeLog) {
     ctx.progress.step(&node.name, st.step);
     journal(
         ctx,
@@ -517,26 +647,238 @@ async fn run_one(
         None,
         Facts::default(),
     );
-    let t = Instant::now();
-    let mut r = run_step(ctx, node, st, session, out, log).await;
-    if r.is_ok() && st.step == Step::UpgradePreflight {
-        r = judge_version(ctx, out);
+    log.line(&format!("$ {}", st.command));
+    if !st.stdin.is_empty() {
+        log.line(&format!("< {}", st.stdin.join(" ")));
     }
-    let ms = t.elapsed().as_millis() as u64;
-    match r {
-        Ok(()) => {
-            record_end(ctx, node, st.step, ms, Ok(()), out);
-            Ok(())
+}
+
+/// A step whose end needs the control host (a non-zero exit, or the
+/// postcheck's readiness check), kept until the command is over.
+struct Ended {
+    i: usize,
+    rc: u32,
+    text: String,
+    ms: u64,
+}
+
+/// Runs `batch` in one SSH command (`script::pipeline`): each step is
+/// journaled as its start and end markers arrive and has its own timeout,
+/// so a batch behaves as the same steps one command each, at one
+/// channel's cost. Returns how many steps ended well; fewer than the batch
+/// when a step's fallback (keadm uploaded over SSH) took over after it.
+async fn run_batch(
+    ctx: &Ctx,
+    node: &NodePlan,
+    batch: &[&StepPlan],
+    session: &ssh::Session,
+    out: &mut NodeOutcome,
+    log: &mut NodeLog,
+) -> Result<usize, Failure> {
+    let limit = ctx.config.max_step_output;
+    let mut begun = 0;
+    let first = batch[0];
+    if first.step == Step::Fetch {
+        if let Some(dir) = &node.spec.copy_from {
+            ctx.progress.step(&node.name, first.step);
+            journal(
+                ctx,
+                node,
+                first.step,
+                Status::Started,
+                None,
+                None,
+                Facts::default(),
+            );
+            begun = 1;
+            let t = Instant::now();
+            let timeout = Duration::from_secs(first.timeout_secs.max(1));
+            if let Err(f) = upload_dir(ctx, session, node, dir, timeout, log).await {
+                record_end(
+                    ctx,
+                    node,
+                    first.step,
+                    t.elapsed().as_millis() as u64,
+                    Err(&f),
+                    out,
+                );
+                return Err(f);
+            }
         }
-        Err(f) if f.kind == UP_TO_DATE => {
-            log.line(&f.message);
-            record_end(ctx, node, st.step, ms, Ok(()), out);
-            Err(f)
+    }
+    let nonce = format!("{:016x}", {
+        use std::hash::{BuildHasher, Hasher};
+        std::collections::hash_map::RandomState::new()
+            .build_hasher()
+            .finish()
+    });
+    let parts: Vec<script::PipeStep> = batch
+        .iter()
+        .map(|st| script::PipeStep {
+            command: &st.exact_command,
+            stdin: !st.secret_stdin.is_empty(),
+        })
+        .collect();
+    let command = script::pipeline(&nonce, &parts);
+    let stdin = batch
+        .iter()
+        .find(|st| !st.secret_stdin.is_empty())
+        .map(|st| ssh::Stdin::Bytes(script::args_text(&st.secret_stdin).into_bytes()));
+
+    let mut scanner = pipe::Scanner::new(&nonce);
+    let mut current: Option<(usize, Instant)> = None;
+    let mut next = 0;
+    let mut captured = Captured::default();
+    let mut done = 0;
+    let mut ended: Option<Ended> = None;
+    let mut stopped: Option<Failure> = None;
+    let started = Instant::now();
+    let r = {
+        let mut on_output = |chunk: &[u8]| -> Option<Instant> {
+            let mut deadline = None;
+            for ev in scanner.feed(chunk) {
+                match ev {
+                    pipe::Event::Output(b) => captured.add(&b, limit),
+                    pipe::Event::Start(i) if current.is_none() && i == next && i < batch.len() => {
+                        if i >= begun {
+                            begin(ctx, node, batch[i], log);
+                        } else {
+                            log.line(&format!("$ {}", batch[i].command));
+                        }
+                        let now = Instant::now();
+                        // The first step's clock started with the command.
+                        current = Some((i, if i == 0 { started } else { now }));
+                        captured = Captured::default();
+                        deadline = Some(now + channel_timeout(batch[i]));
+                    }
+                    pipe::Event::End(i, rc) if current.map(|c| c.0) == Some(i) => {
+                        let (_, t) = current.take().expect("a step is running");
+                        next = i + 1;
+                        let st = batch[i];
+                        let ms = t.elapsed().as_millis() as u64;
+                        let text = observe(ctx, st, rc, &captured, ms, out, log);
+                        captured = Captured::default();
+                        let later = rc != 0 || (st.step == Step::Postcheck && ctx.api.is_some());
+                        if later {
+                            ended = Some(Ended { i, rc, text, ms });
+                            continue;
+                        }
+                        let r = if st.step == Step::UpgradePreflight {
+                            judge_version(ctx, out)
+                        } else {
+                            Ok(())
+                        };
+                        match r {
+                            Ok(()) => {
+                                record_end(ctx, node, st.step, ms, Ok(()), out);
+                                done += 1;
+                            }
+                            Err(f) if f.kind == UP_TO_DATE => {
+                                log.line(&f.message);
+                                record_end(ctx, node, st.step, ms, Ok(()), out);
+                                stopped = Some(f);
+                            }
+                            Err(f) => {
+                                record_end(ctx, node, st.step, ms, Err(&f), out);
+                                stopped = Some(f);
+                            }
+                        }
+                    }
+                    // Not in order: the node's own output, not ours.
+                    pipe::Event::Start(i) => captured.add(
+                        format!("[marker {i}:start out of order]\n").as_bytes(),
+                        limit,
+                    ),
+                    pipe::Event::End(i, _) => {
+                        captured.add(format!("[marker {i}:end out of order]\n").as_bytes(), limit)
+                    }
+                }
+            }
+            deadline
+        };
+        let deadline = started + channel_timeout(first);
+        let mut cancel = ctx.cancel.clone();
+        tokio::select! {
+            r = session.exec_until(&command, stdin, deadline, channel_timeout(first), &mut on_output) => Ok(r),
+            _ = cancel.wait_for(|c| *c) => Err(()),
         }
-        Err(f) => {
-            record_end(ctx, node, st.step, ms, Err(&f), out);
-            Err(f)
+    };
+    for ev in scanner.finish() {
+        if let pipe::Event::Output(b) = ev {
+            captured.add(&b, limit);
         }
+    }
+    // The step that was running, or the next one if none had started.
+    let open = current.map(|c| c.0).unwrap_or(next);
+    let fail_open = |f: Failure, out: &mut NodeOutcome, log: &mut NodeLog| {
+        let st = batch[open];
+        if current.is_none() && open >= begun {
+            begin(ctx, node, st, log);
+        }
+        log.output(&captured.bytes);
+        let ms = current.map_or(0, |c| c.1.elapsed().as_millis() as u64);
+        record_end(ctx, node, st.step, ms, Err(&f), out);
+        f
+    };
+    let status = match r {
+        Err(()) => {
+            if let Some(f) = stopped {
+                return Err(f);
+            }
+            return Err(fail_open(
+                interrupted(batch[open.min(batch.len() - 1)].step),
+                out,
+                log,
+            ));
+        }
+        Ok(r) => r,
+    };
+    if let Some(f) = stopped {
+        return Err(f);
+    }
+    if let Some(e) = ended {
+        let st = batch[e.i];
+        let r = conclude(ctx, node, st, session, e.rc, &e.text, out, log).await;
+        record_end(ctx, node, st.step, e.ms, r.as_ref().map(|_| ()), out);
+        r?;
+        return Ok(done + 1);
+    }
+    if open >= batch.len() {
+        return Ok(done);
+    }
+    let st = batch[open];
+    let f = match status {
+        Err(e) => ssh_failure(st, e),
+        Ok(status) => {
+            let how = match status {
+                ssh::ExitStatus::Code(c) => format!("exited {c}"),
+                ssh::ExitStatus::Signal(s) => format!("was killed by signal {s}"),
+                ssh::ExitStatus::Unknown => "ended without an exit status".to_string(),
+            };
+            let text = ctx.redactor.scrub_bytes(&captured.bytes);
+            Failure {
+                step: st.step,
+                message: format!(
+                    "the node's shell {how} before {} ended: {}",
+                    st.step.name(),
+                    explain(&text, "")
+                ),
+                kind: st.step.info().error_kind.to_string(),
+                interrupted: false,
+            }
+        }
+    };
+    Err(fail_open(f, out, log))
+}
+
+/// How long the control host waits for a step: keadm's own timeout is
+/// enforced on the node with `timeout`, so give it room to report.
+fn channel_timeout(st: &StepPlan) -> Duration {
+    let timeout = Duration::from_secs(st.timeout_secs.max(1));
+    if st.step.runs_keadm() {
+        timeout + Duration::from_secs(20)
+    } else {
+        timeout
     }
 }
 
@@ -623,12 +965,15 @@ fn to_auth(a: &AuthSpec) -> ssh::Auth {
     }
 }
 
+/// One connect attempt. On failure, also says whether the node should try
+/// again later (a transient error with attempts left).
 async fn connect(
     ctx: &Ctx,
     node: &NodePlan,
     plan: &StepPlan,
+    attempt: u32,
     log: &mut NodeLog,
-) -> Result<ssh::Session, Failure> {
+) -> Result<ssh::Session, (Failure, bool)> {
     let spec = &node.spec;
     let target = ssh::Target {
         host: spec.host.clone(),
@@ -640,6 +985,7 @@ async fn connect(
     let opts = ssh::ConnectOptions {
         known_hosts: spec.known_hosts.clone(),
         policy: ctx.policy,
+        dial_timeout: ctx.config.dial_timeout.min(timeout),
         connect_timeout: timeout,
         auth_timeout: timeout,
         jump: spec.jump.as_ref().map(|j| ssh::Hop {
@@ -652,49 +998,38 @@ async fn connect(
         }),
     };
     let attempts = ctx.config.connect_attempts.max(1);
-    let mut backoff = ctx.config.retry_backoff;
     let mut cancel = ctx.cancel.clone();
-    for attempt in 1..=attempts {
-        log.line(&format!(
-            "$ {} (attempt {attempt}/{attempts})",
-            plan.command
-        ));
-        let r = tokio::select! {
-            r = ssh::connect(&target, &auths, &opts) => r,
-            _ = cancel.wait_for(|c| *c) => return Err(interrupted(Step::Connect)),
-        };
-        match r {
-            Ok(s) => {
-                log.line(&format!("connected, host key {}", s.host_key.fingerprint));
-                return Ok(s);
-            }
-            Err(e) if e.is_transient() && attempt < attempts => {
-                log.line(&format!(
-                    "attempt {attempt} failed: {e}; retrying in {}s",
-                    backoff.as_secs_f32()
-                ));
-                tokio::select! {
-                    _ = tokio::time::sleep(backoff) => {}
-                    _ = cancel.wait_for(|c| *c) => return Err(interrupted(Step::Connect)),
-                }
-                backoff *= 2;
-            }
-            Err(e) => {
-                let after = if e.is_transient() {
-                    format!(" (after {attempts} attempts)")
-                } else {
-                    String::new()
-                };
-                return Err(Failure {
+    log.line(&format!(
+        "$ {} (attempt {attempt}/{attempts})",
+        plan.command
+    ));
+    let r = tokio::select! {
+        r = ssh::connect(&target, &auths, &opts) => r,
+        _ = cancel.wait_for(|c| *c) => return Err((interrupted(Step::Connect), false)),
+    };
+    match r {
+        Ok(s) => {
+            log.line(&format!("connected, host key {}", s.host_key.fingerprint));
+            Ok(s)
+        }
+        Err(e) => {
+            let again = e.is_transient() && attempt < attempts;
+            let after = if e.is_transient() && !again {
+                format!(" (after {attempts} attempts)")
+            } else {
+                String::new()
+            };
+            Err((
+                Failure {
                     step: Step::Connect,
                     message: format!("{e}{after}"),
                     kind: e.kind().to_string(),
                     interrupted: false,
-                });
-            }
+                },
+                again,
+            ))
         }
     }
-    unreachable!("the last attempt returns")
 }
 
 fn interrupted(step: Step) -> Failure {
@@ -707,11 +1042,25 @@ fn interrupted(step: Step) -> Failure {
 }
 
 /// Output of one remote command, bounded.
+#[derive(Default)]
 struct Captured {
     bytes: Vec<u8>,
     cut: bool,
 }
 
+impl Captured {
+    fn add(&mut self, chunk: &[u8], limit: usize) {
+        let room = limit.saturating_sub(self.bytes.len());
+        if chunk.len() > room {
+            self.cut = true;
+        }
+        self.bytes
+            .extend_from_slice(&chunk[..chunk.len().min(room)]);
+    }
+}
+
+/// One command on the node outside the step pipeline (uploads and their
+/// check), counted as `step`.
 async fn exec(
     ctx: &Ctx,
     session: &ssh::Session,
@@ -721,34 +1070,28 @@ async fn exec(
     timeout: Duration,
 ) -> Result<(ssh::ExitStatus, Captured), Failure> {
     let limit = ctx.config.max_step_output;
-    let captured = Arc::new(Mutex::new(Captured {
-        bytes: Vec::new(),
-        cut: false,
-    }));
-    let sink = captured.clone();
-    let mut on_output = move |chunk: &[u8]| {
-        let mut c = sink.lock().expect("capture lock");
-        let room = limit.saturating_sub(c.bytes.len());
-        if chunk.len() > room {
-            c.cut = true;
-        }
-        c.bytes.extend_from_slice(&chunk[..chunk.len().min(room)]);
-    };
+    let mut captured = Captured::default();
+    let mut on_output = |chunk: &[u8]| captured.add(chunk, limit);
     let mut cancel = ctx.cancel.clone();
     let r = tokio::select! {
         r = session.exec(command, stdin, timeout, &mut on_output) => r,
         _ = cancel.wait_for(|c| *c) => return Err(interrupted(step)),
     };
-    let captured = std::mem::replace(
-        &mut *captured.lock().expect("capture lock"),
-        Captured {
-            bytes: Vec::new(),
-            cut: false,
-        },
-    );
     match r {
         Ok(status) => Ok((status, captured)),
-        Err(SshError::Timeout { .. }) => Err(Failure {
+        Err(e) => Err(ssh_failure_after(step, timeout, e)),
+    }
+}
+
+/// A step's command failed on the SSH side: it timed out, or the
+/// connection went.
+fn ssh_failure(st: &StepPlan, e: SshError) -> Failure {
+    ssh_failure_after(st.step, channel_timeout(st), e)
+}
+
+fn ssh_failure_after(step: Step, timeout: Duration, e: SshError) -> Failure {
+    match e {
+        SshError::Timeout { .. } => Failure {
             step,
             message: format!(
                 "{} did not finish within {}s: raise timeouts.{} in the inventory if the node is just slow",
@@ -762,13 +1105,13 @@ async fn exec(
                 "timeout".into()
             },
             interrupted: false,
-        }),
-        Err(e) => Err(Failure {
+        },
+        e => Failure {
             step,
             message: e.to_string(),
             kind: e.kind().to_string(),
             interrupted: false,
-        }),
+        },
     }
 }
 
@@ -788,49 +1131,25 @@ fn explain(text: &str, prefix: &str) -> String {
         .map_or_else(|| "no output".to_string(), |l| l.to_string())
 }
 
-async fn run_step(
+/// What a step's output says, as soon as it ends: the log gets it, and
+/// the facts it printed (arch, version, the postcheck's findings) go into
+/// the outcome. Returns the output as text, secrets scrubbed.
+fn observe(
     ctx: &Ctx,
-    node: &NodePlan,
     st: &StepPlan,
-    session: &ssh::Session,
+    rc: u32,
+    captured: &Captured,
+    ms: u64,
     out: &mut NodeOutcome,
     log: &mut NodeLog,
-) -> Result<(), Failure> {
-    let timeout = Duration::from_secs(st.timeout_secs.max(1));
-    if st.step == Step::Fetch {
-        if let Some(dir) = &node.spec.copy_from {
-            upload_dir(ctx, session, node, dir, timeout, log).await?;
-        }
-    }
-    // The remote side enforces keadm's own timeout with `timeout`; give it
-    // room to report before the channel is cut.
-    let channel_timeout = if st.step.runs_keadm() {
-        timeout + Duration::from_secs(20)
-    } else {
-        timeout
-    };
-    log.line(&format!("$ {}", st.command));
-    let stdin = (!st.secret_stdin.is_empty()).then(|| {
-        log.line(&format!("< {}", st.stdin.join(" ")));
-        ssh::Stdin::Bytes(script::args_text(&st.secret_stdin).into_bytes())
-    });
-    let t = Instant::now();
-    let (status, captured) = exec(
-        ctx,
-        session,
-        st.step,
-        &st.exact_command,
-        stdin,
-        channel_timeout,
-    )
-    .await?;
+) -> String {
     log.output(&captured.bytes);
     let text = ctx.redactor.scrub_bytes(&captured.bytes);
     log.line(&format!(
         "[{} {:?} after {} ms{}]",
         st.step.name(),
-        status,
-        t.elapsed().as_millis(),
+        ssh::ExitStatus::Code(rc),
+        ms,
         if captured.cut { ", output cut" } else { "" }
     ));
     if matches!(st.step, Step::Preflight | Step::UpgradePreflight) {
@@ -843,10 +1162,6 @@ async fn run_step(
             out.version_before = Some(node_cell(v.trim()));
         }
     }
-    let code = match status {
-        ssh::ExitStatus::Code(c) => Some(c),
-        _ => None,
-    };
     if st.step.is_postcheck() {
         let report = postcheck_report(&text);
         for fixed in &report.fixed {
@@ -854,13 +1169,31 @@ async fn run_step(
         }
         out.postcheck = Some(report);
     }
-    if code == Some(0) {
+    text
+}
+
+/// The end of a step that needs the control host: the postcheck's
+/// readiness check, keadm uploaded over SSH when the node has no HTTP
+/// client, or the failure named from the exit code and output.
+#[allow(clippy::too_many_arguments)]
+async fn conclude(
+    ctx: &Ctx,
+    node: &NodePlan,
+    st: &StepPlan,
+    session: &ssh::Session,
+    code: u32,
+    text: &str,
+    out: &mut NodeOutcome,
+    log: &mut NodeLog,
+) -> Result<(), Failure> {
+    let timeout = Duration::from_secs(st.timeout_secs.max(1));
+    if code == 0 {
         if st.step == Step::Postcheck {
             return verify_node_ready(ctx, node, out, log).await;
         }
         return Ok(());
     }
-    if st.step == Step::Fetch && code == Some(script::NO_HTTP_CLIENT) {
+    if st.step == Step::Fetch && code == script::NO_HTTP_CLIENT {
         return upload_keadm(ctx, session, node, out, timeout, log).await;
     }
     let fail = |kind: &str, message: String| Failure {
@@ -869,13 +1202,9 @@ async fn run_step(
         kind: kind.to_string(),
         interrupted: false,
     };
-    let how = match status {
-        ssh::ExitStatus::Code(c) => format!("exited {c}"),
-        ssh::ExitStatus::Signal(s) => format!("was killed by signal {s}"),
-        ssh::ExitStatus::Unknown => "ended without an exit status".to_string(),
-    };
+    let how = format!("exited {code}");
     let info = st.step.info();
-    if st.step.runs_keadm() && code == Some(script::TIMED_OUT) {
+    if st.step.runs_keadm() && code == script::TIMED_OUT {
         return Err(fail(
             "keadm_timeout",
             format!(
@@ -885,18 +1214,18 @@ async fn run_step(
             ),
         ));
     }
-    if st.step == Step::KeadmJoin && code == Some(script::EDGECORE_FAILED) {
+    if st.step == Step::KeadmJoin && code == script::EDGECORE_FAILED {
         return Err(fail(
             EDGECORE_CERTIFICATE,
             format!(
                 "edgecore could not get its certificates, so keadm join was stopped: {}",
-                explain(&text, "edgecore:")
+                explain(text, "edgecore:")
                     .trim_start_matches("edgecore:")
                     .trim_start()
             ),
         ));
     }
-    let why = explain(&text, info.explain_prefix);
+    let why = explain(text, info.explain_prefix);
     Err(fail(
         info.error_kind,
         match info.doing {
@@ -1160,6 +1489,16 @@ impl Progress {
                 .lock()
                 .expect("progress lock")
                 .insert(name.to_string(), bar);
+        }
+    }
+
+    /// The node gave its slot back to wait for another connect attempt.
+    fn requeued(&self, name: &str) {
+        if let Some(b) = &self.bars {
+            if let Some(bar) = b.active.lock().expect("progress lock").remove(name) {
+                bar.finish_and_clear();
+                b.multi.remove(&bar);
+            }
         }
     }
 

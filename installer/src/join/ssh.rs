@@ -104,6 +104,8 @@ pub struct ConnectOptions {
     /// hashed (`|1|`) entries are understood.
     pub known_hosts: PathBuf,
     pub policy: HostKeyPolicy,
+    /// The TCP connect alone: a host that drops packets fails here, fast.
+    pub dial_timeout: Duration,
     /// TCP connect plus SSH handshake (for a hop: each of the two).
     pub connect_timeout: Duration,
     /// All authentication attempts together.
@@ -173,6 +175,9 @@ pub enum SshError {
         addr: String,
         source: std::io::Error,
     },
+    /// The TCP connect got no answer (transient: the host may be down).
+    #[error("{addr}: no answer to the TCP connect within {after:?}: is the host up, and does a firewall drop packets to the SSH port?")]
+    DialTimeout { addr: String, after: Duration },
     /// TCP connect plus handshake took too long (transient).
     #[error("{addr}: no SSH handshake within {after:?}: check the address, firewalls and that sshd is running")]
     ConnectTimeout { addr: String, after: Duration },
@@ -233,6 +238,7 @@ impl SshError {
     pub fn is_transient(&self) -> bool {
         match self {
             SshError::Connect { .. }
+            | SshError::DialTimeout { .. }
             | SshError::ConnectTimeout { .. }
             | SshError::Disconnected { .. } => true,
             SshError::Jump { source, .. } => source.is_transient(),
@@ -245,7 +251,7 @@ impl SshError {
     pub fn kind(&self) -> &'static str {
         match self {
             SshError::Connect { .. } => "connect",
-            SshError::ConnectTimeout { .. } => "connect_timeout",
+            SshError::DialTimeout { .. } | SshError::ConnectTimeout { .. } => "connect_timeout",
             SshError::HostKeyChanged { .. } => "host_key_changed",
             SshError::HostKeyUnknown { .. } => "host_key_unknown",
             SshError::Auth { .. } => "auth",
@@ -342,8 +348,13 @@ async fn connect_via(
     let handshake = async {
         let handle = match via {
             None => {
-                let tcp = tokio::net::TcpStream::connect((target.host.as_str(), target.port))
+                let dial = tokio::net::TcpStream::connect((target.host.as_str(), target.port));
+                let tcp = tokio::time::timeout(opts.dial_timeout, dial)
                     .await
+                    .map_err(|_| SshError::DialTimeout {
+                        addr: addr.clone(),
+                        after: opts.dial_timeout,
+                    })?
                     .map_err(|source| SshError::Connect {
                         addr: addr.clone(),
                         source,
@@ -822,7 +833,32 @@ impl Session {
         timeout: Duration,
         output: &mut (dyn FnMut(&[u8]) + Send),
     ) -> Result<ExitStatus, SshError> {
-        let started = Instant::now();
+        let mut watch = |chunk: &[u8]| {
+            output(chunk);
+            None
+        };
+        self.exec_until(
+            command,
+            stdin,
+            Instant::now() + timeout,
+            timeout,
+            &mut watch,
+        )
+        .await
+    }
+
+    /// [`Session::exec`] with a deadline the output can move: `output`
+    /// returns a new deadline when what it read starts a new stage (a
+    /// pipelined step), `None` to keep the current one. `timeout` is what
+    /// a timeout error reports.
+    pub async fn exec_until(
+        &self,
+        command: &str,
+        stdin: Option<Stdin>,
+        deadline: Instant,
+        timeout: Duration,
+        output: &mut (dyn FnMut(&[u8]) -> Option<Instant> + Send),
+    ) -> Result<ExitStatus, SshError> {
         let timed_out = || SshError::Timeout {
             addr: self.addr.clone(),
             // Not the command itself: it may carry the join token.
@@ -843,15 +879,18 @@ impl Session {
                 }
             },
         };
-        let channel = tokio::time::timeout(timeout, self.handle.channel_open_session())
+        let deadline = tokio::time::Instant::from_std(deadline);
+        let channel = tokio::time::timeout_at(deadline, self.handle.channel_open_session())
             .await
             .map_err(|_| timed_out())?
             .map_err(|e| russh_error(e, &self.addr))?;
         let (mut rx, tx) = channel.split();
-        let run = self.run(&mut rx, &tx, command, stdin, output);
-        match tokio::time::timeout(timeout.saturating_sub(started.elapsed()), run).await {
-            Ok(result) => result,
-            Err(_) => {
+        match self
+            .run(&mut rx, &tx, command, stdin, deadline, output)
+            .await
+        {
+            Some(result) => result,
+            None => {
                 // OpenSSH leaves a command without a terminal running when
                 // its channel closes, so ask it to stop first.
                 let _ = tx.signal(Sig::TERM).await;
@@ -861,17 +900,21 @@ impl Session {
         }
     }
 
+    /// `None` when the deadline passed first.
     async fn run(
         &self,
         rx: &mut ChannelReadHalf,
         tx: &ChannelWriteHalf<client::Msg>,
         command: &str,
         stdin: Option<Feed>,
-        output: &mut (dyn FnMut(&[u8]) + Send),
-    ) -> Result<ExitStatus, SshError> {
-        tx.exec(true, command)
-            .await
-            .map_err(|e| russh_error(e, &self.addr))?;
+        mut deadline: tokio::time::Instant,
+        output: &mut (dyn FnMut(&[u8]) -> Option<Instant> + Send),
+    ) -> Option<Result<ExitStatus, SshError>> {
+        match tokio::time::timeout_at(deadline, tx.exec(true, command)).await {
+            Err(_) => return None,
+            Ok(Err(e)) => return Some(Err(russh_error(e, &self.addr))),
+            Ok(Ok(())) => {}
+        }
         let writer = async {
             if let Some(feed) = stdin {
                 send_stdin(feed, tx).await?;
@@ -889,12 +932,16 @@ impl Session {
                     writing = false;
                     if let Err(e) = done {
                         let _ = tx.close().await;
-                        return Err(e);
+                        return Some(Err(e));
                     }
                 }
+                _ = tokio::time::sleep_until(deadline) => return None,
                 msg = rx.wait() => match msg {
-                    Some(ChannelMsg::Data { data }) => output(&data),
-                    Some(ChannelMsg::ExtendedData { data, .. }) => output(&data),
+                    Some(ChannelMsg::Data { data }) | Some(ChannelMsg::ExtendedData { data, .. }) => {
+                        if let Some(d) = output(&data) {
+                            deadline = tokio::time::Instant::from_std(d);
+                        }
+                    }
                     Some(ChannelMsg::ExitStatus { exit_status }) => {
                         status = Some(ExitStatus::Code(exit_status));
                     }
@@ -903,10 +950,10 @@ impl Session {
                     }
                     Some(ChannelMsg::Failure) => {
                         let _ = tx.close().await;
-                        return Err(SshError::Protocol {
+                        return Some(Err(SshError::Protocol {
                             addr: self.addr.clone(),
                             reason: "the server refused to run the command".into(),
-                        });
+                        }));
                     }
                     // The exit status may follow EOF, so only the end of the
                     // channel ends the loop. A command that exits without
@@ -917,14 +964,14 @@ impl Session {
                 },
             }
         }
-        match status {
+        Some(match status {
             Some(status) => Ok(status),
             None if self.handle.is_closed() => Err(SshError::Disconnected {
                 addr: self.addr.clone(),
                 reason: "closed while a command ran".into(),
             }),
             None => Ok(ExitStatus::Unknown),
-        }
+        })
     }
 
     /// Says goodbye to the node (and then the jump host) instead of just
@@ -1112,6 +1159,7 @@ mod tests {
         ConnectOptions {
             known_hosts: known_hosts.to_path_buf(),
             policy,
+            dial_timeout: Duration::from_secs(5),
             connect_timeout: Duration::from_secs(10),
             auth_timeout: Duration::from_secs(10),
             jump: None,

@@ -992,6 +992,38 @@ pub fn join_args(
     args
 }
 
+/// What starts every line the step pipeline prints about itself: an ASCII
+/// record separator, then `EF` and the batch's nonce (so a step's own
+/// output cannot end a step by accident). See [`pipeline`].
+pub const PIPE_MARK: &str = "\x1eEF";
+
+/// One step inside a [`pipeline`]: its command exactly as it would run
+/// alone, and whether it reads the channel's stdin (keadm join's
+/// arguments); every other step reads /dev/null.
+pub struct PipeStep<'a> {
+    pub command: &'a str,
+    pub stdin: bool,
+}
+
+/// Several steps in one SSH command, so a node costs one channel (one
+/// login shell, one PAM session) instead of one per step. Each step runs
+/// exactly as it would alone, its stderr merged into stdout so its output
+/// stays in order, between two marker lines:
+/// `<PIPE_MARK><nonce>:<i>:start` and `<PIPE_MARK><nonce>:<i>:end:<rc>`.
+/// The first step to exit non-zero ends the pipeline: the control host
+/// decides what happens next, as it would after that step alone.
+pub fn pipeline(nonce: &str, steps: &[PipeStep]) -> String {
+    let mut sh = format!("m() {{ printf '\\036EF{nonce}:%s\\n' \"$1\"; }}\n");
+    for (i, st) in steps.iter().enumerate() {
+        let input = if st.stdin { "" } else { " </dev/null" };
+        sh.push_str(&format!(
+            "m {i}:start\n{{ {}\n}}{input} 2>&1\nrc=$?\nm \"{i}:end:$rc\"\n[ \"$rc\" = 0 ] || exit 0\n",
+            st.command
+        ));
+    }
+    format!("sh -c {}", quote(&sh))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
