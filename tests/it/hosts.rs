@@ -333,7 +333,10 @@ fn hosts_past_one_block_reach_the_control_address() {
     let err = TestHosts::create(MAX_HOSTS + 1).err().expect("a refusal");
     assert_eq!(
         err.to_string(),
-        format!("TestHosts::create({}): between 1 and {MAX_HOSTS} hosts", MAX_HOSTS + 1)
+        format!(
+            "TestHosts::create({}): between 1 and {MAX_HOSTS} hosts",
+            MAX_HOSTS + 1
+        )
     );
     let n = HOSTS_PER_BLOCK + 1;
     let hosts = TestHosts::create(n).expect("creating the test hosts");

@@ -582,7 +582,11 @@ pub(crate) fn verdict_line(
         Target::new("wall / bound", ratio, ratio_limit, ""),
         Target::new("peak RSS", rss_mib, rss_limit_mib, "MiB"),
     ];
-    let missed: Vec<String> = targets.iter().filter(|x| !x.met()).map(Target::missed).collect();
+    let missed: Vec<String> = targets
+        .iter()
+        .filter(|x| !x.met())
+        .map(Target::missed)
+        .collect();
     closing_line(t, bench, &missed)
 }
 
@@ -615,14 +619,22 @@ impl Target {
         } else {
             format!(" {}", self.unit)
         };
-        format!("{} {:.3}{unit} > {}{unit}", self.what, self.value, self.limit)
+        format!(
+            "{} {:.3}{unit} > {}{unit}",
+            self.what, self.value, self.limit
+        )
     }
 }
 
 /// The targets as a table, each PASS or FAIL, then the closing line of
 /// [`verdict_line`] over all of them.
 pub(crate) fn verdict_table(t: &mut String, bench: &str, targets: &[Target]) -> Result<()> {
-    let width = targets.iter().map(|x| x.what.len()).max().unwrap_or(6).max(6);
+    let width = targets
+        .iter()
+        .map(|x| x.what.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
     writeln!(t, "  {:<width$} {:>12}  {:>12}", "target", "value", "limit")?;
     for x in targets {
         let cell = |v: f64| {
@@ -638,7 +650,11 @@ pub(crate) fn verdict_table(t: &mut String, bench: &str, targets: &[Target]) -> 
             if x.met() { "PASS" } else { "FAIL" }
         )?;
     }
-    let missed: Vec<String> = targets.iter().filter(|x| !x.met()).map(Target::missed).collect();
+    let missed: Vec<String> = targets
+        .iter()
+        .filter(|x| !x.met())
+        .map(Target::missed)
+        .collect();
     closing_line(t, bench, &missed)
 }
 

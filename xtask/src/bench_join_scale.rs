@@ -90,7 +90,10 @@ pub fn run(nodes: usize) -> Result<()> {
     let builder = release_binary("edgeferry-builder", "edgeferry-builder")?;
     let edgeferry = release_binary("edgeferry", "edgeferry")?;
     let (key, public) = ensure_keys(&builder, &bench.join("keys"))?;
-    let (store, bundles) = (bench.join("join-scale-store"), bench.join("join-scale-bundle"));
+    let (store, bundles) = (
+        bench.join("join-scale-store"),
+        bench.join("join-scale-bundle"),
+    );
     let runs_dir = bench.join("join-scale-runs");
     remove_dirs(&[&bundles, &store, &runs_dir])?;
     println!("\nbench: bundling the sample (light: no payload) and loading it");
@@ -166,7 +169,11 @@ pub fn run(nodes: usize) -> Result<()> {
 
     // The tables.
     let t1 = best(&t1_runs);
-    let keadm_s = t1.step_ms.get("keadm_join").and_then(|v| v.first()).copied();
+    let keadm_s = t1
+        .step_ms
+        .get("keadm_join")
+        .and_then(|v| v.first())
+        .copied();
     let keadm_s = keadm_s.context("T1's report.json has no keadm_join step")? as f64 / 1000.0;
     let mut t = String::new();
     writeln!(
@@ -214,7 +221,10 @@ pub fn run(nodes: usize) -> Result<()> {
             s.status_table
         )?;
     }
-    writeln!(t, "  inventory: user root, key auth, strict host keys, {SETTLE}, {TIMEOUTS}")?;
+    writeln!(
+        t,
+        "  inventory: user root, key auth, strict host keys, {SETTLE}, {TIMEOUTS}"
+    )?;
     writeln!(
         t,
         "  columns: bound = ceil(N/P) x T1; CPU floor = N x C1 / CPUs; wall/max = wall / max(bound, floor); own CPU and peak RSS: the edgeferry join process by /usr/bin/time; work CPU: it, the mirror and every host's sshd with what it reaped; tail = the join's exit minus its journal's last write (the last node's last step: report.json written and synced, the table printed, exit); status: `edgeferry status --state-dir <state> [--json]`, best of {STATUS_RUNS}"
@@ -241,7 +251,12 @@ pub fn run(nodes: usize) -> Result<()> {
         let floor = r.nodes as f64 * t1.work_cpu / crate::bench_hosts::cpus();
         let ideal = crate::bench_hosts::bound(t1, r);
         targets.extend([
-            Target::new(format!("{at}: peak RSS"), r.rss_kib as f64 / 1024.0, TARGET_RSS_MIB, "MiB"),
+            Target::new(
+                format!("{at}: peak RSS"),
+                r.rss_kib as f64 / 1024.0,
+                TARGET_RSS_MIB,
+                "MiB",
+            ),
             Target::new(
                 format!("{at}: own CPU per node"),
                 r.cpu_seconds / r.nodes as f64 * 1e3,
@@ -254,9 +269,24 @@ pub fn run(nodes: usize) -> Result<()> {
                 TARGET_RATIO,
                 "",
             ),
-            Target::new(format!("{at}: tail (report.json, exit)"), s.tail, TARGET_STATUS_S, "s"),
-            Target::new(format!("{at}: status --json"), s.status_json, TARGET_STATUS_S, "s"),
-            Target::new(format!("{at}: status table"), s.status_table, TARGET_STATUS_S, "s"),
+            Target::new(
+                format!("{at}: tail (report.json, exit)"),
+                s.tail,
+                TARGET_STATUS_S,
+                "s",
+            ),
+            Target::new(
+                format!("{at}: status --json"),
+                s.status_json,
+                TARGET_STATUS_S,
+                "s",
+            ),
+            Target::new(
+                format!("{at}: status table"),
+                s.status_table,
+                TARGET_STATUS_S,
+                "s",
+            ),
         ]);
     }
     targets.push(Target::new(
@@ -308,9 +338,7 @@ fn after(edgeferry: &Path, (run, state): (Run, PathBuf)) -> Result<Scaled> {
         Ok(times.into_iter().fold(f64::INFINITY, f64::min))
     };
     let (status_json, status_table) = (status(true)?, status(false)?);
-    println!(
-        "  tail {tail:.3} s; status --json {status_json:.3} s, table {status_table:.3} s"
-    );
+    println!("  tail {tail:.3} s; status --json {status_json:.3} s, table {status_table:.3} s");
     Ok(Scaled {
         run,
         tail,

@@ -304,7 +304,11 @@ mod tests {
             }
         });
         assert_eq!(j.syncs.load(Ordering::Relaxed), 2);
-        let nodes: BTreeSet<String> = read(dir.path()).unwrap().into_iter().map(|e| e.node).collect();
+        let nodes: BTreeSet<String> = read(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.node)
+            .collect();
         assert_eq!(nodes, BTreeSet::from(["a", "b", "c"].map(String::from)));
     }
 
@@ -326,12 +330,18 @@ mod tests {
             }))
             .unwrap()
             .unwrap();
-        let current = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let current = tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap();
         current
             .block_on(async { j.record(&ev("current", Step::Connect, Status::Ok)) })
             .unwrap();
         j.record(&ev("none", Step::Connect, Status::Ok)).unwrap();
-        let nodes: Vec<String> = read(dir.path()).unwrap().into_iter().map(|e| e.node).collect();
+        let nodes: Vec<String> = read(dir.path())
+            .unwrap()
+            .into_iter()
+            .map(|e| e.node)
+            .collect();
         assert_eq!(nodes, ["multi", "current", "none"]);
     }
 

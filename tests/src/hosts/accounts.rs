@@ -161,9 +161,7 @@ pub(super) fn prepare_host(
     };
     fs::write(
         hdir.join("net.batch"),
-        format!(
-            "addr replace {ip}/24 dev eth0\nlink set dev eth0 up\nlink set dev lo up\n{route}"
-        ),
+        format!("addr replace {ip}/24 dev eth0\nlink set dev eth0 up\nlink set dev lo up\n{route}"),
     )?;
     let mut fstab = String::new();
     for p in PRIVATE_DIRS.iter().chain(PRIVATE_FILES) {

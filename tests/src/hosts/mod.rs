@@ -338,9 +338,7 @@ impl TestHosts {
         let k = self.k;
         let with_sshd = self.with_sshd;
         let specs: Vec<(usize, String, String)> = (0..count)
-            .map(|i| {
-                (i, format!("efhost-{i:02}"), host_ip(k, i))
-            })
+            .map(|i| (i, format!("efhost-{i:02}"), host_ip(k, i)))
             .collect();
 
         // Files and host keys, in parallel.
