@@ -325,7 +325,7 @@ mod tests {
             .unwrap();
         let j2 = j.clone();
         multi
-            .block_on(tokio::spawn(async move {
+            .block_on(multi.spawn(async move {
                 j2.record(&ev("multi", Step::Connect, Status::Ok))
             }))
             .unwrap()
