@@ -321,3 +321,39 @@ fn test_hosts_are_separate_ssh_machines_and_clean_up() {
         started.elapsed()
     );
 }
+
+/// Past one /24 (240 hosts) a host lives in the next block, 10.214.K.0/24,
+/// on the same bridge: the control side reaches it over SSH and it reaches
+/// the control address, where the mirror and the stand-in cloudcore
+/// listen. Above MAX_HOSTS (a bridge's ports) the harness refuses.
+#[test]
+fn hosts_past_one_block_reach_the_control_address() {
+    require_tool("ssh", "openssh-client");
+    require_tool("curl", "curl");
+    let err = TestHosts::create(MAX_HOSTS + 1).err().expect("a refusal");
+    assert_eq!(
+        err.to_string(),
+        format!(
+            "TestHosts::create({}): between 1 and {MAX_HOSTS} hosts",
+            MAX_HOSTS + 1
+        )
+    );
+    let n = HOSTS_PER_BLOCK + 1;
+    let hosts = TestHosts::create(n).expect("creating the test hosts");
+    let k: u16 = hosts.bridge().trim_start_matches("efbr").parse().unwrap();
+    let last = n - 1;
+    assert_eq!(hosts.host(0).ip, format!("10.213.{k}.10"));
+    assert_eq!(hosts.host(last - 1).ip, format!("10.213.{k}.249"));
+    assert_eq!(hosts.host(last).ip, format!("10.214.{k}.10"));
+    assert_eq!(host_ip(k, last), hosts.host(last).ip);
+    assert_eq!(ssh_ok(&hosts, last, "hostname"), hosts.host(last).name);
+    let ca = ssh_ok(
+        &hosts,
+        last,
+        &format!(
+            "curl -fsS -k https://{}:{CERT_PORT}/ca.crt | wc -c",
+            hosts.control_ip()
+        ),
+    );
+    assert_eq!(ca, hosts.cloudcore_ca().der().len().to_string());
+}

@@ -39,7 +39,12 @@ const TARGET_RATIO: f64 = 1.10;
 const TARGET_RSS_MIB: f64 = 64.0;
 const MIB: f64 = 1024.0 * 1024.0;
 
-pub fn run(name: &str) -> Result<()> {
+pub fn run(name: &str, nodes: Option<usize>) -> Result<()> {
+    match (name, nodes) {
+        ("join", Some(n)) => return crate::bench_join_scale::run(n),
+        (_, Some(_)) => bail!("--nodes is for `bench join` only"),
+        (_, None) => {}
+    }
     match name {
         "bundle" => bundle(),
         "verify" => crate::bench_verify::run(),

@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{bail, Context, Result};
 use edgeferry_tests::hosts::TestHosts;
@@ -62,6 +62,8 @@ pub(crate) struct Run {
     pub node_ms: Vec<u64>,
     pub step_ms: BTreeMap<String, Vec<u64>>,
     pub command: String,
+    /// When the control process exited.
+    pub ended: SystemTime,
 }
 
 pub(crate) fn best(runs: &[Run]) -> &Run {
@@ -406,6 +408,8 @@ pub(crate) struct Measured {
     pub cpu: f64,
     pub busy: f64,
     pub code: i32,
+    /// When the command exited.
+    pub ended: SystemTime,
 }
 
 /// Runs `args` under `/usr/bin/time` in `dir`, stdout and stderr to files
@@ -436,6 +440,7 @@ pub(crate) fn measured(args: &[String], dir: &Path, name: &str, token: &str) -> 
         .status()
         .with_context(|| format!("starting {}", args[0]))?;
     let seconds = started.elapsed().as_secs_f64();
+    let ended = SystemTime::now();
     let (busy1, total1) = machine_cpu();
     let text = fs::read_to_string(&rss_file)?;
     // After "Command exited with non-zero status N", if it did.
@@ -453,6 +458,7 @@ pub(crate) fn measured(args: &[String], dir: &Path, name: &str, token: &str) -> 
         cpu: user + system,
         busy: (busy1 - busy0) as f64 / (total1 - total0).max(1) as f64,
         code: status.code().unwrap_or(-1),
+        ended,
     })
 }
 
@@ -559,6 +565,7 @@ pub(crate) fn fleet_run(
         node_ms: outcomes.iter().filter_map(|o| o["ms"].as_u64()).collect(),
         step_ms,
         command: shell_line(&args),
+        ended: m.ended,
     })
 }
 
@@ -571,15 +578,87 @@ pub(crate) fn verdict_line(
     (ratio, ratio_limit): (f64, f64),
     (rss_mib, rss_limit_mib): (f64, f64),
 ) -> Result<()> {
-    let mut missed = Vec::new();
-    if ratio > ratio_limit {
-        missed.push(format!("wall / bound {ratio:.3} > {ratio_limit}"));
+    let targets = [
+        Target::new("wall / bound", ratio, ratio_limit, ""),
+        Target::new("peak RSS", rss_mib, rss_limit_mib, "MiB"),
+    ];
+    let missed: Vec<String> = targets
+        .iter()
+        .filter(|x| !x.met())
+        .map(Target::missed)
+        .collect();
+    closing_line(t, bench, &missed)
+}
+
+/// One target of a bench: met when `value <= limit`.
+pub(crate) struct Target {
+    pub what: String,
+    pub value: f64,
+    pub limit: f64,
+    /// Printed after value and limit: `MiB`, `s`, `ms`, or nothing.
+    pub unit: &'static str,
+}
+
+impl Target {
+    pub fn new(what: impl Into<String>, value: f64, limit: f64, unit: &'static str) -> Target {
+        Target {
+            what: what.into(),
+            value,
+            limit,
+            unit,
+        }
     }
-    if rss_mib > rss_limit_mib {
-        missed.push(format!(
-            "peak RSS {rss_mib:.1} MiB > {rss_limit_mib:.0} MiB"
-        ));
+
+    pub fn met(&self) -> bool {
+        self.value <= self.limit
     }
+
+    fn missed(&self) -> String {
+        let unit = if self.unit.is_empty() {
+            String::new()
+        } else {
+            format!(" {}", self.unit)
+        };
+        format!(
+            "{} {:.3}{unit} > {}{unit}",
+            self.what, self.value, self.limit
+        )
+    }
+}
+
+/// The targets as a table, each PASS or FAIL, then the closing line of
+/// [`verdict_line`] over all of them.
+pub(crate) fn verdict_table(t: &mut String, bench: &str, targets: &[Target]) -> Result<()> {
+    let width = targets
+        .iter()
+        .map(|x| x.what.len())
+        .max()
+        .unwrap_or(6)
+        .max(6);
+    writeln!(t, "  {:<width$} {:>12}  {:>12}", "target", "value", "limit")?;
+    for x in targets {
+        let cell = |v: f64| {
+            let unit = if x.unit.is_empty() { "" } else { x.unit };
+            format!("{v:.3} {unit}").trim_end().to_string()
+        };
+        writeln!(
+            t,
+            "  {:<width$} {:>12}  {:>12}  {}",
+            x.what,
+            cell(x.value),
+            format!("<= {}", cell(x.limit)),
+            if x.met() { "PASS" } else { "FAIL" }
+        )?;
+    }
+    let missed: Vec<String> = targets
+        .iter()
+        .filter(|x| !x.met())
+        .map(Target::missed)
+        .collect();
+    closing_line(t, bench, &missed)
+}
+
+fn closing_line(t: &mut String, bench: &str, missed: &[String]) -> Result<()> {
     if missed.is_empty() {
         writeln!(t, "bench {bench}: every target met")?;
     } else {
@@ -609,6 +688,7 @@ mod tests {
             node_ms: vec![30, 50],
             step_ms: BTreeMap::from([("upgrade_preflight".to_string(), vec![10, 20])]),
             command: String::new(),
+            ended: SystemTime::UNIX_EPOCH,
         };
         let mut t = String::new();
         steps_table(&mut t, &["connect", "upgrade_preflight"], &[&run]).unwrap();

@@ -31,6 +31,11 @@
 //! of the best single-host join: no schedule beats max(bound, floor) here.
 //! The site, the measured run and the tables are `bench_hosts`', shared
 //! with `bench upgrade`.
+//!
+//! `--nodes N` switches to the scale mode instead (`bench_join_scale`):
+//! light hosts (the plain sample, no payload, no join delay), N of them at
+//! P = 100 and 200, the growth curve below N, and the control process's
+//! cost per node against issue 15's limits.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -394,5 +399,6 @@ cd /var/lib/edgeferry/work
         node_ms: Vec::new(),
         step_ms: BTreeMap::new(),
         command: shell_line(&args),
+        ended: m.ended,
     })
 }

@@ -6,6 +6,7 @@ mod bench_delta;
 mod bench_hosts;
 mod bench_input;
 mod bench_join;
+mod bench_join_scale;
 mod bench_mirror;
 mod bench_upgrade;
 mod bench_verify;
@@ -44,6 +45,10 @@ enum Task {
     Bench {
         /// Which benchmark
         name: String,
+        /// `join` only: the scale mode, N light hosts at --parallel 100 and 200, the growth
+        /// curve below N, and the control process's cost per node
+        #[arg(long, value_name = "N")]
+        nodes: Option<usize>,
     },
 }
 
@@ -58,7 +63,7 @@ fn main() -> ExitCode {
         }),
         Task::Demo => demo::run(),
         Task::Ci => ci::run(),
-        Task::Bench { name } => bench::run(&name),
+        Task::Bench { name, nodes } => bench::run(&name, nodes),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

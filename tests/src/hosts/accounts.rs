@@ -97,9 +97,7 @@ impl Accounts {
 pub(super) fn prepare_host(
     dir: &Path,
     k: u16,
-    i: usize,
-    name: &str,
-    ip: &str,
+    (i, name, ip): (usize, &str, &str),
     acc: &Accounts,
     with_sshd: bool,
 ) -> Result<TestHost> {
@@ -153,9 +151,17 @@ pub(super) fn prepare_host(
     if with_sshd {
         host_key = write_sshd_config(dir, &hdir, name, ip)?;
     }
+    // Outside block 0 the control address is in another /24 on the same
+    // link: a route says so.
+    let control = format!("10.213.{k}.1");
+    let route = if ip.starts_with(&format!("10.213.{k}.")) {
+        String::new()
+    } else {
+        format!("route replace {control}/32 dev eth0 scope link\n")
+    };
     fs::write(
         hdir.join("net.batch"),
-        format!("addr replace {ip}/24 dev eth0\nlink set dev eth0 up\nlink set dev lo up\n"),
+        format!("addr replace {ip}/24 dev eth0\nlink set dev eth0 up\nlink set dev lo up\n{route}"),
     )?;
     let mut fstab = String::new();
     for p in PRIVATE_DIRS.iter().chain(PRIVATE_FILES) {

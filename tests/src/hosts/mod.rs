@@ -13,7 +13,12 @@
 //! joined to the bridge by the veth `ef<K>v<i>` (called `eth0` inside). K is
 //! the first bridge name the kernel lets us create, so concurrent tests and
 //! processes never share a subnet. Test traffic never leaves this machine:
-//! the namespaces have no default route.
+//! the namespaces have no default route. A /24 holds [`HOSTS_PER_BLOCK`]
+//! hosts; a larger harness (a bench at 1,000 nodes) puts host `i` in block
+//! `b = i / 240` at `10.(213+b).K.(10 + i % 240)` ([`host_ip`]), still on
+//! the one bridge: the control side holds `10.(213+b).K.1/24` too, and a
+//! host outside block 0 has a link route to the control address, so the
+//! mirror and the stand-in cloudcore on `10.213.K.1` serve every host.
 //!
 //! Each host's `sshd` runs as PID 1 of the host's PID namespace, under
 //! `unshare` (our child). The mount namespace bind-mounts private copies of
@@ -92,8 +97,12 @@ pub const CLIENT_KEY_PASSPHRASE: &str = "client-key-passphrase";
 /// The salt of both password hashes, so a test can recompute them with
 /// `openssl passwd -6 -salt PASSWORD_SALT <password>`.
 pub const PASSWORD_SALT: &str = "edgeferrytests";
-/// Hosts per harness: addresses 10.213.K.10 ..= 10.213.K.249.
-pub const MAX_HOSTS: usize = 240;
+/// Hosts per /24 block: addresses 10.(213+b).K.10 ..= 10.(213+b).K.249.
+pub const HOSTS_PER_BLOCK: usize = 240;
+/// Hosts per harness: a Linux bridge takes at most 1,023 ports
+/// (BR_MAX_PORTS, port 0 reserved), one per host's veth; the pid limit
+/// and memory of a test machine come before that.
+pub const MAX_HOSTS: usize = 1000;
 /// Ports of the stand-in cloudcore (KubeEdge's cloudhub and its cert port).
 pub const CLOUDCORE_PORTS: [u16; 2] = [HUB_PORT, CERT_PORT];
 /// How long [`TestHosts::token`]'s JWT is valid: cloudcore's tokens live
@@ -329,13 +338,7 @@ impl TestHosts {
         let k = self.k;
         let with_sshd = self.with_sshd;
         let specs: Vec<(usize, String, String)> = (0..count)
-            .map(|i| {
-                (
-                    i,
-                    format!("efhost-{i:02}"),
-                    format!("10.213.{k}.{}", 10 + i),
-                )
-            })
+            .map(|i| (i, format!("efhost-{i:02}"), host_ip(k, i)))
             .collect();
 
         // Files and host keys, in parallel.
@@ -354,7 +357,7 @@ impl TestHosts {
                     let Some((i, name, ip)) = specs.get(i) else {
                         break;
                     };
-                    let made = prepare_host(&dir, k, *i, name, ip, &accounts, with_sshd);
+                    let made = prepare_host(&dir, k, (*i, name, ip), &accounts, with_sshd);
                     lock(&results)[*i] = Some(made);
                 });
             }
@@ -697,6 +700,14 @@ fn check_tools(with_sshd: bool) -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// Host `i`'s address on the bridge `efbr<k>`: `10.(213+b).k.(10+j)`,
+/// block `b = i / HOSTS_PER_BLOCK`, `j = i % HOSTS_PER_BLOCK` (so
+/// `10.213.k.(10+i)` for the first 240).
+pub fn host_ip(k: u16, i: usize) -> String {
+    let (b, j) = (i / HOSTS_PER_BLOCK, i % HOSTS_PER_BLOCK);
+    format!("10.{}.{k}.{}", 213 + b, 10 + j)
 }
 
 fn ok_output(cmd: &mut Command) -> Result<Output> {

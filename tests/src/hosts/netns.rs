@@ -36,6 +36,10 @@ impl TestHosts {
              addr add {}/24 dev {bridge}\nlink set dev {bridge} up\n",
             self.control_ip
         );
+        // Blocks past the first (see `host_ip`): a control address in each.
+        for b in 1..self.hosts.len().div_ceil(super::HOSTS_PER_BLOCK) {
+            let _ = writeln!(batch, "addr add 10.{}.{k}.1/24 dev {bridge}", 213 + b);
+        }
         for host in &self.hosts {
             let i = host.index;
             let _ = write!(
