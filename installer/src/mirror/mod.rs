@@ -8,6 +8,10 @@
 mod body;
 mod registry;
 
+pub use body::{file_behind, FileSlice};
+#[cfg(test)]
+pub(crate) use body::map_file;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
