@@ -388,7 +388,16 @@ async fn run(
         tokio::spawn(async move {
             match acceptor {
                 None => {
-                    connection(Plain(stream), peer, mirror, config, shutdown, started, false).await
+                    connection(
+                        Plain(stream),
+                        peer,
+                        mirror,
+                        config,
+                        shutdown,
+                        started,
+                        false,
+                    )
+                    .await
                 }
                 Some(acceptor) => {
                     tls_connection(acceptor, stream, peer, mirror, config, shutdown, started).await

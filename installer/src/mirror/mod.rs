@@ -8,9 +8,9 @@
 mod body;
 mod registry;
 
-pub use body::{file_behind, FileSlice};
 #[cfg(test)]
 pub(crate) use body::map_file;
+pub use body::{file_behind, FileSlice};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
