@@ -306,7 +306,8 @@ mod tests {
         let tail = mapped.slice(99_999..);
         assert_eq!(file_behind(&tail).unwrap().offset, 99_999);
         // The same bytes elsewhere in memory are not the file.
-        assert!(file_behind(&part.to_vec()).is_none());
+        let copy = part.to_vec();
+        assert!(file_behind(&copy).is_none());
         assert!(file_behind(&mapped[..0]).is_none());
         assert!(file_behind(b"not mapped").is_none());
     }
