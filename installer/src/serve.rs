@@ -387,7 +387,18 @@ async fn run(
         let acceptor = acceptor.clone();
         tokio::spawn(async move {
             match acceptor {
-                None => connection(stream, peer, mirror, config, shutdown, started, false).await,
+                None => {
+                    connection(
+                        Plain(stream),
+                        peer,
+                        mirror,
+                        config,
+                        shutdown,
+                        started,
+                        false,
+                    )
+                    .await
+                }
                 Some(acceptor) => {
                     tls_connection(acceptor, stream, peer, mirror, config, shutdown, started).await
                 }
@@ -524,6 +535,102 @@ async fn connection<S>(
                 }
             }
         }
+    }
+}
+
+/// A plain-HTTP connection's socket. A write of a slice of a stored file
+/// (a blob or release-file body: the mirror hands them out as slices of
+/// one shared mapping, [`mirror::file_behind`]) goes out with sendfile(2):
+/// the kernel queues the page-cache pages, nothing is copied, and the
+/// worker is free again at once, as nginx's are. Everything else (headers,
+/// manifests and other in-memory bodies) is written as usual. Over TLS
+/// the bytes must pass through the cipher, so TLS connections do not use it.
+struct Plain(tokio::net::TcpStream);
+
+/// Slices shorter than this are written, not looked up: headers and
+/// small bodies cost less to copy than to find.
+const SENDFILE_MIN: usize = 16 << 10;
+
+impl Plain {
+    /// The file behind `part`, when it is worth a sendfile.
+    fn file_behind(part: &[u8]) -> Option<mirror::FileSlice> {
+        if part.len() < SENDFILE_MIN {
+            return None;
+        }
+        mirror::file_behind(part)
+    }
+
+    /// Sends `len` bytes of `slice`'s file, as many as the socket takes.
+    fn poll_sendfile(
+        &self,
+        cx: &mut TaskContext<'_>,
+        slice: &mirror::FileSlice,
+        len: usize,
+    ) -> Poll<std::io::Result<usize>> {
+        loop {
+            std::task::ready!(self.0.poll_write_ready(cx))?;
+            let sent = self.0.try_io(tokio::io::Interest::WRITABLE, || {
+                crate::sys::sendfile(&self.0, slice.mapping.file(), slice.offset, len)
+            });
+            match sent {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                other => return Poll::Ready(other),
+            }
+        }
+    }
+}
+
+impl AsyncRead for Plain {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Plain {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        match Plain::file_behind(buf) {
+            Some(slice) => self.poll_sendfile(cx, &slice, buf.len()),
+            None => Pin::new(&mut self.0).poll_write(cx, buf),
+        }
+    }
+    /// The slices in order: a leading stored-file slice by sendfile, else
+    /// everything before the next one (the response head, say) by writev.
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let Some(first) = bufs.iter().position(|b| !b.is_empty()) else {
+            return Poll::Ready(Ok(0));
+        };
+        if let Some(slice) = Plain::file_behind(&bufs[first]) {
+            return self.poll_sendfile(cx, &slice, bufs[first].len());
+        }
+        let end = bufs[first + 1..]
+            .iter()
+            .position(|b| Plain::file_behind(b).is_some())
+            .map_or(bufs.len(), |at| first + 1 + at);
+        Pin::new(&mut self.0).poll_write_vectored(cx, &bufs[first..end])
+    }
+    fn is_write_vectored(&self) -> bool {
+        true
+    }
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut TaskContext<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: Pin<&mut Self>,
+        cx: &mut TaskContext<'_>,
+    ) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
     }
 }
 
@@ -722,5 +829,82 @@ async fn shutdown_signal() {
     tokio::select! {
         _ = term.recv() => {}
         _ = int.recv() => {}
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use bytes::{Buf, Bytes};
+    use std::collections::VecDeque;
+    use std::io::IoSlice;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// Stored-file slices go out by sendfile, in order with the memory
+    /// around them (a response head, say), byte for byte what the file
+    /// holds at their offsets, through partial sends of a small buffer.
+    #[tokio::test]
+    async fn a_plain_connection_sends_stored_slices_exactly() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let content: Vec<u8> = (0..(3u32 << 20) + 4567)
+            .map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8)
+            .collect();
+        std::fs::write(&path, &content).unwrap();
+        let mapped = mirror::map_file(&path).unwrap();
+        let (a, b) = (12_345, (2 << 20) + 77);
+        let pieces = [
+            Bytes::from_static(b"HTTP/1.1 206 Partial Content\r\n\r\n"),
+            mapped.slice(a..b),
+            Bytes::from_static(b"--"),
+            mapped.slice(b..),
+        ];
+        assert!(Plain::file_behind(&pieces[0]).is_none());
+        assert_eq!(Plain::file_behind(&pieces[1]).unwrap().offset, a as u64);
+        assert_eq!(Plain::file_behind(&pieces[3]).unwrap().offset, b as u64);
+        let whole = mapped.slice(5..);
+        assert_eq!(Plain::file_behind(&whole).unwrap().offset, 5);
+
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let reader = tokio::spawn(async move {
+            let mut stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+            let mut got = Vec::new();
+            stream.read_to_end(&mut got).await.unwrap();
+            got
+        });
+        let (stream, _) = listener.accept().await.unwrap();
+        crate::sys::set_send_buffer(&stream, 64 << 10);
+        let mut plain = Plain(stream);
+        // As hyper writes a response: vectored, advancing by what each
+        // call took.
+        let mut queue: VecDeque<Bytes> = pieces.iter().cloned().collect();
+        while !queue.is_empty() {
+            let mut n = {
+                let slices: Vec<IoSlice<'_>> = queue.iter().map(|b| IoSlice::new(b)).collect();
+                plain.write_vectored(&slices).await.unwrap()
+            };
+            assert!(n > 0, "a write took nothing");
+            while n > 0 {
+                let front = queue.front_mut().unwrap();
+                if n >= front.len() {
+                    n -= front.len();
+                    queue.pop_front();
+                } else {
+                    front.advance(n);
+                    n = 0;
+                }
+            }
+        }
+        // And one slice by plain write calls.
+        plain.write_all(&whole).await.unwrap();
+        plain.shutdown().await.unwrap();
+        drop(plain);
+
+        let mut expected: Vec<u8> = pieces.iter().flat_map(|p| p.iter().copied()).collect();
+        expected.extend_from_slice(&content[5..]);
+        let got = reader.await.unwrap();
+        assert_eq!(got.len(), expected.len());
+        assert!(got == expected, "the bytes sent differ from the file's");
     }
 }

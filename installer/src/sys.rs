@@ -105,11 +105,14 @@ pub fn start_writeback(file: &File) {
     }
 }
 
-/// A read-only shared mapping of a whole file, unmapped on drop. The
-/// mirror serves blob bodies from it without copying them.
+/// A read-only shared mapping of a whole file, unmapped on drop, with the
+/// open file it maps. The mirror serves blob bodies from it: over TLS the
+/// bytes are encrypted straight from the mapping; over plain HTTP a slice
+/// of it is sent from the file with [`sendfile`], never copied.
 pub struct Mapping {
     address: *mut libc::c_void,
     len: usize,
+    file: File,
 }
 
 // SAFETY: the mapping is read-only and never changes while it exists.
@@ -121,7 +124,7 @@ impl Mapping {
     /// Maps the first `len` (> 0) bytes of `file`; `None` if mmap fails.
     /// The caller promises nobody truncates or rewrites the file while the
     /// mapping lives (store files are written once and renamed into place).
-    pub fn of(file: &File, len: usize) -> Option<Mapping> {
+    pub fn of(file: File, len: usize) -> Option<Mapping> {
         // SAFETY: a fresh read-only shared mapping of an open descriptor.
         let address = unsafe {
             libc::mmap(
@@ -140,12 +143,50 @@ impl Mapping {
         unsafe {
             libc::madvise(address, len, libc::MADV_SEQUENTIAL);
         }
-        Some(Mapping { address, len })
+        Some(Mapping { address, len, file })
     }
 
     pub fn bytes(&self) -> &[u8] {
         // SAFETY: the mapping is valid for len bytes while self lives.
         unsafe { std::slice::from_raw_parts(self.address as *const u8, self.len) }
+    }
+
+    /// Where the mapping starts in memory, to find it from a slice of it.
+    pub fn address(&self) -> usize {
+        self.address as usize
+    }
+
+    /// The file offset of `part` if all of it lies in this mapping.
+    pub fn offset_of(&self, part: &[u8]) -> Option<u64> {
+        let start = (part.as_ptr() as usize).checked_sub(self.address())?;
+        (start.checked_add(part.len())? <= self.len).then_some(start as u64)
+    }
+
+    /// The mapped file.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+}
+
+/// Sends up to `count` bytes of `file` from `offset` to `socket` with
+/// sendfile(2): the kernel hands page-cache pages to the socket, nothing is
+/// copied through user space. On a non-blocking socket with a full send
+/// buffer the error is `WouldBlock`, as with write(2).
+pub fn sendfile(
+    socket: &impl AsRawFd,
+    file: &File,
+    offset: u64,
+    count: usize,
+) -> io::Result<usize> {
+    let mut off = libc::off_t::try_from(offset)
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "offset past off_t"))?;
+    // SAFETY: two descriptors the caller holds open and a local offset the
+    // kernel updates; no buffer of ours is read or written.
+    let sent = unsafe { libc::sendfile(socket.as_raw_fd(), file.as_raw_fd(), &mut off, count) };
+    if sent < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(sent as usize)
     }
 }
 

@@ -22,10 +22,16 @@
 //! (AES-128-GCM first), the reference that shows what TLS costs any
 //! server on this machine.
 //!
-//! Targets (the issue's): throughput ≥ 0.8× nginx and ≥ 1.0×
-//! docker-registry; manifest p99 ≤ 20 ms under the load; peak RSS ≤ 100
-//! MiB; with 500 idle connections a fresh client is served within 1 s;
-//! over TLS ≥ 0.7× our plain-HTTP throughput (issue 12).
+//! Targets (the issues'): throughput ≥ 1.0× nginx and ≥ 1.0×
+//! docker-registry; manifest p99 under the load no higher than nginx's in
+//! the same run (issue 18: manifests are tiny and in memory, they should
+//! never wait behind a blob transfer); peak RSS ≤ 100 MiB; with 500 idle
+//! connections a fresh client is served within 1 s; over TLS ≥ 0.7× our
+//! plain-HTTP throughput (issue 12). Each server's run-queue wait over the
+//! load (its threads' time ready to run but without a CPU, from
+//! /proc/<pid>/task/*/schedstat) is printed beside its CPU time: it tells
+//! a server whose requests queue for a CPU from one whose requests queue
+//! inside it.
 //! Missed targets are reported, not fatal. Every server is stopped by pid
 //! when this returns, on error too.
 
@@ -76,9 +82,8 @@ const IDLE_CONNECTIONS: usize = 500;
 const PAYLOAD: usize = 64 << 20;
 const CLIENT_BUFFER: usize = 256 << 10;
 
-const TARGET_VS_NGINX: f64 = 0.8;
+const TARGET_VS_NGINX: f64 = 1.0;
 const TARGET_VS_REGISTRY: f64 = 1.0;
-const TARGET_P99_MS: f64 = 20.0;
 const TARGET_RSS_MIB: f64 = 100.0;
 const TARGET_FRESH_S: f64 = 1.0;
 const TARGET_TLS_VS_PLAIN: f64 = 0.7;
@@ -315,9 +320,11 @@ pub fn run() -> Result<()> {
         );
         let unloaded = unloaded_latencies(server.addr, &manifest_path, UNLOADED_GETS)?;
         let cpu_before = tree_cpu_seconds(server.pid());
+        let wait_before = tree_runqueue_wait_seconds(server.pid());
         let self_before = cpu_seconds(std::process::id());
         let result = load(server.addr, &blob_path, &manifest_path, duration);
         let cpu = tree_cpu_seconds(server.pid()) - cpu_before;
+        let runqueue_wait = tree_runqueue_wait_seconds(server.pid()) - wait_before;
         let client_cpu = cpu_seconds(std::process::id()) - self_before + result.wrk_cpu;
         let fresh = idle_test(server.addr)?;
         let line = Row {
@@ -325,6 +332,7 @@ pub fn run() -> Result<()> {
             result,
             unloaded,
             server_cpu: cpu,
+            runqueue_wait,
             client_cpu,
             hwm_kib: tree_hwm_kib(server.pid()),
             fresh,
@@ -440,7 +448,7 @@ pub fn run() -> Result<()> {
     )?;
     writeln!(
         table,
-        "  {:<16} {:>9} {:>6} {:>6} {:>18} {:>8} {:>16} {:>9} {:>10} {:>10} {:>10}",
+        "  {:<16} {:>9} {:>6} {:>6} {:>18} {:>8} {:>16} {:>9} {:>10} {:>10} {:>10} {:>10}",
         "server",
         "MiB/s",
         "blobs",
@@ -449,6 +457,7 @@ pub fn run() -> Result<()> {
         "requests",
         "unloaded p50/p99",
         "srv CPU s",
+        "srv wait s",
         "load CPU s",
         "peak RSS",
         "fresh /v2/"
@@ -456,7 +465,7 @@ pub fn run() -> Result<()> {
     let mut rows: Vec<String> = Vec::new();
     for r in &results {
         rows.push(format!(
-            "  {:<16} {:>9.1} {:>6} {:>6} {:>7.2}/{:>7.2} ms {:>8} {:>6.2}/{:>6.2} ms {:>9.1} {:>10.1} {:>6.1} MiB {:>7.1} ms",
+            "  {:<16} {:>9.1} {:>6} {:>6} {:>7.2}/{:>7.2} ms {:>8} {:>6.2}/{:>6.2} ms {:>9.1} {:>10.1} {:>10.1} {:>6.1} MiB {:>7.1} ms",
             r.name,
             r.result.throughput(duration) / MIB,
             r.result.blobs,
@@ -467,13 +476,14 @@ pub fn run() -> Result<()> {
             percentile(&r.unloaded, 0.50),
             percentile(&r.unloaded, 0.99),
             r.server_cpu,
+            r.runqueue_wait,
             r.client_cpu,
             r.hwm_kib as f64 / 1024.0,
             r.fresh.seconds * 1000.0,
         ));
     }
     rows.push(format!(
-        "  {:<16} {:>9.1} {:>6} {:>6} {:>18} {:>8} {:>16} {:>9.1} {:>10.1} {:>6.1} MiB {:>10}",
+        "  {:<16} {:>9.1} {:>6} {:>6} {:>18} {:>8} {:>16} {:>9.1} {:>10} {:>10.1} {:>6.1} MiB {:>10}",
         "edgeferry TLS",
         tls_result.throughput(duration) / MIB,
         tls_result.blobs,
@@ -482,12 +492,13 @@ pub fn run() -> Result<()> {
         "-",
         "-",
         tls_cpu,
+        "-",
         tls_result.wrk_cpu,
         tls_hwm_mib,
         "-",
     ));
     rows.push(format!(
-        "  {:<16} {:>9.1} {:>6} {:>6} {:>18} {:>8} {:>16} {:>9.1} {:>10.1} {:>6.1} MiB {:>10}",
+        "  {:<16} {:>9.1} {:>6} {:>6} {:>18} {:>8} {:>16} {:>9.1} {:>10} {:>10.1} {:>6.1} MiB {:>10}",
         "nginx TLS",
         nginx_tls_result.throughput(duration) / MIB,
         nginx_tls_result.blobs,
@@ -496,6 +507,7 @@ pub fn run() -> Result<()> {
         "-",
         "-",
         nginx_tls_cpu,
+        "-",
         nginx_tls_result.wrk_cpu,
         nginx_tls_hwm_mib,
         "-",
@@ -507,6 +519,7 @@ pub fn run() -> Result<()> {
     let vs_nginx = r_ours.result.throughput(duration) / r_nginx.result.throughput(duration);
     let vs_registry = r_ours.result.throughput(duration) / r_registry.result.throughput(duration);
     let p99 = percentile(&r_ours.result.latencies_ms, 0.99);
+    let p99_nginx = percentile(&r_nginx.result.latencies_ms, 0.99);
     let mut target = |name: &str, value: String, limit: String, ok: bool| -> Result<()> {
         if !ok {
             missed.push(format!("{name} {value}"));
@@ -531,10 +544,10 @@ pub fn run() -> Result<()> {
         vs_registry >= TARGET_VS_REGISTRY,
     )?;
     target(
-        "edgeferry manifest p99 under the load",
-        format!("{p99:.2} ms"),
-        format!("<= {TARGET_P99_MS:.0}"),
-        p99 <= TARGET_P99_MS && r_ours.result.manifest_errors == 0,
+        "edgeferry manifest p99 under the load, ms",
+        format!("{p99:.2}"),
+        format!("<= {p99_nginx:.2}"),
+        p99 <= p99_nginx && r_ours.result.manifest_errors == 0,
     )?;
     target(
         "edgeferry peak RSS (VmHWM, whole run)",
@@ -601,7 +614,7 @@ pub fn run() -> Result<()> {
     }
     writeln!(
         table,
-        "  columns: MiB/s = body bytes received by all clients / {seconds} s; blobs = complete blob GETs; requests = manifest GETs timed under the load (by threads at nice -10: {}); unloaded = {UNLOADED_GETS} sequential manifest GETs before the load; srv CPU s = the server's user+system CPU over the load (nginx: master + workers); load CPU s = the load generator's; peak RSS = VmHWM (nginx: summed over its processes); fresh /v2/ = connect + GET /v2/ with {IDLE_CONNECTIONS} idle connections open; edgeferry TLS = a second serve of the same store over HTTPS (the site certificate, TLS 1.3 as wrk negotiates it), the same wrk blob load without the manifest pollers; nginx TLS = nginx with the same certificate, key and suite order ({cipher_ours_like} negotiated with openssl s_client), the same load",
+        "  columns: MiB/s = body bytes received by all clients / {seconds} s; blobs = complete blob GETs; requests = manifest GETs timed under the load (by threads at nice -10: {}); unloaded = {UNLOADED_GETS} sequential manifest GETs before the load; srv CPU s = the server's user+system CPU over the load (nginx: master + workers); srv wait s = the time its threads spent ready to run but waiting for a CPU over the load (schedstat); load CPU s = the load generator's; peak RSS = VmHWM (nginx: summed over its processes); fresh /v2/ = connect + GET /v2/ with {IDLE_CONNECTIONS} idle connections open; edgeferry TLS = a second serve of the same store over HTTPS (the site certificate, TLS 1.3 as wrk negotiates it), the same wrk blob load without the manifest pollers; nginx TLS = nginx with the same certificate, key and suite order ({cipher_ours_like} negotiated with openssl s_client), the same load",
         if r_ours.result.raised_priority { "yes" } else { "no, not root" }
     )?;
     writeln!(
@@ -636,6 +649,8 @@ struct Row {
     /// Manifest latencies before the load, sorted, ms.
     unloaded: Vec<f64>,
     server_cpu: f64,
+    /// Seconds its threads waited for a CPU over the load.
+    runqueue_wait: f64,
     client_cpu: f64,
     hwm_kib: u64,
     fresh: Fresh,
@@ -645,7 +660,7 @@ struct Row {
 impl Row {
     fn describe(&self, duration: Duration) -> String {
         format!(
-            "  {}: {:.1} MiB/s, {} blobs, {} errors, manifest p50 {:.2} ms p99 {:.2} ms ({} requests; unloaded p50 {:.2} ms p99 {:.2} ms), server CPU {:.1} s, load generator CPU {:.1} s, peak RSS {:.1} MiB, fresh GET /v2/ with {IDLE_CONNECTIONS} idle: {:.1} ms; load average {}",
+            "  {}: {:.1} MiB/s, {} blobs, {} errors, manifest p50 {:.2} ms p99 {:.2} ms ({} requests; unloaded p50 {:.2} ms p99 {:.2} ms), server CPU {:.1} s (waiting for a CPU {:.1} s), load generator CPU {:.1} s, peak RSS {:.1} MiB, fresh GET /v2/ with {IDLE_CONNECTIONS} idle: {:.1} ms; load average {}",
             self.name,
             self.result.throughput(duration) / MIB,
             self.result.blobs,
@@ -656,6 +671,7 @@ impl Row {
             percentile(&self.unloaded, 0.50),
             percentile(&self.unloaded, 0.99),
             self.server_cpu,
+            self.runqueue_wait,
             self.client_cpu,
             self.hwm_kib as f64 / 1024.0,
             self.fresh.seconds * 1000.0,
@@ -1465,7 +1481,6 @@ fn invalid(message: &str) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, message.to_string())
 }
 
-/// `q` in 0..=1 of sorted `values` (nearest rank); NaN when empty.
 /// User + system CPU of reaped children (wrk), in seconds.
 fn children_cpu_seconds() -> f64 {
     // SAFETY: getrusage fills a zeroed struct we own.
@@ -1478,6 +1493,7 @@ fn children_cpu_seconds() -> f64 {
     seconds(usage.ru_utime) + seconds(usage.ru_stime)
 }
 
+/// `q` in 0..=1 of sorted `values` (nearest rank); NaN when empty.
 fn percentile(sorted: &[f64], q: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
@@ -1531,6 +1547,24 @@ fn cpu_seconds(pid: u32) -> f64 {
             (field(11) + field(12)) / ticks
         })
         .unwrap_or(0.0)
+}
+
+/// Seconds the threads of `pid` and its direct children spent ready to run
+/// but waiting for a CPU (the second field of each thread's schedstat).
+fn tree_runqueue_wait_seconds(pid: u32) -> f64 {
+    let mut nanos = 0u64;
+    for p in process_tree(pid) {
+        let Ok(tasks) = fs::read_dir(format!("/proc/{p}/task")) else {
+            continue;
+        };
+        for task in tasks.flatten() {
+            nanos += fs::read_to_string(task.path().join("schedstat"))
+                .ok()
+                .and_then(|t| t.split_whitespace().nth(1)?.parse::<u64>().ok())
+                .unwrap_or(0);
+        }
+    }
+    nanos as f64 / 1e9
 }
 
 /// Peak resident set (VmHWM) of `pid` plus its direct children, in KiB.

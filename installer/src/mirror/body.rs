@@ -3,13 +3,16 @@
 //!
 //! Store files are immutable (content-addressed; a load swaps in a new
 //! directory, it never rewrites a file), so they are served from a shared
-//! read-only memory map: the bytes go from the page cache to the socket in
-//! one copy, as with sendfile, with no read buffer per connection and no
+//! read-only memory map, with no read buffer per connection and no
 //! blocking-pool hop per chunk. Each file is mapped once however many
-//! clients are pulling it. Manifests are served from memory.
+//! clients are pulling it. A body's chunks are slices of the mapping:
+//! [`file_behind`] tells a plain-HTTP connection which file and offset a
+//! slice is, and it sends those bytes with sendfile(2) (no copy, as nginx
+//! does); over TLS they are encrypted straight from the mapping.
+//! Manifests are served from memory.
 
 use crate::sys::Mapping;
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 
@@ -202,15 +205,23 @@ impl AsRef<[u8]> for Shared {
     }
 }
 
-fn mappings() -> &'static Mutex<HashMap<PathBuf, Weak<Mapping>>> {
-    static MAPPINGS: OnceLock<Mutex<HashMap<PathBuf, Weak<Mapping>>>> = OnceLock::new();
+/// The live mappings, by path (one per file) and by address (to find the
+/// file behind a slice of one).
+#[derive(Default)]
+struct Mappings {
+    by_path: HashMap<PathBuf, Weak<Mapping>>,
+    by_address: BTreeMap<usize, Weak<Mapping>>,
+}
+
+fn mappings() -> &'static Mutex<Mappings> {
+    static MAPPINGS: OnceLock<Mutex<Mappings>> = OnceLock::new();
     MAPPINGS.get_or_init(Default::default)
 }
 
 /// The whole file as `Bytes`, sharing one mapping per path.
-fn map_file(path: &Path) -> Option<Bytes> {
+pub(crate) fn map_file(path: &Path) -> Option<Bytes> {
     let mut cache = mappings().lock().expect("mapping cache");
-    if let Some(mapping) = cache.get(path).and_then(Weak::upgrade) {
+    if let Some(mapping) = cache.by_path.get(path).and_then(Weak::upgrade) {
         return Some(Bytes::from_owner(Shared(mapping)));
     }
     let file = std::fs::File::open(path).ok()?;
@@ -219,10 +230,40 @@ fn map_file(path: &Path) -> Option<Bytes> {
         return Some(Bytes::new());
     }
     // Store files are never truncated or rewritten, so the pages stay valid.
-    let mapping = Arc::new(Mapping::of(&file, len)?);
-    cache.retain(|_, weak| weak.strong_count() > 0);
-    cache.insert(path.to_path_buf(), Arc::downgrade(&mapping));
+    let mapping = Arc::new(Mapping::of(file, len)?);
+    cache.by_path.retain(|_, weak| weak.strong_count() > 0);
+    cache.by_address.retain(|_, weak| weak.strong_count() > 0);
+    cache
+        .by_path
+        .insert(path.to_path_buf(), Arc::downgrade(&mapping));
+    cache
+        .by_address
+        .insert(mapping.address(), Arc::downgrade(&mapping));
     Some(Bytes::from_owner(Shared(mapping)))
+}
+
+/// A part of a stored file that a response body holds as mapped memory.
+pub struct FileSlice {
+    pub mapping: Arc<Mapping>,
+    /// Where `part` starts in the file.
+    pub offset: u64,
+}
+
+/// The stored file and offset behind `part`, if `part` lies in one of the
+/// live mappings [`serve`] hands out bodies from: plain-HTTP connections
+/// then send it with sendfile(2), the very bytes the mapping shows.
+pub fn file_behind(part: &[u8]) -> Option<FileSlice> {
+    if part.is_empty() {
+        return None;
+    }
+    let cache = mappings().lock().expect("mapping cache");
+    let (_, weak) = cache
+        .by_address
+        .range(..=part.as_ptr() as usize)
+        .next_back()?;
+    let mapping = weak.upgrade()?;
+    let offset = mapping.offset_of(part)?;
+    Some(FileSlice { mapping, offset })
 }
 
 #[cfg(test)]
@@ -244,5 +285,30 @@ mod tests {
         assert_eq!(range("bytes=0-1,5-6", 100), RangeSpec::Ignore);
         assert_eq!(range("items=0-1", 100), RangeSpec::Ignore);
         assert_eq!(range("bytes=9-1", 100), RangeSpec::Ignore);
+    }
+
+    #[test]
+    fn the_file_behind_a_slice_of_a_mapping() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let content: Vec<u8> = (0..100_000u32).map(|i| (i % 251) as u8).collect();
+        std::fs::write(&path, &content).unwrap();
+        let mapped = map_file(&path).unwrap();
+        assert!(mapped[..] == content[..]);
+        // One mapping per file, however many bodies use it.
+        assert_eq!(map_file(&path).unwrap().as_ptr(), mapped.as_ptr());
+
+        let part = mapped.slice(1000..50_000);
+        let found = file_behind(&part).expect("a slice of a live mapping");
+        assert_eq!(found.offset, 1000);
+        assert_eq!(found.mapping.bytes().as_ptr(), mapped.as_ptr());
+        assert_eq!(found.mapping.file().metadata().unwrap().len(), 100_000);
+        let tail = mapped.slice(99_999..);
+        assert_eq!(file_behind(&tail).unwrap().offset, 99_999);
+        // The same bytes elsewhere in memory are not the file.
+        let copy = part.to_vec();
+        assert!(file_behind(&copy).is_none());
+        assert!(file_behind(&mapped[..0]).is_none());
+        assert!(file_behind(b"not mapped").is_none());
     }
 }

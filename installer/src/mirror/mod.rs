@@ -8,6 +8,10 @@
 mod body;
 mod registry;
 
+#[cfg(test)]
+pub(crate) use body::map_file;
+pub use body::{file_behind, FileSlice};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
