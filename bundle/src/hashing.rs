@@ -1,6 +1,9 @@
 //! Hashes computed on the way through, so no byte is read twice.
 
+use std::fs::File;
 use std::io::{self, Read, Write};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 
 use sha2::{Digest, Sha256};
 
@@ -59,51 +62,177 @@ impl Sha256Stream {
     }
 }
 
-/// A writer that keeps the sha256 (for `SHA256SUMS`) and the BLAKE2b-512
-/// prehash (for the minisign signature) of everything written through it.
-pub struct HashingWriter<W> {
-    inner: W,
-    sha256: Sha256,
-    blake2b: blake2b_simd::State,
-    written: u64,
-}
+/// Bytes [`HashingFile`] hands to its threads at a time.
+const SINK_CHUNK: usize = 256 << 10;
+/// Chunks in flight between the producer and the two hashing threads: the
+/// memory it holds (1 MiB), and how far the producer may run ahead.
+const SINK_BUFFERS: usize = 4;
 
+/// Bytes written between two writebacks started by [`HashingFile`].
+const WRITEBACK_EVERY: u64 = 64 << 20;
+
+/// What [`HashingFile::finish`] hands back.
 pub struct WriterDigests {
     pub sha256: String,
     pub blake2b: [u8; 64],
     pub size: u64,
 }
 
-impl<W: Write> HashingWriter<W> {
-    pub fn new(inner: W) -> Self {
-        HashingWriter {
-            inner,
-            sha256: Sha256::new(),
-            blake2b: blake2b_simd::State::new(),
-            written: 0,
+/// A writer into a file that keeps the sha256 (for `SHA256SUMS`) and the
+/// BLAKE2b-512 prehash (for the minisign signature) of everything written,
+/// in one pass: the bytes are copied into 256 KiB chunks that a thread
+/// writes to the file and SHA-256es and a second thread BLAKE2b-hashes (a
+/// third starts writeback as it goes, see `WRITEBACK_EVERY`). The caller,
+/// zstd's, which also feeds zstd's workers, only copies.
+pub struct HashingFile {
+    chunk: Vec<u8>,
+    to_writer: Option<mpsc::Sender<Vec<u8>>>,
+    free: mpsc::Receiver<Vec<u8>>,
+    writer: Option<JoinHandle<io::Result<WriterDigests>>>,
+}
+
+impl HashingFile {
+    pub fn new(file: File) -> HashingFile {
+        let (to_writer, writer_rx) = mpsc::channel::<Vec<u8>>();
+        let (to_blake, blake_rx) = mpsc::channel::<Vec<u8>>();
+        let (free_tx, free) = mpsc::channel::<Vec<u8>>();
+        for _ in 1..SINK_BUFFERS {
+            free_tx
+                .send(Vec::with_capacity(SINK_CHUNK))
+                .expect("the receiver is here");
+        }
+        let blake = std::thread::spawn(move || {
+            let mut state = blake2b_simd::State::new();
+            for chunk in blake_rx {
+                state.update(&chunk);
+                // The producer may be gone (an error); then the chunk is
+                // simply dropped.
+                let _ = free_tx.send(chunk);
+            }
+            *state.finalize().as_array()
+        });
+        // The caller fsyncs the whole file once at the end; without help
+        // the kernel starts writing it back only then, so that fsync would
+        // wait for every byte. Syncing what is written so far on a thread
+        // of its own, every WRITEBACK_EVERY bytes, keeps the disk busy
+        // while zstd works and leaves the last fsync little to do.
+        let (to_syncer, syncer_rx) = mpsc::sync_channel::<()>(1);
+        let sync_file = file.try_clone();
+        let syncer = std::thread::spawn(move || -> io::Result<()> {
+            let file = sync_file?;
+            for () in syncer_rx {
+                file.sync_data()?;
+            }
+            Ok(())
+        });
+        let writer = std::thread::spawn(move || {
+            let mut file = file;
+            let mut sha256 = Sha256::new();
+            let mut size = 0u64;
+            let mut synced = 0u64;
+            for chunk in writer_rx {
+                file.write_all(&chunk)?;
+                sha256.update(&chunk);
+                size += chunk.len() as u64;
+                if size - synced >= WRITEBACK_EVERY {
+                    // A sync still running covers this one's work too.
+                    let _ = to_syncer.try_send(());
+                    synced = size;
+                }
+                if to_blake.send(chunk).is_err() {
+                    break;
+                }
+            }
+            drop(to_blake);
+            drop(to_syncer);
+            syncer
+                .join()
+                .map_err(|_| io::Error::other("the writeback thread panicked"))??;
+            let blake2b = blake
+                .join()
+                .map_err(|_| io::Error::other("the BLAKE2b thread panicked"))?;
+            Ok(WriterDigests {
+                sha256: hex(&sha256.finalize()),
+                blake2b,
+                size,
+            })
+        });
+        HashingFile {
+            chunk: Vec::with_capacity(SINK_CHUNK),
+            to_writer: Some(to_writer),
+            free,
+            writer: Some(writer),
         }
     }
 
-    pub fn finish(self) -> (W, WriterDigests) {
-        let digests = WriterDigests {
-            sha256: hex(&self.sha256.finalize()),
-            blake2b: *self.blake2b.finalize().as_array(),
-            size: self.written,
+    /// Writes what is left, waits for both threads and returns the digests
+    /// of every byte written. The file is written, not synced.
+    pub fn finish(mut self) -> io::Result<WriterDigests> {
+        self.send_chunk()?;
+        drop(self.to_writer.take());
+        self.join()
+    }
+
+    fn send_chunk(&mut self) -> io::Result<()> {
+        if self.chunk.is_empty() {
+            return Ok(());
+        }
+        let Ok(mut next) = self.free.recv() else {
+            return Err(self.failure());
         };
-        (self.inner, digests)
+        next.clear();
+        let full = std::mem::replace(&mut self.chunk, next);
+        let sent = match &self.to_writer {
+            Some(tx) => tx.send(full).is_ok(),
+            None => false,
+        };
+        if sent {
+            Ok(())
+        } else {
+            Err(self.failure())
+        }
+    }
+
+    fn join(&mut self) -> io::Result<WriterDigests> {
+        match self.writer.take() {
+            Some(handle) => handle
+                .join()
+                .map_err(|_| io::Error::other("the bundle writer thread panicked"))?,
+            None => Err(io::Error::other("the bundle writer already stopped")),
+        }
+    }
+
+    /// The writer thread stopped early: its error.
+    fn failure(&mut self) -> io::Error {
+        drop(self.to_writer.take());
+        match self.join() {
+            Err(e) => e,
+            Ok(_) => io::Error::other("the bundle writer stopped early"),
+        }
     }
 }
 
-impl<W: Write> Write for HashingWriter<W> {
+impl Write for HashingFile {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.sha256.update(&buf[..n]);
-        self.blake2b.update(&buf[..n]);
-        self.written += n as u64;
+        let n = buf.len().min(SINK_CHUNK - self.chunk.len());
+        self.chunk.extend_from_slice(&buf[..n]);
+        if self.chunk.len() == SINK_CHUNK {
+            self.send_chunk()?;
+        }
         Ok(n)
     }
+
+    /// Chunks are handed over when full; `finish` hands over the rest.
     fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
+        Ok(())
+    }
+}
+
+impl Drop for HashingFile {
+    fn drop(&mut self) {
+        // Unfinished (an error elsewhere): stop the threads, keep nothing.
+        drop(self.to_writer.take());
+        let _ = self.join();
     }
 }
 
