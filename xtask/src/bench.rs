@@ -6,9 +6,9 @@
 //! of each, so both read from a hot page cache; peak RSS by
 //! `/usr/bin/time -f %M`. Missed targets are reported, not fatal.
 //!
-//! `verify`, `mirror`, `join`, `upgrade` and `delta` live in
-//! `bench_verify`, `bench_mirror`, `bench_join`, `bench_upgrade` and
-//! `bench_delta`; the helpers they share are here, and those of the benches
+//! `verify`, `mirror`, `join`, `upgrade`, `delta` and `sync` live in
+//! `bench_verify`, `bench_mirror`, `bench_join`, `bench_upgrade`,
+//! `bench_delta` and `bench_sync`; the helpers they share are here, and those of the benches
 //! on test hosts (`join`, `upgrade`) in `bench_hosts`.
 
 use std::fmt::Write as _;
@@ -47,8 +47,9 @@ pub fn run(name: &str) -> Result<()> {
         "join" => crate::bench_join::run(),
         "upgrade" => crate::bench_upgrade::run(),
         "delta" => crate::bench_delta::run(),
+        "sync" => crate::bench_sync::run(),
         other => bail!(
-            "unknown benchmark {other:?}: try `bundle`, `verify`, `mirror`, `join`, `upgrade` or `delta`"
+            "unknown benchmark {other:?}: try `bundle`, `verify`, `mirror`, `join`, `upgrade`, `delta` or `sync`"
         ),
     }
 }
@@ -356,7 +357,7 @@ fn bundle() -> Result<()> {
 }
 
 /// `sync`, then [`timed`].
-fn measure(args: &[String], env: &[(&str, &str)], rss_file: &Path) -> Result<Sample> {
+pub(crate) fn measure(args: &[String], env: &[(&str, &str)], rss_file: &Path) -> Result<Sample> {
     // Outside the timed part: earlier runs' dirty pages go to disk first.
     sh(&mut Command::new("sync"))?;
     timed(args, env, rss_file)
