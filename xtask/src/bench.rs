@@ -76,6 +76,32 @@ pub(crate) fn release_binary(package: &str, bin: &str) -> Result<PathBuf> {
     Ok(path)
 }
 
+/// Several binaries of the workspace built with the release profile in one
+/// cargo call: one feature resolution for all of them, so no dependency is
+/// compiled twice with two feature sets. Returns their paths in order.
+pub(crate) fn release_binaries(binaries: &[(&str, &str)]) -> Result<Vec<PathBuf>> {
+    let names: Vec<&str> = binaries.iter().map(|(_, bin)| *bin).collect();
+    println!("\nbench: building the release {}", names.join(", "));
+    let mut cmd = cargo();
+    cmd.args(["build", "--release"]);
+    for (package, _) in binaries {
+        cmd.args(["-p", package]);
+    }
+    sh(&mut cmd)?;
+    names
+        .iter()
+        .map(|bin| {
+            let path = workspace_root().join("target/release").join(bin);
+            anyhow::ensure!(
+                path.exists(),
+                "built {bin} but {} is missing",
+                path.display()
+            );
+            Ok(path)
+        })
+        .collect()
+}
+
 /// The bench's unencrypted key pair in `keys`, made once: (secret, public).
 pub(crate) fn ensure_keys(builder: &Path, keys: &Path) -> Result<(PathBuf, PathBuf)> {
     let key = keys.join("edgeferry.key");

@@ -52,7 +52,7 @@ use anyhow::{bail, Context, Result};
 use edgeferry_bundle::hashing::sha256_hex;
 
 use crate::bench::{
-    ensure_keys, load_average, machine_facts, measure, release_binary, shell_line, Sample,
+    ensure_keys, load_average, machine_facts, measure, release_binaries, shell_line, Sample,
 };
 use crate::bench_delta::{build_bundle, release_variant};
 use crate::bench_input::{self, KUBEEDGE_VERSION};
@@ -83,11 +83,11 @@ const RUNS: usize = 3;
 const WRKS: usize = 2;
 const WRK_CONNECTIONS: usize = 32;
 const DEFAULT_SECONDS: u64 = 10;
-const ROUNDS: usize = 2;
+const ROUNDS: usize = 1;
 /// Pulls per failover case; the dropping-mirror case once (it waits).
-const PULLS: usize = 3;
+const PULLS: usize = 2;
 /// A pull through a dropping mirror is stopped after this long.
-const PULL_CAP: Duration = Duration::from_secs(300);
+const PULL_CAP: Duration = Duration::from_secs(150);
 const MIB: f64 = 1024.0 * 1024.0;
 
 pub fn run() -> Result<()> {
@@ -106,8 +106,11 @@ pub fn run() -> Result<()> {
         fs::remove_dir_all(&dir).with_context(|| format!("removing {}", dir.display()))?;
     }
     fs::create_dir_all(dir.join("runs"))?;
-    let builder = release_binary("edgeferry-builder", "edgeferry-builder")?;
-    let edgeferry = release_binary("edgeferry", "edgeferry")?;
+    let built = release_binaries(&[
+        ("edgeferry", "edgeferry"),
+        ("edgeferry-builder", "edgeferry-builder"),
+    ])?;
+    let (edgeferry, builder) = (built[0].clone(), built[1].clone());
     let (key, public) = ensure_keys(&builder, &bench.join("keys"))?;
     let input = bench_input::ensure(&bench.join("bundle-input"))?;
     let next_input = dir.join("next-input");
