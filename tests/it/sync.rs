@@ -2,7 +2,8 @@
 //! store's mirror on loopback equals loading the same bundles directly; a
 //! delta synced alone brings the blobs it left out; a flipped byte fails
 //! the sync by name with the site unchanged; a sync killed mid-transfer
-//! resumes with Range; a hub offering an older bundle is refused.
+//! resumes with Range; a staged blob whose bytes were lost is fetched
+//! again; a hub offering an older bundle is refused.
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -267,6 +268,48 @@ fn a_sync_killed_mid_transfer_resumes_with_range_and_completes() {
     load(&b.old, &direct);
     assert_eq!(snapshot(&site), snapshot(&direct));
     assert!(!staging.exists());
+}
+
+/// A staged blob is not synced to disk when it is renamed into place (the
+/// commit syncs the filesystem once, before its swap): after a crash its
+/// bytes may be lost. The rerun re-hashes every staged blob and fetches a
+/// damaged one again.
+#[test]
+fn a_staged_blob_whose_bytes_were_lost_is_fetched_again() {
+    let b = built();
+    let root = tempfile::tempdir().unwrap();
+    let hub = root.path().join("hub");
+    load(&b.old, &hub);
+    let served = Served::start(&hub);
+    let site = root.path().join("site");
+
+    // What a power cut after the rename leaves: the name, no bytes.
+    let (hex, size) = std::fs::read_dir(hub.join("blobs/sha256"))
+        .unwrap()
+        .flatten()
+        .map(|e| {
+            (
+                e.file_name().to_string_lossy().into_owned(),
+                e.metadata().unwrap().len(),
+            )
+        })
+        .max_by_key(|(_, size)| *size)
+        .unwrap();
+    let staged = root.path().join(".site.sync/blobs/sha256");
+    std::fs::create_dir_all(&staged).unwrap();
+    std::fs::write(staged.join(&hex), vec![0u8; size as usize]).unwrap();
+
+    let ran = sync(&format!("http://{}", served.addr), &site, &[]);
+    assert_eq!(ran.code, Some(0), "{}", ran.stderr);
+    let done = json(&ran);
+    assert_eq!(done["plan"]["staged_bytes"], size);
+    assert_eq!(done["staged_blobs"], 0);
+    assert_eq!(done["resumed_bytes"], 0);
+    assert_eq!(done["fetched_bytes"], done["plan"]["fetch_bytes"]);
+    let direct = root.path().join("direct");
+    load(&b.old, &direct);
+    assert_eq!(snapshot(&site), snapshot(&direct));
+    assert!(!root.path().join(".site.sync").exists());
 }
 
 #[test]

@@ -6,9 +6,9 @@
 //! of each, so both read from a hot page cache; peak RSS by
 //! `/usr/bin/time -f %M`. Missed targets are reported, not fatal.
 //!
-//! `verify`, `mirror`, `join`, `upgrade` and `delta` live in
-//! `bench_verify`, `bench_mirror`, `bench_join`, `bench_upgrade` and
-//! `bench_delta`; the helpers they share are here, and those of the benches
+//! `verify`, `mirror`, `join`, `upgrade`, `delta` and `sync` live in
+//! `bench_verify`, `bench_mirror`, `bench_join`, `bench_upgrade`,
+//! `bench_delta` and `bench_sync`; the helpers they share are here, and those of the benches
 //! on test hosts (`join`, `upgrade`) in `bench_hosts`.
 
 use std::fmt::Write as _;
@@ -53,8 +53,9 @@ pub fn run(name: &str, nodes: Option<usize>) -> Result<()> {
         "join" => crate::bench_join::run(),
         "upgrade" => crate::bench_upgrade::run(),
         "delta" => crate::bench_delta::run(),
+        "sync" => crate::bench_sync::run(),
         other => bail!(
-            "unknown benchmark {other:?}: try `bundle`, `verify`, `mirror`, `join`, `upgrade` or `delta`"
+            "unknown benchmark {other:?}: try `bundle`, `verify`, `mirror`, `join`, `upgrade`, `delta` or `sync`"
         ),
     }
 }
@@ -79,6 +80,32 @@ pub(crate) fn release_binary(package: &str, bin: &str) -> Result<PathBuf> {
         path.display()
     );
     Ok(path)
+}
+
+/// Several binaries of the workspace built with the release profile in one
+/// cargo call: one feature resolution for all of them, so no dependency is
+/// compiled twice with two feature sets. Returns their paths in order.
+pub(crate) fn release_binaries(binaries: &[(&str, &str)]) -> Result<Vec<PathBuf>> {
+    let names: Vec<&str> = binaries.iter().map(|(_, bin)| *bin).collect();
+    println!("\nbench: building the release {}", names.join(", "));
+    let mut cmd = cargo();
+    cmd.args(["build", "--release"]);
+    for (package, _) in binaries {
+        cmd.args(["-p", package]);
+    }
+    sh(&mut cmd)?;
+    names
+        .iter()
+        .map(|bin| {
+            let path = workspace_root().join("target/release").join(bin);
+            anyhow::ensure!(
+                path.exists(),
+                "built {bin} but {} is missing",
+                path.display()
+            );
+            Ok(path)
+        })
+        .collect()
 }
 
 /// The bench's unencrypted key pair in `keys`, made once: (secret, public).
@@ -365,7 +392,7 @@ fn bundle() -> Result<()> {
 }
 
 /// `sync`, then [`timed`].
-fn measure(args: &[String], env: &[(&str, &str)], rss_file: &Path) -> Result<Sample> {
+pub(crate) fn measure(args: &[String], env: &[(&str, &str)], rss_file: &Path) -> Result<Sample> {
     // Outside the timed part: earlier runs' dirty pages go to disk first.
     sh(&mut Command::new("sync"))?;
     timed(args, env, rss_file)

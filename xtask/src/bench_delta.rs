@@ -108,7 +108,7 @@ fn realistic(
     fs::create_dir_all(&bench)?;
     let input = bench_input::ensure(&root.join("target/bench/bundle-input"))?;
     let previous = bench.join("previous-input");
-    previous_release(&input.dir, &previous)?;
+    release_variant(&input.dir, &previous, PREVIOUS)?;
 
     let build = |version: &str, from: &Path, out: &str, base: Option<&Path>, epoch: u64| {
         let source = [
@@ -165,7 +165,7 @@ fn realistic(
 
 /// One `bundle --json --arch ARCH` run with `source` (the sample, or
 /// `--from DIR …`), optionally over `--base`; returns the bundle's path.
-fn build_bundle<S: AsRef<std::ffi::OsStr>>(
+pub(crate) fn build_bundle<S: AsRef<std::ffi::OsStr>>(
     builder: &Path,
     key: &Path,
     source: &[S],
@@ -222,17 +222,26 @@ fn time_load(
     Ok(best)
 }
 
-/// `input` as the release before it, PREVIOUS: a copy (hard links) in which the keadm
-/// tarball and the installation-package's last layer are other bytes, and
-/// that image's config, manifest and index follow. Changed files are
+/// `input` as another release, `version` (PREVIOUS here, the one before
+/// it; `bench sync` makes the one after): a copy (hard links) in which the
+/// keadm tarball and the installation-package's last layer are other bytes,
+/// and that image's config, manifest and index follow. Changed files are
 /// replaced, never written through a link into `input`.
-fn previous_release(input: &Path, out: &Path) -> Result<()> {
+pub(crate) fn release_variant(input: &Path, out: &Path, version: &str) -> Result<()> {
     sh(Command::new("cp").arg("-al").arg(input).arg(out))?;
     let replace = |path: &Path, bytes: &[u8]| -> Result<()> {
         if path.exists() {
             fs::remove_file(path)?;
         }
         fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+    };
+    // The seeds PREVIOUS always had, so bench delta's bytes stay the same.
+    let seed = |what: &str| {
+        if version == PREVIOUS {
+            format!("previous {what}")
+        } else {
+            format!("{version} {what}")
+        }
     };
     // Other bytes, incompressible like the binaries they stand for.
     let noise = |seed: &str, len: usize| -> Vec<u8> {
@@ -271,8 +280,8 @@ fn previous_release(input: &Path, out: &Path) -> Result<()> {
         .to_string();
     fs::remove_file(&keadm)?;
     fs::remove_file(out.join("files").join(format!("checksum_{name}.txt")))?;
-    let name = name.replace(bench_input::KUBEEDGE_VERSION, PREVIOUS);
-    let tar = tar_of("keadm/keadm", &noise("previous keadm", 48 << 20))?;
+    let name = name.replace(bench_input::KUBEEDGE_VERSION, version);
+    let tar = tar_of("keadm/keadm", &noise(&seed("keadm"), 48 << 20))?;
     let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     std::io::Write::write_all(&mut gz, &tar)?;
     let gz = gz.finish()?;
@@ -309,7 +318,7 @@ fn previous_release(input: &Path, out: &Path) -> Result<()> {
     let mut config = read_json(&config_digest)?;
     let layer = tar_of(
         "usr/local/bin/edgecore",
-        &noise("previous edgecore", 96 << 20),
+        &noise(&seed("edgecore"), 96 << 20),
     )?;
     let (layer_digest, layer_size) = write_blob(&layer)?;
     let last = manifest["layers"]
@@ -333,7 +342,7 @@ fn previous_release(input: &Path, out: &Path) -> Result<()> {
         "org.opencontainers.image.ref.name",
     ] {
         let old = annotations[key].as_str().unwrap_or_default().to_string();
-        annotations[key] = old.replace(bench_input::KUBEEDGE_VERSION, PREVIOUS).into();
+        annotations[key] = old.replace(bench_input::KUBEEDGE_VERSION, version).into();
     }
     replace(&layout.join("index.json"), &serde_json::to_vec(&index)?)?;
     Ok(())

@@ -961,15 +961,11 @@ http:
 }
 
 /// Free loopback ports, found by binding port 0.
-fn free_ports() -> Result<[u16; 5]> {
-    let listeners = [
-        TcpListener::bind("127.0.0.1:0")?,
-        TcpListener::bind("127.0.0.1:0")?,
-        TcpListener::bind("127.0.0.1:0")?,
-        TcpListener::bind("127.0.0.1:0")?,
-        TcpListener::bind("127.0.0.1:0")?,
-    ];
-    let mut ports = [0u16; 5];
+pub(crate) fn free_ports<const N: usize>() -> Result<[u16; N]> {
+    let listeners = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0"))
+        .collect::<io::Result<Vec<_>>>()?;
+    let mut ports = [0u16; N];
     for (port, l) in ports.iter_mut().zip(&listeners) {
         *port = l.local_addr()?.port();
     }
@@ -977,17 +973,17 @@ fn free_ports() -> Result<[u16; 5]> {
 }
 
 /// A server we started: stopped (SIGTERM, then SIGKILL) by pid when dropped.
-struct Server {
+pub(crate) struct Server {
     name: &'static str,
     child: Child,
-    addr: SocketAddr,
+    pub(crate) addr: SocketAddr,
     log: PathBuf,
 }
 
 impl Server {
     /// Starts it and waits until a plain `GET /v2/` gets `ready` (400 from
     /// our TLS port: the plain-HTTP refusal).
-    fn start(
+    pub(crate) fn start(
         name: &'static str,
         args: &[String],
         port: u16,
@@ -1037,7 +1033,7 @@ impl Server {
         }
     }
 
-    fn pid(&self) -> u32 {
+    pub(crate) fn pid(&self) -> u32 {
         self.child.id()
     }
 }
@@ -1067,13 +1063,13 @@ impl Drop for Server {
 
 /// What one load run measured.
 #[derive(Default)]
-struct LoadResult {
-    bytes: u64,
-    blobs: u64,
-    blob_errors: u64,
+pub(crate) struct LoadResult {
+    pub(crate) bytes: u64,
+    pub(crate) blobs: u64,
+    pub(crate) blob_errors: u64,
     manifest_errors: u64,
     latencies_ms: Vec<f64>,
-    first_error: Option<String>,
+    pub(crate) first_error: Option<String>,
     /// The manifest pollers ran at nice -10.
     raised_priority: bool,
     /// CPU seconds wrk used.
@@ -1081,7 +1077,7 @@ struct LoadResult {
 }
 
 impl LoadResult {
-    fn throughput(&self, duration: Duration) -> f64 {
+    pub(crate) fn throughput(&self, duration: Duration) -> f64 {
         self.bytes as f64 / duration.as_secs_f64()
     }
 }
@@ -1159,6 +1155,16 @@ fn load(addr: SocketAddr, blob: &str, manifest: &str, duration: Duration) -> Loa
 /// https://; wrk checks no certificate) for `duration`: bytes, complete
 /// GETs, errors and the CPU wrk used.
 fn run_wrk(url: &str, duration: Duration) -> LoadResult {
+    run_wrk_with(url, duration, WRK_THREADS, CLIENTS)
+}
+
+/// [`run_wrk`] with `threads` and `connections` of one's own.
+pub(crate) fn run_wrk_with(
+    url: &str,
+    duration: Duration,
+    threads: usize,
+    connections: usize,
+) -> LoadResult {
     let script = workspace_root().join("target/bench/wrk-summary.lua");
     let _ = std::fs::write(
         &script,
@@ -1166,7 +1172,7 @@ fn run_wrk(url: &str, duration: Duration) -> LoadResult {
     );
     let children_before = children_cpu_seconds();
     let wrk = Command::new("wrk")
-        .args(["-t", &WRK_THREADS.to_string(), "-c", &CLIENTS.to_string()])
+        .args(["-t", &threads.to_string(), "-c", &connections.to_string()])
         .arg("-d")
         .arg(format!("{}s", duration.as_secs().max(1)))
         // A 64 MiB body takes seconds per connection under this load.
@@ -1482,7 +1488,7 @@ fn invalid(message: &str) -> io::Error {
 }
 
 /// User + system CPU of reaped children (wrk), in seconds.
-fn children_cpu_seconds() -> f64 {
+pub(crate) fn children_cpu_seconds() -> f64 {
     // SAFETY: getrusage fills a zeroed struct we own.
     let usage = unsafe {
         let mut usage: libc::rusage = std::mem::zeroed();
@@ -1532,7 +1538,7 @@ fn stat_fields(pid: u32) -> Option<Vec<String>> {
 }
 
 /// User + system CPU seconds of `pid` and its direct children.
-fn tree_cpu_seconds(pid: u32) -> f64 {
+pub(crate) fn tree_cpu_seconds(pid: u32) -> f64 {
     process_tree(pid).into_iter().map(cpu_seconds).sum()
 }
 
@@ -1568,7 +1574,7 @@ fn tree_runqueue_wait_seconds(pid: u32) -> f64 {
 }
 
 /// Peak resident set (VmHWM) of `pid` plus its direct children, in KiB.
-fn tree_hwm_kib(pid: u32) -> u64 {
+pub(crate) fn tree_hwm_kib(pid: u32) -> u64 {
     process_tree(pid)
         .into_iter()
         .filter_map(|p| fs::read_to_string(format!("/proc/{p}/status")).ok())
@@ -1583,7 +1589,7 @@ fn tree_hwm_kib(pid: u32) -> u64 {
 }
 
 /// First line a `--version`-like command prints, on stdout or stderr.
-fn version(name: &str, args: &[&str]) -> String {
+pub(crate) fn version(name: &str, args: &[&str]) -> String {
     Command::new(args[0])
         .args(&args[1..])
         .output()

@@ -8,6 +8,7 @@ mod bench_input;
 mod bench_join;
 mod bench_join_scale;
 mod bench_mirror;
+mod bench_sync;
 mod bench_upgrade;
 mod bench_verify;
 mod ci;
@@ -40,8 +41,9 @@ enum Task {
     Demo,
     /// Install what the tests need, then fmt, clippy and every test
     Ci,
-    /// Measure against the reference tools: `bundle`, `verify`, `mirror`, `join`, `upgrade` or
-    /// `delta` (`upgrade` reads EDGEFERRY_BENCH_NODES, default 50)
+    /// Measure against the reference tools: `bundle`, `verify`, `mirror`, `join`, `upgrade`,
+    /// `delta` or `sync` (tiered sync and mirror replicas; `upgrade` reads
+    /// EDGEFERRY_BENCH_NODES, default 50)
     Bench {
         /// Which benchmark
         name: String,
