@@ -325,9 +325,9 @@ mod tests {
             .unwrap();
         let j2 = j.clone();
         multi
-            .block_on(multi.spawn(async move {
-                j2.record(&ev("multi", Step::Connect, Status::Ok))
-            }))
+            .block_on(
+                multi.spawn(async move { j2.record(&ev("multi", Step::Connect, Status::Ok)) }),
+            )
             .unwrap()
             .unwrap();
         let current = tokio::runtime::Builder::new_current_thread()
