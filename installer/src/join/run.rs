@@ -821,16 +821,11 @@ async fn run_batch(
         f
     };
     let status = match r {
-        Err(()) => {
-            if let Some(f) = stopped {
-                return Err(f);
-            }
-            return Err(fail_open(
-                interrupted(batch[open.min(batch.len() - 1)].step),
-                out,
-                log,
-            ));
+        Err(()) if stopped.is_none() && open < batch.len() => {
+            return Err(fail_open(interrupted(batch[open].step), out, log));
         }
+        // Ctrl-C after every step had ended: the steps' own ends stand.
+        Err(()) => Ok(ssh::ExitStatus::Unknown),
         Ok(r) => r,
     };
     if let Some(f) = stopped {
