@@ -71,15 +71,8 @@ pub(crate) struct Sample {
 
 /// Builds one binary of the workspace with the release profile.
 pub(crate) fn release_binary(package: &str, bin: &str) -> Result<PathBuf> {
-    println!("\nbench: building the release {bin}");
-    sh(cargo().args(["build", "--release", "-p", package, "--bin", bin]))?;
-    let path = workspace_root().join("target/release").join(bin);
-    anyhow::ensure!(
-        path.exists(),
-        "built {bin} but {} is missing",
-        path.display()
-    );
-    Ok(path)
+    let mut paths = release_binaries(&[(package, bin)])?;
+    Ok(paths.remove(0))
 }
 
 /// Several binaries of the workspace built with the release profile in one
